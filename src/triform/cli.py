@@ -1,0 +1,50 @@
+"""The ``triform`` command.
+
+Each sub-command lives in its own module under :mod:`triform.commands` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` on it. ``main`` only
+dispatches and turns :class:`~triform.errors.TriformError` into a one-line error, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from triform.errors import TriformError
+
+# Sub-command modules, in the order `triform --help` lists them.
+COMMAND_MODULES = (
+    "triform.commands.models",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="triform",
+        description="Pretrain, fine-tune and run Transformer language models of all three forms.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except TriformError as err:
+        print(f"triform: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("triform: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
