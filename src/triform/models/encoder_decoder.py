@@ -1,0 +1,96 @@
+"""Encoder-decoder models (the original Transformer, T5, BART)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from triform.config import ModelConfig
+from triform.models.base import TransformerModel
+from triform.models.heads import LMHead
+from triform.models.outputs import Seq2SeqOutput
+from triform.nn.cache import KVCache
+from triform.nn.embeddings import Embeddings, make_position_ids
+from triform.nn.stack import Stack
+
+
+class EncoderDecoderModel(TransformerModel):
+    """A bidirectional encoder, a causal decoder with cross-attention, and an LM head.
+
+    With ``tie_encoder_decoder_embeddings`` both sides share one token table (``shared``);
+    with ``tie_embeddings`` the vocabulary projection shares it too.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        shared = None
+        if config.tie_encoder_decoder_embeddings:
+            shared = nn.Embedding(config.vocab_size, config.embed_size)
+        self.encoder_embeddings = Embeddings(config, token=shared)
+        self.decoder_embeddings = Embeddings(config, token=shared)
+        self.encoder = Stack(config, config.num_layers, causal=False, cross_attention=False)
+        self.decoder = Stack(config, config.decoder_layers, causal=True, cross_attention=True)
+        tied = self.decoder_embeddings.token if config.tie_embeddings else None
+        self.lm_head = LMHead(config, tied)
+        self.init_weights()
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Source tokens (B, S) -> encoder output (B, S, H) [and per-layer states]."""
+        x = self.encoder_embeddings(input_ids, make_position_ids(self.config, input_ids))
+        return self.encoder(
+            x, padding_mask=attention_mask, output_hidden_states=output_hidden_states
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_hidden_state: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = False,
+        output_hidden_states: bool = False,
+        compute_logits: bool = True,
+    ) -> Seq2SeqOutput:
+        """input_ids: (B, S) source; decoder_input_ids: (B, T) target so far, starting with
+        the decoder start token. Pass ``encoder_hidden_state`` to skip re-encoding (and
+        ``past_key_values`` to decode one step at a time)."""
+        if decoder_input_ids is None:
+            raise ValueError("decoder_input_ids is required")
+        encoder_states = None
+        if encoder_hidden_state is None:
+            if input_ids is None:
+                raise ValueError("input_ids or encoder_hidden_state is required")
+            encoder_hidden_state, encoder_states = self.encode(
+                input_ids, attention_mask, output_hidden_states
+            )
+        cache = past_key_values
+        if use_cache and cache is None:
+            cache = KVCache.empty(self.config.decoder_layers)
+        past_len = cache.length if cache is not None else 0
+        positions = make_position_ids(self.config, decoder_input_ids, past_len=past_len)
+        x = self.decoder_embeddings(decoder_input_ids, positions)
+        hidden, decoder_states = self.decoder(
+            x,
+            padding_mask=decoder_attention_mask,
+            context=encoder_hidden_state,
+            context_padding_mask=attention_mask,
+            cache=cache,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(hidden) if compute_logits else None
+        return Seq2SeqOutput(
+            logits,
+            hidden,
+            encoder_hidden_state,
+            encoder_states,
+            decoder_states,
+            cache if use_cache else None,
+        )

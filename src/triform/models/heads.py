@@ -1,0 +1,85 @@
+"""Output heads on top of a stack: language modelling, NSP/SOP pairs, replaced tokens."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from triform.config import ModelConfig
+from triform.nn.feedforward import activation_fn
+from triform.nn.norms import make_norm
+
+
+class LMHead(nn.Module):
+    """Hidden states -> vocabulary scores. (B, L, H) -> (B, L, V)
+
+    BERT-style heads first transform (dense H->E, activation, norm); the vocabulary
+    projection may share its weight with the token embedding table (tying).
+    """
+
+    def __init__(self, config: ModelConfig, tied_embedding: nn.Embedding | None = None) -> None:
+        super().__init__()
+        size = config.embed_size if config.lm_head_transform else config.hidden_size
+        self.transform = None
+        if config.lm_head_transform:
+            self.transform = nn.Sequential(
+                nn.Linear(config.hidden_size, size),
+                _Activation(config.activation),
+                make_norm(config, size),
+            )
+        self.decoder = nn.Linear(size, config.vocab_size, bias=config.lm_head_bias)
+        if tied_embedding is not None:
+            self.decoder.weight = tied_embedding.weight
+        self.output_scale = config.hidden_size**-0.5 if config.scale_tied_logits else 1.0
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.transform is not None:
+            hidden = self.transform(hidden)
+        if self.output_scale != 1.0:
+            hidden = hidden * self.output_scale
+        return self.decoder(hidden)
+
+
+class Pooler(nn.Module):
+    """The first token's hidden state through dense + tanh (BERT's pooled output)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, L, H) -> (B, H)
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class PairHead(nn.Module):
+    """Two-way classifier over the pooled output: NSP (BERT) or sentence order (ALBERT)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, 2)
+        return self.classifier(self.dropout(pooled))
+
+
+class ReplacedTokenHead(nn.Module):
+    """ELECTRA's discriminator: one logit per token, "was this token replaced?". (B, L)"""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = _Activation(config.activation)
+        self.prediction = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.prediction(self.act(self.dense(hidden))).squeeze(-1)
+
+
+class _Activation(nn.Module):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.fn = activation_fn(name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)

@@ -1,0 +1,43 @@
+"""What the models return: small dataclasses, one per form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from triform.nn.cache import KVCache
+
+
+@dataclass
+class EncoderOutput:
+    """``logits``: (B, L, V) for a masked-LM head, (B, L) for replaced-token detection, None
+    without a head. ``pair_logits``: (B, 2) from an NSP/SOP head."""
+
+    last_hidden_state: torch.Tensor
+    logits: torch.Tensor | None = None
+    pair_logits: torch.Tensor | None = None
+    pooled_output: torch.Tensor | None = None
+    hidden_states: list[torch.Tensor] | None = None
+
+
+@dataclass
+class DecoderOutput:
+    """``logits``: (B, L, V) next-token scores."""
+
+    logits: torch.Tensor | None
+    last_hidden_state: torch.Tensor
+    hidden_states: list[torch.Tensor] | None = None
+    past_key_values: KVCache | None = None
+
+
+@dataclass
+class Seq2SeqOutput:
+    """``logits``: (B, T, V) over the decoder positions."""
+
+    logits: torch.Tensor | None
+    last_hidden_state: torch.Tensor
+    encoder_last_hidden_state: torch.Tensor
+    encoder_hidden_states: list[torch.Tensor] | None = None
+    decoder_hidden_states: list[torch.Tensor] | None = None
+    past_key_values: KVCache | None = None

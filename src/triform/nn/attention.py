@@ -1,0 +1,82 @@
+"""Multi-head attention, written once for every form: self or cross, dense or locally
+banded, with padding/causal masks, relative bias, rotary positions and a KV cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from triform.config import ModelConfig
+from triform.nn.cache import KVCache
+from triform.nn.masks import AttentionMask
+from triform.nn.positions import RotaryEmbedding
+
+
+class Attention(nn.Module):
+    """Scaled dot-product attention over ``num_heads`` heads.
+
+    Self-attention projects queries, keys and values with one fused linear (``qkv``);
+    cross-attention projects queries from the decoder (``q``) and keys/values from the
+    encoder output with one fused linear (``kv``).
+    """
+
+    def __init__(self, config: ModelConfig, *, cross: bool = False) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = config.num_heads, config.head_size
+        inner = self.num_heads * self.head_dim
+        hidden, bias = config.hidden_size, config.bias
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(hidden, inner, bias=bias)
+            self.kv = nn.Linear(hidden, 2 * inner, bias=bias)
+        else:
+            self.qkv = nn.Linear(hidden, 3 * inner, bias=bias)
+        self.out = nn.Linear(inner, hidden, bias=bias)
+        self.scale = config.attention_scale
+        self.dropout = config.attention_dropout
+
+    def _heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        """(B, L, parts * heads * D) -> ``parts`` tensors of shape (B, heads, L, D)."""
+        batch, length, _ = x.shape
+        x = x.view(batch, length, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return x.unbind(0)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: AttentionMask,
+        *,
+        context: torch.Tensor | None = None,
+        rotary: tuple[RotaryEmbedding, torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """x: (B, Lq, H); context: (B, Lk, H) encoder output for cross-attention. -> (B, Lq, H)"""
+        if self.cross:
+            (q,) = self._heads(self.q(x), 1)
+            cached = cache.cross_kv[layer] if cache is not None else None
+            if cached is None:
+                k, v = self._heads(self.kv(context), 2)
+                if cache is not None:
+                    cache.cross_kv[layer] = (k, v)
+            else:
+                k, v = cached
+        else:
+            q, k, v = self._heads(self.qkv(x), 3)
+            if rotary is not None:
+                rope, cos, sin = rotary
+                q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
+            if cache is not None:
+                k, v = cache.append(layer, k, v)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask.bias,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask.is_causal,
+            scale=self.scale,
+        )  # (B, heads, Lq, D)
+        batch, _, length, _ = out.shape
+        return self.out(out.transpose(1, 2).reshape(batch, length, -1))

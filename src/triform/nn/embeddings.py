@@ -1,0 +1,85 @@
+"""Input embeddings: token, segment and position, optionally factorized (ALBERT, ELECTRA)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from triform.config import ModelConfig
+from triform.errors import TriformError
+from triform.nn.norms import make_norm
+from triform.nn.positions import SinusoidalPositions
+
+
+class Embeddings(nn.Module):
+    """Token (+ segment) (+ position) embeddings -> [norm] -> dropout -> [project E to H].
+
+    ``token`` may be passed in so that an encoder and a decoder share one table.
+    Position ids are computed by :func:`position_ids` unless given.
+    """
+
+    def __init__(self, config: ModelConfig, token: nn.Embedding | None = None) -> None:
+        super().__init__()
+        size = config.embed_size
+        self.config = config
+        self.token = token if token is not None else nn.Embedding(config.vocab_size, size)
+        self.segment = (
+            nn.Embedding(config.type_vocab_size, size) if config.type_vocab_size > 0 else None
+        )
+        if config.position == "learned":
+            self.position = nn.Embedding(config.max_positions + config.position_offset, size)
+        elif config.position == "sinusoidal":
+            self.position = SinusoidalPositions(config.max_positions, size)
+        else:
+            self.position = None  # relative / rotary / none act inside attention
+        self.scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
+        self.norm = make_norm(config, size) if config.embedding_norm else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.project = nn.Linear(size, config.hidden_size) if size != config.hidden_size else None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # (B, L) -> (B, L, H)
+        x = self.token(input_ids)
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.segment is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.segment(token_type_ids)
+        if self.position is not None:
+            x = x + self.position(position_ids)
+        if self.norm is not None:
+            x = self.norm(x)
+        x = self.dropout(x)
+        return self.project(x) if self.project is not None else x
+
+
+def make_position_ids(
+    config: ModelConfig,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    past_len: int = 0,
+) -> torch.Tensor:
+    """Table indices of each token's position. (B, L)
+
+    Counting starts at ``config.position_offset``. With ``positions_from_padding``
+    (RoBERTa), positions count only real tokens and padding points at the pad row.
+    """
+    batch, length = input_ids.shape
+    if config.position in ("learned", "sinusoidal") and past_len + length > config.max_positions:
+        raise TriformError(
+            f"sequence of {past_len + length} tokens is longer than the model's "
+            f"{config.max_positions} positions"
+        )
+    if config.positions_from_padding and config.pad_token_id is not None:
+        real = input_ids.ne(config.pad_token_id).long()
+        counted = (torch.cumsum(real, dim=1) - 1 + past_len + config.position_offset) * real
+        return counted + (1 - real) * config.pad_token_id
+    steps = torch.arange(past_len, past_len + length, device=input_ids.device)
+    return (steps + config.position_offset).unsqueeze(0).expand(batch, length)
