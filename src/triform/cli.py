@@ -14,9 +14,7 @@ import sys
 from triform.errors import TriformError
 
 # Sub-command modules, in the order `triform --help` lists them.
-COMMAND_MODULES = (
-    "triform.commands.models",
-)
+COMMAND_MODULES = ("triform.commands.models",)
 
 
 def build_parser() -> argparse.ArgumentParser:

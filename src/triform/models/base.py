@@ -9,6 +9,9 @@ from torch import nn
 
 from triform.config import ModelConfig
 
+# Layers that write into the residual stream (scaled init, GPT-2).
+_RESIDUAL_PROJECTIONS = ("self_attn.out.weight", "cross_attn.out.weight", "ffn.down.weight")
+
 
 class TransformerModel(nn.Module):
     """Base class of :class:`EncoderModel`, :class:`DecoderModel` and
