@@ -14,7 +14,11 @@ import sys
 from triform.errors import TriformError
 
 # Sub-command modules, in the order `triform --help` lists them.
-COMMAND_MODULES = ("triform.commands.models",)
+COMMAND_MODULES = (
+    "triform.commands.models",
+    "triform.commands.tokenizer",
+    "triform.commands.data",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

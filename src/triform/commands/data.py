@@ -1,0 +1,106 @@
+"""``triform data prepare|info``: tokenize a corpus once into memory-mapped shards."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from triform.commands.tokenizer import add_corpus_arguments, corpus_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="prepare and inspect token shards")
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    prepare = sub.add_parser(
+        "prepare", help="tokenize a corpus into memory-mapped shards (a no-op when up to date)"
+    )
+    add_corpus_arguments(prepare)
+    prepare.add_argument(
+        "--tokenizer", required=True, metavar="FILE", help="the tokenizer.json to encode with"
+    )
+    prepare.add_argument("--out", required=True, metavar="DIR", help="the shard folder")
+    prepare.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.01,
+        metavar="F",
+        help="share of documents held out for validation (default: 0.01)",
+    )
+    prepare.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        metavar="N",
+        help="tokenizing processes (default: CPU count, at most 8)",
+    )
+    prepare.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    prepare.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace shards of another corpus or tokenizer in --out",
+    )
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prepare.set_defaults(func=run_prepare)
+
+    info = sub.add_parser("info", help="describe a shard folder")
+    info.add_argument("shards", metavar="DIR", help="a folder made by `triform data prepare`")
+    info.set_defaults(func=run_info)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from triform.data.shards import prepare_shards
+    from triform.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    corpus = corpus_from_args(args)
+    info = prepare_shards(
+        corpus,
+        tok,
+        args.out,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    if info.reused:
+        print(f"{info.out_dir} is up to date (same corpus and tokenizer); nothing to do")
+    else:
+        mb = sum(s["chars"] for s in info.meta["splits"].values()) / 1e6
+        print(
+            f"wrote {info.out_dir}: {mb:.1f} M characters in {info.seconds:.1f} s "
+            f"({mb / max(info.seconds, 1e-9):.2f} M/s, {args.workers} worker(s))"
+        )
+    _print_splits(info.meta)
+    return 0
+
+
+def _print_splits(meta: dict) -> None:
+    for split, counts in meta["splits"].items():
+        print(
+            f"  {split}: {counts['tokens']:,} tokens, {counts['documents']:,} documents, "
+            f"{counts['sentences']:,} sentences"
+        )
+    if meta.get("skipped"):
+        print(
+            f"  skipped {len(meta['skipped'])} source(s): "
+            + "; ".join(f"{s['source']} ({s['reason']})" for s in meta["skipped"][:5])
+        )
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from triform.data.shards import ShardSet
+
+    shards = ShardSet(Path(args.shards))  # checks it is complete, loads its tokenizer
+    meta = shards.meta
+    print(
+        f"{args.shards}: {meta['dtype']} ids, vocabulary {meta['vocab_size']}, "
+        f"corpus {meta['corpus']}"
+    )
+    print(f"  tokenizer hash: {meta['tokenizer_hash']}")
+    _print_splits(meta)
+    return 0

@@ -1,0 +1,370 @@
+"""Corpora: documents of text read from ``.txt`` / ``.jsonl`` files (gzipped or not), folders and
+globs, or given in memory.
+
+A *document* is a ``list[str]`` of its non-empty lines, trailing whitespace removed and leading
+indentation kept. Lines are the sentence unit that NSP/SOP use inside a document. Documents
+are separated
+
+- ``split_documents="file"``: one document per text file (the default);
+- ``"blank-line"``: by one or more blank lines (BERT's pretraining text format);
+- ``"line"``: one document per line.
+
+A JSONL record is always one document: its ``text_field`` string, split into lines.
+
+Iteration is deterministic: the entries in the order given, each folder or glob in sorted
+path order. Bad input never crashes deep inside: a missing path or a glob that matches nothing
+is a :class:`~triform.errors.TriformError` when the corpus is built; a binary or non-UTF-8 file,
+a broken gzip stream or a bad JSONL record is skipped with a warning (logger
+``triform.data``) and counted in :attr:`Corpus.skipped` (or raised with ``on_error="raise"``);
+a corpus that yields no text at all raises when iterated.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob as globlib
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from triform.errors import ConfigError, TriformError
+
+log = logging.getLogger("triform.data")
+
+SplitMode = Literal["file", "blank-line", "line"]
+SPLIT_MODES: tuple[str, ...] = ("file", "blank-line", "line")
+TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+_SNIFF = 8192
+
+
+class Source(Protocol):
+    """Anything that yields documents: a file, an in-memory list, the stdlib."""
+
+    name: str
+
+    def documents(self, skips: SkipLog) -> Iterator[list[str]]: ...
+
+    def fingerprint(self) -> str: ...
+
+    def size(self) -> int | None: ...
+
+
+@dataclass
+class SkipLog:
+    """What was skipped while reading, and whether skipping is allowed at all."""
+
+    on_error: str = "skip"
+    entries: list[tuple[str, str]] = field(default_factory=list)
+
+    def skip(self, name: str, reason: str) -> None:
+        if self.on_error == "raise":
+            raise TriformError(f"{name}: {reason}")
+        log.warning("skipping %s: %s", name, reason)
+        self.entries.append((name, reason))
+
+
+def text_lines(text: str) -> list[str]:
+    """The non-empty lines of ``text``, trailing whitespace removed."""
+    return [line for line in (raw.rstrip() for raw in text.splitlines()) if line]
+
+
+def _group(lines: Iterable[str], split: str) -> Iterator[list[str]]:
+    """Group raw lines (with or without newlines) into documents."""
+    doc: list[str] = []
+    for raw in lines:
+        line = raw.rstrip()
+        if split == "line":
+            if line:
+                yield [line]
+        elif line:
+            doc.append(line)
+        elif split == "blank-line" and doc:
+            yield doc
+            doc = []
+    if doc:
+        yield doc
+
+
+@dataclass
+class FileSource:
+    """One file of text (``fmt="text"``) or JSON lines (``fmt="jsonl"``), maybe gzipped."""
+
+    path: Path
+    fmt: str = "text"
+    split: str = "file"
+    text_field: str = "text"
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    @property
+    def gzipped(self) -> bool:
+        return self.path.suffix == ".gz"
+
+    def _open_binary(self) -> io.BufferedIOBase:
+        return gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")  # type: ignore[return-value]
+
+    def _sniff(self) -> str | None:
+        """A reason to skip this file (binary, not UTF-8, unreadable), or None."""
+        try:
+            with self._open_binary() as fh:
+                head = fh.read(_SNIFF)
+        except (OSError, EOFError) as err:
+            return f"cannot read ({type(err).__name__}: {err})"
+        if b"\x00" in head:
+            return "binary file (NUL bytes)"
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        except UnicodeDecodeError as err:
+            return f"not UTF-8 text (byte 0x{head[err.start]:02x} at offset {err.start})"
+        return None
+
+    def _lines(self, skips: SkipLog) -> Iterator[str]:
+        line_no = 0
+        try:
+            with self._open_binary() as fh:
+                text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="strict")
+                for line_no, line in enumerate(text, 1):  # noqa: B007 - line_no used below
+                    yield line
+        except UnicodeDecodeError:
+            skips.skip(self.name, f"not UTF-8 text after line {line_no}; rest of file skipped")
+        except (OSError, EOFError) as err:
+            skips.skip(self.name, f"read error after line {line_no} ({type(err).__name__})")
+
+    def documents(self, skips: SkipLog) -> Iterator[list[str]]:
+        reason = self._sniff()
+        if reason is not None:
+            skips.skip(self.name, reason)
+            return
+        if self.fmt == "text":
+            yield from _group(self._lines(skips), self.split)
+            return
+        bad = 0
+        for line in self._lines(skips):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                value = record[self.text_field]
+            except (ValueError, KeyError, TypeError, IndexError):
+                bad += 1
+                continue
+            if not isinstance(value, str):
+                bad += 1
+                continue
+            doc = text_lines(value)
+            if doc:
+                yield doc
+        if bad:
+            reason = f"{bad} JSONL record(s) without a string field {self.text_field!r}"
+            skips.skip(self.name, reason)
+
+    def fingerprint(self) -> str:
+        st = self.path.stat()
+        options = f"{self.fmt}:{self.split}:{self.text_field}"
+        return f"file:{self.path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{options}"
+
+    def size(self) -> int | None:
+        return None if self.gzipped else self.path.stat().st_size
+
+
+@dataclass
+class TextsSource:
+    """Documents given in memory: each item a text (split into lines) or a list of lines."""
+
+    items: Sequence[str | Sequence[str]]
+    split: str = "file"
+    name: str = "<texts>"
+
+    def documents(self, skips: SkipLog) -> Iterator[list[str]]:
+        for item in self.items:
+            lines = item.splitlines() if isinstance(item, str) else list(item)
+            yield from _group(lines, self.split)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for item in self.items:
+            h.update(json.dumps(item, ensure_ascii=False).encode("utf-8"))
+        return f"texts:{self.split}:{h.hexdigest()}"
+
+    def size(self) -> int | None:
+        return sum(len(i) if isinstance(i, str) else sum(map(len, i)) for i in self.items)
+
+
+def _file_format(path: Path) -> str:
+    suffixes = path.suffixes[-2:] if path.suffix == ".gz" else path.suffixes[-1:]
+    return "jsonl" if suffixes and suffixes[0] in JSONL_SUFFIXES else "text"
+
+
+def _is_corpus_file(path: Path) -> bool:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
+
+
+def resolve_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files, folders (recursively: text and JSONL files, hidden ones left out) and
+    globs into a de-duplicated list of files; a :class:`TriformError` for what does not exist."""
+    out: list[Path] = []
+    for entry in paths:
+        text = os.fspath(entry)
+        if any(c in text for c in "*?["):
+            found = sorted(Path(p) for p in globlib.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                raise TriformError(f"no files match {text!r}")
+            out.extend(found)
+            continue
+        p = Path(text)
+        if p.is_dir():
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and _is_corpus_file(f)
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            if not found:
+                raise TriformError(f"folder {p} holds no .txt/.jsonl files (gzipped or not)")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise TriformError(f"corpus path not found: {p}")
+    seen: set[Path] = set()
+    unique = []
+    for p in out:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+class Corpus:
+    """An ordered collection of sources that yields documents (lists of lines).
+
+    >>> corpus = Corpus.from_paths(["books/", "extra/*.jsonl.gz"], split_documents="blank-line")
+    >>> for doc in corpus.documents(): ...
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        *,
+        on_error: str = "skip",
+        max_bytes: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        if on_error not in ("skip", "raise"):
+            raise ConfigError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ConfigError(f"max_bytes must be positive, got {max_bytes}")
+        self.sources = list(sources)
+        self.on_error = on_error
+        self.max_bytes = max_bytes
+        self.name = name or ", ".join(s.name for s in self.sources[:3]) + (
+            ", ..." if len(self.sources) > 3 else ""
+        )
+        self.skipped: list[tuple[str, str]] = []
+
+    @classmethod
+    def from_paths(
+        cls,
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        text_field: str = "text",
+        split_documents: SplitMode | str = "file",
+        on_error: str = "skip",
+        max_bytes: int | None = None,
+    ) -> Corpus:
+        """A corpus of files, folders and globs (``.txt``-like text and ``.jsonl``, maybe
+        ``.gz``). See the module docstring for how documents are separated."""
+        if split_documents not in SPLIT_MODES:
+            raise ConfigError(
+                f"split_documents must be one of {', '.join(SPLIT_MODES)}, got {split_documents!r}"
+            )
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        if not paths:
+            raise TriformError("no corpus paths given")
+        files = resolve_paths(paths)
+        sources = [FileSource(f, _file_format(f), split_documents, text_field) for f in files]
+        name = ", ".join(os.fspath(p) for p in paths)
+        return cls(sources, on_error=on_error, max_bytes=max_bytes, name=name)
+
+    @classmethod
+    def from_texts(
+        cls, texts: Sequence[str | Sequence[str]], *, split_documents: SplitMode | str = "file"
+    ) -> Corpus:
+        """A corpus held in memory: each item is one document's text (or its list of lines),
+        further split by ``split_documents`` like a file."""
+        if split_documents not in SPLIT_MODES:
+            raise ConfigError(
+                f"split_documents must be one of {', '.join(SPLIT_MODES)}, got {split_documents!r}"
+            )
+        return cls([TextsSource(list(texts), split_documents)])
+
+    def documents(self) -> Iterator[list[str]]:
+        """Every document, in order; raises :class:`TriformError` at the end if there was none."""
+        skips = SkipLog(self.on_error)
+        self.skipped = skips.entries
+        count = 0
+        total = 0
+        for source in self.sources:
+            for doc in source.documents(skips):
+                count += 1
+                yield doc
+                if self.max_bytes is not None:
+                    total += sum(len(line) + 1 for line in doc)
+                    if total >= self.max_bytes:
+                        return
+        if count == 0:
+            raise TriformError(
+                f"the corpus has no text ({len(self.sources)} source(s), "
+                f"{len(skips.entries)} skipped): {self.name}"
+            )
+
+    def texts(self, max_chars: int = 1 << 20) -> Iterator[str]:
+        """Each document as one string (lines joined by newlines), long ones in pieces of at
+        most about ``max_chars`` characters cut at line ends: the input for tokenizer training."""
+        for doc in self.documents():
+            piece: list[str] = []
+            size = 0
+            for line in doc:
+                if piece and size + len(line) > max_chars:
+                    yield "\n".join(piece)
+                    piece, size = [], 0
+                piece.append(line)
+                size += len(line) + 1
+            if piece:
+                yield "\n".join(piece)
+
+    def fingerprint(self) -> str:
+        """A hash that changes when any source (path, size, modification time, reading
+        options) changes; used to make ``prepare_shards`` a no-op on unchanged input."""
+        h = hashlib.sha256(f"max_bytes={self.max_bytes}".encode())
+        for source in self.sources:
+            h.update(source.fingerprint().encode("utf-8"))
+            h.update(b"\0")
+        return h.hexdigest()
+
+    def total_bytes(self) -> int | None:
+        """Bytes of text on disk when known (None if any source is compressed)."""
+        total = 0
+        for source in self.sources:
+            size = source.size()
+            if size is None:
+                return None
+            total += size
+        return total if self.max_bytes is None else min(total, self.max_bytes)
+
+    def __repr__(self) -> str:
+        return f"Corpus({len(self.sources)} source(s): {self.name})"

@@ -1,0 +1,540 @@
+"""Tokenize a corpus once into memory-mapped token shards, and open them again.
+
+Layout of a shard folder (one set of files per split, ``train`` and ``val``)::
+
+    meta.json              what was built from what: tokenizer hash, corpus fingerprint,
+                           counts per split, dtype (written last: its presence = complete)
+    tokenizer.json         the tokenizer the shards were made with
+    {split}.bin            token ids, raw uint16 (vocabulary <= 65536) or uint32, all
+                           documents of the split concatenated with NOTHING between them
+    {split}.docs.npy       int64 (n_docs + 1,): document d = tokens[docs[d]:docs[d + 1]]
+    {split}.sents.npy      int64 (n_sents + 1,): sentence j = tokens[sents[j]:sents[j + 1]];
+                           sentences are the lines of the corpus documents and tile the
+                           documents exactly (every document boundary is a sentence boundary)
+    {split}.doc_sents.npy  int64 (n_docs + 1,): document d holds sentences
+                           doc_sents[d]:doc_sents[d + 1]
+
+No separator or special token is stored: the readers (:mod:`triform.data.readers`) add the
+family's separators and framing at read time, so one shard set serves every objective.
+
+Each document is tokenized as one text (its lines joined by newlines), so the ids are exactly
+what the tokenizer gives for the document; a token belongs to the line in which its last
+character lies (a newline token ends the line before it).
+
+Documents go to ``val`` with probability ``val_fraction`` (a seeded draw per document, in
+corpus order); when that leaves a split empty, one document is moved so that both have one
+(if there are two or more documents). Re-running with the same corpus (paths, sizes, times),
+tokenizer and options is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tokenizers
+
+from triform.data.corpus import Corpus
+from triform.errors import ConfigError, TriformError
+from triform.tokenizers import SpecialTokens, load_tokenizer, save_tokenizer, tokenizer_hash
+
+log = logging.getLogger("triform.data")
+
+FORMAT = "triform-shards"
+VERSION = 1
+META_FILE = "meta.json"
+SPLITS = ("train", "val")
+_SUFFIXES = (".bin", ".docs.npy", ".sents.npy", ".doc_sents.npy")
+
+# Encoding jobs: (doc index, lines) items, about this many characters per job.
+Item = tuple[int, list[str]]
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """``uint16`` when every id fits (vocabulary <= 65536), else ``uint32``."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+# ---------------------------------------------------------------------------------------
+# Worker side: encode a job of documents, find their sentence (line) boundaries.
+# ---------------------------------------------------------------------------------------
+_WORKER_TOK: tokenizers.Tokenizer | None = None
+
+
+def _init_worker(tok_json: str) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process = one core
+    global _WORKER_TOK
+    _WORKER_TOK = tokenizers.Tokenizer.from_str(tok_json)
+
+
+def encode_items(
+    tok: tokenizers.Tokenizer, items: list[Item]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Encode each item's lines as one text (joined by newlines, no special tokens).
+
+    Returns ``ids`` (T,) uint32 of all items concatenated, ``item_tokens`` (I,) int64,
+    ``sent_lens`` (S,) int64 token count of each non-empty sentence in order, and
+    ``item_sents`` (I,) int64 sentences per item.
+    """
+    texts = ["\n".join(lines) for _, lines in items]
+    encodings = tok.encode_batch(texts, add_special_tokens=False)
+    ids, item_tokens, sent_lens, item_sents = [], [], [], []
+    for (_, lines), enc in zip(items, encodings, strict=True):
+        n = len(enc.ids)
+        item_tokens.append(n)
+        if n == 0:
+            item_sents.append(0)
+            continue
+        ids.append(np.asarray(enc.ids, dtype=np.uint32))
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(n, 2)  # (n, 2) char spans
+        line_starts = np.zeros(len(lines), dtype=np.int64)
+        np.cumsum([len(line) + 1 for line in lines[:-1]], out=line_starts[1:])
+        last_char = np.maximum(offsets[:, 1] - 1, offsets[:, 0])  # (n,)
+        line_of = np.searchsorted(line_starts, last_char, side="right") - 1
+        line_of = np.maximum.accumulate(np.clip(line_of, 0, len(lines) - 1))
+        counts = np.bincount(line_of, minlength=len(lines))
+        counts = counts[counts > 0]
+        sent_lens.append(counts)
+        item_sents.append(len(counts))
+    cat = np.concatenate
+    return (
+        cat(ids) if ids else np.zeros(0, np.uint32),
+        np.asarray(item_tokens, dtype=np.int64),
+        cat(sent_lens).astype(np.int64) if sent_lens else np.zeros(0, np.int64),
+        np.asarray(item_sents, dtype=np.int64),
+    )
+
+
+def _encode_job(items: list[Item]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    assert _WORKER_TOK is not None, "worker not initialised"
+    return encode_items(_WORKER_TOK, items)
+
+
+# ---------------------------------------------------------------------------------------
+# Main side: cut the corpus into jobs, write what comes back.
+# ---------------------------------------------------------------------------------------
+def _jobs(corpus: Corpus, chunk_chars: int) -> Iterator[tuple[list[Item], int]]:
+    """(items, characters) jobs of about ``chunk_chars``; long documents are cut into pieces
+    at line ends (pieces keep their document index)."""
+    items: list[Item] = []
+    size = 0
+    for doc_index, doc in enumerate(corpus.documents()):
+        piece: list[str] = []
+        piece_size = 0
+        for line in doc:
+            if piece and piece_size + len(line) > chunk_chars:
+                items.append((doc_index, piece))
+                size += piece_size
+                piece, piece_size = [], 0
+                if size >= chunk_chars:
+                    yield items, size
+                    items, size = [], 0
+            piece.append(line)
+            piece_size += len(line) + 1
+        items.append((doc_index, piece))
+        size += piece_size
+        if size >= chunk_chars:
+            yield items, size
+            items, size = [], 0
+    if items:
+        yield items, size
+
+
+@dataclass
+class _SplitWriter:
+    """Appends one split's tokens to its ``.bin`` file and keeps its index in memory."""
+
+    path: Path
+    dtype: np.dtype
+    n_tokens: int = 0
+    n_chars: int = 0
+    item_docs: list[np.ndarray] = field(default_factory=list)
+    item_tokens: list[np.ndarray] = field(default_factory=list)
+    item_sents: list[np.ndarray] = field(default_factory=list)
+    sent_lens: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.fh = open(self.path, "wb")  # noqa: SIM115 - closed in finish()
+
+    def append(
+        self,
+        ids: np.ndarray,
+        docs: np.ndarray,
+        tokens: np.ndarray,
+        sents: np.ndarray,
+        sent_lens: np.ndarray,
+    ) -> None:
+        ids.astype(self.dtype, copy=False).tofile(self.fh)
+        self.n_tokens += len(ids)
+        self.item_docs.append(docs)
+        self.item_tokens.append(tokens)
+        self.item_sents.append(sents)
+        self.sent_lens.append(sent_lens)
+
+    def index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per-document (doc ids, tokens, sentences) and sentence lengths, empty docs dropped."""
+        cat = np.concatenate
+        docs = cat(self.item_docs) if self.item_docs else np.zeros(0, np.int64)
+        tokens = cat(self.item_tokens) if self.item_tokens else np.zeros(0, np.int64)
+        sents = cat(self.item_sents) if self.item_sents else np.zeros(0, np.int64)
+        lens = cat(self.sent_lens) if self.sent_lens else np.zeros(0, np.int64)
+        keep = tokens > 0
+        docs, tokens, sents = docs[keep], tokens[keep], sents[keep]
+        if len(docs) == 0:
+            return docs, tokens, sents, lens
+        starts = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])  # pieces of one document
+        return docs[starts], np.add.reduceat(tokens, starts), np.add.reduceat(sents, starts), lens
+
+    def pop_last_document(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Remove the last document: returns its ids, its doc index (1,) and sentence lengths."""
+        docs, tokens, sents, lens = self.index()
+        n_tok, n_sent = int(tokens[-1]), int(sents[-1])
+        self.fh.flush()
+        data = np.fromfile(
+            self.path,
+            dtype=self.dtype,
+            count=n_tok,
+            offset=(self.n_tokens - n_tok) * self.dtype.itemsize,
+        )
+        self.fh.truncate((self.n_tokens - n_tok) * self.dtype.itemsize)
+        self.fh.seek(0, os.SEEK_END)
+        self.n_tokens -= n_tok
+        self.item_docs, self.item_tokens = [docs[:-1]], [tokens[:-1]]
+        self.item_sents, self.sent_lens = [sents[:-1]], [lens[: len(lens) - n_sent]]
+        return data, docs[-1:], lens[len(lens) - n_sent :]
+
+    def finish(self, out: Path, name: str) -> dict[str, int]:
+        """Close the token file, write the index arrays; returns the split's counts."""
+        self.fh.close()
+        _, tokens, sents, lens = self.index()
+        cum = np.cumsum
+        np.save(out / f"{name}.docs.npy", np.r_[0, cum(tokens)].astype(np.int64))
+        np.save(out / f"{name}.sents.npy", np.r_[0, cum(lens)].astype(np.int64))
+        np.save(out / f"{name}.doc_sents.npy", np.r_[0, cum(sents)].astype(np.int64))
+        return {
+            "tokens": int(self.n_tokens),
+            "documents": len(tokens),
+            "sentences": len(lens),
+            "chars": int(self.n_chars),
+        }
+
+
+@dataclass
+class ShardInfo:
+    """What :func:`prepare_shards` did: the metadata, and whether it was a no-op."""
+
+    out_dir: Path
+    meta: dict[str, Any]
+    reused: bool
+    seconds: float
+
+    @property
+    def chars_per_second(self) -> float:
+        chars = sum(s["chars"] for s in self.meta["splits"].values())
+        return chars / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _read_meta(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise TriformError(f"{path} is not a valid shard metadata file ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise TriformError(f"{path} is not a triform shard metadata file")
+    return meta
+
+
+def _complete(out_dir: Path, meta: dict[str, Any]) -> bool:
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split, counts in meta["splits"].items():
+        if any(not (out_dir / f"{split}{s}").is_file() for s in _SUFFIXES):
+            return False
+        if (out_dir / f"{split}.bin").stat().st_size != counts["tokens"] * itemsize:
+            return False
+    return (out_dir / "tokenizer.json").is_file()
+
+
+def prepare_shards(
+    corpus: Corpus,
+    tok: tokenizers.Tokenizer,
+    out_dir: str | os.PathLike[str],
+    *,
+    val_fraction: float = 0.01,
+    workers: int = 2,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+    chunk_chars: int = 1 << 18,
+) -> ShardInfo:
+    """Tokenize ``corpus`` with ``tok`` into shards in ``out_dir`` (see the module docstring).
+
+    ``workers`` processes encode in parallel (0: in this process, with HuggingFace's own
+    threads). A folder that already holds these shards (same corpus fingerprint, tokenizer
+    and options) is left alone; one that holds other shards is refused unless ``overwrite``.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if workers < 0:
+        raise ConfigError(f"workers must be >= 0, got {workers}")
+    if chunk_chars < 1:
+        raise ConfigError(f"chunk_chars must be positive, got {chunk_chars}")
+    out = Path(out_dir)
+    key = {
+        "tokenizer_hash": tokenizer_hash(tok),
+        "corpus_fingerprint": corpus.fingerprint(),
+        "val_fraction": float(val_fraction),
+        "seed": int(seed),
+    }
+    if out.exists() and not out.is_dir():
+        raise TriformError(f"shard output {out} exists and is not a folder")
+    old = _read_meta(out) if out.is_dir() else None
+    if old is not None:
+        if old.get("key") == key and _complete(out, old):
+            log.info("shards in %s are up to date; nothing to do", out)
+            return ShardInfo(out, old, reused=True, seconds=0.0)
+        if not overwrite and old.get("key", {}).get("tokenizer_hash") != key["tokenizer_hash"]:
+            raise TriformError(
+                f"{out} already holds shards made with a different tokenizer; "
+                "use another output folder, or overwrite them (--overwrite)"
+            )
+        if not overwrite:
+            raise TriformError(
+                f"{out} already holds shards of a different corpus or options; "
+                "use another output folder, or overwrite them (--overwrite)"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        start = time.perf_counter()
+        meta = _build(corpus, tok, tmp, key, val_fraction, workers, seed, progress, chunk_chars)
+        meta["seconds"] = round(time.perf_counter() - start, 3)
+        (out / META_FILE).unlink(missing_ok=True)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, out / f.name)
+        tmp_meta = out / f".{META_FILE}.tmp"
+        tmp_meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp_meta, out / META_FILE)  # last: marks the shard set complete
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ShardInfo(out, meta, reused=False, seconds=meta["seconds"])
+
+
+def _build(
+    corpus: Corpus,
+    tok: tokenizers.Tokenizer,
+    tmp: Path,
+    key: dict[str, Any],
+    val_fraction: float,
+    workers: int,
+    seed: int,
+    progress: bool,
+    chunk_chars: int,
+) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(vocab_size)
+    writers = {s: _SplitWriter(tmp / f"{s}.bin", dtype) for s in SPLITS}
+    rng = np.random.default_rng(seed)
+    doc_split: list[bool] = []  # is_val of each document index, drawn in corpus order
+
+    def write(job: list[Item], n_chars: int, result: tuple[np.ndarray, ...]) -> None:
+        ids, item_tokens, sent_lens, item_sents = result
+        docs = np.fromiter((d for d, _ in job), dtype=np.int64, count=len(job))
+        is_val = np.asarray(doc_split, dtype=bool)[docs]  # (I,)
+        tok_val = np.repeat(is_val, item_tokens)
+        sent_val = np.repeat(is_val, item_sents)
+        for name, mask, t_mask, s_mask in (
+            ("train", ~is_val, ~tok_val, ~sent_val),
+            ("val", is_val, tok_val, sent_val),
+        ):
+            if mask.any():
+                w = writers[name]
+                w.append(
+                    ids[t_mask], docs[mask], item_tokens[mask], item_sents[mask], sent_lens[s_mask]
+                )
+                w.n_chars += int(n_chars * mask.mean())
+
+    def jobs() -> Iterator[tuple[list[Item], int]]:
+        for job, n_chars in _jobs(corpus, chunk_chars):
+            new = job[-1][0] + 1 - len(doc_split)
+            if new > 0:
+                doc_split.extend((rng.random(new) < val_fraction).tolist())
+            yield job, n_chars
+
+    bar = tqdm(
+        total=corpus.total_bytes(),
+        unit="B",
+        unit_scale=True,
+        desc="tokenizing",
+        disable=not progress,
+        leave=False,
+    )
+    try:
+        if workers == 0:
+            for job, n_chars in jobs():
+                write(job, n_chars, encode_items(tok, job))
+                bar.update(n_chars)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(tok.to_str(),)
+            ) as pool:
+                inflight: deque[tuple[list[Item], int, Future]] = deque()
+                for job, n_chars in jobs():
+                    inflight.append((job, n_chars, pool.submit(_encode_job, job)))
+                    while len(inflight) > 2 * workers:
+                        done_job, done_chars, fut = inflight.popleft()
+                        write(done_job, done_chars, fut.result())
+                        bar.update(done_chars)
+                while inflight:
+                    done_job, done_chars, fut = inflight.popleft()
+                    write(done_job, done_chars, fut.result())
+                    bar.update(done_chars)
+    finally:
+        bar.close()
+
+    # Both splits get a document when there are two or more, and train is never empty.
+    train, val = writers["train"], writers["val"]
+    if len(train.index()[0]) == 0 and len(val.index()[0]) > 0:
+        _move_last(val, train)
+    if val_fraction > 0 and len(val.index()[0]) == 0 and len(train.index()[0]) >= 2:
+        _move_last(train, val)
+    if train.n_tokens == 0:
+        raise TriformError(f"the corpus gave no tokens: {corpus.name}")
+
+    counts = {name: w.finish(tmp, name) for name, w in writers.items()}
+    save_tokenizer(tok, tmp / "tokenizer.json")
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "key": key,
+        "tokenizer_hash": key["tokenizer_hash"],
+        "vocab_size": vocab_size,
+        "dtype": dtype.name,
+        "separator": "none stored; readers add separators and framing",
+        "special_tokens": SpecialTokens.from_tokenizer(tok).to_dict(),
+        "corpus": corpus.name,
+        "skipped": [{"source": s, "reason": r} for s, r in corpus.skipped],
+        "splits": counts,
+        "workers": workers,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _move_last(src: _SplitWriter, dst: _SplitWriter) -> None:
+    ids, doc, lens = src.pop_last_document()
+    dst.append(ids, doc, np.array([len(ids)]), np.array([len(lens)]), lens)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading shards back.
+# ---------------------------------------------------------------------------------------
+class ShardSet:
+    """One split of a prepared shard folder, memory-mapped (nothing is read until used).
+
+    ``tokenizer`` (a :class:`tokenizers.Tokenizer` or a path) is checked against the one the
+    shards were made with: a different one is refused with a :class:`TriformError`. Without
+    it, the shard folder's own ``tokenizer.json`` is used.
+
+    Attributes: ``tokens`` (np.memmap (n_tokens,) uint16/uint32), ``doc_offsets`` (n_docs+1,),
+    ``sent_offsets`` (n_sents+1,), ``doc_sent_offsets`` (n_docs+1,), ``meta`` (dict),
+    ``tokenizer``, ``special`` (:class:`SpecialTokens`).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        split: str = "train",
+        tokenizer: tokenizers.Tokenizer | str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        meta = _read_meta(self.path) if self.path.is_dir() else None
+        if meta is None:
+            raise TriformError(
+                f"no shards in {self.path} (no {META_FILE}); run `triform data prepare` first"
+            )
+        if split not in meta["splits"]:
+            raise TriformError(
+                f"no split {split!r} in {self.path}; it has {', '.join(meta['splits'])}"
+            )
+        if tokenizer is None:
+            tokenizer = load_tokenizer(self.path / "tokenizer.json")
+        elif not isinstance(tokenizer, tokenizers.Tokenizer):
+            tokenizer = load_tokenizer(tokenizer)
+        digest = tokenizer_hash(tokenizer)
+        if digest != meta["tokenizer_hash"]:
+            raise TriformError(
+                f"shards in {self.path} were made with a different tokenizer "
+                f"(hash {meta['tokenizer_hash'][:12]}, this one {digest[:12]}); "
+                "prepare them again with this tokenizer"
+            )
+        self.meta = meta
+        self.split = split
+        self.tokenizer = tokenizer
+        self.special = SpecialTokens.from_tokenizer(tokenizer)
+        counts = meta["splits"][split]
+        dtype = np.dtype(meta["dtype"])
+        bin_path = self.path / f"{split}.bin"
+        if not _complete(self.path, meta):
+            raise TriformError(f"shards in {self.path} are incomplete; prepare them again")
+        if counts["tokens"] > 0:
+            self.tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(counts["tokens"],))
+        else:
+            self.tokens = np.zeros(0, dtype=dtype)
+        self.doc_offsets = np.load(self.path / f"{split}.docs.npy", mmap_mode="r")
+        self.sent_offsets = np.load(self.path / f"{split}.sents.npy", mmap_mode="r")
+        self.doc_sent_offsets = np.load(self.path / f"{split}.doc_sents.npy", mmap_mode="r")
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc_offsets) - 1
+
+    @property
+    def n_sents(self) -> int:
+        return len(self.sent_offsets) - 1
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def document(self, index: int) -> np.ndarray:
+        """The ids of document ``index`` (a view of the memmap)."""
+        return self.tokens[self.doc_offsets[index] : self.doc_offsets[index + 1]]
+
+    def sentence(self, index: int) -> np.ndarray:
+        """The ids of sentence ``index`` (a view of the memmap)."""
+        return self.tokens[self.sent_offsets[index] : self.sent_offsets[index + 1]]
+
+    def decode(self, ids: np.ndarray | list[int]) -> str:
+        """Text of ``ids`` with the shard's tokenizer."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardSet({str(self.path)!r}, split={self.split!r}: {self.n_tokens} tokens, "
+            f"{self.n_docs} documents, {self.n_sents} sentences)"
+        )
