@@ -1,0 +1,529 @@
+"""Checkpoints: written atomically, weights as safetensors, nothing that loads pickled code.
+
+A run folder holds ``checkpoints/step-000123/`` folders, each with
+
+- ``model.safetensors``  the weights (tied tensors stored once, under their first name)
+- ``optimizer.pt``       the optimizer state (tensors and plain numbers)
+- ``trainer.pt``         scheduler, RNG states (torch, CUDA, numpy, python), step, data
+                         position and the caller's ``extra`` dict
+- ``trainer_state.json`` the same step / data position / extra, for people
+
+A checkpoint is built in a hidden ``.tmp-step-000123-<pid>`` folder next to the others,
+fsynced, then renamed into place, so a crash mid-save leaves the previous checkpoint
+intact and never a half-written ``step-*`` folder. Older folders beyond ``keep_last`` are
+deleted only after the new one is in place. ``.pt`` files are read with
+``torch.load(weights_only=True)``.
+
+Under FSDP2, call :func:`save_checkpoint` and :func:`load_checkpoint` on every rank (the
+full state is gathered collectively; rank 0 writes). Otherwise calling them on rank 0
+alone is enough for saving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from triform.errors import TriformError
+from triform.train.distributed import barrier, is_fsdp, is_main_process, unwrap_model
+
+FORMAT = 1
+CHECKPOINTS = "checkpoints"
+WEIGHTS = "model.safetensors"
+OPTIMIZER = "optimizer.pt"
+TRAINER = "trainer.pt"
+STATE_JSON = "trainer_state.json"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class CheckpointState:
+    """What :func:`load_checkpoint` restored besides the tensors it loaded in place."""
+
+    step: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    data_position: Any = None
+
+
+# --------------------------------------------------------------------------------------
+# Finding checkpoints
+# --------------------------------------------------------------------------------------
+
+
+def step_dir_name(step: int) -> str:
+    """``step-000123``."""
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of a run folder (or of its ``checkpoints`` folder), oldest
+    first. Hidden temporary folders are never listed."""
+    root = Path(run_dir)
+    if root.name != CHECKPOINTS and (root / CHECKPOINTS).is_dir():
+        root = root / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = STEP_DIR.match(child.name)
+        if match and child.is_dir() and (child / STATE_JSON).is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint folder with the highest step, or ``None`` if there is none."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A step folder from a step folder, a run folder or its ``checkpoints`` folder."""
+    path = Path(path)
+    if not path.exists():
+        raise TriformError(f"no checkpoint at {path} (it does not exist)")
+    if path.is_dir() and (path / WEIGHTS).is_file():
+        return path
+    found = latest_checkpoint(path) if path.is_dir() else None
+    if found is None:
+        raise TriformError(f"no checkpoint in {path}")
+    return found
+
+
+# --------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------
+
+
+def _alias_groups(model: nn.Module, keys: set[str]) -> list[list[str]]:
+    """State-dict names that refer to one tensor (tied weights), each group sorted."""
+    groups: dict[int, list[str]] = defaultdict(list)
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    for name, tensor in named:
+        if name in keys and name not in groups[id(tensor)]:
+            groups[id(tensor)].append(name)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full (unsharded) state dict on the main process, tied tensors once; ``None``
+    on other ranks. Collective under FSDP2."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(model, options=options)
+    else:
+        state = model.state_dict()
+    if not is_main_process():
+        return None
+    for group in _alias_groups(model, set(state)):
+        for alias in group[1:]:
+            state.pop(alias, None)
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. folders on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None) -> bool:
+    state = _full_state_dict(model)
+    if state is None:
+        return False
+    save_file(state, str(path), metadata={"format": "pt", **(metadata or {})})
+    _fsync(path)
+    return True
+
+
+def save_weights(
+    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``model``'s weights to a safetensors file, atomically (temp file + rename).
+    Tied tensors are stored once. Under FSDP2 call it on every rank; rank 0 writes."""
+    path = Path(path)
+    model = unwrap_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    try:
+        if _write_weights(model, tmp, metadata):
+            os.replace(tmp, path)
+            _fsync(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _check_fits(model: nn.Module, path: Path) -> dict[str, str]:
+    """Raise :class:`TriformError` naming the first key of ``path`` that does not fit
+    ``model``; return ``{alias: stored name}`` for tied tensors stored once."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise TriformError(f"cannot read weights {path}: {err}") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    aliases = {}
+    for group in _alias_groups(model, set(expected)):
+        present = [name for name in group if name in stored]
+        for name in group:
+            if present and name not in stored:
+                aliases[name] = present[0]
+    where = f"checkpoint {path} does not fit this {type(model).__name__}"
+    for key, shape in expected.items():
+        if key not in stored and key not in aliases:
+            missing = [k for k in expected if k not in stored and k not in aliases]
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise TriformError(f"{where}: missing key {key!r}{more}")
+        got = stored.get(key, stored.get(aliases.get(key, ""), shape))
+        if got != shape:
+            raise TriformError(
+                f"{where}: {key!r} has shape {list(got)} in the checkpoint, "
+                f"{list(shape)} in the model"
+            )
+    unexpected = [k for k in stored if k not in expected]
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise TriformError(f"{where}: unexpected key {unexpected[0]!r}{more}")
+    return aliases
+
+
+def load_weights(model: nn.Module, path: str | Path) -> Path:
+    """Load safetensors weights into ``model`` in place (any device and dtype).
+
+    ``path`` is a ``.safetensors`` file, a checkpoint folder or a run folder (its latest
+    checkpoint). Weights of another model raise :class:`TriformError` naming the first
+    key that does not fit, before anything is changed. Returns the file read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = resolve_checkpoint(path) / WEIGHTS
+    elif not path.is_file():
+        raise TriformError(f"no weights at {path} (it does not exist)")
+    model = unwrap_model(model)
+    aliases = _check_fits(model, path)
+    state = load_file(str(path), device="cpu")
+    for alias, stored in aliases.items():
+        state[alias] = state[stored]
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+        )
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        model.load_state_dict(state, strict=True)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# RNG states as tensors and plain numbers (loadable with weights_only=True)
+# --------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch (CPU and, if in use, CUDA), numpy and python RNG states."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(cuda),
+        "numpy": {
+            "kind": str(np_kind),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "python": {
+            "version": int(py_version),
+            "state": torch.tensor(py_internal, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        count = min(len(cuda), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all(cuda[:count])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
+
+
+# --------------------------------------------------------------------------------------
+# Saving and loading whole checkpoints
+# --------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data that ``torch.load(weights_only=True)`` and JSON accept
+    (tensors are kept for torch; anything unknown becomes its ``str``)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.ndim == 0 else value.detach().cpu()
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_optimizer_state_dict(model, optimizer, options=options)
+        return {"format": "fqn", "state_dict": state} if is_main_process() else None
+    return {"format": "plain", "state_dict": optimizer.state_dict()}
+
+
+def _save(obj: Any, path: Path) -> None:
+    torch.save(obj, path)
+    _fsync(path)
+
+
+def _prune(root: Path, keep_last: int | None, current: Path) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints, and stale temporary folders."""
+    for child in root.iterdir():
+        if child.name.startswith((".tmp-step-", ".old-step-")) and not child.name.endswith(
+            f"-{os.getpid()}"
+        ):
+            shutil.rmtree(child, ignore_errors=True)
+    if keep_last is None or keep_last <= 0:
+        return
+    for old in list_checkpoints(root)[:-keep_last]:
+        if old != current:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    keep_last: int | None = None,
+    data_position: Any = None,
+) -> Path:
+    """Write ``run_dir/checkpoints/step-<step>/`` atomically and return its path.
+
+    ``extra`` (config, metrics, ...) and ``data_position`` are stored as plain data
+    (unknown objects as strings) and come back in :class:`CheckpointState`. The RNG states
+    saved are this process's. ``keep_last`` (None or 0 = all) prunes older checkpoints
+    after the new one is in place. Saving the same step again replaces that checkpoint.
+
+    Only rank 0 writes. Without FSDP it may be called on rank 0 alone (no collective, no
+    barrier). Under FSDP2 every rank must call it (the full state is gathered) and it
+    returns once rank 0 has finished writing.
+    """
+    model = unwrap_model(model)
+    final = Path(run_dir) / CHECKPOINTS / step_dir_name(step)
+    fsdp = is_fsdp(model)
+    # Collective parts first: every FSDP rank gathers, only rank 0 gets the result.
+    weights = _full_state_dict(model)
+    optim_state = _optimizer_state(model, optimizer) if optimizer is not None else None
+    try:
+        if is_main_process():
+            assert weights is not None
+            trainer = {
+                "format": FORMAT,
+                "step": int(step),
+                "data_position": _plain(data_position),
+                "extra": _plain(dict(extra or {})),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": rng_state(),
+            }
+            _write_checkpoint(final, weights, optim_state, trainer)
+            _prune(final.parent, keep_last, final)
+    finally:
+        if fsdp:
+            barrier()
+    return final
+
+
+def _write_checkpoint(
+    final: Path, weights: dict[str, torch.Tensor], optim_state: dict | None, trainer: dict
+) -> None:
+    """Build the folder under a hidden temporary name, fsync it, rename it to ``final``."""
+    root = final.parent
+    root.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    tmp = root / f".tmp-{final.name}-{pid}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file(
+            weights, str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(trainer["step"])}
+        )
+        _fsync(tmp / WEIGHTS)
+        if optim_state is not None:
+            _save(optim_state, tmp / OPTIMIZER)
+        _save(trainer, tmp / TRAINER)
+        summary = {
+            "format": FORMAT,
+            "step": trainer["step"],
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "data_position": trainer["data_position"],
+            "extra": trainer["extra"],
+        }
+        (tmp / STATE_JSON).write_text(json.dumps(_json_ready(summary), indent=2) + "\n")
+        _fsync(tmp / STATE_JSON)
+        _fsync(tmp)
+        if final.exists():  # re-saving a step: move the old one aside, then swap
+            old = root / f".old-{final.name}-{pid}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TriformError(f"incomplete checkpoint: {path} is missing") from None
+    except Exception as err:  # unpickling errors, truncated files, ...
+        raise TriformError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+
+
+def _load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    saved = _torch_load(path)
+    kind, state = saved.get("format"), saved.get("state_dict")
+    fsdp = is_fsdp(model)
+    if (kind == "fqn") != fsdp:
+        raise TriformError(
+            f"{path}: optimizer state saved {'with' if kind == 'fqn' else 'without'} FSDP "
+            f"cannot be resumed {'with' if fsdp else 'without'} it"
+        )
+    try:
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True)
+            set_optimizer_state_dict(model, optimizer, state, options=options)
+        else:
+            optimizer.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise TriformError(
+            f"{path}: optimizer state does not fit this optimizer: {str(err).splitlines()[0]}"
+        ) from None
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    *,
+    restore_rng: bool = True,
+) -> CheckpointState:
+    """Restore a checkpoint in place and return its step, extra dict and data position.
+
+    ``path`` is a step folder, or a run folder (its latest checkpoint). The model's
+    weights are checked before anything is loaded: a checkpoint of another model raises
+    :class:`TriformError` naming the first key that does not fit. The optimizer and
+    scheduler are restored when given; RNG states last (``restore_rng``), so call this
+    after everything that draws random numbers (model init, data set-up) and right
+    before the first step.
+    """
+    folder = resolve_checkpoint(path)
+    model = unwrap_model(model)
+    load_weights(model, folder / WEIGHTS)
+    trainer = _torch_load(folder / TRAINER)
+    if optimizer is not None:
+        _load_optimizer(model, optimizer, folder / OPTIMIZER)
+    if scheduler is not None:
+        if trainer.get("scheduler") is None:
+            raise TriformError(f"{folder} has no scheduler state")
+        scheduler.load_state_dict(trainer["scheduler"])
+    if restore_rng:
+        set_rng_state(trainer["rng"])
+    return CheckpointState(
+        step=int(trainer["step"]),
+        extra=trainer.get("extra") or {},
+        path=folder,
+        data_position=trainer.get("data_position"),
+    )

@@ -1,0 +1,249 @@
+"""Run metrics: JSON lines, TensorBoard event files, a progress bar and a loss-curve PNG.
+
+    log = MetricsLogger(run_dir, total_steps, enabled=is_main_process())
+    log.log(step, {"loss": 3.2, "lr": 3e-4, "tokens_per_s": 51000.0})        # train
+    log.log(step, {"loss": 3.4, "perplexity": 30.0}, split="val")
+    log.text(step, "sample", "Once upon a time")
+    log.close()   # -> run_dir/loss_curve.png
+
+``run_dir/metrics.jsonl`` gets one object per call: ``{"step", "split", "time", ...}``
+(non-finite numbers are written as ``null``). TensorBoard scalars go to
+``run_dir/tensorboard`` as ``<split>/<name>``. Pass plain floats: turning a tensor into a
+number is a host sync, which belongs at logging steps only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+LOSS_CURVE = "loss_curve.png"
+
+
+def _number(value: Any) -> float | int | str | None:
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "item"):  # tensors, numpy scalars
+        value = value.item()
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _si(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+def read_metrics(run_dir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl`` (or of that file given directly), in order,
+    optionally only those of one ``split``. A missing file gives ``[]``; a torn last line
+    (a crash mid-write) is skipped."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and (split is None or record.get("split") == split):
+            records.append(record)
+    return records
+
+
+class MetricsLogger:
+    """Writes metrics of one run; every method is a no-op when ``enabled`` is false (ranks
+    other than 0).
+
+    ``initial_step``: the step this run starts from (a resumed run's checkpoint step; 0 for
+    a fresh run). Records of later steps left in ``metrics.jsonl`` by an earlier run in the
+    folder are dropped (and TensorBoard hides its events of those steps), so the history
+    reads as one uninterrupted run.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        total_steps: int,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        progress: bool = True,
+        initial_step: int = 0,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.total_steps = total_steps
+        self.enabled = enabled
+        self._file = None
+        self._writer = None
+        self._bar = None
+        self._closed = False
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / METRICS_FILE
+        kept = [r for r in read_metrics(path) if r.get("step", 0) <= initial_step]
+        if path.exists():
+            lines = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
+            path.write_text(lines, encoding="utf-8")
+        self._file = path.open("a", encoding="utf-8", buffering=1)  # line-buffered
+        if tensorboard:
+            self._writer = self._tensorboard_writer(initial_step)
+        if progress:
+            self._bar = tqdm(
+                total=total_steps,
+                initial=min(initial_step, total_steps),
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=0.1 if sys.stderr.isatty() else 10.0,
+                file=sys.stderr,
+            )
+
+    def _tensorboard_writer(self, initial_step: int) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard not installed: JSON lines still work
+            print("tensorboard is not installed; writing metrics.jsonl only", file=sys.stderr)
+            return None
+        # TensorBoard hides events of earlier runs in this folder from this step on.
+        return SummaryWriter(
+            log_dir=str(self.run_dir / TENSORBOARD_DIR),
+            purge_step=initial_step + 1,
+            flush_secs=30,
+        )
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
+
+    def log(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
+        """Record ``metrics`` (name -> number) of ``split`` at ``step``. Train records move
+        the progress bar to ``step`` and show loss and tokens/s; others are printed above it."""
+        if not self.enabled:
+            return
+        values = {str(k): _number(v) for k, v in metrics.items()}
+        self._write({"step": int(step), "split": split, "time": round(time.time(), 3), **values})
+        if self._writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)):
+                    self._writer.add_scalar(f"{split}/{name}", value, step)
+        if self._bar is None:
+            return
+        if split == "train":
+            self._bar.update(max(0, min(step, self.total_steps) - self._bar.n))
+            postfix = {}
+            if values.get("loss") is not None:
+                postfix["loss"] = f"{values['loss']:.4f}"
+            if values.get("lr") is not None:
+                postfix["lr"] = f"{values['lr']:.2e}"
+            if values.get("tokens_per_s") is not None:
+                postfix["tok/s"] = _si(values["tokens_per_s"])
+            self._bar.set_postfix(postfix, refresh=True)
+        else:
+            shown = ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
+            )
+            self._bar.write(f"step {step} {split}: {shown}")
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        """Record a piece of text (a generated sample, say) at ``step``."""
+        if not self.enabled:
+            return
+        self._write({"step": int(step), "split": "text", "time": round(time.time(), 3),
+                     "tag": tag, "text": text})  # fmt: skip
+        if self._writer is not None:
+            self._writer.add_text(tag, text, step)
+
+    def flush(self) -> None:
+        """Push buffered TensorBoard events to disk (JSON lines are written per line)."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> Path | None:
+        """Close the bar, the files and the TensorBoard writer, and draw the loss curve.
+        Returns the PNG's path (``None`` when disabled or nothing was logged). Idempotent."""
+        if not self.enabled or self._closed:
+            return None
+        self._closed = True
+        if self._bar is not None:
+            self._bar.close()
+        if self._writer is not None:
+            self._writer.close()
+        if self._file is not None:
+            self._file.close()
+        return plot_loss_curve(self.run_dir)
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
+    """Draw train and val loss (and the learning rate, if logged) against step from
+    ``run_dir/metrics.jsonl`` into ``loss_curve.png``. The loss axis is logarithmic when
+    the loss is positive and spans more than a factor of 3. ``None`` if no loss was logged.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
+
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+
+    def series(split: str, key: str) -> tuple[list[int], list[float]]:
+        points = [(r["step"], r[key]) for r in records
+                  if r.get("split") == split and isinstance(r.get(key), (int, float))]  # fmt: skip
+        return [p[0] for p in points], [p[1] for p in points]
+
+    train, val, lr = series("train", "loss"), series("val", "loss"), series("train", "lr")
+    if not train[0] and not val[0]:
+        return None
+    figure = Figure(figsize=(8, 6 if lr[0] else 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    if lr[0]:
+        ax, ax_lr = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    else:
+        ax, ax_lr = figure.subplots(), None
+    if train[0]:
+        ax.plot(*train, label="train", linewidth=1.2)
+    if val[0]:
+        ax.plot(*val, "o-", label="val", linewidth=1.2, markersize=3)
+    losses = train[1] + val[1]
+    if min(losses) > 0 and max(losses) / min(losses) > 3:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        if max(losses) / min(losses) < 20:  # within about a decade: label the minor ticks
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_ylabel("loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(run_dir.resolve().name)
+    if ax_lr is not None:
+        ax_lr.plot(*lr, color="tab:gray", linewidth=1.0)
+        ax_lr.set_ylabel("lr")
+        ax_lr.grid(True, alpha=0.3)
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    (ax_lr or ax).set_xlabel("step")
+    path = Path(out) if out is not None else run_dir / LOSS_CURVE
+    figure.savefig(path, dpi=120)
+    return path
