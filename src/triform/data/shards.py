@@ -17,9 +17,10 @@ Layout of a shard folder (one set of files per split, ``train`` and ``val``)::
 No separator or special token is stored: the readers (:mod:`triform.data.readers`) add the
 family's separators and framing at read time, so one shard set serves every objective.
 
-Each document is tokenized as one text (its lines joined by newlines), so the ids are exactly
-what the tokenizer gives for the document; a token belongs to the line in which its last
-character lies (a newline token ends the line before it).
+Each document is tokenized as one text (its lines joined by newlines), so the ids are what
+the tokenizer gives for the document (a very long one is cut in pieces at line ends, joined so
+that nothing is lost); a token belongs to the line in which its last character lies (a
+newline token ends the line before it).
 
 Documents go to ``val`` with probability ``val_fraction`` (a seeded draw per document, in
 corpus order); when that leaves a split empty, one document is moved so that both have one
@@ -34,6 +35,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -57,8 +59,9 @@ META_FILE = "meta.json"
 SPLITS = ("train", "val")
 _SUFFIXES = (".bin", ".docs.npy", ".sents.npy", ".doc_sents.npy")
 
-# Encoding jobs: (doc index, lines) items, about this many characters per job.
-Item = tuple[int, list[str]]
+# An encoding job is a list of items (doc index, lines, tail): a document, or a piece of a
+# long one; ``tail`` is appended to a piece that the next piece continues (see _piece_tail).
+Item = tuple[int, list[str], str]
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -87,10 +90,10 @@ def encode_items(
     ``sent_lens`` (S,) int64 token count of each non-empty sentence in order, and
     ``item_sents`` (I,) int64 sentences per item.
     """
-    texts = ["\n".join(lines) for _, lines in items]
+    texts = ["\n".join(lines) + tail for _, lines, tail in items]
     encodings = tok.encode_batch(texts, add_special_tokens=False)
     ids, item_tokens, sent_lens, item_sents = [], [], [], []
-    for (_, lines), enc in zip(items, encodings, strict=True):
+    for (_, lines, _), enc in zip(items, encodings, strict=True):
         n = len(enc.ids)
         item_tokens.append(n)
         if n == 0:
@@ -124,7 +127,17 @@ def _encode_job(items: list[Item]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 # ---------------------------------------------------------------------------------------
 # Main side: cut the corpus into jobs, write what comes back.
 # ---------------------------------------------------------------------------------------
-def _jobs(corpus: Corpus, chunk_chars: int) -> Iterator[tuple[list[Item], int]]:
+def _piece_tail(tok: tokenizers.Tokenizer) -> str:
+    """What ends a piece of a long document so that the pieces' ids concatenate to the ids
+    of the whole: the newline for tokenizers that keep it (byte-level, char), nothing for
+    those that turn it into a word boundary (Metaspace kinds)."""
+    whole = tok.encode("ab cd\nef gh", add_special_tokens=False).ids
+    head = tok.encode("ab cd\n", add_special_tokens=False).ids
+    tail = tok.encode("ef gh", add_special_tokens=False).ids
+    return "\n" if head + tail == whole else ""
+
+
+def _jobs(corpus: Corpus, chunk_chars: int, tail: str) -> Iterator[tuple[list[Item], int]]:
     """(items, characters) jobs of about ``chunk_chars``; long documents are cut into pieces
     at line ends (pieces keep their document index)."""
     items: list[Item] = []
@@ -134,7 +147,7 @@ def _jobs(corpus: Corpus, chunk_chars: int) -> Iterator[tuple[list[Item], int]]:
         piece_size = 0
         for line in doc:
             if piece and piece_size + len(line) > chunk_chars:
-                items.append((doc_index, piece))
+                items.append((doc_index, piece, tail))
                 size += piece_size
                 piece, piece_size = [], 0
                 if size >= chunk_chars:
@@ -142,7 +155,7 @@ def _jobs(corpus: Corpus, chunk_chars: int) -> Iterator[tuple[list[Item], int]]:
                     items, size = [], 0
             piece.append(line)
             piece_size += len(line) + 1
-        items.append((doc_index, piece))
+        items.append((doc_index, piece, ""))
         size += piece_size
         if size >= chunk_chars:
             yield items, size
@@ -302,10 +315,12 @@ def prepare_shards(
     if out.exists() and not out.is_dir():
         raise TriformError(f"shard output {out} exists and is not a folder")
     old = _read_meta(out) if out.is_dir() else None
-    if old is not None:
-        if old.get("key") == key and _complete(out, old):
+    if old is not None and old.get("key") == key:
+        if _complete(out, old):
             log.info("shards in %s are up to date; nothing to do", out)
             return ShardInfo(out, old, reused=True, seconds=0.0)
+        log.warning("shards in %s are incomplete; preparing them again", out)
+    elif old is not None:
         if not overwrite and old.get("key", {}).get("tokenizer_hash") != key["tokenizer_hash"]:
             raise TriformError(
                 f"{out} already holds shards made with a different tokenizer; "
@@ -356,7 +371,7 @@ def _build(
 
     def write(job: list[Item], n_chars: int, result: tuple[np.ndarray, ...]) -> None:
         ids, item_tokens, sent_lens, item_sents = result
-        docs = np.fromiter((d for d, _ in job), dtype=np.int64, count=len(job))
+        docs = np.fromiter((item[0] for item in job), dtype=np.int64, count=len(job))
         is_val = np.asarray(doc_split, dtype=bool)[docs]  # (I,)
         tok_val = np.repeat(is_val, item_tokens)
         sent_val = np.repeat(is_val, item_sents)
@@ -372,7 +387,7 @@ def _build(
                 w.n_chars += int(n_chars * mask.mean())
 
     def jobs() -> Iterator[tuple[list[Item], int]]:
-        for job, n_chars in _jobs(corpus, chunk_chars):
+        for job, n_chars in _jobs(corpus, chunk_chars, _piece_tail(tok)):
             new = job[-1][0] + 1 - len(doc_split)
             if new > 0:
                 doc_split.extend((rng.random(new) < val_fraction).tolist())
@@ -392,7 +407,9 @@ def _build(
                 write(job, n_chars, encode_items(tok, job))
                 bar.update(n_chars)
         else:
-            ctx = multiprocessing.get_context("spawn")
+            # fork on Linux: workers start at once (spawn would re-import torch in each).
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            ctx = multiprocessing.get_context(method)
             with ProcessPoolExecutor(
                 workers, mp_context=ctx, initializer=_init_worker, initargs=(tok.to_str(),)
             ) as pool:

@@ -1,0 +1,134 @@
+"""Corpora: files, folders, globs, JSONL, gzip; document splitting; bad input; the default."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+
+import pytest
+
+from triform.data import Corpus, default_corpus
+from triform.errors import ConfigError, TriformError
+
+
+def _write(path, text: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+
+
+def test_text_file_documents_and_lines(tmp_path):
+    _write(tmp_path / "a.txt", "First line.  \r\n\n   indented line\n\nlast\n")
+    docs = list(Corpus.from_paths(tmp_path / "a.txt").documents())
+    assert docs == [["First line.", "   indented line", "last"]]  # one doc per file
+    docs = list(Corpus.from_paths(tmp_path / "a.txt", split_documents="blank-line").documents())
+    assert docs == [["First line."], ["   indented line"], ["last"]]
+    docs = list(Corpus.from_paths(str(tmp_path / "a.txt"), split_documents="line").documents())
+    assert len(docs) == 3
+
+
+def test_folder_glob_order_and_formats(tmp_path):
+    _write(tmp_path / "b" / "z.txt", "zed")
+    _write(tmp_path / "b" / "a.txt", "alpha")
+    _write(tmp_path / "b" / "notes.tsv", "ignored\tin folders")
+    _write(tmp_path / "b" / ".hidden" / "h.txt", "hidden")
+    records = [{"text": "one\ntwo"}, {"text": "three"}, {"other": 1}, {"text": 5}]
+    jsonl = "\n".join(json.dumps(r) for r in records) + "\nnot json\n"
+    _write(tmp_path / "b" / "m.jsonl", jsonl)
+    with gzip.open(tmp_path / "c.txt.gz", "wt", encoding="utf-8") as fh:
+        fh.write("gz text\n\nsecond")
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.write(json.dumps({"body": "from gzipped jsonl"}) + "\n")
+    corpus = Corpus.from_paths([tmp_path / "b", str(tmp_path / "*.gz")])
+    docs = list(corpus.documents())
+    assert docs == [["alpha"], ["one", "two"], ["three"], ["zed"], ["gz text", "second"]]
+    assert len(corpus.skipped) == 2  # bad records of m.jsonl, d.jsonl.gz lacks "text"
+    docs = list(Corpus.from_paths(tmp_path / "d.jsonl.gz", text_field="body").documents())
+    assert docs == [["from gzipped jsonl"]]
+    again = list(Corpus.from_paths([tmp_path / "b", str(tmp_path / "*.gz")]).documents())
+    assert again == [["alpha"], ["one", "two"], ["three"], ["zed"], ["gz text", "second"]]
+
+
+def test_missing_and_empty_inputs(tmp_path):
+    with pytest.raises(TriformError, match="not found"):
+        Corpus.from_paths(tmp_path / "missing")
+    with pytest.raises(TriformError, match="no files match"):
+        Corpus.from_paths(str(tmp_path / "*.txt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TriformError, match="holds no"):
+        Corpus.from_paths(tmp_path / "empty")
+    _write(tmp_path / "blank.txt", "\n  \n\n")
+    with pytest.raises(TriformError, match="no text"):
+        list(Corpus.from_paths(tmp_path / "blank.txt").documents())
+    with pytest.raises(ConfigError, match="split_documents"):
+        Corpus.from_paths(tmp_path / "blank.txt", split_documents="paragraph")
+
+
+def test_binary_and_non_utf8_files_are_skipped_with_a_warning(tmp_path, caplog):
+    _write(tmp_path / "good.txt", "fine text")
+    _write(tmp_path / "image.txt", b"\x89PNG\x00\x00\x01binary")
+    _write(tmp_path / "latin1.txt", "caf\xe9 cr\xe8me".encode("latin-1"))
+    _write(tmp_path / "broken.txt.gz", b"\x1f\x8b\x08\x00garbage")
+    with caplog.at_level(logging.WARNING, logger="triform.data"):
+        corpus = Corpus.from_paths(tmp_path)
+        assert list(corpus.documents()) == [["fine text"]]
+    assert sorted(reason.split(" ")[0] for _, reason in corpus.skipped) == [
+        "binary",
+        "cannot",
+        "not",
+    ]
+    assert "skipping" in caplog.text
+    with pytest.raises(TriformError, match="latin1.txt: not UTF-8"):
+        list(Corpus.from_paths(tmp_path / "latin1.txt", on_error="raise").documents())
+
+
+def test_late_decode_error_keeps_the_good_part(tmp_path):
+    good = "ok line\n" * 2000  # past the sniffed head
+    _write(tmp_path / "late.txt", good.encode() + b"bad \xff byte\n")
+    corpus = Corpus.from_paths(tmp_path / "late.txt")
+    docs = list(corpus.documents())
+    assert len(corpus.skipped) == 1 and len(docs) == 1 and docs[0][0] == "ok line"
+
+
+def test_texts_pieces_and_fingerprint(tmp_path):
+    _write(tmp_path / "a.txt", "\n".join(f"line {i}" for i in range(100)))
+    corpus = Corpus.from_paths(tmp_path / "a.txt")
+    pieces = list(corpus.texts(max_chars=100))
+    assert all(len(p) <= 110 for p in pieces) and len(pieces) > 5
+    assert "\n".join(pieces) == "\n".join(f"line {i}" for i in range(100))
+    before = corpus.fingerprint()
+    assert Corpus.from_paths(tmp_path / "a.txt").fingerprint() == before
+    _write(tmp_path / "a.txt", "changed")
+    assert Corpus.from_paths(tmp_path / "a.txt").fingerprint() != before
+
+
+def test_in_memory_corpus_and_max_bytes():
+    corpus = Corpus.from_texts(["a b\nc", ["x", "", "y"]])
+    assert list(corpus.documents()) == [["a b", "c"], ["x", "y"]]
+    capped = Corpus.from_texts(["x" * 100] * 10)
+    capped.max_bytes = 250
+    assert len(list(capped.documents())) == 3
+
+
+def test_default_corpus_is_deterministic_and_big_enough():
+    corpus = default_corpus()
+    assert corpus.total_bytes() > 5_000_000
+    first = [doc for _, doc in zip(range(100), corpus.documents(), strict=False)]
+    again = [doc for _, doc in zip(range(100), default_corpus().documents(), strict=False)]
+    assert first == again and all(doc and all(doc) for doc in first)
+    small = list(default_corpus(max_bytes=200_000).documents())
+    size = sum(len(line) + 1 for doc in small for line in doc)
+    assert 200_000 <= size < 1_000_000
+    assert any("def " in line for doc in small for line in doc)  # stdlib sources are in
+    with pytest.raises(ConfigError):
+        default_corpus(parts=("wikipedia",))
+
+
+def test_default_corpus_docstrings_part():
+    docs = list(default_corpus(parts=("docstrings",), max_bytes=50_000).documents())
+    lines = [line for doc in docs for line in doc]
+    assert any(line.startswith("Return ") for line in lines)
+    assert not any(line.startswith("import ") for line in lines)  # prose, not module code
