@@ -16,6 +16,8 @@ from triform.errors import TriformError
 # Sub-command modules, in the order `triform --help` lists them.
 COMMAND_MODULES = (
     "triform.commands.models",
+    "triform.commands.pretrain",
+    "triform.commands.generate",
     "triform.commands.tokenizer",
     "triform.commands.data",
 )

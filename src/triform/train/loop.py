@@ -1,0 +1,205 @@
+"""The pretraining loop: the short piece that ties the components together.
+
+text -> tokenizer -> shards -> task (reader + objective + loss) -> model -> optimizer ->
+checkpoints and metrics. Everything specific to an objective lives in
+:mod:`triform.train.tasks`; this loop is the same for all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from triform.errors import TriformError
+from triform.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from triform.train.distributed import (
+    gradient_sync,
+    init_distributed,
+    is_main_process,
+    wrap_model,
+)
+from triform.train.metrics import MetricsLogger
+from triform.train.optim import build_optimizer, clip_gradients
+from triform.train.precision import autocast_context, grad_scaler, resolve_precision
+from triform.train.run_config import RunConfig
+from triform.train.schedules import build_scheduler
+from triform.train.setup import prepare_data, prepare_tokenizer, resolve_model_config
+from triform.train.tasks import Task, build_task
+
+
+@dataclass
+class PretrainResult:
+    """What a finished run reports."""
+
+    out_dir: Path
+    steps: int
+    train_loss: float
+    val_metrics: dict[str, float]
+    checkpoint: Path
+    tokens_per_second: float
+    sample: str | None = None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TriformError(f"train.device: unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TriformError("train.device is cuda but no GPU is available")
+    return device
+
+
+def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """The objective's random stream for one micro-batch: a function of (seed, step) only,
+    so a resumed run draws exactly the same masks and spans."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed((seed * 1_000_003 + step * 1009 + micro) % (2**63 - 1))
+    return generator
+
+
+def pretrain(config: RunConfig, resume: str | Path | None = None) -> PretrainResult:
+    """Run (or resume) the pretraining described by ``config``."""
+    train = config.train
+    init_distributed()
+    device = pick_device(train.device)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    torch.manual_seed(train.seed)
+    out_dir = Path(train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = prepare_tokenizer(config, out_dir)
+    model_config = resolve_model_config(config, tokenizer)
+    shards = prepare_data(config, tokenizer, out_dir)
+    task = build_task(config, model_config, tokenizer, shards)
+    model = task.build_model().to(device)
+    (out_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    (out_dir / "model.json").write_text(json.dumps(model_config.to_dict(), indent=2))
+
+    wrapped = wrap_model(model, train.parallel, find_unused_parameters=task.unused_parameters)
+    optimizer = build_optimizer(wrapped, config.optim)  # after wrapping: FSDP shards params
+    scheduler = build_scheduler(optimizer, config.schedule, train.steps)
+    precision = resolve_precision(train.precision, device)
+    start_step = 0
+    if resume is not None:  # last, so the restored RNG state is the next thing used
+        state = load_checkpoint(resume, wrapped, optimizer, scheduler)
+        start_step = state.step
+        if is_main_process():
+            print(f"resumed from step {start_step}")
+    if train.compile:
+        wrapped = torch.compile(wrapped)
+
+    logger = MetricsLogger(
+        out_dir,
+        train.steps,
+        enabled=is_main_process(),
+        tensorboard=train.tensorboard,
+        progress=train.progress,
+        initial_step=start_step,
+    )
+    if is_main_process():
+        print(
+            f"{model_config.family} {model_config.form}: {model.num_parameters():,} parameters, "
+            f"objective {task.name}, {train.steps} steps of {train.batch_size}x"
+            f"{train.grad_accum} sequences on {device} ({precision})"
+        )
+    result = _run_steps(
+        config, task, model, wrapped, optimizer, scheduler, logger, device, precision, start_step
+    )
+    logger.close()
+    return result
+
+
+def _run_steps(
+    config,
+    task: Task,
+    model,
+    wrapped,
+    optimizer,
+    scheduler,
+    logger,
+    device,
+    precision: str,
+    start_step: int,
+) -> PretrainResult:
+    train = config.train
+    out_dir = Path(train.out_dir)
+    started = time.perf_counter()
+    window_start, window_tokens = started, 0
+    running_loss = torch.zeros((), device=device)
+    running_count = 0
+    last_loss, val_metrics, sample = math.nan, {}, None
+    step = start_step
+    checkpoint = latest_checkpoint(out_dir)
+    scaler = grad_scaler(precision, device)
+    wrapped.train()
+    while step < train.steps:
+        for micro in range(train.grad_accum):
+            index = step * train.grad_accum + micro
+            draw = step_generator(train.seed, step, micro)
+            batch = task.train_batch(index, draw)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with gradient_sync(wrapped, micro == train.grad_accum - 1):
+                with autocast_context(precision, device):
+                    loss, _ = task.loss(wrapped, batch, draw)
+                scaler.scale(loss / train.grad_accum).backward()
+            running_loss += loss.detach()
+            running_count += 1
+            window_tokens += task.tokens_in(batch)
+        scaler.unscale_(optimizer)
+        clip_gradients(wrapped, config.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        if step % train.log_every == 0 or step == train.steps:
+            last_loss = (running_loss / running_count).item()  # the only sync of the step
+            if not math.isfinite(last_loss):
+                raise TriformError(f"loss became {last_loss} at step {step}; lower optim.lr")
+            now = time.perf_counter()
+            rate = window_tokens / max(now - window_start, 1e-9)
+            logger.log(
+                step,
+                {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate},
+                split="train",
+            )
+            running_loss.zero_()
+            running_count, window_start, window_tokens = 0, now, 0
+
+        out_of_time = train.max_minutes is not None and (
+            time.perf_counter() - started > 60 * train.max_minutes
+        )
+        if step % train.eval_every == 0 or step == train.steps or out_of_time:
+            val_metrics = task.evaluate(wrapped, device, precision, train.eval_batches)
+            logger.log(step, val_metrics, split="val")
+            if task.can_sample:
+                sample = task.sample(model, device, train.sample_tokens, train.sample_prompt)
+                logger.text(step, "sample", sample)
+            wrapped.train()
+        if step % train.checkpoint_every == 0 or step == train.steps or out_of_time:
+            checkpoint = save_checkpoint(  # every rank: FSDP gathers the weights
+                out_dir,
+                step,
+                model,
+                optimizer,
+                scheduler,
+                extra={"val": val_metrics, "train_loss": last_loss},
+                keep_last=train.keep_last,
+            )
+        if out_of_time:
+            break
+    elapsed = time.perf_counter() - started
+    tokens = task.tokens_per_step(config) * (step - start_step)
+    return PretrainResult(
+        out_dir, step, last_loss, val_metrics, checkpoint, tokens / max(elapsed, 1e-9), sample
+    )

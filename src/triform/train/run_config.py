@@ -1,0 +1,182 @@
+"""One run = one TOML file: the sections of a pretraining run and their validation.
+
+```toml
+[model]       preset = "gpt2-tiny", then any ModelConfig field to override
+[tokenizer]   path = "tokenizer.json"  or  kind / vocab_size / family to train one
+[data]        corpus, seq_len, val_fraction, ...
+[objective]   name = "causal-lm" | "mlm" | ... and that objective's own keys
+[train]       steps, batch_size, eval/checkpoint cadence, device, precision, ...
+[optim]       AdamW settings      [schedule]  warm-up and decay
+```
+
+Relative paths in the file are resolved against the file's folder, so a config in
+``configs/`` works from any working directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from triform import presets
+from triform.config import ModelConfig, apply_overrides, from_dict, load_toml
+from triform.errors import ConfigError
+from triform.train.optim import OptimConfig
+from triform.train.schedules import ScheduleConfig
+
+SECTIONS = ("model", "tokenizer", "data", "objective", "train", "optim", "schedule")
+
+
+@dataclass
+class TokenizerSection:
+    """Load ``path`` if it exists; otherwise train a tokenizer of ``kind`` (and save it
+    into the run folder, or to ``path`` when given)."""
+
+    path: str | None = None
+    kind: Literal["bpe", "byte-bpe", "wordpiece", "unigram", "char"] = "byte-bpe"
+    vocab_size: int = 8000
+    family: str | None = None  # special tokens of this family; default: the model's family
+    lowercase: bool | None = None  # None: the kind's default (WordPiece lower-cases)
+
+
+@dataclass
+class DataSection:
+    """Where the text is, how it is split, and how long the training sequences are."""
+
+    corpus: list[str] | str = "default"  # "default" = the embedded corpus; or paths / globs
+    text_field: str = "text"  # for .jsonl corpora
+    split_documents: Literal["file", "blank-line"] = "file"
+    shards_dir: str | None = None  # default: <out_dir>/data
+    val_fraction: float = 0.05
+    workers: int = 2
+    seq_len: int = 128
+    target_len: int = 64  # encoder-decoder objectives: decoder length (span corruption sets it)
+    sources: str | None = None  # seq2seq: a TSV of source<TAB>target pairs instead of a corpus
+
+
+@dataclass
+class TrainSection:
+    """The loop: how long, how big, how often to evaluate, sample and checkpoint."""
+
+    out_dir: str = "runs/pretrain"
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_minutes: float | None = None  # stop (and checkpoint) when this budget is spent
+    eval_every: int = 100
+    eval_batches: int = 8
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    sample_tokens: int = 64  # decoders print a sample of this many tokens at each eval
+    sample_prompt: str = ""
+    seed: int = 0
+    device: str = "auto"  # auto = cuda if available, else cpu
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: DDP under torchrun
+    threads: int | None = None  # torch intra-op threads on CPU
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A whole pretraining run, validated."""
+
+    model: ModelConfig
+    model_preset: str | None
+    tokenizer: TokenizerSection
+    data: DataSection
+    objective: dict[str, Any]
+    train: TrainSection
+    optim: OptimConfig
+    schedule: ScheduleConfig
+    source: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved run as plain data (saved next to checkpoints)."""
+        return self.raw
+
+
+def resolve_path(value: str, base: Path | None) -> str:
+    """A path from the config: ``~`` expanded, relative ones taken from the config's folder."""
+    path = Path(value).expanduser()
+    if base is not None and not path.is_absolute() and not any(c in value for c in "*?["):
+        path = base / path
+    return str(path)
+
+
+def load_run_config(
+    path: str | Path | None, overrides: list[str] | None = None, defaults: dict | None = None
+) -> RunConfig:
+    """Read a run TOML (or start from ``defaults``), apply ``--set`` overrides, validate."""
+    tree: dict[str, Any] = {}
+    base = None
+    if defaults:
+        tree = {key: dict(value) for key, value in defaults.items()}
+    if path is not None:
+        tree = load_toml(path)
+        base = Path(path).resolve().parent
+    apply_overrides(tree, overrides or [])
+    return build_run_config(tree, base, Path(path) if path else None)
+
+
+def build_run_config(tree: dict[str, Any], base: Path | None, source: Path | None) -> RunConfig:
+    for key in tree:
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown section [{key}]; expected one of {', '.join(SECTIONS)}")
+    model_table = dict(tree.get("model", {}))
+    preset = model_table.pop("preset", None)
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise ConfigError("model.preset must be a preset name")
+        model = presets.get(preset, **model_table)
+    else:
+        model = ModelConfig.from_dict(model_table)
+    tokenizer = from_dict(TokenizerSection, dict(tree.get("tokenizer", {})), "tokenizer")
+    data = from_dict(DataSection, dict(tree.get("data", {})), "data")
+    train = from_dict(TrainSection, dict(tree.get("train", {})), "train")
+    optim = from_dict(OptimConfig, dict(tree.get("optim", {})), "optim")
+    schedule = from_dict(ScheduleConfig, dict(tree.get("schedule", {})), "schedule")
+    objective = dict(tree.get("objective", {}))
+    if "name" not in objective:
+        raise ConfigError("objective.name is required (e.g. causal-lm, mlm, span-corruption)")
+
+    if tokenizer.path is not None:
+        tokenizer.path = resolve_path(tokenizer.path, base)
+    if isinstance(data.corpus, str):
+        data.corpus = [data.corpus]
+    data.corpus = [c if c == "default" else resolve_path(c, base) for c in data.corpus]
+    for name in ("shards_dir", "sources"):
+        value = getattr(data, name)
+        if value is not None:
+            setattr(data, name, resolve_path(value, base))
+    _validate(train, data)
+    raw = {**tree, "model": {**model.to_dict()}, "tokenizer": vars(tokenizer), "data": vars(data)}
+    raw["train"], raw["objective"] = vars(train), objective
+    return RunConfig(model, preset, tokenizer, data, objective, train, optim, schedule, source, raw)
+
+
+def _validate(train: TrainSection, data: DataSection) -> None:
+    positive = {
+        "train.steps": train.steps,
+        "train.batch_size": train.batch_size,
+        "train.grad_accum": train.grad_accum,
+        "train.eval_every": train.eval_every,
+        "train.log_every": train.log_every,
+        "train.checkpoint_every": train.checkpoint_every,
+        "train.keep_last": train.keep_last,
+        "data.seq_len": data.seq_len,
+        "data.target_len": data.target_len,
+        "data.workers": data.workers,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if not 0.0 <= data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
+    if train.max_minutes is not None and train.max_minutes <= 0:
+        raise ConfigError("train.max_minutes must be positive")
