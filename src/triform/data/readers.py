@@ -199,15 +199,10 @@ class _Stream(_Reader):
 
     def _window_starts(self, step: int) -> np.ndarray:
         items, epochs = self.order.rows(step)
+        shift = np.zeros_like(items)
         if self.shuffle and self._slack:
-            shift = np.array(
-                [
-                    _rng(self.seed, self.salt, e, 1).integers(0, self._slack + 1)
-                    for e in epochs.tolist()
-                ]
-            )
-        else:
-            shift = 0
+            for e in np.unique(epochs).tolist():  # one or two epochs per batch
+                shift[epochs == e] = _rng(self.seed, self.salt, e, 1).integers(0, self._slack + 1)
         return items * self._stride + shift  # (B,)
 
     @property

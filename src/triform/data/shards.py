@@ -369,10 +369,16 @@ def _build(
     rng = np.random.default_rng(seed)
     doc_split: list[bool] = []  # is_val of each document index, drawn in corpus order
 
-    def write(job: list[Item], n_chars: int, result: tuple[np.ndarray, ...]) -> None:
+    def write(job: list[Item], result: tuple[np.ndarray, ...]) -> None:
         ids, item_tokens, sent_lens, item_sents = result
         docs = np.fromiter((item[0] for item in job), dtype=np.int64, count=len(job))
-        is_val = np.asarray(doc_split, dtype=bool)[docs]  # (I,)
+        first = int(docs[0])  # a job's documents are consecutive
+        is_val = np.asarray(doc_split[first : int(docs[-1]) + 1], dtype=bool)[docs - first]
+        chars = np.fromiter(
+            (sum(map(len, lines)) + len(lines) for _, lines, _ in job),
+            dtype=np.int64,
+            count=len(job),
+        )  # (I,)
         tok_val = np.repeat(is_val, item_tokens)
         sent_val = np.repeat(is_val, item_sents)
         for name, mask, t_mask, s_mask in (
@@ -384,7 +390,7 @@ def _build(
                 w.append(
                     ids[t_mask], docs[mask], item_tokens[mask], item_sents[mask], sent_lens[s_mask]
                 )
-                w.n_chars += int(n_chars * mask.mean())
+                w.n_chars += int(chars[mask].sum())
 
     def jobs() -> Iterator[tuple[list[Item], int]]:
         for job, n_chars in _jobs(corpus, chunk_chars, _piece_tail(tok)):
@@ -404,7 +410,7 @@ def _build(
     try:
         if workers == 0:
             for job, n_chars in jobs():
-                write(job, n_chars, encode_items(tok, job))
+                write(job, encode_items(tok, job))
                 bar.update(n_chars)
         else:
             # fork on Linux: workers start at once (spawn would re-import torch in each).
@@ -418,11 +424,11 @@ def _build(
                     inflight.append((job, n_chars, pool.submit(_encode_job, job)))
                     while len(inflight) > 2 * workers:
                         done_job, done_chars, fut = inflight.popleft()
-                        write(done_job, done_chars, fut.result())
+                        write(done_job, fut.result())
                         bar.update(done_chars)
                 while inflight:
                     done_job, done_chars, fut = inflight.popleft()
-                    write(done_job, done_chars, fut.result())
+                    write(done_job, fut.result())
                     bar.update(done_chars)
     finally:
         bar.close()

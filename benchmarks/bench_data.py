@@ -1,0 +1,190 @@
+"""Benchmark of the data path: tokenizer training, shard preparation, batch readers.
+
+    python benchmarks/bench_data.py [--data ../shared/data/shakespeare] [--json out.json]
+
+Measures, on the given corpus (default: the shared Shakespeare folder):
+
+1. tokenizer training time for every kind at each ``--vocab-sizes`` (default 8000 and 32000);
+2. shard preparation throughput (MB of text per second) with 1 and 2 worker processes;
+3. batch-reader throughput (tokens per second) of every reader, against what a trainer
+   consumes: forward + backward tokens/s of a GPT-2-small-shaped model
+   (``transformers.GPT2LMHeadModel(GPT2Config())``, batch 4 x 256) on this machine. The
+   data path must be at least 100x faster so that it is never the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from triform.data import Corpus
+from triform.data.readers import CausalWindows, DocumentSequences, PackedSequences, SentencePairs
+from triform.data.shards import ShardSet, prepare_shards
+from triform.tokenizers import KINDS, SpecialTokens, train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "shakespeare"
+
+
+def bench_tokenizers(corpus: Corpus, vocab_sizes: list[int], kinds: list[str]) -> list[dict]:
+    rows = []
+    for vocab in vocab_sizes:
+        for kind in kinds:
+            start = time.perf_counter()
+            tok = train_tokenizer(corpus, kind=kind, vocab_size=vocab)
+            seconds = time.perf_counter() - start
+            rows.append(
+                {
+                    "kind": kind,
+                    "vocab_size": vocab,
+                    "got": tok.get_vocab_size(),
+                    "seconds": round(seconds, 2),
+                }
+            )
+            print(
+                f"  train {kind:9s} vocab {vocab:6d}: {seconds:6.2f} s "
+                f"({tok.get_vocab_size()} tokens)",
+                flush=True,
+            )
+    return rows
+
+
+def bench_prepare(
+    corpus: Corpus, tmp: Path, kinds: list[str], workers: list[int], repeats: int
+) -> tuple[list[dict], dict]:
+    """Shard preparation MB/s (best of ``repeats``); returns the rows and a byte-bpe shard set
+    folder per kind for the reader benchmark."""
+    megabytes = corpus.total_bytes() / 1e6
+    rows, folders = [], {}
+    for kind in kinds:
+        tok = train_tokenizer(corpus, kind=kind, vocab_size=8000)
+        for w in workers:
+            best = float("inf")
+            for r in range(repeats):
+                out = tmp / f"shards-{kind}-{w}-{r}"
+                info = prepare_shards(corpus, tok, out, workers=w, progress=False)
+                best = min(best, info.seconds)
+                folders[kind] = out
+            tokens = sum(s["tokens"] for s in info.meta["splits"].values())
+            rows.append(
+                {
+                    "kind": kind,
+                    "workers": w,
+                    "seconds": round(best, 2),
+                    "mb_per_s": round(megabytes / best, 2),
+                    "tokens": tokens,
+                }
+            )
+            print(
+                f"  prepare {kind:9s} workers {w}: {best:6.2f} s, {megabytes / best:5.2f} MB/s, "
+                f"{tokens:,} tokens",
+                flush=True,
+            )
+    return rows, folders
+
+
+def _throughput(reader, steps: int) -> float:
+    reader.batch(0)
+    start = time.perf_counter()
+    tokens = 0
+    for step in range(1, steps + 1):
+        tokens += reader.batch(step)["input_ids"].numel()
+    return tokens / (time.perf_counter() - start)
+
+
+def bench_readers(shards: ShardSet, batch_size: int, seq_len: int, steps: int) -> list[dict]:
+    sp = shards.special
+    pair_special = SpecialTokens(pad_id=0, cls_id=0, sep_id=0)  # GPT-2 vocab has no [CLS]
+    readers = {
+        "CausalWindows": CausalWindows(shards, seq_len, batch_size),
+        "PackedSequences": PackedSequences(
+            shards, seq_len, batch_size, bos_id=sp.eos_id, eos_id=sp.eos_id
+        ),
+        "DocumentSequences": DocumentSequences(shards, seq_len, batch_size, eos_id=sp.eos_id),
+        "SentencePairs (NSP)": SentencePairs(shards, seq_len, batch_size, special=pair_special),
+        "SentencePairs (SOP)": SentencePairs(
+            shards, seq_len, batch_size, mode="sop", special=pair_special
+        ),
+    }
+    rows = []
+    for name, reader in readers.items():
+        rate = _throughput(reader, steps)
+        rows.append(
+            {"reader": name, "batch": f"{batch_size}x{seq_len}", "tokens_per_s": round(rate)}
+        )
+        print(f"  read {name:20s} {batch_size}x{seq_len}: {rate / 1e6:8.2f} M tokens/s", flush=True)
+    return rows
+
+
+def bench_trainer(steps: int, batch_size: int = 4, seq_len: int = 256) -> float:
+    """Forward + backward tokens/s of a GPT-2-small-shaped model (what a trainer consumes)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config())
+    model.train()
+    ids = torch.randint(0, 50257, (batch_size, seq_len))
+    model(input_ids=ids, labels=ids).loss.backward()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+    rate = steps * batch_size * seq_len / (time.perf_counter() - start)
+    print(
+        f"  trainer GPT-2 small fwd+bwd {batch_size}x{seq_len}: {rate:8.1f} tokens/s "
+        f"({torch.get_num_threads()} threads)",
+        flush=True,
+    )
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--vocab-sizes", type=int, nargs="+", default=[8000, 32000])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS))
+    parser.add_argument("--prepare-kinds", nargs="+", default=["byte-bpe", "wordpiece"])
+    parser.add_argument("--repeats", type=int, default=2, help="best of N shard preparations")
+    parser.add_argument("--reader-steps", type=int, default=200)
+    parser.add_argument("--trainer-steps", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if not args.data.exists():
+        raise SystemExit(f"corpus not found: {args.data} (pass --data)")
+    corpus = Corpus.from_paths(args.data)
+    print(
+        f"corpus: {args.data} ({corpus.total_bytes() / 1e6:.2f} MB); "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="triform-bench-"))
+    try:
+        results = {"corpus": str(args.data), "megabytes": corpus.total_bytes() / 1e6}
+        results["tokenizer_training"] = bench_tokenizers(corpus, args.vocab_sizes, args.kinds)
+        results["prepare"], folders = bench_prepare(
+            corpus, tmp, args.prepare_kinds, [1, 2], args.repeats
+        )
+        shards = ShardSet(folders.get("byte-bpe", next(iter(folders.values()))))
+        results["readers"] = bench_readers(shards, 8, 1024, args.reader_steps)
+        results["readers"] += bench_readers(shards, 4, 256, args.reader_steps)
+        trainer = bench_trainer(args.trainer_steps)
+        results["trainer_tokens_per_s"] = round(trainer, 1)
+        slowest = min(r["tokens_per_s"] for r in results["readers"])
+        results["slowest_reader_over_trainer"] = round(slowest / trainer)
+        print(f"slowest reader / trainer consumption: {slowest / trainer:,.0f}x (needs >= 100x)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
