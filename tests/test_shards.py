@@ -223,3 +223,53 @@ def test_cli_two_commands(tmp_path, corpus_dir, capsys):
     argv[argv.index(str(tok))] = str(other)
     assert main(argv) == 2
     assert "different tokenizer" in capsys.readouterr().err
+
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare"
+
+
+def test_shakespeare_folder_to_shards(tmp_path):
+    """The README's two commands on real text (two plays, by glob)."""
+    if not SHAKESPEARE.is_dir():
+        pytest.skip(f"shared corpus not found at {SHAKESPEARE}")
+    plays = str(SHAKESPEARE / "[hm]a*.txt")  # hamlet, macbeth
+    tok = tmp_path / "tokenizer.json"
+    assert (
+        main(
+            [
+                "tokenizer",
+                "train",
+                plays,
+                "--kind",
+                "byte-bpe",
+                "--vocab-size",
+                "2000",
+                "--out",
+                str(tok),
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "shards"
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                plays,
+                "--tokenizer",
+                str(tok),
+                "--out",
+                str(out),
+                "--workers",
+                "2",
+                "--val-fraction",
+                "0.5",
+            ]
+        )
+        == 0
+    )
+    train, val = ShardSet(out, "train"), ShardSet(out, "val")
+    assert train.n_docs == val.n_docs == 1 and train.n_tokens > 30_000
+    text = train.decode(train.document(0)[:200].tolist())
+    assert "by William Shakespeare" in text
