@@ -9,8 +9,9 @@
 [optim]       AdamW settings      [schedule]  warm-up and decay
 ```
 
-Relative paths in the file are resolved against the file's folder, so a config in
-``configs/`` works from any working directory.
+Relative input paths in the file (tokenizer, corpus, shards, sources) are resolved against
+the file's folder, so a config in ``configs/`` works from any working directory; paths given
+with ``--set`` and ``train.out_dir`` are relative to the working directory.
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ from triform.config import ModelConfig, apply_overrides, from_dict, load_toml
 from triform.errors import ConfigError
 from triform.train.optim import OptimConfig
 from triform.train.schedules import ScheduleConfig
+
+# The model form each objective trains.
+OBJECTIVE_FORMS = {
+    "causal-lm": "decoder",
+    "mlm": "encoder",
+    "mlm-nsp": "encoder",
+    "mlm-sop": "encoder",
+    "rtd": "encoder",
+    "span-corruption": "encoder-decoder",
+    "denoising": "encoder-decoder",
+    "seq2seq": "encoder-decoder",
+}
 
 SECTIONS = ("model", "tokenizer", "data", "objective", "train", "optim", "schedule")
 
@@ -47,6 +60,7 @@ class DataSection:
     corpus: list[str] | str = "default"  # "default" = the embedded corpus; or paths / globs
     text_field: str = "text"  # for .jsonl corpora
     split_documents: Literal["file", "blank-line"] = "file"
+    if_missing: Literal["error", "default"] = "error"  # corpus absent: fail, or use the default
     shards_dir: str | None = None  # default: <out_dir>/data
     val_fraction: float = 0.05
     workers: int = 2
@@ -101,12 +115,10 @@ class RunConfig:
         return self.raw
 
 
-def resolve_path(value: str, base: Path | None) -> str:
-    """A path from the config: ``~`` expanded, relative ones taken from the config's folder."""
+def resolve_path(value: str, base: Path) -> str:
+    """A path from the config file: ``~`` expanded, relative ones taken from ``base``."""
     path = Path(value).expanduser()
-    if base is not None and not path.is_absolute() and not any(c in value for c in "*?["):
-        path = base / path
-    return str(path)
+    return str(path if path.is_absolute() else base / path)
 
 
 def load_run_config(
@@ -120,11 +132,35 @@ def load_run_config(
     if path is not None:
         tree = load_toml(path)
         base = Path(path).resolve().parent
+        _resolve_input_paths(tree, base)
     apply_overrides(tree, overrides or [])
-    return build_run_config(tree, base, Path(path) if path else None)
+    return build_run_config(tree, Path(path) if path else None)
 
 
-def build_run_config(tree: dict[str, Any], base: Path | None, source: Path | None) -> RunConfig:
+# Input paths of a run file, resolved against the file's folder.
+INPUT_PATHS = (
+    ("tokenizer", "path"),
+    ("data", "corpus"),
+    ("data", "shards_dir"),
+    ("data", "sources"),
+)
+
+
+def _resolve_input_paths(tree: dict[str, Any], base: Path) -> None:
+    for section, key in INPUT_PATHS:
+        table = tree.get(section)
+        if not isinstance(table, dict) or key not in table:
+            continue
+        value = table[key]
+        if isinstance(value, str) and value != "default":
+            table[key] = resolve_path(value, base)
+        elif isinstance(value, list):
+            table[key] = [
+                resolve_path(v, base) if isinstance(v, str) and v != "default" else v for v in value
+            ]
+
+
+def build_run_config(tree: dict[str, Any], source: Path | None = None) -> RunConfig:
     for key in tree:
         if key not in SECTIONS:
             raise ConfigError(f"unknown section [{key}]; expected one of {', '.join(SECTIONS)}")
@@ -142,18 +178,21 @@ def build_run_config(tree: dict[str, Any], base: Path | None, source: Path | Non
     optim = from_dict(OptimConfig, dict(tree.get("optim", {})), "optim")
     schedule = from_dict(ScheduleConfig, dict(tree.get("schedule", {})), "schedule")
     objective = dict(tree.get("objective", {}))
-    if "name" not in objective:
-        raise ConfigError("objective.name is required (e.g. causal-lm, mlm, span-corruption)")
+    name = objective.get("name")
+    if name not in OBJECTIVE_FORMS:
+        raise ConfigError(
+            f"objective.name must be one of {', '.join(OBJECTIVE_FORMS)}, got {name!r}"
+        )
+    if model.form != OBJECTIVE_FORMS[name]:
+        raise ConfigError(
+            f"objective {name} trains an {OBJECTIVE_FORMS[name]} model, but model "
+            f"{preset or model.family} is an {model.form} model"
+        )
+    if name == "seq2seq" and data.sources is None:
+        raise ConfigError("objective seq2seq reads data.sources (a TSV of source<TAB>target)")
 
-    if tokenizer.path is not None:
-        tokenizer.path = resolve_path(tokenizer.path, base)
     if isinstance(data.corpus, str):
         data.corpus = [data.corpus]
-    data.corpus = [c if c == "default" else resolve_path(c, base) for c in data.corpus]
-    for name in ("shards_dir", "sources"):
-        value = getattr(data, name)
-        if value is not None:
-            setattr(data, name, resolve_path(value, base))
     _validate(train, data)
     raw = {**tree, "model": {**model.to_dict()}, "tokenizer": vars(tokenizer), "data": vars(data)}
     raw["train"], raw["objective"] = vars(train), objective

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import tokenizers
@@ -37,6 +38,11 @@ def load_corpus(config: RunConfig) -> Corpus:
         return default_corpus()
     if "default" in paths:
         raise ConfigError("data.corpus: 'default' cannot be mixed with paths")
+    missing = [p for p in paths if not glob.glob(p)]
+    if missing and config.data.if_missing == "default":
+        if is_main_process():
+            print(f"corpus {missing[0]} not found: using the embedded default corpus instead")
+        return default_corpus()
     return Corpus.from_paths(
         paths, text_field=config.data.text_field, split_documents=config.data.split_documents
     )
