@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "triform.commands.generate",
     "triform.commands.tokenizer",
     "triform.commands.data",
+    "triform.commands.convert",
 )
 
 

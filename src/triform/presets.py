@@ -75,7 +75,7 @@ _GPT = dict(
     norm_placement="post",
     embedding_norm=False,
     final_norm=False,
-    activation="gelu",
+    activation="gelu_tanh",  # the GPT code uses GELU's tanh approximation (HF: afn="gelu")
     tie_embeddings=True,
     hidden_size=768,
     num_layers=12,
