@@ -135,26 +135,26 @@ class Task:
         return {"bos_id": s.bos_id, "eos_id": s.eos_id}
 
 
-def _reader_pair(make, shards) -> tuple[Any, Any]:
+def shard_readers(task: Task, shards, reader_class, seq_len: int, **options) -> tuple[Any, Any]:
+    """The (shuffled train, fixed validation) readers of ``reader_class`` over the shards."""
     train_shards, val_shards = shards
     if val_shards.n_tokens == 0:
         raise TriformError("the validation split is empty; raise data.val_fraction")
-    return make(train_shards, True), make(val_shards, False)
+    run = task.run
+    return tuple(
+        reader_class(
+            split, seq_len, run.train.batch_size, run.train.seed, shuffle=shuffle, **options
+        )
+        for split, shuffle in ((train_shards, True), (val_shards, False))
+    )
 
 
 class CausalLMTask(Task):
     can_sample = True
 
     def readers(self, shards):
-        run = self.run
-
-        def make(split, shuffle):
-            return CausalWindows(
-                split, run.data.seq_len, run.train.batch_size, run.train.seed, shuffle=shuffle
-            )
-
-        self._tokens_per_batch = run.train.batch_size * run.data.seq_len
-        return _reader_pair(make, shards)
+        self._tokens_per_batch = self.run.train.batch_size * self.run.data.seq_len
+        return shard_readers(self, shards, CausalWindows, self.run.data.seq_len)
 
     def sample(self, model, device, tokens, prompt):
         from triform.inference.generate import generate
@@ -184,20 +184,10 @@ class MaskedLMTask(Task):
         return config
 
     def readers(self, shards):
-        run = self.run
-
-        def make(split, shuffle):
-            return PackedSequences(
-                split,
-                run.data.seq_len,
-                run.train.batch_size,
-                run.train.seed,
-                shuffle=shuffle,
-                **self._framing(),
-            )
-
-        self._tokens_per_batch = run.train.batch_size * run.data.seq_len
-        return _reader_pair(make, shards)
+        self._tokens_per_batch = self.run.train.batch_size * self.run.data.seq_len
+        return shard_readers(
+            self, shards, PackedSequences, self.run.data.seq_len, **self._framing()
+        )
 
 
 class SentencePairTask(Task):
@@ -208,23 +198,16 @@ class SentencePairTask(Task):
 
     def readers(self, shards):
         run = self.run
-        mode = "nsp" if self.name == "mlm-nsp" else "sop"
-        short = float(run.objective.get("short_seq_prob", 0.1))
-
-        def make(split, shuffle):
-            return SentencePairs(
-                split,
-                run.data.seq_len,
-                run.train.batch_size,
-                run.train.seed,
-                mode=mode,
-                special=self.special,
-                short_seq_prob=short,
-                shuffle=shuffle,
-            )
-
         self._tokens_per_batch = run.train.batch_size * run.data.seq_len
-        return _reader_pair(make, shards)
+        return shard_readers(
+            self,
+            shards,
+            SentencePairs,
+            run.data.seq_len,
+            mode="nsp" if self.name == "mlm-nsp" else "sop",
+            special=self.special,
+            short_seq_prob=float(run.objective.get("short_seq_prob", 0.1)),
+        )
 
 
 class ElectraPair(nn.Module):
@@ -266,36 +249,24 @@ class ReplacedTokenTask(MaskedLMTask):
 class SpanCorruptionTask(Task):
     def readers(self, shards):
         run = self.run
-        raw_len = self.objective.source_length(run.data.seq_len)
-
-        def make(split, shuffle):
-            return PackedSequences(
-                split, raw_len, run.train.batch_size, run.train.seed, shuffle=shuffle
-            )
-
         target = self.objective.target_length(run.data.seq_len)
         self._tokens_per_batch = run.train.batch_size * (run.data.seq_len + target)
-        return _reader_pair(make, shards)
+        raw_len = self.objective.source_length(run.data.seq_len)
+        return shard_readers(self, shards, PackedSequences, raw_len)
 
 
 class DenoisingTask(Task):
     def readers(self, shards):
         run = self.run
-        s = self.special
-
-        def make(split, shuffle):
-            return DocumentSequences(
-                split,
-                run.data.seq_len,
-                run.train.batch_size,
-                run.train.seed,
-                bos_id=s.bos_id,
-                eos_id=s.eos_id,
-                shuffle=shuffle,
-            )
-
         self._tokens_per_batch = 2 * run.train.batch_size * run.data.seq_len
-        return _reader_pair(make, shards)
+        return shard_readers(
+            self,
+            shards,
+            DocumentSequences,
+            run.data.seq_len,
+            bos_id=self.special.bos_id,
+            eos_id=self.special.eos_id,
+        )
 
 
 class Seq2SeqTask(Task):
