@@ -1,0 +1,88 @@
+"""Sentence-pair objectives combined with MLM in one batch: next-sentence prediction (BERT)
+and sentence-order prediction (ALBERT).
+
+The reader builds the pairs ``[CLS] A [SEP] B [SEP]`` with ``token_type_ids`` and their
+``pair_labels`` (B,):
+
+- NSP: 0 = B is the segment that follows A, 1 = B is a random segment of another document
+  (50% each);
+- SOP: 0 = A and B are consecutive segments in order, 1 = the two are swapped (50% each).
+
+This is HuggingFace's convention (``next_sentence_label`` / ``sentence_order_label``). The
+objective masks the pair as :class:`~triform.data.objectives.masked_lm.MaskedLM` does
+(``[CLS]``/``[SEP]`` are special, never selected) and carries ``token_type_ids`` and
+``pair_labels`` through, so the batch holds everything the model (``input_ids``,
+``attention_mask``, ``token_type_ids``) and the loss (``labels``, ``pair_labels``) need.
+The loss is the sum of the MLM and the pair cross entropies, as in BERT and ALBERT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from triform.data.objectives._common import Batch, token_cross_entropy
+from triform.data.objectives.masked_lm import MaskedLM, MaskedLMConfig
+from triform.errors import TriformError
+
+
+@dataclass
+class SentencePairConfig(MaskedLMConfig):
+    """The MLM settings of the pair objective (the pair task is fixed by the class)."""
+
+
+def pretraining_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    pair_logits: torch.Tensor,
+    pair_labels: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """BERT/ALBERT pretraining loss: MLM cross entropy + pair cross entropy.
+
+    logits: (B, L, V), labels: (B, L) with -100 where not predicted; pair_logits: (B, 2),
+    pair_labels: (B,). Returns ``(mlm + pair, {"mlm_loss", "pair_loss", "pair_accuracy"})``.
+    """
+    mlm = token_cross_entropy(logits, labels)
+    pair = F.cross_entropy(pair_logits.float(), pair_labels)
+    accuracy = (pair_logits.argmax(-1) == pair_labels).float().mean()
+    parts = {"mlm_loss": mlm.detach(), "pair_loss": pair.detach(), "pair_accuracy": accuracy}
+    return mlm + pair, parts
+
+
+class SentencePairObjective(MaskedLM):
+    """MLM on a sentence pair plus its pair label; see the module docstring."""
+
+    config_class = SentencePairConfig
+    task: ClassVar[str]
+
+    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+        for key in ("token_type_ids", "pair_labels"):
+            if key not in batch:
+                raise TriformError(f"{self.name} needs batch[{key!r}] from a sentence-pair reader")
+        out = super().__call__(batch, generator)
+        out["token_type_ids"] = batch["token_type_ids"]
+        out["pair_labels"] = batch["pair_labels"]  # (B,)
+        return out
+
+    def loss(self, output: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``output.logits`` (B, L, V) and ``output.pair_logits`` (B, 2)."""
+        return pretraining_loss(
+            output.logits, batch["labels"], output.pair_logits, batch["pair_labels"]
+        )
+
+
+class NextSentencePrediction(SentencePairObjective):
+    """MLM + NSP (BERT)."""
+
+    name = "mlm-nsp"
+    task = "nsp"
+
+
+class SentenceOrderPrediction(SentencePairObjective):
+    """MLM + SOP (ALBERT)."""
+
+    name = "mlm-sop"
+    task = "sop"
