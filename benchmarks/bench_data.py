@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -56,35 +57,44 @@ def bench_tokenizers(corpus: Corpus, vocab_sizes: list[int], kinds: list[str]) -
     return rows
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the pool's workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def bench_prepare(
     corpus: Corpus, tmp: Path, kinds: list[str], workers: list[int], repeats: int
 ) -> tuple[list[dict], dict]:
-    """Shard preparation MB/s (best of ``repeats``); returns the rows and a byte-bpe shard set
-    folder per kind for the reader benchmark."""
+    """Shard preparation MB/s (best of ``repeats``) and its CPU time; returns the rows and a
+    shard folder per tokenizer kind for the reader benchmark."""
     megabytes = corpus.total_bytes() / 1e6
     rows, folders = [], {}
     for kind in kinds:
         tok = train_tokenizer(corpus, kind=kind, vocab_size=8000)
         for w in workers:
-            best = float("inf")
+            best, cpu = float("inf"), float("inf")
             for r in range(repeats):
                 out = tmp / f"shards-{kind}-{w}-{r}"
+                before = _cpu_seconds()
                 info = prepare_shards(corpus, tok, out, workers=w, progress=False)
+                cpu = min(cpu, _cpu_seconds() - before)
                 best = min(best, info.seconds)
                 folders[kind] = out
             tokens = sum(s["tokens"] for s in info.meta["splits"].values())
-            rows.append(
-                {
-                    "kind": kind,
-                    "workers": w,
-                    "seconds": round(best, 2),
-                    "mb_per_s": round(megabytes / best, 2),
-                    "tokens": tokens,
-                }
-            )
+            row = {
+                "kind": kind,
+                "workers": w,
+                "seconds": round(best, 2),
+                "mb_per_s": round(megabytes / best, 2),
+                "cpu_seconds": round(cpu, 2),
+                "tokens": tokens,
+            }
+            rows.append(row)
             print(
                 f"  prepare {kind:9s} workers {w}: {best:6.2f} s, {megabytes / best:5.2f} MB/s, "
-                f"{tokens:,} tokens",
+                f"{cpu:6.2f} CPU-s, {tokens:,} tokens",
                 flush=True,
             )
     return rows, folders
@@ -148,10 +158,10 @@ def bench_trainer(steps: int, batch_size: int = 4, seq_len: int = 256) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--vocab-sizes", type=int, nargs="+", default=[8000, 32000])
+    parser.add_argument("--vocab-sizes", type=int, nargs="*", default=[8000, 32000])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS))
     parser.add_argument("--prepare-kinds", nargs="+", default=["byte-bpe", "wordpiece"])
-    parser.add_argument("--repeats", type=int, default=2, help="best of N shard preparations")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N shard preparations")
     parser.add_argument("--reader-steps", type=int, default=200)
     parser.add_argument("--trainer-steps", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures here")
