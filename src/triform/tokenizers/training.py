@@ -15,6 +15,10 @@ post-processor -> decoder); the algorithms run in Rust, nothing is re-implemente
 
 For the Metaspace kinds (``bpe``, ``unigram``) a newline is read as a space, as in
 SentencePiece, so a word at the start of a line is the same token as elsewhere.
+
+BPE and byte-level BPE training is deterministic; HuggingFace's WordPiece and Unigram trainers
+break ties in hash order, so two trainings may differ in a few tokens. Save the tokenizer
+(a ``tokenizer.json``) and reuse it: that is what makes a run reproducible.
 """
 
 from __future__ import annotations
