@@ -75,5 +75,6 @@ def run(args: argparse.Namespace) -> int:
     if result.sample is not None:
         print(f"sample: {result.sample!r}")
     print(f"checkpoint: {result.checkpoint}")
-    print(f"generate from it: triform generate {result.out_dir} --prompt 'Some text'")
+    if config.model.form != "encoder":
+        print(f"generate from it: triform generate {result.out_dir} --prompt 'Some text'")
     return 0

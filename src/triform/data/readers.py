@@ -14,12 +14,14 @@ Layouts (``B`` = batch size, all tensors ``torch.int64``):
   every document); inputs are ``[:, :-1]``, targets ``[:, 1:]``.
 - :class:`PackedSequences`: ``{"input_ids", "attention_mask": (B, seq_len)}``: the same stream
   cut in full-length sequences, each framed ``[prefix] content [suffix]`` (BERT:
-  ``[CLS] ... [SEP]``; RoBERTa: ``<s> ... </s>``); the mask is all ones.
+  ``[CLS] ... [SEP]``; RoBERTa: ``<s> ... </s>``); the mask is all ones. ``example_ids``
+  (B,) numbers the window, so static MLM masking gives a window the same mask every epoch.
 - :class:`DocumentSequences`: ``{"input_ids", "attention_mask": (B, seq_len)}``: chunks of
   single documents (never crossing a boundary), framed like packed sequences, then padded.
 - :class:`SentencePairs`: ``{"input_ids", "token_type_ids", "attention_mask": (B, seq_len),
   "pair_labels": (B,)}`` as ``[CLS] A [SEP] B [SEP] pad...`` for NSP (label 0: B follows A,
-  1: B from another document) or SOP (label 0: in order, 1: swapped).
+  1: B from another document) or SOP (label 0: in order, 1: swapped); ``example_ids`` (B,)
+  numbers the anchor sentence.
 
 A ``separator_id`` of ``"auto"`` is the tokenizer's eos id (else its sep id, else none).
 """
@@ -288,9 +290,11 @@ class PackedSequences(_Stream):
             ids[:, 0] = self.prefix[0]
         if self.suffix:
             ids[:, -1] = self.suffix[0]
+        items, _ = self.order.rows(step)
         return {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.ones(self.batch_size, self.seq_len, dtype=torch.int64),
+            "example_ids": torch.from_numpy(items.astype(np.int64)),  # static masking
         }
 
 
@@ -484,7 +488,9 @@ class SentencePairs(_Reader):
             l2 = np.where(flip, a_len, b_len)
         else:
             s1, l1, s2, l2 = a_start, a_len, b_start, b_len
-        return self._assemble(s1, l1, s2, l2, flip)
+        batch = self._assemble(s1, l1, s2, l2, flip)
+        batch["example_ids"] = torch.from_numpy(items.astype(np.int64))  # static masking
+        return batch
 
     def _other_doc_sentences(self, doc: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A random sentence index from a document other than ``doc``, for each row."""
