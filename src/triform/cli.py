@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "triform.commands.tokenizer",
     "triform.commands.data",
     "triform.commands.convert",
+    "triform.commands.evaluate",
 )
 
 

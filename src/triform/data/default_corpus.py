@@ -6,8 +6,8 @@ Parts (in this order):
 - ``"topics"``: the Python language reference and library help topics shipped with ``pydoc``
   (``pydoc_data.topics``: about 80 documents, ~0.5 MB of English prose), one document each;
 - ``"sources"``: the source files of the standard library (located through ``sysconfig``;
-  test suites, codec tables, ``site-packages`` and ``idlelib`` left out), one document per module (~12 MB of
-  Python code with its docstrings and comments);
+  test suites, codec tables, ``site-packages`` and ``idlelib`` left out), one document per
+  module (~10 MB of Python code with its docstrings and comments);
 - ``"docstrings"`` (not in the default): only the docstrings of those modules, one document
   per module, each docstring's lines as sentences (~1.7 MB of English; parsing takes seconds).
 
