@@ -17,6 +17,7 @@ from triform.errors import TriformError
 COMMAND_MODULES = (
     "triform.commands.models",
     "triform.commands.pretrain",
+    "triform.commands.finetune",
     "triform.commands.generate",
     "triform.commands.tokenizer",
     "triform.commands.data",

@@ -1,0 +1,31 @@
+"""``triform finetune CONFIG.toml [--set section.key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a pretrained model on a task (classification, tagging, QA, ...)",
+        description="Fine-tune a pretrained body with a new head; see configs/finetune/.",
+    )
+    parser.add_argument("config", help="fine-tuning TOML ([model], [task], [train])")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (TOML syntax), e.g. --set train.epochs=1",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from triform.finetune import finetune
+
+    result = finetune(args.config, args.overrides)
+    print(result.summary())
+    return 0

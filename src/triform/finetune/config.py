@@ -1,0 +1,298 @@
+"""One fine-tuning run = one TOML file: ``[model]``, ``[task]`` and ``[train]``.
+
+```toml
+[model]
+source = "runs/bert-mlm-nsp"    # triform run folder | HF checkpoint folder | "preset:bert-tiny"
+tokenizer = "tokenizer.json"    # needed for preset:..., optional otherwise
+
+[task]
+kind = "pair-classification"
+train = "data/train.tsv"        # CSV, TSV or JSONL
+validation = "data/dev.tsv"
+text = "sentence1"              # column names
+text_pair = "sentence2"
+label = "label"
+max_length = 128
+metric = "accuracy"             # selects the best checkpoint
+
+[train]
+epochs = 3
+batch_size = 32
+lr = 1e-4                       # the new head
+body_lr = 2e-5                  # the pretrained body
+out_dir = "runs/finetune-pairs"
+```
+
+Input paths in the file (model source, tokenizer, data files) are resolved against the
+file's folder; ``--set`` paths and ``train.out_dir`` against the working directory. Every
+key is checked: a bad one is a one-line :class:`~triform.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from triform.config import apply_overrides, from_dict, load_toml
+from triform.errors import ConfigError
+
+TaskKind = Literal[
+    "classification",
+    "pair-classification",
+    "regression",
+    "tagging",
+    "qa",
+    "text-to-text",
+    "gpt-classification",
+    "gpt-entailment",
+    "gpt-similarity",
+    "gpt-multiple-choice",
+]
+TASK_KINDS: tuple[str, ...] = typing.get_args(TaskKind)
+
+CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc", "loss")
+REGRESSION_METRICS = ("pearson", "spearman", "mse", "loss")
+# The metrics each kind reports (the first is the default for choosing the best checkpoint).
+METRICS: dict[str, tuple[str, ...]] = {
+    "classification": CLASSIFICATION_METRICS,
+    "pair-classification": CLASSIFICATION_METRICS,
+    "regression": REGRESSION_METRICS,
+    "tagging": ("f1", "precision", "recall", "accuracy", "loss"),
+    "qa": ("f1", "exact_match", "loss"),
+    "text-to-text": ("rougeL", "rouge1", "rouge2", "bleu", "exact_match", "loss"),
+    "gpt-classification": CLASSIFICATION_METRICS,
+    "gpt-entailment": CLASSIFICATION_METRICS,
+    "gpt-similarity": CLASSIFICATION_METRICS,
+    "gpt-multiple-choice": ("accuracy", "loss"),
+}
+LOWER_IS_BETTER = ("loss", "mse")
+SECTIONS = ("model", "task", "train")
+
+
+@dataclass
+class ModelSection:
+    """Where the pretrained body comes from.
+
+    ``source``: a ``triform pretrain`` run folder (``model.json`` + checkpoints), a
+    HuggingFace checkpoint folder (``config.json`` + weights) or ``preset:<name>`` (random
+    initialisation; then ``tokenizer`` is required). ``overrides``: ModelConfig fields for a
+    preset (e.g. ``{num_layers = 2}``).
+    """
+
+    source: str = ""
+    tokenizer: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskSection:
+    """What to learn, from which files. Column keys (``text``, ``label``, ...) name the
+    columns of the data files; ``labels`` fixes the label set (else: sorted from train)."""
+
+    kind: TaskKind = "classification"
+    train: str = ""
+    validation: str | None = None
+    test: str | None = None
+    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
+    # column names
+    text: str = "text"
+    text_pair: str = "text_pair"
+    label: str = "label"
+    tokens: str = "tokens"
+    tags: str = "tags"
+    question: str = "question"
+    context: str = "context"
+    answer_start: str = "answer_start"
+    answer_text: str = "answer_text"
+    source: str = "source"
+    target: str = "target"
+    prefix: str = "prefix"  # per-row task prefix column (text-to-text), if present
+    choices: str = "choices"  # a list column (multiple choice)
+    # the task
+    labels: list[str] | None = None
+    task_prefix: str = ""  # text-to-text: put before every source without its own prefix
+    max_length: int = 128
+    max_target_length: int | None = None  # text-to-text targets (None: as long as they are)
+    generate_max_tokens: int = 64  # text-to-text: decoding budget at evaluation
+    stride: int = 32  # qa: tokens of context shared by consecutive windows
+    max_answer_length: int = 30  # qa: longest span considered, in tokens
+    pooling: Literal["auto", "first", "last", "mean"] = "auto"
+    head_dropout: float | None = None  # None: the body's dropout
+    lm_weight: float = 0.5  # GPT-1 auxiliary LM loss weight (lambda)
+    regression: bool = False  # gpt-similarity: a score instead of classes
+    metric: str | None = None  # selects the best checkpoint; default: the kind's main metric
+
+
+@dataclass
+class TrainSection:
+    """The loop. ``steps`` (when set) overrides ``epochs``. ``lr`` is the new head's
+    learning rate, ``body_lr`` the pretrained body's (default: ``lr``). ``eval_every``: 0
+    evaluates after every epoch, N every N steps (and at the end)."""
+
+    out_dir: str = "runs/finetune"
+    epochs: int = 3
+    steps: int | None = None
+    batch_size: int = 16
+    eval_batch_size: int | None = None
+    lr: float = 5e-5
+    body_lr: float | None = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    warmup_steps: int | None = None  # overrides warmup_ratio
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: float = 1.0
+    eval_every: int = 0
+    log_every: int = 10
+    save_final: bool = True
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    threads: int | None = None
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class FinetuneConfig:
+    """A whole fine-tuning run, validated."""
+
+    model: ModelSection
+    task: TaskSection
+    train: TrainSection
+    source: Path | None = None
+
+    @property
+    def metric(self) -> str:
+        """The metric that picks the best checkpoint."""
+        return self.task.metric or default_metric(self.task)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": dataclasses.asdict(self.model),
+            "task": dataclasses.asdict(self.task),
+            "train": dataclasses.asdict(self.train),
+        }
+
+
+def task_metrics(task: TaskSection) -> tuple[str, ...]:
+    """The metrics a task reports."""
+    if task.kind == "gpt-similarity" and task.regression:
+        return REGRESSION_METRICS
+    return METRICS[task.kind]
+
+
+def default_metric(task: TaskSection) -> str:
+    return task_metrics(task)[0]
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
+
+
+# Input paths, resolved against the config file's folder.
+INPUT_PATHS = (("model", "source"), ("model", "tokenizer"), ("task", "train"),
+               ("task", "validation"), ("task", "test"))  # fmt: skip
+
+
+def load_finetune_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    tree: dict[str, Any] | None = None,
+) -> FinetuneConfig:
+    """Read a fine-tuning TOML (or take ``tree``, a dict of sections), apply ``--set``
+    overrides (``section.key=value``), validate."""
+    data: dict[str, Any] = {}
+    if tree is not None:
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    if path is not None:
+        data = load_toml(path)
+        base = Path(path).resolve().parent
+        for section, key in INPUT_PATHS:
+            table = data.get(section)
+            if isinstance(table, dict) and isinstance(table.get(key), str):
+                value = table[key]
+                if value and not value.startswith("preset:"):
+                    resolved = Path(value).expanduser()
+                    table[key] = str(resolved if resolved.is_absolute() else base / resolved)
+    apply_overrides(data, overrides or [])
+    return build_finetune_config(data, Path(path) if path is not None else None)
+
+
+def build_finetune_config(tree: dict[str, Any], source: Path | None = None) -> FinetuneConfig:
+    """Validate a dict of sections into a :class:`FinetuneConfig`."""
+    for key in tree:
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown section [{key}]; expected one of {', '.join(SECTIONS)}")
+    model = from_dict(ModelSection, dict(tree.get("model", {})), "model")
+    task = from_dict(TaskSection, dict(tree.get("task", {})), "task")
+    train = from_dict(TrainSection, dict(tree.get("train", {})), "train")
+    _validate(model, task, train)
+    return FinetuneConfig(model, task, train, source)
+
+
+def _validate(model: ModelSection, task: TaskSection, train: TrainSection) -> None:
+    if not model.source:
+        raise ConfigError(
+            "model.source is required: a triform run folder, an HF checkpoint folder "
+            "or preset:<name>"
+        )
+    if model.source.startswith("preset:") and not model.tokenizer:
+        raise ConfigError("model.tokenizer is required with model.source = preset:...")
+    if model.overrides and not model.source.startswith("preset:"):
+        raise ConfigError("model.overrides applies to preset:... sources only")
+    if not task.train:
+        raise ConfigError("task.train is required (a CSV, TSV or JSONL file)")
+    positive = {
+        "task.max_length": task.max_length,
+        "task.generate_max_tokens": task.generate_max_tokens,
+        "task.max_answer_length": task.max_answer_length,
+        "train.epochs": train.epochs,
+        "train.batch_size": train.batch_size,
+        "train.log_every": train.log_every,
+        "train.lr": train.lr,
+    }
+    optional_positive = {
+        "task.max_target_length": task.max_target_length,
+        "train.steps": train.steps,
+        "train.eval_batch_size": train.eval_batch_size,
+        "train.body_lr": train.body_lr,
+        "train.threads": train.threads,
+    }
+    for key, value in {**positive, **optional_positive}.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if task.max_length < 8:
+        raise ConfigError(f"task.max_length must be at least 8, got {task.max_length}")
+    if task.kind == "qa" and not 0 <= task.stride < task.max_length // 2:
+        raise ConfigError(
+            f"task.stride must be in [0, max_length / 2) = [0, {task.max_length // 2}), "
+            f"got {task.stride}"
+        )
+    if task.lm_weight < 0:
+        raise ConfigError(f"task.lm_weight must be >= 0, got {task.lm_weight}")
+    if task.head_dropout is not None and not 0 <= task.head_dropout < 1:
+        raise ConfigError(f"task.head_dropout must be in [0, 1), got {task.head_dropout}")
+    if task.labels is not None and len(set(task.labels)) != len(task.labels):
+        raise ConfigError("task.labels has duplicates")
+    if task.labels is not None and len(task.labels) < 2:
+        raise ConfigError("task.labels needs at least two labels")
+    if task.regression and task.kind != "gpt-similarity":
+        raise ConfigError("task.regression applies to gpt-similarity (use kind = 'regression')")
+    allowed = task_metrics(task)
+    if task.metric is not None and task.metric not in allowed:
+        raise ConfigError(
+            f"task.metric for {task.kind} must be one of {', '.join(allowed)}, got {task.metric!r}"
+        )
+    if train.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay must be >= 0, got {train.weight_decay}")
+    if not 0 <= train.warmup_ratio < 1:
+        raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
+    for key in ("warmup_steps", "eval_every"):
+        value = getattr(train, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {value}")
+    if train.grad_clip < 0:
+        raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {train.grad_clip}")

@@ -1,0 +1,145 @@
+"""Fine-tuned model folders: writing them (atomically) and loading them back for prediction.
+
+A folder (``best/``, ``final/``) holds ``model.safetensors`` (body and head), ``tokenizer.json``
+(with any tokens the task added), ``finetune.json`` (the task section, what the task learned,
+the body's ModelConfig, step and metrics) and ``labels.json`` for tasks with classes.
+
+    ft = load_finetuned("runs/finetune/best")
+    model, tokenizer, labels = ft                 # unpacks like a tuple
+    ft.predict(["a great film", "a dull film"])   # -> ["positive", "negative"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+import torch
+
+from triform.config import ModelConfig
+from triform.errors import TriformError
+from triform.finetune.config import TaskSection
+from triform.finetune.data import Row
+from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
+from triform.models import build_model
+from triform.tokenizers import load_tokenizer, save_tokenizer
+from triform.train.checkpoint import load_weights, save_weights
+
+FORMAT = 1
+WEIGHTS = "model.safetensors"
+META = "finetune.json"
+LABELS = "labels.json"
+
+
+def save_finetuned(
+    folder: str | Path,
+    model: FinetuneModel,
+    task: Task,
+    *,
+    step: int,
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """Write ``model`` (body + head), its tokenizer and task description to ``folder``,
+    replacing what was there only once the new folder is complete."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(model, tmp / WEIGHTS)
+    save_tokenizer(task.tokenizer, tmp / "tokenizer.json")
+    meta = {
+        "format": FORMAT,
+        "kind": task.kind,
+        "task": dataclasses.asdict(task.cfg),
+        "task_state": task.state(),
+        "model": model.body.config.to_dict(),
+        "step": step,
+        "metrics": {k: (v if v == v else None) for k, v in (metrics or {}).items()},
+    }
+    (tmp / META).write_text(json.dumps(meta, indent=2))
+    if task.labels is not None:
+        (tmp / LABELS).write_text(json.dumps(task.labels, indent=2))
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+@dataclass
+class Finetuned:
+    """A fine-tuned model ready to predict. Unpacks as ``(model, tokenizer, labels)``."""
+
+    model: FinetuneModel
+    tokenizer: tokenizers.Tokenizer
+    labels: list[str] | None
+    task: Task
+    step: int = 0
+    metrics: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.tokenizer, self.labels))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> Finetuned:
+        self.model.to(device)
+        return self
+
+    def predict(self, inputs: Sequence[Any], batch_size: int = 32) -> list[Any]:
+        """Predictions for ``inputs``, shaped by the task:
+
+        - classification / regression / gpt-classification: texts -> label names (numbers);
+        - pair tasks (pair-classification, gpt-entailment, gpt-similarity): ``(a, b)`` pairs;
+        - tagging: lists of words (or texts, split on whitespace) -> lists of tags;
+        - qa: ``(question, context)`` -> answer text;
+        - text-to-text: source texts (with their prefix) -> generated texts;
+        - gpt-multiple-choice: ``(context, [choice, ...])`` -> the index of the best choice.
+
+        A dict (column -> value, as in the data files) is accepted for any task.
+        """
+        rows = [Row(self.task.input_row(item), f"input {i}") for i, item in enumerate(inputs)]
+        if not rows:
+            return []
+        _, predictions = evaluate(self.task, self.model, rows, batch_size, self.device, score=False)
+        return [self.task.show(p) for p in predictions]
+
+
+def load_finetuned(folder: str | Path, device: torch.device | str = "cpu") -> Finetuned:
+    """A fine-tuned model folder (``best/`` or ``final/`` of a run; or the run folder, which
+    means its ``best/``, else ``final/``), in eval mode."""
+    folder = Path(folder)
+    if not (folder / META).is_file():
+        for name in ("best", "final"):
+            if (folder / name / META).is_file():
+                folder = folder / name
+                break
+        else:
+            raise TriformError(f"{folder} is not a fine-tuned model folder (no {META})")
+    try:
+        meta = json.loads((folder / META).read_text())
+    except json.JSONDecodeError as err:
+        raise TriformError(f"{folder / META}: malformed JSON: {err}") from None
+    if meta.get("format") != FORMAT:
+        raise TriformError(f"{folder / META}: unknown format {meta.get('format')!r}")
+    tokenizer = load_tokenizer(folder / "tokenizer.json")
+    config = ModelConfig.from_dict(meta["model"])
+    body = build_model(config)
+    cfg = TaskSection(**meta["task"])
+    task = build_task(cfg, tokenizer, config)
+    task.load_state(meta.get("task_state") or {})
+    task.prepare_body(body)
+    model = FinetuneModel(body, task.build_head(body))
+    load_weights(model, folder / WEIGHTS)
+    model.to(device).eval()
+    return Finetuned(model, tokenizer, task.labels, task, meta.get("step", 0), meta.get("metrics"))

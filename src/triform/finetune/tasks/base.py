@@ -1,0 +1,221 @@
+"""What every fine-tuning task provides, and the helpers they share.
+
+A task turns rows of a data file into features (token ids and targets, plain lists), batches
+them (padded tensors), computes the training loss of a :class:`FinetuneModel`, turns model
+outputs back into one prediction per row, and scores predictions against references. The
+trainer and :func:`evaluate` are the same for every task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import tokenizers
+import torch
+from torch import nn
+
+from triform.config import ModelConfig
+from triform.errors import TriformError
+from triform.finetune.config import TaskSection
+from triform.finetune.data import Row
+from triform.models import TransformerModel
+from triform.tokenizers import SpecialTokens
+from triform.train.precision import autocast_context
+
+Feature = dict[str, Any]
+Batch = dict[str, torch.Tensor]
+
+
+class FinetuneModel(nn.Module):
+    """A pretrained ``body`` and the task's new ``head``: parameters are named ``body.*``
+    and ``head.*``, which is how the optimizer gives them their two learning rates. The
+    task (not this container) knows how to run them."""
+
+    def __init__(self, body: TransformerModel, head: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+
+
+def fit_length(max_length: int, config: ModelConfig) -> int:
+    """``max_length``, capped by the model's position table (relative/rotary: no cap)."""
+    if config.position in ("learned", "sinusoidal"):
+        return min(max_length, config.max_positions)
+    return max_length
+
+
+def truncating(
+    tokenizer: tokenizers.Tokenizer,
+    max_length: int,
+    stride: int = 0,
+    strategy: str = "longest_first",
+) -> tokenizers.Tokenizer:
+    """A copy of ``tokenizer`` that cuts encodings (special tokens included) to
+    ``max_length``; with ``stride`` the rest comes back in ``encoding.overflowing``."""
+    copy = tokenizers.Tokenizer.from_str(tokenizer.to_str())
+    copy.no_padding()
+    copy.enable_truncation(max_length, stride=stride, strategy=strategy)
+    return copy
+
+
+def pad(sequences: Sequence[Sequence[int]], value: int, length: int | None = None) -> torch.Tensor:
+    """Right-pad lists of ints into a (B, L) long tensor."""
+    width = max([len(s) for s in sequences] + [length or 0, 1])
+    out = torch.full((len(sequences), width), value, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        out[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    return out
+
+
+def truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Cut the longer of two token lists, one token at a time, until both fit ``budget``
+    (the "longest first" strategy)."""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > budget and (a or b):
+        if len(a) >= len(b):
+            a.pop()
+        else:
+            b.pop()
+    return a, b
+
+
+def label_order(values: set[str]) -> list[str]:
+    """Labels sorted: numerically when they all are integers, else as strings."""
+    try:
+        return sorted(values, key=lambda v: (int(v), v))
+    except ValueError:
+        return sorted(values)
+
+
+class Task:
+    """The interface of a fine-tuning task (see the module docstring). Subclasses set
+    ``kind`` and override what differs."""
+
+    kind = ""
+
+    def __init__(
+        self, cfg: TaskSection, tokenizer: tokenizers.Tokenizer, body_config: ModelConfig
+    ) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.specials = SpecialTokens.from_tokenizer(tokenizer)
+        self.max_length = fit_length(cfg.max_length, body_config)
+        pad_id = self.specials.pad_id
+        if pad_id is None:
+            pad_id = self.specials.eos_id if self.specials.eos_id is not None else 0
+        self.pad_id = pad_id
+        self.init_std = body_config.init_std
+        self.dropout = cfg.head_dropout if cfg.head_dropout is not None else body_config.dropout
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def setup(self, rows: list[Row]) -> None:
+        """Learn what the training rows imply (the label set, say)."""
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`setup` learned, as JSON (saved with the fine-tuned model)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`."""
+
+    def prepare_body(self, body: TransformerModel) -> None:
+        """Adapt the body before training (GPT tasks add special tokens); check it fits."""
+
+    def build_head(self, body: TransformerModel) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def labels(self) -> list[str] | None:
+        """The label names, where the task has classes."""
+        return None
+
+    # -- data ----------------------------------------------------------------------------
+    def encode(self, rows: list[Row], training: bool) -> list[Feature]:
+        """Features of ``rows``; each has ``row`` (the index of its row). Without targets
+        (``training=False`` and a file with no labels) the target fields may be absent."""
+        raise NotImplementedError
+
+    def collate(self, features: list[Feature]) -> Batch:
+        raise NotImplementedError
+
+    def has_targets(self, rows: list[Row]) -> bool:
+        """Whether ``rows`` carry what :meth:`references` and :meth:`loss` need."""
+        return bool(rows) and rows[0].has(self.cfg.label)
+
+    def input_row(self, item: Any) -> dict[str, Any]:
+        """A row (column -> value) from a :meth:`Finetuned.predict` input."""
+        if isinstance(item, dict):
+            return item
+        return {self.cfg.text: item}
+
+    # -- model ---------------------------------------------------------------------------
+    def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
+        """What :meth:`decode` needs, one item per feature of the batch (on the CPU)."""
+        raise NotImplementedError
+
+    def decode(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[Any]:
+        """One prediction per row."""
+        raise NotImplementedError
+
+    def references(self, rows: list[Row]) -> list[Any]:
+        raise NotImplementedError
+
+    def metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def show(self, prediction: Any) -> Any:
+        """A prediction as JSON-friendly data (label names rather than indices)."""
+        return prediction
+
+
+def to_device(batch: Batch, device: torch.device | str) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    task: Task,
+    model: FinetuneModel,
+    rows: list[Row],
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    score: bool = True,
+) -> tuple[dict[str, float], list[Any]]:
+    """Metrics (with the mean ``loss``) and per-row predictions of ``model`` on ``rows``.
+    Rows without targets, or ``score=False``, give predictions only (empty metrics)."""
+    was_training = model.training
+    model.eval()
+    targets = score and task.has_targets(rows)
+    features = task.encode(rows, training=False)
+    outputs: list[Any] = []
+    loss_sum, count = 0.0, 0
+    for start in range(0, len(features), batch_size):
+        chunk = features[start : start + batch_size]
+        batch = to_device(task.collate(chunk), device)
+        with autocast_context(precision, device):
+            if targets:
+                loss_sum += float(task.loss(model, batch)) * len(chunk)
+                count += len(chunk)
+            outputs.extend(task.outputs(model, batch))
+    predictions = task.decode(outputs, features, rows)
+    model.train(was_training)
+    if not targets:
+        return {}, predictions
+    metrics = task.metrics(predictions, task.references(rows))
+    metrics["loss"] = loss_sum / count if count else math.nan
+    return metrics, predictions
+
+
+def check_form(task: Task, body: TransformerModel, forms: tuple[str, ...]) -> None:
+    """Refuse a body of a form the task cannot use."""
+    if body.config.form not in forms:
+        raise TriformError(
+            f"task {task.kind} needs a {' or '.join(forms)} model, but the body is an "
+            f"{body.config.form} model ({body.config.family})"
+        )

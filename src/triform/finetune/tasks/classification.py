@@ -1,0 +1,200 @@
+"""Sequence classification and regression on one text or a pair of texts.
+
+Input: ``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]`` (or the family's own framing), cut to
+``max_length`` longest-first. Representation: the first token (through BERT's pretrained
+pooler when the body has one), the last real token for decoders, BART's last decoder state
+for encoder-decoders (see :func:`triform.finetune.body.pooled_states`). Head: a linear layer
+(with RoBERTa/BART's dense + tanh before it where the body has no pooler). Loss: cross
+entropy over the labels, or mean squared error for ``regression``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from triform.errors import TriformError
+from triform.finetune.body import pooled_states, uses_pooler
+from triform.finetune.data import Row
+from triform.finetune.heads import SequenceHead
+from triform.finetune.metrics import classification_metrics, regression_metrics
+from triform.finetune.tasks.base import (
+    Batch,
+    Feature,
+    FinetuneModel,
+    Task,
+    label_order,
+    pad,
+    truncate_pair,
+    truncating,
+)
+from triform.models import DecoderModel, TransformerModel
+
+
+class LabelSet:
+    """Label names <-> indices, with errors that name the row of an unknown label."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = list(names)
+        self.index = {name: i for i, name in enumerate(self.names)}
+
+    @classmethod
+    def infer(cls, rows: list[Row], column: str) -> LabelSet:
+        values = {row.text(column) for row in rows}
+        if len(values) < 2:
+            raise TriformError(f"the training data has a single label {values}; need at least 2")
+        return cls(label_order(values))
+
+    def of(self, row: Row, column: str) -> int:
+        value = row.text(column)
+        if value not in self.index:
+            raise row.error(f"unknown label {value!r} (labels: {', '.join(self.names)})")
+        return self.index[value]
+
+
+class SequenceClassification(Task):
+    """``classification`` (one text), ``pair-classification`` (two texts) and
+    ``regression`` (one or two texts -> a number)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_set: LabelSet | None = None
+        self.regression = self.kind == "regression"
+        self.cut = truncating(self.tokenizer, self.max_length)
+        # Tokenizers that frame nothing (GPT-2's) get a separator between pair texts.
+        self.needs_separator = self.tokenizer.num_special_tokens_to_add(True) == 0
+        sep = self.specials.sep_id if self.specials.sep_id is not None else self.specials.eos_id
+        self.separator = sep
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def setup(self, rows: list[Row]) -> None:
+        if self.regression:
+            return
+        if self.cfg.labels is not None:
+            self.label_set = LabelSet(self.cfg.labels)
+        else:
+            self.label_set = LabelSet.infer(rows, self.cfg.label)
+
+    def state(self) -> dict[str, Any]:
+        return {"labels": self.labels}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("labels") is not None:
+            self.label_set = LabelSet(state["labels"])
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.label_set.names if self.label_set is not None else None
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.regression else len(self.label_set.names)  # type: ignore[union-attr]
+
+    def build_head(self, body: TransformerModel) -> nn.Module:
+        transform = not uses_pooler(body, self.cfg.pooling) and not isinstance(body, DecoderModel)
+        hidden = body.config.hidden_size
+        return SequenceHead(hidden, self.num_outputs, self.dropout, transform, self.init_std)
+
+    # -- data ----------------------------------------------------------------------------
+    def _pair(self, rows: list[Row]) -> bool:
+        if self.kind == "pair-classification":
+            return True
+        return self.regression and bool(rows) and rows[0].has(self.cfg.text_pair)
+
+    def encode(self, rows: list[Row], training: bool) -> list[Feature]:
+        pair = self._pair(rows)
+        texts = [row.text(self.cfg.text) for row in rows]
+        seconds = [row.text(self.cfg.text_pair) for row in rows] if pair else None
+        ids, types = self.encode_texts(texts, seconds)
+        targets = training or self.has_targets(rows)
+        features = []
+        for i, row in enumerate(rows):
+            feature: Feature = {"row": i, "input_ids": ids[i], "token_type_ids": types[i]}
+            if targets:
+                feature["label"] = self.target(row)
+            features.append(feature)
+        return features
+
+    def encode_texts(
+        self, texts: list[str], seconds: list[str] | None
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids and type ids of single texts or pairs, framed and cut."""
+        if seconds is not None and self.needs_separator and self.separator is not None:
+            ids, types = [], []
+            plain = self.tokenizer.encode_batch(texts + seconds, add_special_tokens=False)
+            for a, b in zip(plain[: len(texts)], plain[len(texts) :], strict=True):
+                first, second = truncate_pair(a.ids, b.ids, self.max_length - 1)
+                ids.append([*first, self.separator, *second])
+                types.append([0] * (len(first) + 1) + [1] * len(second))
+            return ids, types
+        inputs = list(zip(texts, seconds, strict=True)) if seconds is not None else texts
+        encodings = self.cut.encode_batch(inputs)
+        return [e.ids for e in encodings], [e.type_ids for e in encodings]
+
+    def target(self, row: Row) -> int | float:
+        if self.regression:
+            return row.number(self.cfg.label)
+        return self.label_set.of(row, self.cfg.label)  # type: ignore[union-attr]
+
+    def collate(self, features: list[Feature]) -> Batch:
+        ids = pad([f["input_ids"] for f in features], self.pad_id)
+        batch = {
+            "input_ids": ids,
+            "attention_mask": pad([[1] * len(f["input_ids"]) for f in features], 0),
+            "token_type_ids": pad([f["token_type_ids"] for f in features], 0),
+        }
+        if "label" in features[0]:
+            dtype = torch.float32 if self.regression else torch.long
+            batch["labels"] = torch.tensor([f["label"] for f in features], dtype=dtype)
+        return batch
+
+    def input_row(self, item: Any) -> dict[str, Any]:
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            return {self.cfg.text: item[0], self.cfg.text_pair: item[1]}
+        return super().input_row(item)
+
+    # -- model ---------------------------------------------------------------------------
+    def logits(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
+        """(B, labels), or (B,) for regression."""
+        scores = model.head(pooled_states(model.body, batch, self.cfg.pooling))
+        return scores.squeeze(-1) if self.regression else scores
+
+    def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
+        scores = self.logits(model, batch).float()
+        if self.regression:
+            return F.mse_loss(scores, batch["labels"])
+        return F.cross_entropy(scores, batch["labels"])
+
+    def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
+        return list(self.logits(model, batch).float().cpu())
+
+    def decode(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[Any]:
+        if self.regression:
+            return [float(o) for o in outputs]
+        return [int(o.argmax()) for o in outputs]
+
+    def references(self, rows: list[Row]) -> list[Any]:
+        return [self.target(row) for row in rows]
+
+    def metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        if self.regression:
+            return regression_metrics(predictions, references)
+        return classification_metrics(predictions, references, self.num_outputs)
+
+    def show(self, prediction: Any) -> Any:
+        return prediction if self.regression else self.labels[prediction]  # type: ignore[index]
+
+
+class Classification(SequenceClassification):
+    kind = "classification"
+
+
+class PairClassification(SequenceClassification):
+    kind = "pair-classification"
+
+
+class Regression(SequenceClassification):
+    kind = "regression"
