@@ -212,3 +212,119 @@ def test_data_errors_name_file_and_line(tmp_path: Path) -> None:
     assert row.text("sentence") == '"quoted" text' and row.integer("label") == 1
     with pytest.raises(TriformError, match=r"ok.tsv:2: missing column 'text'"):
         row.text("text")
+
+
+# ---------------------------------------------------------------------------------------
+# Tagging
+# ---------------------------------------------------------------------------------------
+
+
+def test_tagging_alignment_first_subtoken(toks: dict[str, str]) -> None:
+    from triform.finetune.config import TaskSection
+    from triform.finetune.data import Row
+    from triform.finetune.tasks import build_task
+    from triform.finetune.tasks.tagging import align_labels
+    from triform.presets import get
+    from triform.tokenizers import load_tokenizer
+
+    assert align_labels([None, 0, 1, 1, 1, 2, None], [5, 6, 7]) == [-100, 5, 6, -100, -100, 7, -100]
+    tok = load_tokenizer(toks["bert"])
+    assert len(tok.encode("riverstone", add_special_tokens=False).ids) > 1  # a split word
+    task = build_task(TaskSection(kind="tagging", train="x"), tok, get("bert-tiny"))
+    row = Row({"tokens": ["apple", "riverstone", KEYWORD], "tags": ["O", "B-LOC", "B-ANI"]}, "r")
+    task.setup([row])
+    assert task.labels == ["O", "B-ANI", "B-LOC"]
+    (feature,) = task.encode([row], training=True)
+    pieces = len(tok.encode("riverstone", add_special_tokens=False).ids)
+    assert feature["labels"] == [-100, 0, 2, *[-100] * (pieces - 1), 1, -100]
+    # word-level predictions come from the first sub-token of each word
+    best = [0, 0, 2, *[0] * (pieces - 1), 1, 0]
+    assert task.decode([best], [feature], [row]) == [["O", "B-LOC", "B-ANI"]]
+
+
+def test_tagging_runs_with_entity_f1(tmp_path: Path, toks: dict[str, str]) -> None:
+    rng = random.Random(5)
+    rows = []
+    for _ in range(24):
+        words = rng.choices(WORDS, k=5)
+        tags = ["B-LOC" if w in ("river", "ocean") else "O" for w in words]
+        at = rng.randrange(4)
+        words[at : at + 2], tags[at : at + 2] = [KEYWORD, "zebra"], ["B-ANI", "I-ANI"]
+        rows.append({"words": " ".join(words), "ner": tags})
+    data = write_jsonl(tmp_path / "ner.jsonl", rows)
+    task = {"kind": "tagging", "train": data, "validation": data, "tokens": "words", "tags": "ner"}
+    result = finetune(make_config(tmp_path, "electra-tiny", toks["bert"], task, epochs=2))
+    assert set(result.validation) == {"f1", "precision", "recall", "accuracy", "loss"}
+    (tags,) = load_finetuned(result.best_dir).predict(["apple zebra zebra river"])
+    assert len(tags) == 4
+
+
+# ---------------------------------------------------------------------------------------
+# Extractive QA
+# ---------------------------------------------------------------------------------------
+
+
+def test_squad_exact_match_and_f1() -> None:
+    from triform.finetune.metrics import normalize_answer, squad_metrics
+
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    scores = squad_metrics(["the Eiffel Tower", "Paris"], [["Eiffel Tower"], ["in Paris, France"]])
+    assert scores["exact_match"] == pytest.approx(50.0)
+    assert scores["f1"] == pytest.approx(75.0)  # (1 + F1("paris", "in paris france") = 0.5) / 2
+
+
+def test_qa_windows_find_a_span_across_a_window_boundary(toks: dict[str, str]) -> None:
+    from triform.finetune.config import TaskSection
+    from triform.finetune.data import Row
+    from triform.finetune.tasks import build_task
+    from triform.finetune.tasks.qa import best_span
+    from triform.presets import get
+    from triform.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(toks["bert"])
+    cfg = TaskSection(kind="qa", train="x", max_length=20, stride=6)
+    task = build_task(cfg, tok, get("bert-tiny"))
+    context = " ".join(WORDS * 3)
+    question = {"question": f"where is the {KEYWORD}", "context": context}
+    windows = task.encode([Row(question, "q")], training=False)
+    assert len(windows) > 2
+    # The answer: the last context word of window 0 and the word after it (so it crosses).
+    last = max(i for i, o in enumerate(windows[0]["offsets"]) if o is not None)
+    start = windows[0]["offsets"][last][0]
+    end = context.index(" ", context.index(" ", start) + 1)
+    answer = context[start:end]
+    row = Row({**question, "answer_text": answer, "answer_start": start}, "q")
+    features = task.encode([row], training=True)
+    assert (features[0]["start"], features[0]["end"]) == (0, 0)  # not whole in window 0
+    holding = [f for f in features if f["start"] > 0]
+    assert holding and holding[0] is features[1]
+    for f in holding:  # the labelled tokens map back to exactly the answer
+        assert context[f["offsets"][f["start"]][0] : f["offsets"][f["end"]][1]] == answer
+    # Decoding: scores peaked on the answer in window 1 find it across all windows.
+    scored = []
+    for f in features:
+        n = len(f["input_ids"])
+        s, e = [0.0] * n, [0.0] * n
+        if f is features[1]:
+            s[f["start"]], e[f["end"]] = 5.0, 5.0
+        scored.append((s, e, f["offsets"]))
+    assert best_span(scored, context, max_tokens=5)[0] == answer
+
+
+def test_qa_runs_end_to_end(tmp_path: Path, toks: dict[str, str]) -> None:
+    rng = random.Random(7)
+    rows = []
+    for _ in range(12):
+        words = rng.choices(WORDS, k=30)
+        at = rng.randrange(30)
+        words[at] = KEYWORD
+        context = " ".join(words)
+        rows.append({"q": f"where is {KEYWORD}", "c": context, "a": KEYWORD,
+                     "s": context.index(KEYWORD)})  # fmt: skip
+    data = write_jsonl(tmp_path / "qa.jsonl", rows)
+    task = {"kind": "qa", "train": data, "validation": data, "question": "q", "context": "c",
+            "answer_text": "a", "answer_start": "s", "max_length": 20, "stride": 5}  # fmt: skip
+    result = finetune(make_config(tmp_path, "bert-tiny", toks["bert"], task, epochs=2))
+    assert set(result.validation) == {"exact_match", "f1", "loss"}
+    (answer,) = load_finetuned(result.best_dir).predict([(f"where is {KEYWORD}", rows[0]["c"])])
+    assert isinstance(answer, str) and answer in rows[0]["c"]

@@ -8,10 +8,18 @@ from triform.config import ModelConfig
 from triform.finetune.config import TaskSection
 from triform.finetune.tasks.base import FinetuneModel, Task, evaluate
 from triform.finetune.tasks.classification import Classification, PairClassification, Regression
+from triform.finetune.tasks.qa import ExtractiveQA
+from triform.finetune.tasks.tagging import Tagging
 
 
 def _registry() -> dict[str, type[Task]]:
-    tasks: list[type[Task]] = [Classification, PairClassification, Regression]
+    tasks: list[type[Task]] = [
+        Classification,
+        PairClassification,
+        Regression,
+        Tagging,
+        ExtractiveQA,
+    ]
     return {task.kind: task for task in tasks}
 
 
