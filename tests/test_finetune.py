@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from triform.cli import main
 from triform.errors import TriformError
@@ -64,7 +65,7 @@ def keyword_rows(n: int, seed: int) -> list[dict[str, Any]]:
 def toks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Tokenizers of four families, trained on the word list (some words split)."""
     folder = tmp_path_factory.mktemp("tok")
-    texts = [" ".join([*WORDS, KEYWORD, "the", "a", "is", "of"])] * 30
+    texts = [" ".join([*WORDS, KEYWORD, "the", "a", "is", "of", "copy:", "reverse:"])] * 30
     kinds = {"bert": ("wordpiece", 120), "gpt2": ("byte-bpe", 300), "t5": ("unigram", 180),
              "bart": ("bpe", 120)}  # fmt: skip
     paths = {}
@@ -235,10 +236,13 @@ def test_tagging_alignment_first_subtoken(toks: dict[str, str]) -> None:
     task.setup([row])
     assert task.labels == ["O", "B-ANI", "B-LOC"]
     (feature,) = task.encode([row], training=True)
-    pieces = len(tok.encode("riverstone", add_special_tokens=False).ids)
-    assert feature["labels"] == [-100, 0, 2, *[-100] * (pieces - 1), 1, -100]
-    # word-level predictions come from the first sub-token of each word
-    best = [0, 0, 2, *[0] * (pieces - 1), 1, 0]
+    expected, best = [-100], [0]  # [CLS]
+    for word, label in zip(row.values["tokens"], [0, 2, 1], strict=True):
+        pieces = len(tok.encode(word, add_special_tokens=False).ids)
+        expected += [label] + [-100] * (pieces - 1)
+        best += [label] + [0] * (pieces - 1)  # later sub-tokens' predictions are not read
+    assert feature["labels"] == [*expected, -100]  # [SEP]
+    best.append(0)
     assert task.decode([best], [feature], [row]) == [["O", "B-LOC", "B-ANI"]]
 
 
@@ -328,3 +332,172 @@ def test_qa_runs_end_to_end(tmp_path: Path, toks: dict[str, str]) -> None:
     assert set(result.validation) == {"exact_match", "f1", "loss"}
     (answer,) = load_finetuned(result.best_dir).predict([(f"where is {KEYWORD}", rows[0]["c"])])
     assert isinstance(answer, str) and answer in rows[0]["c"]
+
+
+# ---------------------------------------------------------------------------------------
+# Text-to-text (T5, BART)
+# ---------------------------------------------------------------------------------------
+
+
+def seq2seq_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """Two tasks in one file, told apart by their prefix: copy and reverse three words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = rng.choices(WORDS, k=3)
+        if i % 2:
+            rows.append({"src": " ".join(words), "tgt": " ".join(words[::-1]),
+                         "prefix": "reverse: "})  # fmt: skip
+        else:
+            rows.append({"src": " ".join(words), "tgt": " ".join(words)})  # task_prefix
+    return rows
+
+
+@pytest.mark.parametrize("preset,family", [("t5-tiny", "t5"), ("bart-tiny", "bart")])
+def test_text_to_text_mixed_tasks(
+    tmp_path: Path, toks: dict[str, str], preset: str, family: str
+) -> None:
+    data = write_jsonl(tmp_path / "s2s.jsonl", seq2seq_rows(16, 0))
+    task = {"kind": "text-to-text", "train": data, "validation": data, "source": "src",
+            "target": "tgt", "task_prefix": "copy: ", "max_target_length": 12,
+            "generate_max_tokens": 8}  # fmt: skip
+    cfg = make_config(tmp_path, preset, toks[family], task, epochs=2, batch_size=4)
+    result = finetune(cfg)
+    assert set(result.validation) == {"rougeL", "rouge1", "rouge2", "bleu", "exact_match", "loss"}
+    ft = load_finetuned(result.best_dir)
+    rows = [Row_(r) for r in seq2seq_rows(2, 0)]
+    features = ft.task.encode(rows, training=True)
+    tok = ft.tokenizer
+    assert tok.decode(features[0]["input_ids"]).startswith("copy")
+    assert tok.decode(features[1]["input_ids"]).startswith("reverse")
+    assert features[0]["decoder_input_ids"][1:] == features[0]["labels"][:-1]
+    assert features[0]["labels"][-1] == tok.token_to_id("</s>")  # targets end with eos
+    batch = ft.task.collate(features)  # both tasks in one batch
+    assert batch["labels"].shape[0] == 2
+    (out,) = ft.predict([f"copy: {WORDS[0]} {WORDS[1]}"])
+    assert isinstance(out, str)
+
+
+def Row_(values: dict[str, Any]):  # noqa: N802 - a tiny factory for in-memory rows
+    from triform.finetune.data import Row
+
+    return Row(values, "memory")
+
+
+# ---------------------------------------------------------------------------------------
+# GPT-1 style fine-tuning
+# ---------------------------------------------------------------------------------------
+
+
+def gpt_task(toks: dict[str, str], kind: str, **cfg: Any):
+    from triform.finetune.config import TaskSection
+    from triform.finetune.tasks import build_task
+    from triform.presets import get
+    from triform.tokenizers import load_tokenizer
+
+    tok = load_tokenizer(toks["gpt2"])
+    return build_task(TaskSection(kind=kind, train="x", **cfg), tok, get("gpt-tiny")), tok
+
+
+def test_gpt_input_transformations(toks: dict[str, str]) -> None:
+    from triform.finetune.tasks.gpt import DELIM, EXTRACT, START
+
+    task, tok = gpt_task(toks, "gpt-entailment")
+    s, d, x = (tok.token_to_id(t) for t in (START, DELIM, EXTRACT))
+    assert None not in (s, d, x) and len({s, d, x}) == 3
+
+    def ids(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False).ids
+
+    a, b = "apple river", "stone cloud green"
+    row = Row_({"text": a, "text_pair": b, "choices": [b, "music"]})
+    (f,) = task.encode([row], training=False)
+    assert f["sequences"] == [[s, *ids(a), d, *ids(b), x]]
+
+    task, _ = gpt_task(toks, "gpt-classification")
+    assert task.encode([row], training=False)[0]["sequences"] == [[s, *ids(a), x]]
+
+    task, _ = gpt_task(toks, "gpt-similarity")
+    assert task.encode([row], training=False)[0]["sequences"] == [
+        [s, *ids(a), d, *ids(b), x],
+        [s, *ids(b), d, *ids(a), x],
+    ]
+    task, _ = gpt_task(toks, "gpt-multiple-choice")
+    assert task.encode([row], training=False)[0]["sequences"] == [
+        [s, *ids(a), d, *ids(b), x],
+        [s, *ids(a), d, *ids("music"), x],
+    ]
+    # cut longest-first to max_length, keeping the frame
+    task, _ = gpt_task(toks, "gpt-entailment", max_length=8)
+    (seq,) = task.encode([Row_({"text": " ".join(WORDS), "text_pair": "apple"})], False)[0][
+        "sequences"
+    ]
+    short = ids("apple")  # the shorter text is kept whole, the longer one is cut
+    assert seq == [s, *ids(" ".join(WORDS))[: 8 - 3 - len(short)], d, *short, x]
+
+
+def test_resize_token_embeddings_keeps_tying() -> None:
+    import triform
+    from triform.finetune.body import resize_token_embeddings
+    from triform.presets import get
+
+    for preset in ("gpt2-tiny", "t5-tiny", "bert-tiny"):
+        model = triform.build_model(get(preset, vocab_size=300))
+        before = model.state_dict()
+        resize_token_embeddings(model, 303)
+        assert model.config.vocab_size == 303
+        head = model.lm_head.decoder
+        table = model.decoder_embeddings.token if preset == "t5-tiny" else model.embeddings.token
+        assert table.weight.shape[0] == 303 and head.out_features == 303
+        assert head.weight is table.weight  # still tied
+        name = next(k for k in before if k.endswith("token.weight"))
+        assert torch.equal(model.state_dict()[name][:300], before[name])
+        ids = torch.tensor([[1, 302]])
+        out = model(ids, decoder_input_ids=ids) if preset == "t5-tiny" else model(ids)
+        assert out.logits.shape[-1] == 303
+
+
+def test_auxiliary_lm_loss_is_added(toks: dict[str, str]) -> None:
+    import triform
+    from triform.finetune.tasks import FinetuneModel
+    from triform.presets import get
+
+    rows = [Row_({"text": "apple river", "label": "a"}), Row_({"text": "stone", "label": "b"})]
+    losses = {}
+    for weight in (0.0, 0.5):
+        task, tok = gpt_task(toks, "gpt-classification", lm_weight=weight)
+        task.setup(rows)
+        torch.manual_seed(0)
+        body = triform.build_model(get("gpt-tiny", vocab_size=300, dropout=0.0,
+                                       attention_dropout=0.0))  # fmt: skip
+        task.prepare_body(body)
+        assert body.config.vocab_size == tok.get_vocab_size(with_added_tokens=True) == 303
+        model = FinetuneModel(body, task.build_head(body)).eval()
+        batch = task.collate(task.encode(rows, training=True))
+        with torch.no_grad():
+            losses[weight] = float(task.loss(model, batch))
+            _, lm = task.forward(model, batch)
+    assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * float(lm), rel=1e-4)
+    assert float(lm) > 1.0
+
+
+@pytest.mark.parametrize("kind", ["gpt-classification", "gpt-similarity", "gpt-multiple-choice"])
+def test_gpt_kinds_run(tmp_path: Path, toks: dict[str, str], kind: str) -> None:
+    rng = random.Random(11)
+    rows = []
+    for _ in range(16):
+        a, b = " ".join(rng.choices(WORDS, k=3)), " ".join(rng.choices(WORDS, k=3))
+        good = rng.randrange(3)
+        options = [b, b, b]
+        options[good] = a
+        label = good if kind == "gpt-multiple-choice" else int(good == 0)
+        rows.append({"text": a, "text_pair": b, "label": label, "choices": options})
+    data = write_jsonl(tmp_path / "gpt.jsonl", rows)
+    task = {"kind": kind, "train": data, "validation": data}
+    result = finetune(make_config(tmp_path, "gpt-tiny", toks["gpt2"], task, steps=4))
+    assert "accuracy" in result.validation and result.validation["loss"] > 0
+    ft = load_finetuned(result.best_dir)
+    inputs = {"gpt-classification": "apple", "gpt-similarity": ("apple", "stone"),
+              "gpt-multiple-choice": ("apple", ["stone", "apple"])}  # fmt: skip
+    (prediction,) = ft.predict([inputs[kind]])
+    assert prediction in ((0, 1) if kind == "gpt-multiple-choice" else ft.labels)

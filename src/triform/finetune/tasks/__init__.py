@@ -8,24 +8,36 @@ from triform.config import ModelConfig
 from triform.finetune.config import TaskSection
 from triform.finetune.tasks.base import FinetuneModel, Task, evaluate
 from triform.finetune.tasks.classification import Classification, PairClassification, Regression
+from triform.finetune.tasks.gpt import (
+    GPTClassification,
+    GPTEntailment,
+    GPTMultipleChoice,
+    GPTSimilarity,
+)
 from triform.finetune.tasks.qa import ExtractiveQA
 from triform.finetune.tasks.tagging import Tagging
+from triform.finetune.tasks.text2text import TextToText
 
-
-def _registry() -> dict[str, type[Task]]:
-    tasks: list[type[Task]] = [
+TASKS: dict[str, type[Task]] = {
+    task.kind: task
+    for task in (
         Classification,
         PairClassification,
         Regression,
         Tagging,
         ExtractiveQA,
-    ]
-    return {task.kind: task for task in tasks}
+        TextToText,
+        GPTClassification,
+        GPTEntailment,
+        GPTSimilarity,
+        GPTMultipleChoice,
+    )
+}
 
 
 def build_task(cfg: TaskSection, tokenizer: tokenizers.Tokenizer, body_config: ModelConfig) -> Task:
     """The task of kind ``cfg.kind``."""
-    return _registry()[cfg.kind](cfg, tokenizer, body_config)
+    return TASKS[cfg.kind](cfg, tokenizer, body_config)
 
 
-__all__ = ["FinetuneModel", "Task", "build_task", "evaluate"]
+__all__ = ["TASKS", "FinetuneModel", "Task", "build_task", "evaluate"]

@@ -100,6 +100,7 @@ class Task:
     ) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
+        self.body_config = body_config
         self.specials = SpecialTokens.from_tokenizer(tokenizer)
         self.max_length = fit_length(cfg.max_length, body_config)
         pad_id = self.specials.pad_id
