@@ -76,10 +76,17 @@ def toks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def make_config(
-    tmp_path: Path, preset: str, tokenizer: str, task: dict[str, Any], **train: Any
+    tmp_path: Path,
+    preset: str,
+    tokenizer: str,
+    task: dict[str, Any],
+    model: dict[str, Any] | None = None,
+    **train: Any,
 ) -> FinetuneConfig:
+    """A tiny run: ``preset`` at TINY size (or the ``model`` section given), quiet."""
     tree = {
-        "model": {"source": f"preset:{preset}", "tokenizer": tokenizer, "overrides": dict(TINY)},
+        "model": model
+        or {"source": f"preset:{preset}", "tokenizer": tokenizer, "overrides": dict(TINY)},
         "task": {"max_length": 24, **task},
         "train": {
             "out_dir": str(tmp_path / "run"),
@@ -501,3 +508,45 @@ def test_gpt_kinds_run(tmp_path: Path, toks: dict[str, str], kind: str) -> None:
               "gpt-multiple-choice": ("apple", ["stone", "apple"])}  # fmt: skip
     (prediction,) = ft.predict([inputs[kind]])
     assert prediction in ((0, 1) if kind == "gpt-multiple-choice" else ft.labels)
+
+
+# ---------------------------------------------------------------------------------------
+# Where the body comes from; the shipped example config
+# ---------------------------------------------------------------------------------------
+
+
+def test_body_from_triform_run_and_hf_folder(tmp_path: Path, toks: dict[str, str]) -> None:
+    import triform
+    from triform.finetune.body import fit_to_tokenizer
+    from triform.interop import hf
+    from triform.presets import get
+    from triform.tokenizers import load_tokenizer
+    from triform.train.checkpoint import save_checkpoint
+
+    tok = load_tokenizer(toks["bert"])
+    config = fit_to_tokenizer(get("bert-tiny", **TINY), tok)
+    pretrained = triform.build_model(config)
+    run = tmp_path / "pretrain-run"  # what `triform pretrain` leaves
+    run.mkdir()
+    (run / "model.json").write_text(json.dumps(config.to_dict()))
+    save_tokenizer(tok, run / "tokenizer.json")
+    save_checkpoint(run, 10, pretrained, None, None)
+    hf_dir = tmp_path / "hf"  # an HF checkpoint folder
+    hf.save(pretrained, hf_dir)
+    save_tokenizer(tok, hf_dir / "tokenizer.json")
+
+    train = write_jsonl(tmp_path / "train.jsonl", keyword_rows(16, 0))
+    for source in (run, hf_dir):
+        task = {"kind": "classification", "train": train}
+        model = {"source": str(source)}
+        result = finetune(make_config(tmp_path, "", "", task, model=model, steps=1, lr=1e-9))
+        body = load_finetuned(result.final_dir).model.body
+        # the body starts from the pretrained weights (a 1e-9 step barely moves them)
+        w = body.embeddings.token.weight
+        assert torch.allclose(w, pretrained.embeddings.token.weight, atol=1e-6)
+
+
+def test_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_finetune_config(root / "configs" / "finetune" / "example.toml")
+    assert cfg.task.kind == "pair-classification" and cfg.metric == "accuracy"

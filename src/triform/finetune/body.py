@@ -58,15 +58,16 @@ def load_body(section: ModelSection) -> tuple[TransformerModel, tokenizers.Token
         from triform.interop import hf
 
         model = hf.load(path)
-        if section.tokenizer is None and not (path / "tokenizer.json").is_file():
-            raise TriformError(f"{path} has no tokenizer.json; set model.tokenizer")
-        tokenizer = load_tokenizer(section.tokenizer or path)
+        if section.tokenizer is None:
+            if not (path / "tokenizer.json").is_file():
+                raise TriformError(f"{path} has no tokenizer.json; set model.tokenizer")
+            tokenizer = load_tokenizer(path)
     else:
         raise TriformError(
             f"model.source {path} is neither a triform run folder (model.json) nor an HF "
             "checkpoint folder (config.json)"
         )
-    if section.tokenizer is not None:
+    if section.tokenizer is not None:  # replaces the source's own
         tokenizer = load_tokenizer(section.tokenizer)
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     if size > model.config.vocab_size:
