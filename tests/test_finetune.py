@@ -110,7 +110,8 @@ def test_keyword_classification_learns(tmp_path: Path, toks: dict[str, str]) -> 
     val = write_jsonl(tmp_path / "val.jsonl", keyword_rows(64, 1))
     test = write_jsonl(tmp_path / "test.jsonl", keyword_rows(16, 2))
     task = {"kind": "classification", "train": train, "validation": val, "test": test}
-    result = finetune(make_config(tmp_path, "bert-tiny", toks["bert"], task, epochs=4, lr=2e-3))
+    cfg = make_config(tmp_path, "bert-tiny", toks["bert"], task, epochs=3, batch_size=16, lr=2e-3)
+    result = finetune(cfg)  # 48 steps
     assert result.metric == "accuracy" and result.best_value >= 0.9
     assert set(result.validation) == {"accuracy", "f1", "mcc", "loss"}
     assert result.test is not None and result.test["accuracy"] >= 0.8
@@ -145,6 +146,12 @@ def test_pair_classification_and_regression_run(tmp_path: Path, toks: dict[str, 
     result = finetune(make_config(tmp_path, "gpt2-tiny", toks["gpt2"], task, epochs=2))
     assert set(result.validation) == {"pearson", "spearman", "mse", "loss"}
     assert isinstance(load_finetuned(result.best_dir).predict([("a", "b")])[0], float)
+
+    # an encoder-decoder classifies BART's way: the text through both, the last decoder state
+    task = {"kind": "classification", "train": data, "validation": data, "text": "s1",
+            "label": "y"}  # fmt: skip
+    result = finetune(make_config(tmp_path, "bart-tiny", toks["bart"], task))
+    assert set(result.validation) == {"accuracy", "f1", "mcc", "loss"}
 
 
 def test_body_and_head_learning_rates(tmp_path: Path, toks: dict[str, str]) -> None:
@@ -488,8 +495,13 @@ def test_auxiliary_lm_loss_is_added(toks: dict[str, str]) -> None:
     assert float(lm) > 1.0
 
 
-@pytest.mark.parametrize("kind", ["gpt-classification", "gpt-similarity", "gpt-multiple-choice"])
+@pytest.mark.parametrize(
+    "kind",
+    ["gpt-classification", "gpt-entailment", "gpt-similarity", "gpt-multiple-choice", "scores"],
+)
 def test_gpt_kinds_run(tmp_path: Path, toks: dict[str, str], kind: str) -> None:
+    regression = kind == "scores"  # gpt-similarity with a score to regress
+    kind = "gpt-similarity" if regression else kind
     rng = random.Random(11)
     rows = []
     for _ in range(16):
@@ -500,14 +512,19 @@ def test_gpt_kinds_run(tmp_path: Path, toks: dict[str, str], kind: str) -> None:
         label = good if kind == "gpt-multiple-choice" else int(good == 0)
         rows.append({"text": a, "text_pair": b, "label": label, "choices": options})
     data = write_jsonl(tmp_path / "gpt.jsonl", rows)
-    task = {"kind": kind, "train": data, "validation": data}
+    task = {"kind": kind, "train": data, "validation": data, "regression": regression}
     result = finetune(make_config(tmp_path, "gpt-tiny", toks["gpt2"], task, steps=4))
-    assert "accuracy" in result.validation and result.validation["loss"] > 0
+    assert ("pearson" if regression else "accuracy") in result.validation
+    assert result.validation["loss"] > 0
     ft = load_finetuned(result.best_dir)
-    inputs = {"gpt-classification": "apple", "gpt-similarity": ("apple", "stone"),
+    inputs = {"gpt-classification": "apple", "gpt-entailment": ("apple", "stone"),
+              "gpt-similarity": ("apple", "stone"),
               "gpt-multiple-choice": ("apple", ["stone", "apple"])}  # fmt: skip
     (prediction,) = ft.predict([inputs[kind]])
-    assert prediction in ((0, 1) if kind == "gpt-multiple-choice" else ft.labels)
+    if regression:
+        assert isinstance(prediction, float)
+    else:
+        assert prediction in ((0, 1) if kind == "gpt-multiple-choice" else ft.labels)
 
 
 # ---------------------------------------------------------------------------------------
