@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -150,6 +151,12 @@ class Finetuner:
             warmup = int(train.warmup_ratio * self.total_steps)
         schedule = ScheduleConfig(kind=train.schedule, warmup_steps=warmup, min_lr_ratio=0.0)
         self.scheduler = build_scheduler(self.optimizer, schedule, self.total_steps)
+        # the evaluations so far: the last one's metrics, the best one and where it is kept
+        self.validation: dict[str, float] = {}
+        self.best_score = -math.inf
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.best_dir: Path | None = None
 
     # ----------------------------------------------------------------------------------
     def _evaluate(self, rows: list[Row]) -> tuple[dict[str, float], list[Any]]:
@@ -169,8 +176,9 @@ class Finetuner:
         cfg, train = self.config, self.config.train
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "finetune_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        logger = MetricsLogger(self.out_dir, self.total_steps, tensorboard=train.tensorboard,
-                               progress=train.progress)  # fmt: skip
+        logger = MetricsLogger(
+            self.out_dir, self.total_steps, tensorboard=train.tensorboard, progress=train.progress
+        )
         body = self.model.body
         print(
             f"fine-tuning {body.config.family} {body.config.form} "
@@ -179,11 +187,10 @@ class Finetuner:
             f"{self.task.kind} on {len(self.train_rows)} examples: {self.total_steps} steps "
             f"of {train.batch_size} on {self.device} ({self.precision})"
         )
+        for stale in ("best", "final"):  # an earlier run's models must not pass for this one's
+            shutil.rmtree(self.out_dir / stale, ignore_errors=True)
         started = time.perf_counter()
         scaler = grad_scaler(self.precision, self.device)
-        best_score, best_value, best_step = -math.inf, None, None
-        best_dir = final_dir = None
-        validation: dict[str, float] = {}
         running, count, last_loss = 0.0, 0, math.nan
         step, epoch = 0, 0
         self.model.train()
@@ -218,29 +225,47 @@ class Finetuner:
                     or (train.eval_every and step % train.eval_every == 0)
                     or (not train.eval_every and end_of_epoch)
                 ):
-                    validation, _ = self._evaluate(self.val_rows)
-                    logger.log(step, validation, split="val")
-                    score = _score(validation, self.metric)
-                    if score > best_score or best_step is None:
-                        best_score, best_value, best_step = score, validation.get(self.metric), step
-                        best_dir = save_finetuned(self.out_dir / "best", self.model, self.task,
-                                                  step=step, metrics=validation)  # fmt: skip
+                    self._evaluate_and_keep(step, logger)
                 if done:
                     break
             epoch += 1
-        if train.save_final or best_dir is None:
-            final_dir = save_finetuned(self.out_dir / "final", self.model, self.task, step=step,
-                                       metrics=validation)  # fmt: skip
-        test = self._predict_test(best_dir)
+        final_dir = None
+        if train.save_final or self.best_dir is None:
+            final_dir = save_finetuned(
+                self.out_dir / "final", self.model, self.task, step=step, metrics=self.validation
+            )
+        test = self._predict_test(self.best_dir)
         logger.close()
         result = FinetuneResult(
-            self.out_dir, step, self.metric, best_value, best_step, best_dir, final_dir,
-            validation, test, last_loss, time.perf_counter() - started,
-        )  # fmt: skip
+            self.out_dir,
+            step,
+            self.metric,
+            self.best_value,
+            self.best_step,
+            self.best_dir,
+            final_dir,
+            self.validation,
+            test,
+            last_loss,
+            time.perf_counter() - started,
+        )
         (self.out_dir / "results.json").write_text(
             json.dumps(_clean(result.to_dict()), indent=2, allow_nan=False)
         )
         return result
+
+    def _evaluate_and_keep(self, step: int, logger: MetricsLogger) -> None:
+        """Evaluate on the validation rows; a new best by the chosen metric replaces
+        ``best/``."""
+        self.validation, _ = self._evaluate(self.val_rows)
+        logger.log(step, self.validation, split="val")
+        score = _score(self.validation, self.metric)
+        if self.best_step is None or score > self.best_score:
+            self.best_score, self.best_step = score, step
+            self.best_value = self.validation.get(self.metric)
+            self.best_dir = save_finetuned(
+                self.out_dir / "best", self.model, self.task, step=step, metrics=self.validation
+            )
 
     def _predict_test(self, best_dir: Path | None) -> dict[str, float] | None:
         """Predict the test file with the best model; its metrics when it has labels."""

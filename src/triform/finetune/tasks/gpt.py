@@ -183,8 +183,12 @@ class GPTTask(Task):
                 if k < len(sequences):
                     lm_labels[b, k, : len(seq)] = seq
                     choice_mask[b, k] = True
-        batch = {"input_ids": ids, "attention_mask": mask, "lm_labels": lm_labels,
-                 "choice_mask": choice_mask}  # fmt: skip
+        batch = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "lm_labels": lm_labels,
+            "choice_mask": choice_mask,
+        }
         if "label" in features[0]:
             dtype = torch.float32 if self.regression else torch.long
             batch["labels"] = torch.tensor([f["label"] for f in features], dtype=dtype)
