@@ -69,6 +69,18 @@ def pad(sequences: Sequence[Sequence[int]], value: int, length: int | None = Non
     return out
 
 
+def pad_inputs(features: Sequence[dict], pad_id: int, token_types: bool = True) -> dict:
+    """The model inputs of a list of features: ``input_ids``, ``attention_mask`` and (for
+    encoders) ``token_type_ids``, right-padded to the longest. Each (B, L)."""
+    batch = {
+        "input_ids": pad([f["input_ids"] for f in features], pad_id),
+        "attention_mask": pad([[1] * len(f["input_ids"]) for f in features], 0),
+    }
+    if token_types:
+        batch["token_type_ids"] = pad([f["token_type_ids"] for f in features], 0)
+    return batch
+
+
 def truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
     """Cut the longer of two token lists, one token at a time, until both fit ``budget``
     (the "longest first" strategy)."""

@@ -55,23 +55,18 @@ class LabelSet:
         return self.index[value]
 
 
-class SequenceClassification(Task):
-    """``classification`` (one text), ``pair-classification`` (two texts) and
-    ``regression`` (one or two texts -> a number)."""
+class LabelledTask(Task):
+    """A task whose targets are named classes: the label set comes from ``[task] labels``
+    or from the training data, and is saved with the model."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.label_set: LabelSet | None = None
-        self.regression = self.kind == "regression"
-        self.cut = truncating(self.tokenizer, self.max_length)
-        # Tokenizers that frame nothing (GPT-2's) get a separator between pair texts.
-        self.needs_separator = self.tokenizer.num_special_tokens_to_add(True) == 0
-        sep = self.specials.sep_id if self.specials.sep_id is not None else self.specials.eos_id
-        self.separator = sep
+    label_set: LabelSet | None = None
 
-    # -- lifecycle -----------------------------------------------------------------------
+    def has_classes(self) -> bool:
+        """False where this instance predicts a number or a choice instead."""
+        return True
+
     def setup(self, rows: list[Row]) -> None:
-        if self.regression:
+        if not self.has_classes():
             return
         if self.cfg.labels is not None:
             self.label_set = LabelSet(self.cfg.labels)
@@ -88,6 +83,25 @@ class SequenceClassification(Task):
     @property
     def labels(self) -> list[str] | None:
         return self.label_set.names if self.label_set is not None else None
+
+
+class SequenceClassification(LabelledTask):
+    """``classification`` (one text), ``pair-classification`` (two texts) and
+    ``regression`` (one or two texts -> a number)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_set: LabelSet | None = None
+        self.regression = self.kind == "regression"
+        self.cut = truncating(self.tokenizer, self.max_length)
+        # Tokenizers that frame nothing (GPT-2's) get a separator between pair texts.
+        self.needs_separator = self.tokenizer.num_special_tokens_to_add(True) == 0
+        sep = self.specials.sep_id if self.specials.sep_id is not None else self.specials.eos_id
+        self.separator = sep
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def has_classes(self) -> bool:
+        return not self.regression
 
     @property
     def num_outputs(self) -> int:

@@ -35,11 +35,10 @@ from triform.finetune.tasks.base import (
     Batch,
     Feature,
     FinetuneModel,
-    Task,
     check_form,
     truncate_pair,
 )
-from triform.finetune.tasks.classification import LabelSet
+from triform.finetune.tasks.classification import LabelledTask, LabelSet
 from triform.models import TransformerModel
 
 START, DELIM, EXTRACT = "<|start|>", "<|delim|>", "<|extract|>"
@@ -71,7 +70,7 @@ def gpt_layout(
     return [start, *a, delim, *b, extract]
 
 
-class GPTTask(Task):
+class GPTTask(LabelledTask):
     """The four GPT-1 task kinds; ``kind`` picks the input transformation."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -82,24 +81,8 @@ class GPTTask(Task):
         self.choices = self.kind == "gpt-multiple-choice"
 
     # -- lifecycle -----------------------------------------------------------------------
-    def setup(self, rows: list[Row]) -> None:
-        if self.regression or self.choices:
-            return
-        if self.cfg.labels is not None:
-            self.label_set = LabelSet(self.cfg.labels)
-        else:
-            self.label_set = LabelSet.infer(rows, self.cfg.label)
-
-    def state(self) -> dict[str, Any]:
-        return {"labels": self.labels}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        if state.get("labels") is not None:
-            self.label_set = LabelSet(state["labels"])
-
-    @property
-    def labels(self) -> list[str] | None:
-        return self.label_set.names if self.label_set is not None else None
+    def has_classes(self) -> bool:
+        return not (self.regression or self.choices)
 
     def prepare_body(self, body: TransformerModel) -> None:
         """A decoder, with room in its tables for the three new tokens."""

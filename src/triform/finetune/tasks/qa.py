@@ -23,7 +23,14 @@ from triform.finetune.body import token_states
 from triform.finetune.data import Row
 from triform.finetune.heads import SpanHead
 from triform.finetune.metrics import squad_metrics
-from triform.finetune.tasks.base import Batch, Feature, FinetuneModel, Task, pad, truncating
+from triform.finetune.tasks.base import (
+    Batch,
+    Feature,
+    FinetuneModel,
+    Task,
+    pad_inputs,
+    truncating,
+)
 from triform.models import TransformerModel
 
 Offsets = list[tuple[int, int] | None]  # per token: its characters in the context, or None
@@ -141,11 +148,7 @@ class ExtractiveQA(Task):
         return features
 
     def collate(self, features: list[Feature]) -> Batch:
-        batch = {
-            "input_ids": pad([f["input_ids"] for f in features], self.pad_id),
-            "attention_mask": pad([[1] * len(f["input_ids"]) for f in features], 0),
-            "token_type_ids": pad([f["token_type_ids"] for f in features], 0),
-        }
+        batch = pad_inputs(features, self.pad_id)
         if "start" in features[0]:
             batch["start"] = torch.tensor([f["start"] for f in features])
             batch["end"] = torch.tensor([f["end"] for f in features])

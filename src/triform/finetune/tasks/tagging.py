@@ -20,7 +20,15 @@ from triform.finetune.body import token_states
 from triform.finetune.data import Row
 from triform.finetune.heads import TokenHead
 from triform.finetune.metrics import entity_metrics
-from triform.finetune.tasks.base import Batch, Feature, FinetuneModel, Task, pad, truncating
+from triform.finetune.tasks.base import (
+    Batch,
+    Feature,
+    FinetuneModel,
+    Task,
+    pad,
+    pad_inputs,
+    truncating,
+)
 from triform.models import TransformerModel
 
 IGNORE = -100
@@ -125,11 +133,7 @@ class Tagging(Task):
         return features
 
     def collate(self, features: list[Feature]) -> Batch:
-        batch = {
-            "input_ids": pad([f["input_ids"] for f in features], self.pad_id),
-            "attention_mask": pad([[1] * len(f["input_ids"]) for f in features], 0),
-            "token_type_ids": pad([f["token_type_ids"] for f in features], 0),
-        }
+        batch = pad_inputs(features, self.pad_id)
         if "labels" in features[0]:
             batch["labels"] = pad([f["labels"] for f in features], IGNORE)
         return batch

@@ -30,6 +30,7 @@ from triform.finetune.tasks.base import (
     check_form,
     fit_length,
     pad,
+    pad_inputs,
     truncating,
 )
 from triform.inference.generate import generate
@@ -81,10 +82,7 @@ class TextToText(Task):
         return features
 
     def collate(self, features: list[Feature]) -> Batch:
-        batch = {
-            "input_ids": pad([f["input_ids"] for f in features], self.pad_id),
-            "attention_mask": pad([[1] * len(f["input_ids"]) for f in features], 0),
-        }
+        batch = pad_inputs(features, self.pad_id, token_types=False)
         if "labels" in features[0]:
             batch["labels"] = pad([f["labels"] for f in features], IGNORE)
             batch["decoder_input_ids"] = pad(
