@@ -4,6 +4,7 @@
 from triform import presets
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
+from triform.inference.generate import generate
 from triform.models import (
     DecoderModel,
     EncoderDecoderModel,
@@ -23,5 +24,6 @@ __all__ = [
     "TransformerModel",
     "TriformError",
     "build_model",
+    "generate",
     "presets",
 ]

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "triform.commands.pretrain",
     "triform.commands.finetune",
     "triform.commands.generate",
+    "triform.commands.features",
     "triform.commands.tokenizer",
     "triform.commands.data",
     "triform.commands.convert",

@@ -1,6 +1,14 @@
-"""Running trained models: generation (and, later, features and in-context learning)."""
+"""Running trained models: generation, feature extraction and in-context learning."""
 
-from triform.inference.generate import generate
+from triform.inference.features import extract_features, save_features
+from triform.inference.generate import GenerateOutput, generate
 from triform.inference.loading import load_model, load_run
 
-__all__ = ["generate", "load_model", "load_run"]
+__all__ = [
+    "GenerateOutput",
+    "extract_features",
+    "generate",
+    "load_model",
+    "load_run",
+    "save_features",
+]

@@ -1,42 +1,39 @@
-"""Text generation with the KV cache: greedy decoding and sampling (temperature, top-k,
-top-p) for decoders and encoder-decoders, over batches of prompts of different lengths."""
+"""Text generation with the KV cache for decoders and encoder-decoders: greedy decoding,
+sampling (temperature, top-k, top-p), beam search (and beam sampling), stop tokens, a
+minimum and a maximum number of new tokens, a repetition penalty, and batches of prompts of
+different lengths.
+
+Greedy and beam outputs are token for token those of ``transformers``' ``generate`` for the
+same weights, and laid out the same way: prompt + new tokens for decoders (prompts
+left-padded), the decoder sequence from its start token for encoder-decoders.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 
-from triform.models import DecoderModel, EncoderDecoderModel, TransformerModel
-from triform.nn.cache import KVCache
+from triform.errors import TriformError
+from triform.inference.beam_search import EarlyStopping, beam_search
+from triform.inference.decoding import Steps, start_steps
+from triform.inference.logits import LogitsProcessing, as_token_ids, filter_logits
+from triform.models import TransformerModel
 
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Keep the ``top_k`` best tokens and the smallest set whose probability reaches
-    ``top_p``; the rest get -inf. (B, V) -> (B, V)"""
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keeps the first token
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+__all__ = ["GenerateOutput", "filter_logits", "generate"]
 
 
-def _next_token(
-    logits: torch.Tensor,
-    do_sample: bool,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    generator: torch.Generator | None,
-) -> torch.Tensor:  # (B, V) -> (B,)
-    if not do_sample:
-        return logits.argmax(-1)
-    logits = filter_logits(logits / max(temperature, 1e-6), top_k, top_p)
-    probs = logits.float().softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+@dataclass
+class GenerateOutput:
+    """``sequences``: (B * R, T) token ids, R = ``num_return_sequences`` rows per input (best
+    first with beams). ``scores``: (B * R,) with beams, the length-penalised sum of the new
+    tokens' log-probabilities (``transformers``' ``sequences_scores``); otherwise the plain
+    sum of the log-probabilities each new token had where it was chosen."""
+
+    sequences: torch.Tensor
+    scores: torch.Tensor
 
 
 @torch.no_grad()
@@ -45,83 +42,153 @@ def generate(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     max_new_tokens: int = 32,
+    num_beams: int = 1,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    eos_token_id: int | None = None,
+    length_penalty: float = 1.0,
+    eos_token_id: int | Sequence[int] | None = None,
+    *,
+    early_stopping: EarlyStopping = False,
+    num_return_sequences: int = 1,
+    min_new_tokens: int = 0,
+    repetition_penalty: float = 1.0,
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
+    return_scores: bool = False,
+) -> torch.Tensor | GenerateOutput:
     """Continue ``input_ids`` (B, L) by up to ``max_new_tokens`` tokens.
 
-    Decoders: prompts are left-padded (``attention_mask`` 0 on padding) and the result is
-    prompt + new tokens, as ``transformers`` lays it out. Encoder-decoders: ``input_ids`` is
-    the source and the result is the decoder sequence starting with the start token.
-    Finished rows (after ``eos_token_id``) are filled with ``pad_token_id``.
+    Decoders: prompts are left-padded (``attention_mask`` 0 on the padding) and each row of
+    the result is prompt + new tokens. Encoder-decoders: ``input_ids`` is the source (any
+    padding) and each row is the decoder sequence, starting with the start token.
+
+    ``num_beams`` > 1 runs beam search (:mod:`triform.inference.beam_search` explains
+    ``length_penalty`` and ``early_stopping``); with ``do_sample`` it samples the beams.
+    ``do_sample`` alone samples from the scores after ``temperature``, ``top_k`` (0: off)
+    and ``top_p`` (1.0: off), from ``generator`` (default: torch's global generator).
+    A row ends at any of ``eos_token_id`` (default: the model's) and is then filled with
+    ``pad_token_id`` (default: the model's, else the first stop token). ``min_new_tokens``
+    keeps stop tokens out until that many new tokens exist; ``repetition_penalty`` > 1
+    discourages tokens already in the sequence (CTRL).
+
+    Returns a (B * R, T) tensor, R = ``num_return_sequences``, or a :class:`GenerateOutput`
+    with scores as well when ``return_scores`` is set.
     """
-    was_training = model.training
-    model.eval()
+    _check(input_ids, max_new_tokens, num_beams, do_sample, num_return_sequences)
+    _check_numbers(temperature, top_k, top_p, repetition_penalty, early_stopping)
+    early_stopping = early_stopping if early_stopping == "never" else bool(early_stopping)
     config = model.config
-    eos = eos_token_id if eos_token_id is not None else config.eos_token_id
-    pad = pad_token_id if pad_token_id is not None else (config.pad_token_id or eos or 0)
-    batch = input_ids.shape[0]
+    eos_ids = as_token_ids(eos_token_id if eos_token_id is not None else config.eos_token_id)
+    pad = pad_token_id if pad_token_id is not None else config.pad_token_id
+    if pad is None:
+        pad = eos_ids[0] if eos_ids else 0
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    sample = dict(
-        do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+    processing = LogitsProcessing(
+        eos_ids=eos_ids,
+        min_new_tokens=min_new_tokens,
+        repetition_penalty=repetition_penalty,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_keep=1 + max(len(eos_ids), 1) if num_beams > 1 else 1,
     )
+    expand = num_beams if num_beams > 1 else num_return_sequences
+    was_training = model.training
+    model.eval()
+    try:
+        steps = start_steps(model, input_ids, attention_mask, expand, max_new_tokens, pad)
+        if num_beams > 1:
+            sequences, scores = beam_search(
+                steps,
+                processing,
+                num_beams=num_beams,
+                max_new_tokens=max_new_tokens,
+                length_penalty=length_penalty,
+                early_stopping=early_stopping,
+                num_return_sequences=num_return_sequences,
+                pad_id=pad,
+                generator=generator,
+            )
+        else:
+            sequences, scores = _decode(steps, processing, max_new_tokens, pad, generator)
+    finally:
+        model.train(was_training)
+    return GenerateOutput(sequences, scores) if return_scores else sequences
 
-    if isinstance(model, EncoderDecoderModel):
-        encoded, _ = model.encode(input_ids, attention_mask)
-        start = config.decoder_start_token_id if config.decoder_start_token_id is not None else pad
-        sequence = torch.full((batch, 1), start, dtype=torch.long, device=input_ids.device)
-        cache = KVCache.empty(config.decoder_layers)
-        step_input = sequence
-        for _ in range(max_new_tokens):
-            out = model(
-                attention_mask=attention_mask,
-                decoder_input_ids=step_input,
-                encoder_hidden_state=encoded,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            token = _next_token(out.logits[:, -1], **sample)
-            token = torch.where(finished, torch.full_like(token, pad), token)
-            sequence = torch.cat([sequence, token[:, None]], dim=1)
-            finished |= token == eos if eos is not None else finished
-            if bool(finished.all()):
-                break
-            step_input = token[:, None]
-    elif isinstance(model, DecoderModel):
-        sequence, mask = input_ids, attention_mask
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        cache = KVCache.empty(config.num_layers)
-        out = model(
-            input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
+
+def _decode(
+    steps: Steps,
+    processing: LogitsProcessing,
+    max_new_tokens: int,
+    pad_id: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decoding or sampling, one token per row a step, until every row has ended or
+    ``max_new_tokens`` are there. -> sequences (N, P + new), summed log-probabilities (N,)"""
+    sequences, counted = steps.sequences, steps.counted  # (N, P)
+    rows = sequences.shape[0]
+    running = torch.ones(rows, dtype=torch.bool, device=sequences.device)
+    total = torch.zeros(rows, device=sequences.device)
+    eos = torch.tensor(processing.eos_ids, dtype=torch.long, device=sequences.device)
+    logits = steps.first()
+    for new in range(max_new_tokens):
+        scores = processing(logits.float(), sequences, counted, new)  # (N, V)
+        if processing.do_sample:
+            token = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
+        else:
+            token = scores.argmax(-1)  # (N,)
+        chosen = F.log_softmax(scores, -1).gather(-1, token[:, None]).squeeze(-1)
+        total += torch.where(running, chosen, torch.zeros_like(chosen))
+        if eos.numel():
+            token = torch.where(running, token, torch.full_like(token, pad_id))
+        sequences = torch.cat([sequences, token[:, None]], dim=1)
+        counted = torch.cat([counted, torch.ones_like(counted[:, :1])], dim=1)
+        running &= ~torch.isin(token, eos)
+        if not bool(running.any()) or new == max_new_tokens - 1:
+            break
+        logits = steps.next(token)
+    return sequences, total
+
+
+def _check(
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    num_beams: int,
+    do_sample: bool,
+    num_return_sequences: int,
+) -> None:
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise TriformError(
+            f"input_ids must be (batch, length) and non-empty, not {input_ids.shape}"
         )
-        for step in range(max_new_tokens):
-            token = _next_token(out.logits[:, -1], **sample)
-            token = torch.where(finished, torch.full_like(token, pad), token)
-            sequence = torch.cat([sequence, token[:, None]], dim=1)
-            finished |= token == eos if eos is not None else finished
-            if bool(finished.all()) or step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
-            out = model(
-                token[:, None],
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
-    else:
-        raise TypeError(f"{type(model).__name__} cannot generate: it has no decoder")
-    model.train(was_training)
-    return sequence
+    if max_new_tokens < 1:
+        raise TriformError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+    if num_beams < 1 or num_return_sequences < 1:
+        raise TriformError("num_beams and num_return_sequences must be at least 1")
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise TriformError(
+            f"num_return_sequences={num_return_sequences} is more than num_beams={num_beams}"
+        )
+    if num_beams == 1 and not do_sample and num_return_sequences > 1:
+        raise TriformError("greedy decoding gives one sequence: use beams or do_sample")
+
+
+def _check_numbers(
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    repetition_penalty: float,
+    early_stopping: EarlyStopping,
+) -> None:
+    if not temperature > 0:
+        raise TriformError(f"temperature must be positive, not {temperature}")
+    if top_k < 0 or not 0 < top_p <= 1:
+        raise TriformError(f"need top_k >= 0 and 0 < top_p <= 1, not {top_k} and {top_p}")
+    if not repetition_penalty > 0:
+        raise TriformError(f"repetition_penalty must be positive, not {repetition_penalty}")
+    if early_stopping not in (True, False, "never"):
+        raise TriformError(f"early_stopping must be True, False or 'never', not {early_stopping!r}")

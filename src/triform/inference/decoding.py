@@ -1,0 +1,152 @@
+"""Incremental decoding with the KV cache, the same interface for both generative forms.
+
+A :class:`Steps` object holds one model's state over a batch of rows: ``first()`` reads the
+prompt (decoders) or encodes the source (encoder-decoders) and returns the scores of the
+first new token; ``next(tokens)`` appends one token per row and returns the scores of the one
+after it; ``reorder(index)`` keeps the rows beam search continues.
+
+Each input row may be repeated ``expand`` times (beams, or several samples per prompt),
+where ``transformers`` repeats it: decoders repeat the prompt before reading it,
+encoder-decoders encode once and repeat the encoder output.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from triform.errors import TriformError
+from triform.models import DecoderModel, EncoderDecoderModel, TransformerModel
+from triform.nn.cache import KVCache
+
+
+class Steps:
+    """One batch of rows being decoded. ``sequences`` (N, P) are the rows the output starts
+    with (a decoder's prompt; an encoder-decoder's start token), ``counted`` (N, P) marks
+    their real tokens."""
+
+    sequences: torch.Tensor
+    counted: torch.Tensor
+
+    def first(self) -> torch.Tensor:  # -> (N, V)
+        raise NotImplementedError
+
+    def next(self, tokens: torch.Tensor) -> torch.Tensor:  # (N,) -> (N, V)
+        raise NotImplementedError
+
+    def reorder(self, index: torch.Tensor) -> None:  # (N,) rows to keep, in their new order
+        raise NotImplementedError
+
+
+class DecoderSteps(Steps):
+    """A decoder over left-padded prompts: positions count real tokens only (as GPT-2's
+    ``generate`` does), so every prompt continues from its own length."""
+
+    def __init__(
+        self, model: DecoderModel, input_ids: torch.Tensor, mask: torch.Tensor, expand: int
+    ) -> None:
+        self.model = model
+        self.sequences = input_ids.repeat_interleave(expand, dim=0)  # (N, P)
+        self.mask = mask.long().repeat_interleave(expand, dim=0)  # (N, P), grows by one a step
+        self.counted = self.mask.bool()
+        offset = model.config.position_offset
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0) + offset  # (N, P)
+        self.cache = KVCache.empty(model.config.num_layers)
+
+    def _run(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            ids,
+            attention_mask=self.mask,
+            position_ids=self.positions,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return out.logits[:, -1]
+
+    def first(self) -> torch.Tensor:
+        return self._run(self.sequences)
+
+    def next(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        self.positions = self.positions[:, -1:] + 1  # (N, 1)
+        return self._run(tokens[:, None])
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.cache.reorder(index)
+        self.mask = self.mask.index_select(0, index)
+        self.positions = self.positions.index_select(0, index)
+
+
+class Seq2SeqSteps(Steps):
+    """An encoder-decoder: the source is encoded once; the decoder starts from the start
+    token (``decoder_start_token_id``, else the pad id) and attends to the source."""
+
+    def __init__(
+        self,
+        model: EncoderDecoderModel,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        expand: int,
+        start_id: int,
+    ) -> None:
+        self.model = model
+        encoded, _ = model.encode(input_ids, mask)  # (B, S, H)
+        self.encoded = encoded.repeat_interleave(expand, dim=0)  # (N, S, H)
+        self.source_mask = mask.repeat_interleave(expand, dim=0)  # (N, S)
+        rows = self.encoded.shape[0]
+        self.sequences = torch.full((rows, 1), start_id, dtype=torch.long, device=mask.device)
+        self.counted = torch.ones_like(self.sequences, dtype=torch.bool)
+        self.cache = KVCache.empty(model.config.decoder_layers)
+
+    def _run(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            attention_mask=self.source_mask,
+            decoder_input_ids=ids,
+            encoder_hidden_state=self.encoded,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return out.logits[:, -1]
+
+    def first(self) -> torch.Tensor:
+        return self._run(self.sequences)
+
+    def next(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._run(tokens[:, None])
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.cache.reorder(index)
+        self.encoded = self.encoded.index_select(0, index)
+        self.source_mask = self.source_mask.index_select(0, index)
+
+
+def start_steps(
+    model: TransformerModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    expand: int,
+    max_new_tokens: int,
+    pad_id: int,
+) -> Steps:
+    """The :class:`Steps` for ``model``, after checking that the longest row plus
+    ``max_new_tokens`` fits the model's positions."""
+    config = model.config
+    bounded = config.position in ("learned", "sinusoidal")
+    if isinstance(model, EncoderDecoderModel):
+        if bounded and 1 + max_new_tokens > config.max_positions:
+            raise TriformError(
+                f"max_new_tokens={max_new_tokens} does not fit the decoder's "
+                f"{config.max_positions} positions"
+            )
+        start = config.decoder_start_token_id
+        return Seq2SeqSteps(
+            model, input_ids, attention_mask, expand, pad_id if start is None else start
+        )
+    if isinstance(model, DecoderModel):
+        longest = int(attention_mask.sum(-1).max()) if input_ids.numel() else 0
+        if bounded and longest + max_new_tokens > config.max_positions:
+            raise TriformError(
+                f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} is longer "
+                f"than the model's {config.max_positions} positions"
+            )
+        return DecoderSteps(model, input_ids, attention_mask, expand)
+    raise TriformError(f"{type(model).__name__} cannot generate: it has no decoder")
