@@ -59,9 +59,7 @@ def pairs(corpus: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Parallel text for the seq2seq config: each line paired with the next one."""
     lines = [x.strip() for x in (Path(corpus) / "doc00.txt").read_text().splitlines() if x.strip()]
     path = tmp_path_factory.mktemp("pairs") / "pairs.tsv"
-    path.write_text(
-        "".join(f"{a}\t{b}\n" for a, b in zip(lines[:-1], lines[1:], strict=True))
-    )
+    path.write_text("".join(f"{a}\t{b}\n" for a, b in zip(lines[:-1], lines[1:], strict=True)))
     return str(path)
 
 
