@@ -182,6 +182,17 @@ def _steal_fraction(before: int | None, seconds: float) -> float:
     return (after - before) / os.sysconf("SC_CLK_TCK") / (seconds * (os.cpu_count() or 1))
 
 
+def _release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so
+    that resident memory measures what is live."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's resident-set high-water mark (VmHWM) of this process."""
     try:
@@ -249,6 +260,7 @@ class _Trainer:
             if self.device.type == "cuda"
             else torch.autocast("cpu", enabled=False)
         )
+        _release_free_memory()  # the conversion's leftovers: both sides start even
 
     def loss(self) -> torch.Tensor:
         with self.autocast:
@@ -512,7 +524,7 @@ def report(results: list[ShapeResult], peak: float) -> str:
 
 def curve_table(metrics_path: str) -> str:
     """Markdown table of a pretraining run's validation curve from its ``metrics.jsonl``:
-    step, minutes since the loop started, validation loss, train loss and tokens/s nearest
+    step, seconds since the loop started, validation loss, train loss and tokens/s nearest
     before it.
 
     The loop's start is not logged; it is recovered from the first train record, whose
@@ -528,7 +540,7 @@ def curve_table(metrics_path: str) -> str:
     )
     start = first["time"] - first["step"] * tokens_per_step / first["tokens_per_s"]
     lines = [
-        "| step | minutes | val loss | val accuracy | train loss | train tokens/s |",
+        "| step | seconds | val loss | val accuracy | train loss | train tokens/s |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in records:
@@ -537,7 +549,7 @@ def curve_table(metrics_path: str) -> str:
         before = [t for t in train if t["step"] <= r["step"]]
         last = before[-1] if before else first
         lines.append(
-            f"| {r['step']} | {(r['time'] - start) / 60:.1f} | {r['loss']:.3f} | "
+            f"| {r['step']} | {r['time'] - start:.0f} | {r['loss']:.3f} | "
             f"{r.get('accuracy', float('nan')):.3f} | {last['loss']:.3f} | "
             f"{last['tokens_per_s']:,.0f} |"
         )
