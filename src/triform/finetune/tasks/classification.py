@@ -60,6 +60,7 @@ class LabelledTask(Task):
     or from the training data, and is saved with the model."""
 
     label_set: LabelSet | None = None
+    regression = False  # set by instances that predict a number instead of a class
 
     def has_classes(self) -> bool:
         """False where this instance predicts a number or a choice instead."""
@@ -83,6 +84,23 @@ class LabelledTask(Task):
     @property
     def labels(self) -> list[str] | None:
         return self.label_set.names if self.label_set is not None else None
+
+    def target(self, row: Row) -> int | float:
+        raise NotImplementedError
+
+    def task_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean squared error for a number, cross entropy over the classes otherwise."""
+        if self.regression:
+            return F.mse_loss(scores, labels)
+        return F.cross_entropy(scores, labels)
+
+    def decode(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[Any]:
+        if self.regression:
+            return [float(o) for o in outputs]
+        return [int(o.argmax()) for o in outputs]
+
+    def references(self, rows: list[Row]) -> list[Any]:
+        return [self.target(row) for row in rows]
 
 
 class SequenceClassification(LabelledTask):
@@ -177,21 +195,10 @@ class SequenceClassification(LabelledTask):
         return scores.squeeze(-1) if self.regression else scores
 
     def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
-        scores = self.logits(model, batch).float()
-        if self.regression:
-            return F.mse_loss(scores, batch["labels"])
-        return F.cross_entropy(scores, batch["labels"])
+        return self.task_loss(self.logits(model, batch).float(), batch["labels"])
 
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
         return list(self.logits(model, batch).float().cpu())
-
-    def decode(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[Any]:
-        if self.regression:
-            return [float(o) for o in outputs]
-        return [int(o.argmax()) for o in outputs]
-
-    def references(self, rows: list[Row]) -> list[Any]:
-        return [self.target(row) for row in rows]
 
     def metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         if self.regression:

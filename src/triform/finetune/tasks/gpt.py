@@ -212,11 +212,6 @@ class GPTTask(LabelledTask):
             lm = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
         return scores, lm
 
-    def task_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.regression:
-            return F.mse_loss(scores, labels)
-        return F.cross_entropy(scores, labels)
-
     def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
         scores, lm = self.forward(model, batch)
         return self.task_loss(scores, batch["labels"]) + self.cfg.lm_weight * lm
@@ -224,14 +219,6 @@ class GPTTask(LabelledTask):
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
         scores, _ = self.forward(model, batch)
         return list(scores.cpu())
-
-    def decode(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[Any]:
-        if self.regression:
-            return [float(o) for o in outputs]
-        return [int(o.argmax()) for o in outputs]
-
-    def references(self, rows: list[Row]) -> list[Any]:
-        return [self.target(row) for row in rows]
 
     def metrics(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         if self.regression:
