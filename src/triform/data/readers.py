@@ -199,13 +199,14 @@ class _Stream(_Reader):
         self._slack = usable - self.n_windows * stride
         self.order = self._order(self.n_windows)
 
-    def _window_starts(self, step: int) -> np.ndarray:
+    def _window_starts(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stream start of each row's window and the window's index, both (B,)."""
         items, epochs = self.order.rows(step)
         shift = np.zeros_like(items)
         if self.shuffle and self._slack:
             for e in np.unique(epochs).tolist():  # one or two epochs per batch
                 shift[epochs == e] = _rng(self.seed, self.salt, e, 1).integers(0, self._slack + 1)
-        return items * self._stride + shift  # (B,)
+        return items * self._stride + shift, items
 
     @property
     def items_per_epoch(self) -> int:
@@ -240,7 +241,7 @@ class CausalWindows(_Stream):
         return self.n_windows * self.seq_len
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        starts = self._window_starts(step)
+        starts, _ = self._window_starts(step)
         pos = starts[:, None] + np.arange(self.seq_len + 1)  # (B, L+1)
         return {"input_ids": torch.from_numpy(self.gather(pos))}
 
@@ -281,7 +282,7 @@ class PackedSequences(_Stream):
         return self.n_windows * self.content_len
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        starts = self._window_starts(step)
+        starts, items = self._window_starts(step)
         pos = starts[:, None] + np.arange(self.content_len)  # (B, C)
         ids = np.empty((self.batch_size, self.seq_len), dtype=np.int64)
         p = len(self.prefix)
@@ -290,7 +291,6 @@ class PackedSequences(_Stream):
             ids[:, 0] = self.prefix[0]
         if self.suffix:
             ids[:, -1] = self.suffix[0]
-        items, _ = self.order.rows(step)
         return {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.ones(self.batch_size, self.seq_len, dtype=torch.int64),
