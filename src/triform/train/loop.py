@@ -133,7 +133,7 @@ def _run_steps(
     train = config.train
     out_dir = Path(train.out_dir)
     started = time.perf_counter()
-    window_start, window_tokens = started, 0
+    window_start, window_tokens, total_tokens = started, 0, 0
     running_loss = torch.zeros((), device=device)
     running_count = 0
     last_loss, val_metrics, sample = math.nan, {}, None
@@ -153,7 +153,9 @@ def _run_steps(
                 scaler.scale(loss / train.grad_accum).backward()
             running_loss += loss.detach()
             running_count += 1
-            window_tokens += task.tokens_in(batch)
+            tokens = task.tokens_in(batch)
+            window_tokens += tokens
+            total_tokens += tokens
         scaler.unscale_(optimizer)
         clip_gradients(wrapped, config.optim.grad_clip)
         scaler.step(optimizer)
@@ -199,7 +201,12 @@ def _run_steps(
         if out_of_time:
             break
     elapsed = time.perf_counter() - started
-    tokens = task.tokens_per_step(config) * (step - start_step)
     return PretrainResult(
-        out_dir, step, last_loss, val_metrics, checkpoint, tokens / max(elapsed, 1e-9), sample
+        out_dir,
+        step,
+        last_loss,
+        val_metrics,
+        checkpoint,
+        total_tokens / max(elapsed, 1e-9),
+        sample,
     )

@@ -98,9 +98,6 @@ class Task:
             total += batch["decoder_input_ids"].numel()
         return total
 
-    def tokens_per_step(self, run) -> int:
-        return self._tokens_per_batch * run.train.grad_accum
-
     # -- evaluation -----------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(
@@ -153,7 +150,6 @@ class CausalLMTask(Task):
     can_sample = True
 
     def readers(self, shards):
-        self._tokens_per_batch = self.run.train.batch_size * self.run.data.seq_len
         return shard_readers(self, shards, CausalWindows, self.run.data.seq_len)
 
     def sample(self, model, device, tokens, prompt):
@@ -184,7 +180,6 @@ class MaskedLMTask(Task):
         return config
 
     def readers(self, shards):
-        self._tokens_per_batch = self.run.train.batch_size * self.run.data.seq_len
         return shard_readers(
             self, shards, PackedSequences, self.run.data.seq_len, **self._framing()
         )
@@ -198,7 +193,6 @@ class SentencePairTask(Task):
 
     def readers(self, shards):
         run = self.run
-        self._tokens_per_batch = run.train.batch_size * run.data.seq_len
         return shard_readers(
             self,
             shards,
@@ -248,17 +242,13 @@ class ReplacedTokenTask(MaskedLMTask):
 
 class SpanCorruptionTask(Task):
     def readers(self, shards):
-        run = self.run
-        target = self.objective.target_length(run.data.seq_len)
-        self._tokens_per_batch = run.train.batch_size * (run.data.seq_len + target)
-        raw_len = self.objective.source_length(run.data.seq_len)
+        raw_len = self.objective.source_length(self.run.data.seq_len)
         return shard_readers(self, shards, PackedSequences, raw_len)
 
 
 class DenoisingTask(Task):
     def readers(self, shards):
         run = self.run
-        self._tokens_per_batch = 2 * run.train.batch_size * run.data.seq_len
         return shard_readers(
             self,
             shards,
@@ -281,7 +271,6 @@ class Seq2SeqTask(Task):
         limit = run.data.seq_len
         train = ParallelCorpus.from_pairs(pairs[:-held_out], self.tokenizer, limit, limit)
         val = ParallelCorpus.from_pairs(pairs[-held_out:], self.tokenizer, limit, limit)
-        self._tokens_per_batch = 2 * run.train.batch_size * limit
         return (
             _PairReader(train, run.train.batch_size, run.train.seed, self.special, True),
             _PairReader(val, run.train.batch_size, run.train.seed, self.special, False),
