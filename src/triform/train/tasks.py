@@ -27,7 +27,7 @@ from triform.data.objectives import (
 )
 from triform.data.readers import CausalWindows, DocumentSequences, PackedSequences, SentencePairs
 from triform.errors import ConfigError, TriformError
-from triform.models import build_model
+from triform.models import TransformerModel, build_model
 from triform.tokenizers import SpecialTokens
 from triform.train.precision import autocast_context
 
@@ -204,7 +204,7 @@ class SentencePairTask(Task):
         )
 
 
-class ElectraPair(nn.Module):
+class ElectraPair(TransformerModel):
     """ELECTRA's generator and discriminator, sharing token embeddings, trained as one
     module so that DDP/FSDP see a single forward."""
 
@@ -214,9 +214,6 @@ class ElectraPair(nn.Module):
         self.config = discriminator.config
         self._objective = objective
         share_embeddings(generator, discriminator)
-
-    def num_parameters(self, non_embedding: bool = False) -> int:
-        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
     def forward(self, batch: dict[str, torch.Tensor], draw: torch.Generator):
         return self._objective.step(self.generator, self.discriminator, batch, draw)
