@@ -11,24 +11,25 @@ from triform.config import ModelConfig
 from triform.data import Corpus, default_corpus
 from triform.data.shards import ShardSet, prepare_shards
 from triform.errors import ConfigError
-from triform.tokenizers import SpecialTokens, load_tokenizer, save_tokenizer, train_tokenizer
+from triform.tokenizers import (
+    FAMILIES,
+    SpecialTokens,
+    load_tokenizer,
+    save_tokenizer,
+    train_tokenizer,
+)
 from triform.train.distributed import barrier, is_main_process
 from triform.train.run_config import RunConfig
 
-# The special-token conventions each model family expects from its tokenizer.
-FAMILY_TOKENS = {
-    "bert": "bert",
-    "albert": "bert",
-    "electra": "bert",
-    "roberta": "roberta",
-    "bart": "bart",
-    "gpt": "gpt2",
-    "gpt2": "gpt2",
-    "gpt3": "gpt2",
-    "t5": "t5",
-    "transformer": "bart",
-    "custom": "gpt2",
-}
+# Model families the tokenizer module has no special-token convention of its own for.
+TOKENIZER_FAMILY_FALLBACK = {"transformer": "bart"}
+
+
+def tokenizer_family(model_family: str) -> str:
+    """The tokenizer family (special tokens, templates) a model family trains with."""
+    if model_family in FAMILIES:
+        return model_family
+    return TOKENIZER_FAMILY_FALLBACK.get(model_family, "gpt2")
 
 
 def load_corpus(config: RunConfig) -> Corpus:
@@ -59,7 +60,7 @@ def prepare_tokenizer(config: RunConfig, out_dir: Path) -> tokenizers.Tokenizer:
     target = Path(section.path) if section.path else out_dir / "tokenizer.json"
     if target.exists():
         return load_tokenizer(target)
-    family = section.family or FAMILY_TOKENS.get(config.model.family, "gpt2")
+    family = section.family or tokenizer_family(config.model.family)
     if is_main_process():
         tokenizer = train_tokenizer(
             _tokenizer_corpus(config),
