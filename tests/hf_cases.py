@@ -7,7 +7,6 @@ Everything here runs on CPU in float32 in seconds: 2 layers, hidden 32, vocabula
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,15 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 VOCAB, BATCH, SRC_LEN, TGT_LEN = 99, 3, 9, 6
-
-
-def single_thread() -> Iterator[None]:
-    """Run with one intra-op thread (restored afterwards): for models this small, thread
-    hand-offs cost far more than the arithmetic, the more so on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 _ENCODER = dict(

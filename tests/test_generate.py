@@ -5,7 +5,6 @@ tokens and lengths; ``triform generate`` on a HuggingFace folder."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,7 @@ VOCAB = 40
 STOPS = [5, 9, 11, 13]  # stop tokens that random models of this vocabulary do pick
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is fastest, the more so on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_hf(kind: str, scale: float = 0.3, vocab: int = VOCAB) -> torch.nn.Module:

@@ -28,13 +28,12 @@ from hf_cases import (  # noqa: E402
     batch,
     hf_outputs,
     make_hf,
-    single_thread,
     triform_outputs,
 )
 from triform.errors import TriformError  # noqa: E402
 from triform.interop import hf  # noqa: E402
 
-_single_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hf_tied(model: torch.nn.Module) -> bool:

@@ -21,13 +21,12 @@ from hf_cases import (  # noqa: E402
     batch,
     hf_outputs,
     make_hf,
-    single_thread,
     triform_outputs,
 )
 from triform.errors import TriformError  # noqa: E402
 from triform.interop import hf  # noqa: E402
 
-_single_thread = pytest.fixture(autouse=True, scope="module")(single_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DECODING = [name for name in CASES if CASES[name].cls.endswith(("LMHeadModel", "Generation"))]
 

@@ -15,13 +15,7 @@ BOS, PAD, EOS, UNK, MASK, STOP = 0, 1, 2, 3, 4, 5  # RoBERTa/BART ids; STOP ends
 OFF = dict(text_infilling=0.0, sentence_permutation=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: threads cost more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def documents(seed: int = 0, stop_rate: float = 0.1) -> dict[str, torch.Tensor]:

@@ -19,13 +19,7 @@ PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 SPECIAL = [PAD, UNK, CLS, SEP, MASK]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: threads cost more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pairs(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -14,13 +14,7 @@ PAD, EOS = 0, 1
 SENTINELS = [V - 1 - i for i in range(100)]  # <extra_id_0> is the last id, as in T5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: threads cost more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def objective(**options) -> SpanCorruption:

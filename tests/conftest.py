@@ -1,0 +1,19 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Run a module with one intra-op thread (restored afterwards): for tensors and models
+    this small, thread hand-offs cost far more than the arithmetic, the more so on a busy
+    machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
