@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from triform.data.objectives import CausalLM, pack_documents
+from triform.objectives import CausalLM, pack_documents
 from triform.models.outputs import DecoderOutput
 
 EOS = 0

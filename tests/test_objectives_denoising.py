@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from triform.data.objectives import Denoising, DenoisingConfig
+from triform.objectives import Denoising, DenoisingConfig
 from triform.errors import ConfigError
 
 V, B, L = 1000, 512, 128

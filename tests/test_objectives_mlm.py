@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from triform.data.objectives import MaskedLM, MaskedLMConfig, continuation_table
+from triform.objectives import MaskedLM, MaskedLMConfig, continuation_table
 from triform.errors import ConfigError, TriformError
 
 V, B, L = 1000, 512, 128

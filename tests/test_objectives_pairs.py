@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from triform.data.objectives import (
+from triform.objectives import (
     NextSentencePrediction,
     SentenceOrderPrediction,
     pretraining_loss,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from triform.data.objectives import OBJECTIVES, Objective, build_objective, context_from_tokenizer
+from triform.objectives import OBJECTIVES, Objective, build_objective, context_from_tokenizer
 from triform.errors import ConfigError
 
 CONTEXT = {

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from triform import presets
-from triform.data.objectives import (
+from triform.objectives import (
     ReplacedTokenDetection,
     electra_loss,
     generator_config,
@@ -123,7 +123,7 @@ def test_step_with_shared_embeddings_trains_both_models():
     assert generator.embeddings.position is discriminator.embeddings.position
     rtd = objective()
     batch = rtd(batch_of(8), torch.Generator().manual_seed(6))
-    loss, parts = rtd.step(generator, discriminator, batch, torch.Generator().manual_seed(7))
+    loss, parts = rtd.pair_step(generator, discriminator, batch, torch.Generator().manual_seed(7))
     loss.backward()
     assert torch.isfinite(loss)
     assert set(parts) == {"generator_loss", "discriminator_loss", "discriminator_accuracy"}

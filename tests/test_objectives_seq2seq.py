@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from triform.data.objectives import (
+from triform.objectives import (
     ParallelCorpus,
     Seq2Seq,
     label_smoothed_cross_entropy,

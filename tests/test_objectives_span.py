@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from triform.data.objectives import SpanCorruption, SpanCorruptionConfig, t5_span_lengths
-from triform.data.objectives.span_corruption import corrupted_lengths
+from triform.objectives import SpanCorruption, SpanCorruptionConfig, t5_span_lengths
+from triform.objectives.span_corruption import corrupted_lengths
 from triform.errors import ConfigError, TriformError
 
 V, B = 1100, 512

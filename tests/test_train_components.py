@@ -28,7 +28,7 @@ from triform.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from triform.train.distributed import (
+from triform.runtime.distributed import (
     all_reduce_mean,
     barrier,
     gradient_sync,
@@ -47,7 +47,7 @@ from triform.train.optim import (
     decay_split,
     param_groups,
 )
-from triform.train.precision import autocast_context, resolve_precision
+from triform.runtime.precision import autocast_context, resolve_precision
 from triform.train.schedules import ScheduleConfig, build_scheduler, lr_factor
 
 VOCAB = 1000  # the tiny presets' vocabulary
@@ -474,7 +474,7 @@ def _dist_worker(rank_: int, world: int, port: int, out_dir: str) -> None:
         LOCAL_RANK=str(rank_),
     )
     from triform.train.checkpoint import _full_state_dict
-    from triform.train.distributed import shutdown_distributed
+    from triform.runtime.distributed import shutdown_distributed
 
     torch.set_num_threads(1)
     assert init_distributed() and world_size() == world

@@ -6,7 +6,7 @@
   :class:`~triform.data.shards.ShardSet` (tokenize once, read many times);
 - :mod:`triform.data.readers`: batch readers for each objective (imports torch, so import it
   explicitly: ``from triform.data.readers import CausalWindows``);
-- :mod:`triform.data.objectives`: model inputs and targets for each pretraining objective.
+- :mod:`triform.objectives`: model inputs and targets for each pretraining objective.
 
 This package imports neither torch nor the readers, so worker processes start fast.
 """

@@ -4,15 +4,7 @@ The components are importable from here; the loop itself is :mod:`triform.train.
 (not imported here, so the components stay light to import).
 """
 
-from triform.train.checkpoint import (
-    CheckpointState,
-    latest_checkpoint,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    save_weights,
-)
-from triform.train.distributed import (
+from triform.runtime.distributed import (
     all_reduce_mean,
     barrier,
     gradient_sync,
@@ -23,9 +15,17 @@ from triform.train.distributed import (
     world_size,
     wrap_model,
 )
+from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
+from triform.train.checkpoint import (
+    CheckpointState,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
 from triform.train.metrics import MetricsLogger, read_metrics
 from triform.train.optim import OptimConfig, build_optimizer, clip_gradients, param_groups
-from triform.train.precision import autocast_context, grad_scaler, resolve_precision
 from triform.train.schedules import ScheduleConfig, build_scheduler, lr_factor
 
 __all__ = [

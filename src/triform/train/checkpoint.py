@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from triform.errors import TriformError
-from triform.train.distributed import barrier, is_fsdp, is_main_process, unwrap_model
+from triform.runtime.distributed import barrier, is_fsdp, is_main_process, unwrap_model
 
 FORMAT = 1
 CHECKPOINTS = "checkpoints"

@@ -1,8 +1,8 @@
 """The pretraining loop: the short piece that ties the components together.
 
 text -> tokenizer -> shards -> task (reader + objective + loss) -> model -> optimizer ->
-checkpoints and metrics. Everything specific to an objective lives in
-:mod:`triform.train.tasks`; this loop is the same for all of them.
+checkpoints and metrics. Everything specific to an objective lives in its module of
+:mod:`triform.objectives`; this loop is the same for all of them.
 """
 
 from __future__ import annotations
@@ -16,20 +16,21 @@ from pathlib import Path
 import torch
 
 from triform.errors import TriformError
-from triform.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from triform.train.distributed import (
+from triform.objectives import PretrainingTask, build_task
+from triform.runtime.device import pick_device
+from triform.runtime.distributed import (
     gradient_sync,
     init_distributed,
     is_main_process,
     wrap_model,
 )
+from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
+from triform.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from triform.train.metrics import MetricsLogger
 from triform.train.optim import build_optimizer, clip_gradients
-from triform.train.precision import autocast_context, grad_scaler, resolve_precision
 from triform.train.run_config import RunConfig
 from triform.train.schedules import build_scheduler
 from triform.train.setup import prepare_data, prepare_tokenizer, resolve_model_config
-from triform.train.tasks import Task, build_task
 
 
 @dataclass
@@ -43,18 +44,6 @@ class PretrainResult:
     checkpoint: Path
     tokens_per_second: float
     sample: str | None = None
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TriformError(f"train.device: unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TriformError("train.device is cuda but no GPU is available")
-    return device
 
 
 def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -81,6 +70,7 @@ def pretrain(config: RunConfig, resume: str | Path | None = None) -> PretrainRes
     shards = prepare_data(config, tokenizer, out_dir)
     task = build_task(config, model_config, tokenizer, shards)
     model = task.build_model().to(device)
+    model_config = task.model_config
     (out_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
     (out_dir / "model.json").write_text(json.dumps(model_config.to_dict(), indent=2))
 
@@ -120,7 +110,7 @@ def pretrain(config: RunConfig, resume: str | Path | None = None) -> PretrainRes
 
 def _run_steps(
     config,
-    task: Task,
+    task: PretrainingTask,
     model,
     wrapped,
     optimizer,
@@ -184,7 +174,7 @@ def _run_steps(
         if step % train.eval_every == 0 or step == train.steps or out_of_time:
             val_metrics = task.evaluate(wrapped, device, precision, train.eval_batches)
             logger.log(step, val_metrics, split="val")
-            if task.can_sample:
+            if task.can_sample and train.sample_tokens > 0:
                 sample = task.sample(model, device, train.sample_tokens, train.sample_prompt)
                 logger.text(step, "sample", sample)
             wrapped.train()

@@ -23,20 +23,9 @@ from typing import Any, Literal
 from triform import presets
 from triform.config import ModelConfig, apply_overrides, from_dict, load_toml
 from triform.errors import ConfigError
+from triform.objectives import objective_class
 from triform.train.optim import OptimConfig
 from triform.train.schedules import ScheduleConfig
-
-# The model form each objective trains.
-OBJECTIVE_FORMS = {
-    "causal-lm": "decoder",
-    "mlm": "encoder",
-    "mlm-nsp": "encoder",
-    "mlm-sop": "encoder",
-    "rtd": "encoder",
-    "span-corruption": "encoder-decoder",
-    "denoising": "encoder-decoder",
-    "seq2seq": "encoder-decoder",
-}
 
 SECTIONS = ("model", "tokenizer", "data", "objective", "train", "optim", "schedule")
 
@@ -178,25 +167,26 @@ def build_run_config(tree: dict[str, Any], source: Path | None = None) -> RunCon
     optim = from_dict(OptimConfig, dict(tree.get("optim", {})), "optim")
     schedule = from_dict(ScheduleConfig, dict(tree.get("schedule", {})), "schedule")
     objective = dict(tree.get("objective", {}))
-    name = objective.get("name")
-    if name not in OBJECTIVE_FORMS:
+    kind = objective_class(objective)
+    if model.form != kind.form:
         raise ConfigError(
-            f"objective.name must be one of {', '.join(OBJECTIVE_FORMS)}, got {name!r}"
+            f"objective {kind.name} trains {_a(kind.form)} model, but model "
+            f"{preset or model.family} is {_a(model.form)} model"
         )
-    if model.form != OBJECTIVE_FORMS[name]:
-        raise ConfigError(
-            f"objective {name} trains an {OBJECTIVE_FORMS[name]} model, but model "
-            f"{preset or model.family} is an {model.form} model"
-        )
-    if name == "seq2seq" and data.sources is None:
-        raise ConfigError("objective seq2seq reads data.sources (a TSV of source<TAB>target)")
 
     if isinstance(data.corpus, str):
         data.corpus = [data.corpus]
     _validate(train, data)
     raw = {**tree, "model": {**model.to_dict()}, "tokenizer": vars(tokenizer), "data": vars(data)}
     raw["train"], raw["objective"] = vars(train), objective
-    return RunConfig(model, preset, tokenizer, data, objective, train, optim, schedule, source, raw)
+    run = RunConfig(model, preset, tokenizer, data, objective, train, optim, schedule, source, raw)
+    kind.check_run(run)
+    return run
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: "an encoder", "a decoder"."""
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def _validate(train: TrainSection, data: DataSection) -> None:

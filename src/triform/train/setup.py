@@ -11,6 +11,8 @@ from triform.config import ModelConfig
 from triform.data import Corpus, default_corpus
 from triform.data.shards import ShardSet, prepare_shards
 from triform.errors import ConfigError
+from triform.objectives.seq2seq import read_pairs
+from triform.runtime.distributed import barrier, is_main_process
 from triform.tokenizers import (
     FAMILIES,
     SpecialTokens,
@@ -18,7 +20,6 @@ from triform.tokenizers import (
     save_tokenizer,
     train_tokenizer,
 )
-from triform.train.distributed import barrier, is_main_process
 from triform.train.run_config import RunConfig
 
 # Model families the tokenizer module has no special-token convention of its own for.
@@ -76,8 +77,6 @@ def prepare_tokenizer(config: RunConfig, out_dir: Path) -> tokenizers.Tokenizer:
 
 def _tokenizer_corpus(config: RunConfig):
     if config.data.sources is not None:
-        from triform.data.objectives.seq2seq import read_pairs
-
         pairs = read_pairs(config.data.sources)
         return [[source, target] for source, target in pairs]
     return load_corpus(config)

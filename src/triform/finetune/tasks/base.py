@@ -21,8 +21,8 @@ from triform.errors import TriformError
 from triform.finetune.config import TaskSection
 from triform.finetune.data import Row
 from triform.models import TransformerModel
+from triform.runtime.precision import autocast_context
 from triform.tokenizers import SpecialTokens
-from triform.train.precision import autocast_context
 
 Feature = dict[str, Any]
 Batch = dict[str, torch.Tensor]

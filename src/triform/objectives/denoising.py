@@ -37,21 +37,25 @@ from dataclasses import dataclass, field
 
 import torch
 
-from triform.data.objectives._common import (
-    IGNORE_INDEX,
-    Batch,
+from triform.data.readers import DocumentSequences
+from triform.errors import ConfigError
+from triform.nn.losses import IGNORE_INDEX
+from triform.objectives.base import (
     Objective,
+    RunData,
     check_config,
     check_fraction,
     check_vocab_ids,
+    require,
+)
+from triform.objectives.ops import (
+    Batch,
     choose,
     default_attention_mask,
     id_table,
-    require,
     shift_right,
     uniform,
 )
-from triform.errors import ConfigError
 
 
 @dataclass
@@ -131,6 +135,7 @@ class Denoising(Objective):
 
     name = "denoising"
     config_class = DenoisingConfig
+    form = "encoder-decoder"
 
     def __init__(self, config: DenoisingConfig) -> None:
         super().__init__(config)
@@ -138,6 +143,15 @@ class Denoising(Objective):
             config.vocab_size, [*config.special_ids, config.pad_id, config.eos_id, config.mask_id]
         )
         self.is_sentence_end = id_table(config.vocab_size, config.sentence_end_ids)
+
+    def readers(self, data: RunData) -> tuple[DocumentSequences, DocumentSequences]:
+        """Spans of one document each, framed ``<s> ... </s>`` (sentences intact)."""
+        return data.shard_readers(
+            DocumentSequences,
+            data.run.data.seq_len,
+            bos_id=data.special.bos_id,
+            eos_id=data.special.eos_id,
+        )
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
         c = self.config

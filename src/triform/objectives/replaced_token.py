@@ -33,14 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from triform.data.objectives._common import (
-    IGNORE_INDEX,
-    Batch,
-    token_cross_entropy,
-    uniform,
-)
-from triform.data.objectives.masked_lm import MaskedLM, MaskedLMConfig
+from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
+from triform.models.base import TransformerModel
+from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
+from triform.objectives.base import Step
+from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
+from triform.objectives.ops import Batch, uniform
 
 
 @dataclass
@@ -50,6 +49,8 @@ class ReplacedTokenConfig(MaskedLMConfig):
     mask_token_prob: float = 0.85
     random_token_prob: float = 0.0
     discriminator_weight: float = 50.0
+    generator_width: float = 0.25  # the generator's hidden size / the discriminator's
+    generator_depth: float = 1.0  # the generator's layers / the discriminator's
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,6 +58,9 @@ class ReplacedTokenConfig(MaskedLMConfig):
             raise ConfigError(
                 f"objective.discriminator_weight must be >= 0, got {self.discriminator_weight}"
             )
+        for name in ("generator_width", "generator_depth"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"objective.{name} must be in (0, 1], got {getattr(self, name)}")
 
 
 @torch.no_grad()
@@ -123,13 +127,35 @@ class ReplacedTokenDetection(MaskedLM):
 
     name = "rtd"
     config_class = ReplacedTokenConfig
+    perplexity_of = None  # the generator's MLM loss says little about the discriminator
+
+    @classmethod
+    def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
+        """The discriminator's config: a replaced-token head, no pair head."""
+        return config.replace(encoder_head="rtd", pair_head="none")
+
+    @classmethod
+    def unused_parameters(cls, config: ModelConfig) -> bool:
+        return config.pooler
+
+    def build_model(self, config: ModelConfig) -> ElectraPair:
+        """The generator (built first) and the discriminator, sharing embeddings."""
+        from triform.models import build_model
+
+        c = self.config
+        generator = build_model(generator_config(config, c.generator_width, c.generator_depth))
+        return ElectraPair(generator, build_model(config), self)
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
         out = super().__call__(batch, generator)
         out["original_ids"] = batch["input_ids"]
         return out
 
-    def step(
+    def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+        """``model`` is an :class:`ElectraPair` (or a DDP/FSDP wrapper of one)."""
+        return model(batch, generator)
+
+    def pair_step(
         self,
         generator_model: nn.Module,
         discriminator_model: nn.Module,
@@ -150,7 +176,7 @@ class ReplacedTokenDetection(MaskedLM):
 
     def loss(self, output: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise TriformError(
-            "replaced-token detection needs two models: use ReplacedTokenDetection.step"
+            "replaced-token detection needs two models: use ReplacedTokenDetection.pair_step"
         )
 
 
@@ -193,3 +219,21 @@ def share_embeddings(generator_model: nn.Module, discriminator_model: nn.Module)
     head = getattr(generator_model, "lm_head", None)
     if head is not None and generator_model.config.tie_embeddings:
         head.decoder.weight = theirs.token.weight
+
+
+class ElectraPair(TransformerModel):
+    """ELECTRA's generator and discriminator, sharing token embeddings, trained as one
+    module so that DDP/FSDP see a single forward. Its state dict holds ``generator.*`` and
+    ``discriminator.*``; a run folder of it loads either part (see :mod:`triform.runs`)."""
+
+    def __init__(
+        self, generator: nn.Module, discriminator: nn.Module, objective: ReplacedTokenDetection
+    ) -> None:
+        super().__init__()
+        self.generator, self.discriminator = generator, discriminator
+        self.config = discriminator.config
+        self._objective = objective
+        share_embeddings(generator, discriminator)
+
+    def forward(self, batch: Batch, draw: torch.Generator) -> Step:
+        return self._objective.pair_step(self.generator, self.discriminator, batch, draw)

@@ -31,16 +31,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from triform.data.objectives._common import (
-    IGNORE_INDEX,
-    Batch,
-    Objective,
-    check_config,
-    check_fraction,
-    require,
-    shift_right,
-)
 from triform.errors import ConfigError, TriformError
+from triform.nn.losses import IGNORE_INDEX
+from triform.objectives.base import Objective, RunData, check_config, check_fraction, require
+from triform.objectives.ops import Batch, shift_right
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -134,6 +128,35 @@ class Seq2Seq(Objective):
 
     name = "seq2seq"
     config_class = Seq2SeqConfig
+    form = "encoder-decoder"
+    perplexity_of = "nll_loss"  # the unsmoothed loss: perplexity of the label-smoothed one lies
+
+    @classmethod
+    def check_run(cls, run: Any) -> None:
+        if run.data.sources is None:
+            raise ConfigError("objective seq2seq reads data.sources (a TSV of source<TAB>target)")
+
+    def readers(self, data: RunData) -> tuple[PairBatches, PairBatches]:
+        """Length-bucketed batches of the ``data.sources`` pairs; the last
+        ``data.val_fraction`` of the pairs (at least one) are the validation set."""
+        run = data.run
+        pairs = read_pairs(run.data.sources)
+        held_out = max(1, int(len(pairs) * run.data.val_fraction))
+        if len(pairs) - held_out < 1:
+            raise TriformError(f"{run.data.sources}: too few pairs to split ({len(pairs)})")
+        c, seq_len = self.config, run.data.seq_len
+        limits = (c.max_source_length or seq_len, c.max_target_length or seq_len)
+        pad_id = data.special.pad_id if data.special.pad_id is not None else 0
+        return tuple(
+            PairBatches(
+                ParallelCorpus.from_pairs(split, data.tokenizer, *limits),
+                run.train.batch_size,
+                run.train.seed,
+                pad_id,
+                shuffle,
+            )
+            for split, shuffle in ((pairs[:-held_out], True), (pairs[-held_out:], False))
+        )
 
     def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         c = self.config
@@ -297,3 +320,29 @@ class ParallelCorpus:
         """Padded batches of one epoch (see :meth:`batch_rows`)."""
         for rows in self.batch_rows(batch_size, generator, bucket_batches, drop_last):
             yield self.collate(rows, pad_id)
+
+
+class PairBatches:
+    """Length-bucketed batches of a :class:`ParallelCorpus`, a pure function of (seed, step):
+    the reader of :class:`Seq2Seq` runs."""
+
+    def __init__(
+        self, corpus: ParallelCorpus, batch_size: int, seed: int, pad_id: int, shuffle: bool
+    ) -> None:
+        self.corpus, self.batch_size, self.seed, self.shuffle = corpus, batch_size, seed, shuffle
+        self.pad_id = pad_id
+        self._epoch, self._rows = -1, []
+        self.num_batches = len(self._epoch_rows(0))
+
+    def _epoch_rows(self, epoch: int) -> list[torch.Tensor]:
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._rows = self.corpus.batch_rows(
+                self.batch_size, generator if self.shuffle else None
+            )
+            self._epoch = epoch
+        return self._rows
+
+    def batch(self, step: int) -> Batch:
+        rows = self._epoch_rows(step // self.num_batches)[step % self.num_batches]
+        return self.corpus.collate(rows, self.pad_id)

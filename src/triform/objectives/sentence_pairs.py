@@ -9,7 +9,7 @@ The reader builds the pairs ``[CLS] A [SEP] B [SEP]`` with ``token_type_ids`` an
 - SOP: 0 = A and B are consecutive segments in order, 1 = the two are swapped (50% each).
 
 This is HuggingFace's convention (``next_sentence_label`` / ``sentence_order_label``). The
-objective masks the pair as :class:`~triform.data.objectives.masked_lm.MaskedLM` does
+objective masks the pair as :class:`~triform.objectives.masked_lm.MaskedLM` does
 (``[CLS]``/``[SEP]`` are special, never selected) and carries ``token_type_ids`` and
 ``pair_labels`` through, so the batch holds everything the model (``input_ids``,
 ``attention_mask``, ``token_type_ids``) and the loss (``labels``, ``pair_labels``) need.
@@ -24,14 +24,25 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from triform.data.objectives._common import Batch, token_cross_entropy
-from triform.data.objectives.masked_lm import MaskedLM, MaskedLMConfig
+from triform.config import ModelConfig
+from triform.data.readers import SentencePairs
 from triform.errors import TriformError
+from triform.nn.losses import token_cross_entropy
+from triform.objectives.base import RunData, check_fraction
+from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
+from triform.objectives.ops import Batch
 
 
 @dataclass
 class SentencePairConfig(MaskedLMConfig):
-    """The MLM settings of the pair objective (the pair task is fixed by the class)."""
+    """The MLM settings of the pair objective (the pair task is fixed by the class) and how
+    often the reader makes a short pair (BERT: 10%)."""
+
+    short_seq_prob: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fraction(self, "short_seq_prob")
 
 
 def pretraining_loss(
@@ -56,7 +67,25 @@ class SentencePairObjective(MaskedLM):
     """MLM on a sentence pair plus its pair label; see the module docstring."""
 
     config_class = SentencePairConfig
-    task: ClassVar[str]
+    task: ClassVar[str]  # the pair head and reader mode: "nsp" or "sop"
+    perplexity_of = "mlm_loss"
+
+    @classmethod
+    def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
+        return config.replace(encoder_head="mlm", pair_head=cls.task)
+
+    @classmethod
+    def unused_parameters(cls, config: ModelConfig) -> bool:
+        return False  # the pair head reads the pooler: every parameter gets a gradient
+
+    def readers(self, data: RunData) -> tuple[SentencePairs, SentencePairs]:
+        return data.shard_readers(
+            SentencePairs,
+            data.run.data.seq_len,
+            mode=self.task,
+            special=data.special,
+            short_seq_prob=self.config.short_seq_prob,
+        )
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
         for key in ("token_type_ids", "pair_labels"):

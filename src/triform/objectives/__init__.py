@@ -1,9 +1,8 @@
-"""Pretraining objectives: vectorised transforms from token ids to model inputs and targets.
+"""Pretraining objectives, one module each, and the one registry of them.
 
-Every objective is a class with a config dataclass and
-``__call__(batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]``; all
-randomness comes from the generator (static MLM masking: from a fixed seed), so the same
-code gives the same batches on one process or many and on a resumed run.
+Each module holds everything about its objective (config, vectorised transform, loss, reader,
+model requirements, evaluation, sampling; see :mod:`triform.objectives.base`). Adding an
+objective is one module and one line in :data:`OBJECTIVES`.
 
 =================  ==================================  =========================================
 name               class                               family
@@ -19,7 +18,8 @@ seq2seq            :class:`Seq2Seq`                    Transformer (parallel tex
 =================  ==================================  =========================================
 
 Build one from the ``[objective]`` table of a run with :func:`build_objective`, passing the
-tokenizer's ids: ``build_objective(table, **context_from_tokenizer(tokenizer))``.
+tokenizer's ids: ``build_objective(table, **context_from_tokenizer(tokenizer))``; a whole
+run's task (objective + readers + model) with :func:`build_task`.
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from triform.data.objectives._common import (
-    IGNORE_INDEX,
-    MODEL_KEYS,
-    Objective,
-    hash_uniform,
-    shift_right,
-    token_cross_entropy,
-)
-from triform.data.objectives.causal_lm import CausalLM, CausalLMConfig, pack_documents
-from triform.data.objectives.denoising import Denoising, DenoisingConfig
-from triform.data.objectives.masked_lm import MaskedLM, MaskedLMConfig, continuation_table
-from triform.data.objectives.replaced_token import (
+import tokenizers
+
+from triform.config import ModelConfig
+from triform.errors import ConfigError
+from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
+from triform.objectives.base import MODEL_KEYS, Objective, PretrainingTask, RunData
+from triform.objectives.causal_lm import CausalLM, CausalLMConfig, pack_documents
+from triform.objectives.denoising import Denoising, DenoisingConfig
+from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig, continuation_table
+from triform.objectives.ops import hash_uniform, shift_right
+from triform.objectives.replaced_token import (
+    ElectraPair,
     ReplacedTokenConfig,
     ReplacedTokenDetection,
     electra_loss,
@@ -46,39 +46,52 @@ from triform.data.objectives.replaced_token import (
     sample_replacements,
     share_embeddings,
 )
-from triform.data.objectives.sentence_pairs import (
+from triform.objectives.sentence_pairs import (
     NextSentencePrediction,
     SentenceOrderPrediction,
     SentencePairConfig,
     pretraining_loss,
 )
-from triform.data.objectives.seq2seq import (
+from triform.objectives.seq2seq import (
+    PairBatches,
     ParallelCorpus,
     Seq2Seq,
     Seq2SeqConfig,
     label_smoothed_cross_entropy,
     read_pairs,
 )
-from triform.data.objectives.span_corruption import (
+from triform.objectives.span_corruption import (
     SpanCorruption,
     SpanCorruptionConfig,
     corrupted_lengths,
     t5_span_lengths,
 )
-from triform.errors import ConfigError
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    "causal-lm": CausalLM,
-    "mlm": MaskedLM,
-    "mlm-nsp": NextSentencePrediction,
-    "mlm-sop": SentenceOrderPrediction,
-    "span-corruption": SpanCorruption,
-    "denoising": Denoising,
-    "rtd": ReplacedTokenDetection,
-    "seq2seq": Seq2Seq,
+    objective.name: objective
+    for objective in (
+        CausalLM,
+        MaskedLM,
+        NextSentencePrediction,
+        SentenceOrderPrediction,
+        SpanCorruption,
+        Denoising,
+        ReplacedTokenDetection,
+        Seq2Seq,
+    )
 }
 
 SENTENCE_END_MARKS = (".", "!", "?")
+
+
+def objective_class(options: Any) -> type[Objective]:
+    """The class registered under ``options["name"]`` (``options``: an ``[objective]`` table)."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"[objective] must be a table, got {type(options).__name__}")
+    name = options.get("name")
+    if name not in OBJECTIVES:
+        raise ConfigError(f"objective.name must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+    return OBJECTIVES[name]
 
 
 def build_objective(options: Mapping[str, Any], **context: Any) -> Objective:
@@ -88,12 +101,22 @@ def build_objective(options: Mapping[str, Any], **context: Any) -> Objective:
     :func:`context_from_tokenizer`, plus e.g. ``decoder_start_id`` from the model config.
     Unknown names, unknown keys and bad values raise :class:`ConfigError`.
     """
-    if not isinstance(options, Mapping):
-        raise ConfigError(f"[objective] must be a table, got {type(options).__name__}")
-    name = options.get("name")
-    if name not in OBJECTIVES:
-        raise ConfigError(f"objective.name must be one of {', '.join(OBJECTIVES)}, got {name!r}")
-    return OBJECTIVES[name].from_dict(options, **context)
+    return objective_class(options).from_dict(options, **context)
+
+
+def build_task(
+    run: Any, model_config: ModelConfig, tokenizer: tokenizers.Tokenizer, shards: Any
+) -> PretrainingTask:
+    """The task of a run: its objective (configured by ``run.objective`` and the tokenizer's
+    ids), the model config fitted to it, and its readers over ``shards``."""
+    from triform.tokenizers import SpecialTokens
+
+    model_config = objective_class(run.objective).fit_model_config(model_config)
+    context = context_from_tokenizer(tokenizer)
+    context["decoder_start_id"] = model_config.decoder_start_token_id
+    objective = build_objective(run.objective, **context)
+    data = RunData(run, tokenizer, SpecialTokens.from_tokenizer(tokenizer), shards)
+    return PretrainingTask(objective, model_config, data)
 
 
 def context_from_tokenizer(tokenizer: Any) -> dict[str, Any]:
@@ -130,6 +153,10 @@ __all__ = [
     "MODEL_KEYS",
     "OBJECTIVES",
     "CausalLM",
+    "ElectraPair",
+    "PairBatches",
+    "PretrainingTask",
+    "RunData",
     "CausalLMConfig",
     "Denoising",
     "DenoisingConfig",
@@ -147,6 +174,8 @@ __all__ = [
     "SpanCorruption",
     "SpanCorruptionConfig",
     "build_objective",
+    "build_task",
+    "objective_class",
     "context_from_tokenizer",
     "continuation_table",
     "corrupted_lengths",

@@ -28,18 +28,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from triform.data.objectives._common import (
-    IGNORE_INDEX,
-    Batch,
-    Objective,
-    check_config,
-    compact,
-    random_segmentation,
-    require,
-    shift_right,
-    uniform,
-)
+from triform.data.readers import PackedSequences
 from triform.errors import ConfigError, TriformError
+from triform.nn.losses import IGNORE_INDEX
+from triform.objectives.base import Objective, RunData, check_config, require
+from triform.objectives.ops import Batch, compact, random_segmentation, shift_right, uniform
 
 
 def span_counts(length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
@@ -122,10 +115,15 @@ class SpanCorruption(Objective):
 
     name = "span-corruption"
     config_class = SpanCorruptionConfig
+    form = "encoder-decoder"
 
     def __init__(self, config: SpanCorruptionConfig) -> None:
         super().__init__(config)
         self.sentinels = torch.tensor(config.sentinel_ids, dtype=torch.long)
+
+    def readers(self, data: RunData) -> tuple[PackedSequences, PackedSequences]:
+        """Packed windows long enough that the corrupted input is ``data.seq_len`` long."""
+        return data.shard_readers(PackedSequences, self.source_length(data.run.data.seq_len))
 
     def source_length(self, seq_len: int) -> int:
         return t5_span_lengths(seq_len, self.config.noise_density, self.config.mean_span_length)[0]

@@ -31,23 +31,28 @@ from typing import Any, Literal
 
 import torch
 
-from triform.data.objectives._common import (
-    IGNORE_INDEX,
-    Batch,
+from triform.config import ModelConfig
+from triform.data.readers import PackedSequences
+from triform.errors import ConfigError, TriformError
+from triform.nn.losses import IGNORE_INDEX
+from triform.objectives.base import (
     Draw,
     Objective,
+    RunData,
     check_config,
     check_fraction,
     check_vocab_ids,
+    make_config,
+    require,
+)
+from triform.objectives.ops import (
+    Batch,
     choose,
     default_attention_mask,
     hash_uniform,
     id_table,
-    make_config,
-    require,
     uniform,
 )
-from triform.errors import ConfigError, TriformError
 
 
 @dataclass
@@ -97,6 +102,7 @@ class MaskedLM(Objective):
 
     name = "mlm"
     config_class = MaskedLMConfig
+    form = "encoder"
 
     def __init__(self, config: MaskedLMConfig, *, is_continuation: torch.Tensor | None = None):
         super().__init__(config)
@@ -122,6 +128,19 @@ class MaskedLM(Objective):
         if table is None and config.whole_word and context.get("tokenizer") is not None:
             table = continuation_table(context["tokenizer"])
         return cls(config, is_continuation=table)
+
+    # -- the run around it ----------------------------------------------------------------
+    @classmethod
+    def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
+        return config if config.encoder_head == "mlm" else config.replace(encoder_head="mlm")
+
+    @classmethod
+    def unused_parameters(cls, config: ModelConfig) -> bool:
+        return config.pair_head != "none" or config.pooler
+
+    def readers(self, data: RunData) -> tuple[PackedSequences, PackedSequences]:
+        """Full packed sequences (RoBERTa's FULL-SENTENCES), framed by the special tokens."""
+        return data.shard_readers(PackedSequences, data.run.data.seq_len, **data.framing())
 
     # -- the transform --------------------------------------------------------------------
     def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:

@@ -1,0 +1,301 @@
+"""The objective protocol and the glue every objective shares.
+
+An objective is one class in one module of this package holding everything about it:
+
+- its config (a dataclass: ``config_class``), read from the run's ``[objective]`` table;
+- the vectorised transform ``__call__(reader_batch, generator) -> batch`` (all randomness from
+  the generator, or for static masking from a hash of a fixed seed);
+- the model form it trains (``form``), what it needs of the model config
+  (:meth:`Objective.fit_model_config`) and how the model is built (:meth:`Objective.build_model`,
+  e.g. ELECTRA's generator + discriminator pair);
+- which reader feeds it (:meth:`Objective.readers`);
+- the loss of one step (:meth:`Objective.step` over :meth:`Objective.loss`), which loss part
+  perplexity is reported from (``perplexity_of``), and for generative objectives a text
+  sample (:meth:`Objective.sample`).
+
+:class:`PretrainingTask` joins an objective to its readers and model for a run; the loop in
+:mod:`triform.train.loop` is the same for every objective. The registry is
+:data:`triform.objectives.OBJECTIVES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from triform.config import ModelConfig, check_types, from_dict
+from triform.errors import ConfigError, TriformError
+from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
+from triform.objectives.ops import Batch
+from triform.runtime.precision import autocast_context
+
+if TYPE_CHECKING:
+    import tokenizers
+
+    from triform.tokenizers import SpecialTokens
+
+# The batch keys a model takes; everything else an objective returns is a target.
+MODEL_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+)
+
+Draw = Callable[[int], torch.Tensor]  # stream -> uniform [0, 1) floats of the batch's (B, L)
+Step = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (loss, detached parts and metrics)
+
+
+class Objective:
+    """Turns a reader's batch of token ids into model inputs and targets, and scores a model
+    on them; see the module docstring.
+
+    Subclasses set ``name`` (the registry name), ``config_class`` (a dataclass) and ``form``,
+    and implement ``__call__`` and :meth:`readers`; the other hooks have defaults.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    form: ClassVar[str]  # the model form trained: "encoder", "decoder" or "encoder-decoder"
+    perplexity_of: ClassVar[str | None] = "loss"  # the loss part perplexity is exp of
+    generative: ClassVar[bool] = False  # the trainer prints a sample at each evaluation
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any], **context: Any) -> Objective:
+        """Build from the ``[objective]`` table of a run config.
+
+        ``options`` are the user's keys (``name`` is allowed and ignored); an unknown key or a
+        bad value is a :class:`ConfigError` naming it. ``context`` fills fields the user did
+        not set, typically the tokenizer's ids (see :func:`context_from_tokenizer`); context
+        keys that are not fields of this objective's config are ignored.
+        """
+        return cls(make_config(cls.config_class, options, context))
+
+    # -- the run around it (class-level: known before a tokenizer exists) ------------------
+    @classmethod
+    def check_run(cls, run: Any) -> None:
+        """Raise :class:`ConfigError` when the run config cannot feed this objective."""
+
+    @classmethod
+    def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
+        """The model config with the heads this objective trains."""
+        return config
+
+    @classmethod
+    def unused_parameters(cls, config: ModelConfig) -> bool:
+        """Whether some parameters of the model get no gradient (DDP must be told)."""
+        return False
+
+    def build_model(self, config: ModelConfig) -> nn.Module:
+        """The model trained (``config`` is already fitted)."""
+        from triform.models import build_model
+
+        return build_model(config)
+
+    def readers(self, data: RunData) -> tuple[Any, Any]:
+        """The (shuffled train, fixed validation) readers that feed this objective."""
+        raise NotImplementedError
+
+    # -- the transform ----------------------------------------------------------------------
+    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+        raise NotImplementedError
+
+    def source_length(self, seq_len: int) -> int:
+        """The length of the token windows a reader must supply so that the model input is
+        ``seq_len`` long (causal LM: one more; span corruption: more)."""
+        return seq_len
+
+    def target_length(self, seq_len: int) -> int | None:
+        """The decoder length for an input of ``seq_len`` (encoder-decoder objectives whose
+        target length follows from the input); ``None`` otherwise."""
+        return None
+
+    @staticmethod
+    def model_inputs(batch: Batch) -> Batch:
+        """The keys of ``batch`` that are model arguments (see ``MODEL_KEYS``)."""
+        return {key: batch[key] for key in MODEL_KEYS if key in batch}
+
+    # -- the loss ---------------------------------------------------------------------------
+    def loss(self, output: Any, batch: Batch) -> Step:
+        """The training loss from a model output (``.logits``) and this objective's batch;
+        returns ``(loss, parts)`` with detached component losses in ``parts``."""
+        return token_cross_entropy(output.logits, batch["labels"]), {}
+
+    def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+        """Forward ``model`` on ``batch``: the loss and its parts, with token accuracy."""
+        output = model(**self.model_inputs(batch))
+        loss, parts = self.loss(output, batch)
+        parts.update(token_accuracy(output, batch))
+        return loss, parts
+
+    def sample(
+        self,
+        model: nn.Module,
+        tokenizer: tokenizers.Tokenizer,
+        device: torch.device,
+        tokens: int,
+        prompt: str,
+    ) -> str:
+        """A text sample of ``tokens`` new tokens (generative objectives only)."""
+        raise TriformError(f"objective {self.name} does not generate text")
+
+
+def token_accuracy(output: Any, batch: Batch) -> dict[str, torch.Tensor]:
+    """Token accuracy over the labelled positions (empty when the output has no token logits)."""
+    labels = batch.get("labels")
+    if labels is None or output.logits is None or output.logits.dim() != 3:
+        return {}
+    counted = labels != IGNORE_INDEX
+    correct = (output.logits.argmax(-1) == labels) & counted
+    return {"accuracy": correct.sum() / counted.sum().clamp(min=1)}
+
+
+@dataclasses.dataclass
+class RunData:
+    """What an objective's readers are made from: the run config, its tokenizer and special
+    ids, and the tokenized ``(train, validation)`` shards (``None`` for runs that read
+    ``data.sources``)."""
+
+    run: Any
+    tokenizer: tokenizers.Tokenizer
+    special: SpecialTokens
+    shards: tuple[Any, Any] | None
+
+    def shard_readers(self, reader_class: type, seq_len: int, **options: Any) -> tuple[Any, Any]:
+        """The (shuffled train, fixed validation) readers of ``reader_class`` over the shards."""
+        if self.shards is None:
+            raise TriformError("this objective reads tokenized shards, but the run has none")
+        train_shards, val_shards = self.shards
+        if val_shards.n_tokens == 0:
+            raise TriformError("the validation split is empty; raise data.val_fraction")
+        train = self.run.train
+        return tuple(
+            reader_class(split, seq_len, train.batch_size, train.seed, shuffle=shuffle, **options)
+            for split, shuffle in ((train_shards, True), (val_shards, False))
+        )
+
+    def framing(self) -> dict[str, int | None]:
+        """The ids that frame a sequence: ``[CLS] ... [SEP]`` or ``<s> ... </s>``."""
+        s = self.special
+        if s.cls_id is not None and s.sep_id is not None:
+            return {"cls_id": s.cls_id, "sep_id": s.sep_id}
+        return {"bos_id": s.bos_id, "eos_id": s.eos_id}
+
+
+class PretrainingTask:
+    """One run's objective with its readers and model: what the training loop drives.
+
+    A task's batches are pure functions of ``(seed, index)`` (the readers) and of a per-step
+    ``torch.Generator`` (the objective), which is what makes a resumed run exact.
+    """
+
+    def __init__(self, objective: Objective, model_config: ModelConfig, data: RunData) -> None:
+        self.objective, self.model_config, self.data = objective, model_config, data
+        self.name = objective.name
+        self.can_sample = objective.generative
+        self.unused_parameters = objective.unused_parameters(model_config)
+        self.train_reader, self.val_reader = objective.readers(data)
+
+    def build_model(self) -> nn.Module:
+        return self.objective.build_model(self.model_config)
+
+    def train_batch(self, index: int, generator: torch.Generator) -> Batch:
+        """The objective's batch number ``index`` (reader batch -> objective transform)."""
+        return self.objective(self.train_reader.batch(index), generator)
+
+    def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+        return self.objective.step(model, batch, generator)
+
+    @staticmethod
+    def tokens_in(batch: Batch) -> int:
+        """Tokens the model reads in ``batch`` (from shapes only: no device sync)."""
+        total = batch["input_ids"].numel()
+        if "decoder_input_ids" in batch:
+            total += batch["decoder_input_ids"].numel()
+        return total
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        precision: str,
+        max_batches: int,
+    ) -> dict[str, float]:
+        """Mean loss and metrics over the first ``max_batches`` fixed validation batches
+        (the same masks at every evaluation), forward passes in ``precision``."""
+        model.eval()
+        totals: dict[str, float] = {}
+        count = 0
+        for index in range(min(max_batches, self.val_reader.num_batches)):
+            generator = torch.Generator().manual_seed(index)
+            batch = self.objective(self.val_reader.batch(index), generator)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast_context(precision, device):
+                loss, parts = self.loss(model, batch, generator)
+            for key, value in {"loss": loss, **parts}.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+            count += 1
+        metrics = {key: value / max(count, 1) for key, value in totals.items()}
+        source = self.objective.perplexity_of
+        if source is not None and source in metrics:
+            metrics["perplexity"] = math.exp(min(metrics[source], 50.0))
+        return metrics
+
+    def sample(self, model: nn.Module, device: torch.device, tokens: int, prompt: str) -> str:
+        return self.objective.sample(model, self.data.tokenizer, device, tokens, prompt)
+
+
+# ---------------------------------------------------------------------------------------
+# Config handling
+# ---------------------------------------------------------------------------------------
+def make_config(cls: type, options: Mapping[str, Any], context: Mapping[str, Any]) -> Any:
+    """``cls`` built from user ``options`` over ``context`` defaults, validated."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"[objective] must be a table, got {type(options).__name__}")
+    values = {key: value for key, value in options.items() if key != "name"}
+    for f in dataclasses.fields(cls):
+        if f.name not in values and context.get(f.name) is not None:
+            values[f.name] = context[f.name]
+    return from_dict(cls, values, "objective")
+
+
+def check_config(config: Any) -> None:
+    """Type-check every field of an objective config (call first in ``__post_init__``)."""
+    check_types(config, "objective")
+
+
+def check_fraction(config: Any, *names: str, upper_inclusive: bool = True) -> None:
+    """Each named field must lie in [0, 1] (or [0, 1) with ``upper_inclusive=False``)."""
+    for name in names:
+        value = getattr(config, name)
+        if not (0.0 <= value <= 1.0) or (not upper_inclusive and value == 1.0):
+            bound = "1]" if upper_inclusive else "1)"
+            raise ConfigError(f"objective.{name} must be in [0, {bound}, got {value}")
+
+
+def require(config: Any, name: str, why: str) -> None:
+    """A field that may default to ``None`` but is needed: a ConfigError saying why."""
+    if getattr(config, name) is None:
+        raise ConfigError(f"objective.{name} is required ({why})")
+
+
+def check_vocab_ids(config: Any, vocab_size: int, *names: str) -> None:
+    """Each named id field (an int or a list of ints) must be a valid id in ``[0, V)``."""
+    for name in names:
+        value = getattr(config, name)
+        ids = value if isinstance(value, list) else [value]
+        for i in ids:
+            if i is not None and not 0 <= i < vocab_size:
+                raise ConfigError(
+                    f"objective.{name}: id {i} is outside the vocabulary [0, {vocab_size})"
+                )
