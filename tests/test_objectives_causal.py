@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from triform.objectives import CausalLM, pack_documents
 from triform.models.outputs import DecoderOutput
+from triform.objectives import CausalLM, pack_documents
 
 EOS = 0
 

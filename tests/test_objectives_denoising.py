@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from triform.objectives import Denoising, DenoisingConfig
 from triform.errors import ConfigError
+from triform.objectives import Denoising, DenoisingConfig
 
 V, B, L = 1000, 512, 128
 BOS, PAD, EOS, UNK, MASK, STOP = 0, 1, 2, 3, 4, 5  # RoBERTa/BART ids; STOP ends a sentence

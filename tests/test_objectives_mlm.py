@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from triform.objectives import MaskedLM, MaskedLMConfig, continuation_table
 from triform.errors import ConfigError, TriformError
+from triform.objectives import MaskedLM, MaskedLMConfig, continuation_table
 
 V, B, L = 1000, 512, 128
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from triform.errors import TriformError
+from triform.models.outputs import EncoderOutput
 from triform.objectives import (
     NextSentencePrediction,
     SentenceOrderPrediction,
     pretraining_loss,
 )
-from triform.errors import TriformError
-from triform.models.outputs import EncoderOutput
 
 V, B, L = 1000, 512, 128
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from triform.objectives import OBJECTIVES, Objective, build_objective, context_from_tokenizer
 from triform.errors import ConfigError
+from triform.objectives import OBJECTIVES, Objective, build_objective, context_from_tokenizer
 
 CONTEXT = {
     "vocab_size": 1200,

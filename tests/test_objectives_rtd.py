@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from triform import presets
+from triform.models import EncoderModel
 from triform.objectives import (
     ReplacedTokenDetection,
     electra_loss,
@@ -15,7 +16,6 @@ from triform.objectives import (
     sample_replacements,
     share_embeddings,
 )
-from triform.models import EncoderModel
 
 V, B, L = 1000, 512, 64
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4

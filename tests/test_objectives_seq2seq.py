@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from triform.errors import ConfigError, TriformError
 from triform.objectives import (
     ParallelCorpus,
     Seq2Seq,
     label_smoothed_cross_entropy,
     read_pairs,
 )
-from triform.errors import ConfigError, TriformError
 
 BOS, PAD, EOS = 0, 1, 2
 

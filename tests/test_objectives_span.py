@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from triform.errors import ConfigError, TriformError
 from triform.objectives import SpanCorruption, SpanCorruptionConfig, t5_span_lengths
 from triform.objectives.span_corruption import corrupted_lengths
-from triform.errors import ConfigError, TriformError
 
 V, B = 1100, 512
 PAD, EOS = 0, 1

@@ -19,15 +19,6 @@ from torch import nn
 import triform
 from triform.config import from_dict
 from triform.errors import ConfigError, TriformError
-from triform.train import checkpoint as ckpt
-from triform.train.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    save_weights,
-)
 from triform.runtime.distributed import (
     all_reduce_mean,
     barrier,
@@ -39,6 +30,16 @@ from triform.runtime.distributed import (
     world_size,
     wrap_model,
 )
+from triform.runtime.precision import autocast_context, resolve_precision
+from triform.train import checkpoint as ckpt
+from triform.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
 from triform.train.metrics import MetricsLogger, read_metrics
 from triform.train.optim import (
     OptimConfig,
@@ -47,7 +48,6 @@ from triform.train.optim import (
     decay_split,
     param_groups,
 )
-from triform.runtime.precision import autocast_context, resolve_precision
 from triform.train.schedules import ScheduleConfig, build_scheduler, lr_factor
 
 VOCAB = 1000  # the tiny presets' vocabulary
@@ -473,8 +473,8 @@ def _dist_worker(rank_: int, world: int, port: int, out_dir: str) -> None:
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank_),
     )
-    from triform.train.checkpoint import _full_state_dict
     from triform.runtime.distributed import shutdown_distributed
+    from triform.train.checkpoint import _full_state_dict
 
     torch.set_num_threads(1)
     assert init_distributed() and world_size() == world
