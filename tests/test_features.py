@@ -17,8 +17,8 @@ from triform import build_model, presets
 from triform.cli import main
 from triform.errors import TriformError
 from triform.inference.features import LAYERS, extract_features, save_features
+from triform.runs import save_weights
 from triform.tokenizers import train_tokenizer
-from triform.train.checkpoint import save_weights
 
 TEXTS = ["the quick brown fox", "a dog", "jumps over the lazy dog again and again", "x"]
 

@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from triform.cli import main
-from triform.train.checkpoint import latest_checkpoint
+from triform.runs import latest_checkpoint
 from triform.train.metrics import read_metrics
 from triform.train.run_config import load_run_config
 

@@ -19,6 +19,7 @@ from torch import nn
 import triform
 from triform.config import from_dict
 from triform.errors import ConfigError, TriformError
+from triform.runs import latest_checkpoint, list_checkpoints
 from triform.runtime.distributed import (
     all_reduce_mean,
     barrier,
@@ -33,8 +34,6 @@ from triform.runtime.distributed import (
 from triform.runtime.precision import autocast_context, resolve_precision
 from triform.train import checkpoint as ckpt
 from triform.train.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     load_weights,
     save_checkpoint,

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 def to_triform(src: Path, out: Path) -> TransformerModel:
     """HF folder ``src`` -> triform model folder ``out``."""
     from triform.interop import hf
-    from triform.train.checkpoint import save_weights
+    from triform.runs import save_weights
 
     model = hf.load(src)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def to_triform(src: Path, out: Path) -> TransformerModel:
 def to_hf(src: Path, out: Path) -> TransformerModel:
     """Triform model or run folder ``src`` -> HF folder ``out``."""
     from triform.interop import hf
-    from triform.train.checkpoint import load_weights
+    from triform.runs import load_weights
 
     config_file = src / MODEL_JSON
     if not config_file.is_file():

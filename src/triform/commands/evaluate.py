@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_icl(args: argparse.Namespace) -> int:
     from triform.inference.icl import evaluate_icl, read_examples, save_result
-    from triform.inference.loading import load_model
+    from triform.runs import load_model
 
     try:
         shots = [int(k) for k in args.shots.split(",")]

@@ -24,6 +24,7 @@ from triform.models import DecoderModel, EncoderDecoderModel, EncoderModel, Tran
 from triform.models import build_model as build_body
 from triform.models.heads import LMHead
 from triform.nn.embeddings import Embeddings
+from triform.runs import TOKENIZER_JSON, load_model
 from triform.tokenizers import load_tokenizer
 
 Batch = dict[str, torch.Tensor]
@@ -50,31 +51,9 @@ def load_body(section: ModelSection) -> tuple[TransformerModel, tokenizers.Token
             f"model.source {source}: no such folder (expected a triform run folder, an HF "
             "checkpoint folder or preset:<name>)"
         )
-    if (path / "model.json").is_file():
-        from triform.inference.loading import load_run
-
-        model, tokenizer = load_run(path)
-    elif (path / "config.json").is_file():
-        from triform.interop import hf
-
-        model = hf.load(path)
-        if section.tokenizer is None:
-            if not (path / "tokenizer.json").is_file():
-                raise TriformError(f"{path} has no tokenizer.json; set model.tokenizer")
-            tokenizer = load_tokenizer(path)
-    else:
-        raise TriformError(
-            f"model.source {path} is neither a triform run folder (model.json) nor an HF "
-            "checkpoint folder (config.json)"
-        )
-    if section.tokenizer is not None:  # replaces the source's own
-        tokenizer = load_tokenizer(section.tokenizer)
-    size = tokenizer.get_vocab_size(with_added_tokens=True)
-    if size > model.config.vocab_size:
-        raise TriformError(
-            f"the tokenizer has {size} tokens but the model only {model.config.vocab_size}"
-        )
-    return model, tokenizer
+    if section.tokenizer is None and not (path / TOKENIZER_JSON).is_file():
+        raise TriformError(f"{path} has no tokenizer.json; set model.tokenizer")
+    return load_model(path, tokenizer=section.tokenizer)  # model.tokenizer replaces its own
 
 
 # --------------------------------------------------------------------------------------

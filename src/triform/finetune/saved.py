@@ -29,8 +29,8 @@ from triform.finetune.config import TaskSection
 from triform.finetune.data import Row
 from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
 from triform.models import build_model
+from triform.runs import load_weights, save_weights
 from triform.tokenizers import load_tokenizer, save_tokenizer
-from triform.train.checkpoint import load_weights, save_weights
 
 FORMAT = 1
 WEIGHTS = "model.safetensors"

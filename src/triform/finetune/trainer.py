@@ -27,9 +27,9 @@ from triform.finetune.data import Row, read_rows
 from triform.finetune.saved import save_finetuned
 from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
 from triform.finetune.tasks.base import to_device
+from triform.runs import load_weights
 from triform.runtime.device import pick_device
 from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
-from triform.train.checkpoint import load_weights
 from triform.train.metrics import MetricsLogger
 from triform.train.optim import OptimConfig, clip_gradients, decay_split
 from triform.train.schedules import ScheduleConfig, build_scheduler

@@ -2,13 +2,12 @@
 
 from triform.inference.features import extract_features, save_features
 from triform.inference.generate import GenerateOutput, generate
-from triform.inference.loading import load_model, load_run
+from triform.runs import load_model
 
 __all__ = [
     "GenerateOutput",
     "extract_features",
     "generate",
     "load_model",
-    "load_run",
     "save_features",
 ]

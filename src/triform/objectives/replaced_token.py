@@ -226,6 +226,8 @@ class ElectraPair(TransformerModel):
     module so that DDP/FSDP see a single forward. Its state dict holds ``generator.*`` and
     ``discriminator.*``; a run folder of it loads either part (see :mod:`triform.runs`)."""
 
+    parts = {"discriminator": "discriminator", "generator": "generator"}  # the default first
+
     def __init__(
         self, generator: nn.Module, discriminator: nn.Module, objective: ReplacedTokenDetection
     ) -> None:

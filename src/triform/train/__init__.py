@@ -4,6 +4,7 @@ The components are importable from here; the loop itself is :mod:`triform.train.
 (not imported here, so the components stay light to import).
 """
 
+from triform.runs import latest_checkpoint
 from triform.runtime.distributed import (
     all_reduce_mean,
     barrier,
@@ -18,7 +19,6 @@ from triform.runtime.distributed import (
 from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
 from triform.train.checkpoint import (
     CheckpointState,
-    latest_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,

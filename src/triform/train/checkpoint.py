@@ -26,10 +26,8 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import time
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,20 +35,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from triform.errors import TriformError
+from triform.runs import (
+    CHECKPOINTS,
+    STATE_JSON,
+    WEIGHTS,
+    fsync,
+    list_checkpoints,
+    read_weights,
+    resolve_checkpoint,
+    step_dir_name,
+    unique_state_dict,
+    weights_file,
+    write_weights,
+)
 from triform.runtime.distributed import barrier, is_fsdp, is_main_process, unwrap_model
 
 FORMAT = 1
-CHECKPOINTS = "checkpoints"
-WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.pt"
 TRAINER = "trainer.pt"
-STATE_JSON = "trainer_state.json"
-STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass
@@ -64,66 +70,8 @@ class CheckpointState:
 
 
 # --------------------------------------------------------------------------------------
-# Finding checkpoints
+# Weights (the file format is triform.runs'; here: gathering and scattering under FSDP2)
 # --------------------------------------------------------------------------------------
-
-
-def step_dir_name(step: int) -> str:
-    """``step-000123``."""
-    return f"step-{step:06d}"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The complete checkpoints of a run folder (or of its ``checkpoints`` folder), oldest
-    first. Hidden temporary folders are never listed."""
-    root = Path(run_dir)
-    if root.name != CHECKPOINTS and (root / CHECKPOINTS).is_dir():
-        root = root / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = STEP_DIR.match(child.name)
-        if match and child.is_dir() and (child / STATE_JSON).is_file():
-            found.append((int(match.group(1)), child))
-    return [path for _, path in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint folder with the highest step, or ``None`` if there is none."""
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A step folder from a step folder, a run folder or its ``checkpoints`` folder."""
-    path = Path(path)
-    if not path.exists():
-        raise TriformError(f"no checkpoint at {path} (it does not exist)")
-    if path.is_dir() and (path / WEIGHTS).is_file():
-        return path
-    found = latest_checkpoint(path) if path.is_dir() else None
-    if found is None:
-        raise TriformError(f"no checkpoint in {path}")
-    return found
-
-
-# --------------------------------------------------------------------------------------
-# Weights
-# --------------------------------------------------------------------------------------
-
-
-def _alias_groups(model: nn.Module, keys: set[str]) -> list[list[str]]:
-    """State-dict names that refer to one tensor (tied weights), each group sorted."""
-    groups: dict[int, list[str]] = defaultdict(list)
-    named = [
-        *model.named_parameters(remove_duplicate=False),
-        *model.named_buffers(remove_duplicate=False),
-    ]
-    for name, tensor in named:
-        if name in keys and name not in groups[id(tensor)]:
-            groups[id(tensor)].append(name)
-    return [sorted(g) for g in groups.values() if len(g) > 1]
 
 
 def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
@@ -141,32 +89,7 @@ def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
         state = model.state_dict()
     if not is_main_process():
         return None
-    for group in _alias_groups(model, set(state)):
-        for alias in group[1:]:
-            state.pop(alias, None)
-    return {k: v.detach().contiguous() for k, v in state.items()}
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. folders on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None) -> bool:
-    state = _full_state_dict(model)
-    if state is None:
-        return False
-    save_file(state, str(path), metadata={"format": "pt", **(metadata or {})})
-    _fsync(path)
-    return True
+    return unique_state_dict(model, state)
 
 
 def save_weights(
@@ -175,50 +98,10 @@ def save_weights(
     """Write ``model``'s weights to a safetensors file, atomically (temp file + rename).
     Tied tensors are stored once. Under FSDP2 call it on every rank; rank 0 writes."""
     path = Path(path)
-    model = unwrap_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    try:
-        if _write_weights(model, tmp, metadata):
-            os.replace(tmp, path)
-            _fsync(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    state = _full_state_dict(unwrap_model(model))
+    if state is not None:
+        write_weights(state, path, metadata)
     return path
-
-
-def _check_fits(model: nn.Module, path: Path) -> dict[str, str]:
-    """Raise :class:`TriformError` naming the first key of ``path`` that does not fit
-    ``model``; return ``{alias: stored name}`` for tied tensors stored once."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    except Exception as err:  # safetensors raises several types for a damaged file
-        raise TriformError(f"cannot read weights {path}: {err}") from None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    aliases = {}
-    for group in _alias_groups(model, set(expected)):
-        present = [name for name in group if name in stored]
-        for name in group:
-            if present and name not in stored:
-                aliases[name] = present[0]
-    where = f"checkpoint {path} does not fit this {type(model).__name__}"
-    for key, shape in expected.items():
-        if key not in stored and key not in aliases:
-            missing = [k for k in expected if k not in stored and k not in aliases]
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise TriformError(f"{where}: missing key {key!r}{more}")
-        got = stored.get(key, stored.get(aliases.get(key, ""), shape))
-        if got != shape:
-            raise TriformError(
-                f"{where}: {key!r} has shape {list(got)} in the checkpoint, "
-                f"{list(shape)} in the model"
-            )
-    unexpected = [k for k in stored if k not in expected]
-    if unexpected:
-        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise TriformError(f"{where}: unexpected key {unexpected[0]!r}{more}")
-    return aliases
 
 
 def load_weights(model: nn.Module, path: str | Path) -> Path:
@@ -228,16 +111,9 @@ def load_weights(model: nn.Module, path: str | Path) -> Path:
     checkpoint). Weights of another model raise :class:`TriformError` naming the first
     key that does not fit, before anything is changed. Returns the file read.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = resolve_checkpoint(path) / WEIGHTS
-    elif not path.is_file():
-        raise TriformError(f"no weights at {path} (it does not exist)")
+    path = weights_file(path)
     model = unwrap_model(model)
-    aliases = _check_fits(model, path)
-    state = load_file(str(path), device="cpu")
-    for alias, stored in aliases.items():
-        state[alias] = state[stored]
+    state = read_weights(model, path)
     if is_fsdp(model):
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -351,7 +227,7 @@ def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict
 
 def _save(obj: Any, path: Path) -> None:
     torch.save(obj, path)
-    _fsync(path)
+    fsync(path)
 
 
 def _prune(root: Path, keep_last: int | None, current: Path) -> None:
@@ -429,7 +305,7 @@ def _write_checkpoint(
         save_file(
             weights, str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(trainer["step"])}
         )
-        _fsync(tmp / WEIGHTS)
+        fsync(tmp / WEIGHTS)
         if optim_state is not None:
             _save(optim_state, tmp / OPTIMIZER)
         _save(trainer, tmp / TRAINER)
@@ -441,8 +317,8 @@ def _write_checkpoint(
             "extra": trainer["extra"],
         }
         (tmp / STATE_JSON).write_text(json.dumps(_json_ready(summary), indent=2) + "\n")
-        _fsync(tmp / STATE_JSON)
-        _fsync(tmp)
+        fsync(tmp / STATE_JSON)
+        fsync(tmp)
         if final.exists():  # re-saving a step: move the old one aside, then swap
             old = root / f".old-{final.name}-{pid}"
             shutil.rmtree(old, ignore_errors=True)
@@ -451,7 +327,7 @@ def _write_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync(root)
+        fsync(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -7,7 +7,6 @@ checkpoints and metrics. Everything specific to an objective lives in its module
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from triform.errors import TriformError
 from triform.objectives import PretrainingTask, build_task
+from triform.runs import latest_checkpoint, write_run_metadata
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
     gradient_sync,
@@ -25,12 +24,13 @@ from triform.runtime.distributed import (
     wrap_model,
 )
 from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
-from triform.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from triform.train.checkpoint import load_checkpoint, save_checkpoint
 from triform.train.metrics import MetricsLogger
-from triform.train.optim import build_optimizer, clip_gradients
+from triform.train.optim import build_optimizer
 from triform.train.run_config import RunConfig
 from triform.train.schedules import build_scheduler
 from triform.train.setup import prepare_data, prepare_tokenizer, resolve_model_config
+from triform.train.steps import OptimizerStep
 
 
 @dataclass
@@ -71,8 +71,8 @@ def pretrain(config: RunConfig, resume: str | Path | None = None) -> PretrainRes
     task = build_task(config, model_config, tokenizer, shards)
     model = task.build_model().to(device)
     model_config = task.model_config
-    (out_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-    (out_dir / "model.json").write_text(json.dumps(model_config.to_dict(), indent=2))
+    if is_main_process():
+        write_run_metadata(out_dir, config.to_dict(), model_config, model)
 
     wrapped = wrap_model(model, train.parallel, find_unused_parameters=task.unused_parameters)
     optimizer = build_optimizer(wrapped, config.optim)  # after wrapping: FSDP shards params
@@ -130,6 +130,9 @@ def _run_steps(
     step = start_step
     checkpoint = latest_checkpoint(out_dir)
     scaler = grad_scaler(precision, device)
+    finish_step = OptimizerStep(
+        wrapped, optimizer, scheduler, scaler, config.optim.grad_clip, hint="lower optim.lr"
+    )
     wrapped.train()
     while step < train.steps:
         for micro in range(train.grad_accum):
@@ -141,23 +144,25 @@ def _run_steps(
                 with autocast_context(precision, device):
                     loss, _ = task.loss(wrapped, batch, draw)
                 scaler.scale(loss / train.grad_accum).backward()
+            finish_step.watch(loss, step + 1)
             running_loss += loss.detach()
             running_count += 1
             tokens = task.tokens_in(batch)
             window_tokens += tokens
             total_tokens += tokens
-        scaler.unscale_(optimizer)
-        clip_gradients(wrapped, config.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         step += 1
+        finish_step(step)
 
-        if step % train.log_every == 0 or step == train.steps:
-            last_loss = (running_loss / running_count).item()  # the only sync of the step
-            if not math.isfinite(last_loss):
-                raise TriformError(f"loss became {last_loss} at step {step}; lower optim.lr")
+        out_of_time = train.max_minutes is not None and (
+            time.perf_counter() - started > 60 * train.max_minutes
+        )
+        logging = step % train.log_every == 0 or step == train.steps
+        evaluating = step % train.eval_every == 0 or step == train.steps or out_of_time
+        saving = step % train.checkpoint_every == 0 or step == train.steps or out_of_time
+        if logging or evaluating or saving:
+            finish_step.check()  # the one host sync of such a step; none on the others
+        if logging:
+            last_loss = (running_loss / running_count).item()
             now = time.perf_counter()
             rate = window_tokens / max(now - window_start, 1e-9)
             logger.log(
@@ -168,17 +173,14 @@ def _run_steps(
             running_loss.zero_()
             running_count, window_start, window_tokens = 0, now, 0
 
-        out_of_time = train.max_minutes is not None and (
-            time.perf_counter() - started > 60 * train.max_minutes
-        )
-        if step % train.eval_every == 0 or step == train.steps or out_of_time:
+        if evaluating:
             val_metrics = task.evaluate(wrapped, device, precision, train.eval_batches)
             logger.log(step, val_metrics, split="val")
             if task.can_sample and train.sample_tokens > 0:
                 sample = task.sample(model, device, train.sample_tokens, train.sample_prompt)
                 logger.text(step, "sample", sample)
             wrapped.train()
-        if step % train.checkpoint_every == 0 or step == train.steps or out_of_time:
+        if saving:
             checkpoint = save_checkpoint(  # every rank: FSDP gathers the weights
                 out_dir,
                 step,
