@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from packaging.version import Version
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -129,23 +130,39 @@ def test_greedy_and_beams_equal_transformers(pair: tuple) -> None:
     assert stops_seen > 0, "no sequence ever ended early: the stop-token path went untested"
 
 
-def test_sampling_equals_transformers_from_the_same_seed(pair: tuple) -> None:
-    kind, ref, ours = pair
-    ids, mask = prompts(kind, ref.config.pad_token_id)
-    for settings in [
+# Beam sampling ranks its draws by score, so that only the best num_beams of them may end, as
+# beam search does with its top candidates. transformers 4.50 to 5.23 (the vectorised beam
+# search) dropped that ranking and let the first num_beams draws end; 5.24 restored it.
+UNRANKED_BEAM_DRAWS = Version("4.50") <= Version(transformers.__version__) < Version("5.24")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
         dict(temperature=0.7),
         dict(top_k=5, top_p=0.8, temperature=1.3),
-        dict(num_beams=3, top_k=8),  # beam sampling
-    ]:
-        kw = dict(max_new_tokens=6, do_sample=True, eos_token_id=STOPS, **settings)
-        torch.manual_seed(11)
-        expected = ref.generate(ids, attention_mask=mask, **kw)
-        torch.manual_seed(11)
-        mine = generate(ours, ids, mask, **kw)
-        if ref.config.pad_token_id == 0 and kw.get("num_beams", 1) > 1:
-            start = ids.shape[1] if kind == "gpt2" else 1
-            expected = expected.masked_fill(after_end(expected, start, STOPS), 0)
-        assert torch.equal(mine, expected), (kind, settings)
+        pytest.param(
+            dict(num_beams=3, top_k=8),  # beam sampling
+            marks=pytest.mark.skipif(
+                UNRANKED_BEAM_DRAWS,
+                reason="transformers 4.50-5.23 do not rank beam-sampling draws by score",
+            ),
+        ),
+    ],
+    ids=["temperature", "top-k-top-p", "beam-sampling"],
+)
+def test_sampling_equals_transformers_from_the_same_seed(pair: tuple, settings: dict) -> None:
+    kind, ref, ours = pair
+    ids, mask = prompts(kind, ref.config.pad_token_id)
+    kw = dict(max_new_tokens=6, do_sample=True, eos_token_id=STOPS, **settings)
+    torch.manual_seed(11)
+    expected = ref.generate(ids, attention_mask=mask, **kw)
+    torch.manual_seed(11)
+    mine = generate(ours, ids, mask, **kw)
+    if ref.config.pad_token_id == 0 and kw.get("num_beams", 1) > 1:
+        start = ids.shape[1] if kind == "gpt2" else 1
+        expected = expected.masked_fill(after_end(expected, start, STOPS), 0)
+    assert torch.equal(mine, expected), (kind, settings)
 
 
 @pytest.fixture(scope="module")

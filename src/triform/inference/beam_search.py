@@ -3,10 +3,12 @@
 Each input keeps ``num_beams`` running hypotheses and the ``num_beams`` best finished ones.
 At every step the candidates are the running hypotheses extended by every token, scored by
 their summed log-probabilities; the best ``2 * num_beams`` (more with several stop tokens)
-are kept, so that enough of them go on even when the best ones end. A candidate ends when it
-takes a stop token or reaches the maximum length; it then competes for a finished place with
-its score divided by ``length ** length_penalty`` (length: the new tokens, the stop token
-included). ``length_penalty`` > 0 favours longer outputs, < 0 shorter ones.
+are kept, so that enough of them go on even when the best ones end (beam sampling draws as
+many without replacement, in proportion to their probabilities, and ranks them by score).
+A candidate ends when it takes a stop token or reaches the maximum length; if it is among
+the first ``num_beams`` it then competes for a finished place with its score divided by
+``length ** length_penalty`` (length: the new tokens, the stop token included).
+``length_penalty`` > 0 favours longer outputs, < 0 shorter ones.
 
 ``early_stopping`` decides when an input is done:
 
@@ -95,7 +97,9 @@ def beam_search(
         totals = (log_probs.view(batch, beams, vocab) + running_scores[:, :, None]).flatten(1)
         if processing.do_sample:
             picked = torch.multinomial(totals.softmax(-1), keep, generator=generator)
-            top_scores = totals.gather(1, picked)  # (B, keep)
+            # best first, as topk gives them: only the first ``beams`` may finish below
+            top_scores, order = totals.gather(1, picked).sort(dim=-1, descending=True)
+            picked = picked.gather(1, order)  # (B, keep)
         else:
             top_scores, picked = torch.topk(totals, keep)  # (B, keep)
         parent, token = picked // vocab, picked % vocab  # (B, keep) each
