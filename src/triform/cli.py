@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from triform.errors import TriformError
@@ -48,10 +49,27 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TriformError as err:
         print(f"triform: error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
+    except BrokenPipeError:
+        # the reader went away (``triform ... | head``): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as err:
+        print(f"triform: error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as err:
+        print(f"triform: error: input is not UTF-8 text ({err.reason})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("triform: interrupted", file=sys.stderr)
         return 130
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an OS error, naming the path(s): "Permission denied: runs/x/run.json"."""
+    reason = err.strerror or type(err).__name__
+    paths = [p for p in (err.filename, err.filename2) if p is not None]
+    return f"{reason}: {' -> '.join(map(str, paths))}" if paths else f"{reason} ({err})"
 
 
 if __name__ == "__main__":

@@ -29,6 +29,21 @@ PairHead = Literal["nsp", "sop", "none"]
 AttentionKind = Literal["dense", "local"]
 
 
+# Upper bounds of the size fields, far above every published model (GPT-3 175B: 96 layers,
+# hidden 12,288): a value beyond them is a typo or a damaged file, refused before allocating.
+SIZE_LIMITS = {
+    "vocab_size": 10_000_000,
+    "hidden_size": 131_072,
+    "num_layers": 1_024,
+    "num_decoder_layers": 1_024,
+    "num_heads": 1_024,
+    "head_dim": 8_192,
+    "ffn_size": 1_048_576,
+    "max_positions": 1_048_576,
+    "embedding_size": 131_072,
+}
+
+
 @dataclass
 class ModelConfig:
     """The architecture of one Transformer. Every published family is a preset of this.
@@ -106,7 +121,8 @@ class ModelConfig:
         return self.attention_pattern[index % len(self.attention_pattern)]
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first field that makes no sense."""
+        """Raise :class:`ConfigError` naming the first field that makes no sense (sizes far
+        beyond any published model included, so that nothing absurd is ever allocated)."""
         check_types(self, "model")
         positive = [
             "vocab_size",
@@ -122,6 +138,12 @@ class ModelConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+        for name, limit in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ConfigError(
+                    f"model.{name} = {value:,} is beyond any model (at most {limit:,})"
+                )
         if self.head_dim is None and self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by "

@@ -1,4 +1,4 @@
-"""``triform pretrain [CONFIG.toml] [--set key=value ...] [--resume DIR]``."""
+"""``triform pretrain [CONFIG.toml] [--set key=value ...] [--resume DIR [--force]]``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="continue from a run folder's latest checkpoint (or a checkpoint folder)",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="resume from a checkpoint older than the run's latest: move the newer ones aside",
+    )
     parser.set_defaults(func=run)
 
 
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise TriformError(f"config file not found: {args.config}")
     defaults = DEFAULT_RUN if args.config is None else None
     config = load_run_config(args.config, args.overrides, defaults=defaults)
-    result = pretrain(config, resume=args.resume)
+    result = pretrain(config, resume=args.resume, force=args.force)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.val_metrics.items())
     print(f"done: {result.steps} steps, train loss {result.train_loss:.4f}; validation: {summary}")
     if result.sample is not None:

@@ -104,19 +104,23 @@ def build_objective(options: Mapping[str, Any], **context: Any) -> Objective:
     return objective_class(options).from_dict(options, **context)
 
 
-def build_task(
-    run: Any, model_config: ModelConfig, tokenizer: tokenizers.Tokenizer, shards: Any
-) -> PretrainingTask:
-    """The task of a run: its objective (configured by ``run.objective`` and the tokenizer's
-    ids), the model config fitted to it, and its readers over ``shards``."""
-    from triform.tokenizers import SpecialTokens
-
+def build_objective_for_run(
+    run: Any, model_config: ModelConfig, tokenizer: tokenizers.Tokenizer
+) -> tuple[Objective, ModelConfig]:
+    """A run's objective, configured by ``run.objective`` and the tokenizer's ids, and the
+    model config fitted to it (its heads). Reads nothing but the tokenizer."""
     model_config = objective_class(run.objective).fit_model_config(model_config)
     context = context_from_tokenizer(tokenizer)
     context["decoder_start_id"] = model_config.decoder_start_token_id
-    objective = build_objective(run.objective, **context)
-    data = RunData(run, tokenizer, SpecialTokens.from_tokenizer(tokenizer), shards)
-    return PretrainingTask(objective, model_config, data)
+    return build_objective(run.objective, **context), model_config
+
+
+def build_task(
+    run: Any, model_config: ModelConfig, tokenizer: tokenizers.Tokenizer, shards: Any
+) -> PretrainingTask:
+    """The task of a run: :func:`build_objective_for_run` and its readers over ``shards``."""
+    objective, model_config = build_objective_for_run(run, model_config, tokenizer)
+    return PretrainingTask(objective, model_config, RunData.of(run, tokenizer, shards))
 
 
 def context_from_tokenizer(tokenizer: Any) -> dict[str, Any]:
@@ -174,6 +178,7 @@ __all__ = [
     "SpanCorruption",
     "SpanCorruptionConfig",
     "build_objective",
+    "build_objective_for_run",
     "build_task",
     "objective_class",
     "context_from_tokenizer",

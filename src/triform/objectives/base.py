@@ -170,6 +170,12 @@ class RunData:
     special: SpecialTokens
     shards: tuple[Any, Any] | None
 
+    @classmethod
+    def of(cls, run: Any, tokenizer: tokenizers.Tokenizer, shards: Any) -> RunData:
+        from triform.tokenizers import SpecialTokens
+
+        return cls(run, tokenizer, SpecialTokens.from_tokenizer(tokenizer), shards)
+
     def shard_readers(self, reader_class: type, seq_len: int, **options: Any) -> tuple[Any, Any]:
         """The (shuffled train, fixed validation) readers of ``reader_class`` over the shards."""
         if self.shards is None:

@@ -11,7 +11,12 @@ HuggingFace package; this module is ``triform.tokenizers``.)
 2
 """
 
-from triform.tokenizers.files import load_tokenizer, save_tokenizer, tokenizer_hash
+from triform.tokenizers.files import (
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_from_str,
+    tokenizer_hash,
+)
 from triform.tokenizers.sampling import SubwordSampler, encode_with_sampling, sampling_tokenizer
 from triform.tokenizers.specials import (
     FAMILIES,
@@ -35,6 +40,7 @@ __all__ = [
     "load_tokenizer",
     "sampling_tokenizer",
     "save_tokenizer",
+    "tokenizer_from_str",
     "tokenizer_hash",
     "train_tokenizer",
 ]

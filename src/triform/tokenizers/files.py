@@ -31,6 +31,15 @@ def load_tokenizer(path: str | os.PathLike[str]) -> tokenizers.Tokenizer:
     except Exception as err:  # the Rust side raises a bare Exception for any parse error
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TriformError(f"{p} is not a valid tokenizer.json: {first}") from None
+    return _without_padding(tok)
+
+
+def tokenizer_from_str(text: str) -> tokenizers.Tokenizer:
+    """A tokenizer from the text of a ``tokenizer.json``, as :func:`load_tokenizer` reads it."""
+    return _without_padding(tokenizers.Tokenizer.from_str(text))
+
+
+def _without_padding(tok: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
     # Like transformers, ignore stored padding/truncation: triform's readers do both.
     tok.no_padding()
     tok.no_truncation()

@@ -7,29 +7,48 @@ checkpoints and metrics. Everything specific to an objective lives in its module
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from triform.objectives import PretrainingTask, build_task
-from triform.runs import latest_checkpoint, write_run_metadata
+from triform.objectives import PretrainingTask, RunData, build_objective_for_run
+from triform.runs import (
+    RunLock,
+    latest_checkpoint,
+    remove_stale_files,
+    resolve_checkpoint,
+    write_run_metadata,
+)
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
+    any_rank,
     gradient_sync,
     init_distributed,
     is_main_process,
     wrap_model,
 )
+from triform.runtime.memory import check_model_fits
 from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
 from triform.train.checkpoint import load_checkpoint, save_checkpoint
+from triform.train.interrupt import Interrupted, StopSignals
 from triform.train.metrics import MetricsLogger
 from triform.train.optim import build_optimizer
 from triform.train.run_config import RunConfig
 from triform.train.schedules import build_scheduler
-from triform.train.setup import prepare_data, prepare_tokenizer, resolve_model_config
+from triform.train.setup import (
+    check_positions,
+    check_resume,
+    prepare_data,
+    prepare_tokenizer,
+    resolve_model_config,
+    save_run_tokenizer,
+    set_aside_newer_checkpoints,
+)
 from triform.train.steps import OptimizerStep
 
 
@@ -54,58 +73,107 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
     return generator
 
 
-def pretrain(config: RunConfig, resume: str | Path | None = None) -> PretrainResult:
-    """Run (or resume) the pretraining described by ``config``."""
+def pretrain(
+    config: RunConfig, resume: str | Path | None = None, force: bool = False
+) -> PretrainResult:
+    """Run (or resume) the pretraining described by ``config``.
+
+    Everything that can be checked is checked before the run folder is touched: the config,
+    the objective's keys against the tokenizer, the model's size against free memory, and
+    for a resume that the run holds the same model and tokenizer. Resuming from a checkpoint
+    older than the run's latest is refused unless ``force`` (the newer ones are then moved to
+    ``checkpoints/abandoned-<time>/``, never mixed with the new branch).
+    """
     train = config.train
     init_distributed()
     device = pick_device(train.device)
+    precision = resolve_precision(train.precision, device)
     if train.threads:
         torch.set_num_threads(train.threads)
-    torch.manual_seed(train.seed)
     out_dir = Path(train.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = resolve_checkpoint(resume) if resume is not None else None
 
-    tokenizer = prepare_tokenizer(config, out_dir)
+    tokenizer, tokenizer_files = prepare_tokenizer(config, out_dir)
     model_config = resolve_model_config(config, tokenizer)
-    shards = prepare_data(config, tokenizer, out_dir)
-    task = build_task(config, model_config, tokenizer, shards)
-    model = task.build_model().to(device)
-    model_config = task.model_config
-    if is_main_process():
-        write_run_metadata(out_dir, config.to_dict(), model_config, model)
+    objective, model_config = build_objective_for_run(config, model_config, tokenizer)
+    check_positions(config, objective, model_config)
+    check_model_fits(model_config, device, use="training")
+    if resume_from is not None:
+        check_resume(resume_from.parent.parent, model_config, tokenizer)
 
-    wrapped = wrap_model(model, train.parallel, find_unused_parameters=task.unused_parameters)
-    optimizer = build_optimizer(wrapped, config.optim)  # after wrapping: FSDP shards params
-    scheduler = build_scheduler(optimizer, config.schedule, train.steps)
-    precision = resolve_precision(train.precision, device)
-    start_step = 0
-    if resume is not None:  # last, so the restored RNG state is the next thing used
-        state = load_checkpoint(resume, wrapped, optimizer, scheduler)
-        start_step = state.step
+    with RunLock(out_dir) if is_main_process() else contextlib.nullcontext():
         if is_main_process():
-            print(f"resumed from step {start_step}")
-    if train.compile:
-        wrapped = torch.compile(wrapped)
+            remove_stale_files(out_dir)
+            if resume_from is not None:
+                set_aside_newer_checkpoints(out_dir, resume_from, force)
+        save_run_tokenizer(tokenizer, tokenizer_files)
+        shards = prepare_data(config, tokenizer, out_dir)
+        task = PretrainingTask(objective, model_config, RunData.of(config, tokenizer, shards))
+        torch.manual_seed(train.seed)
+        model = task.build_model().to(device)
+        if is_main_process():
+            write_run_metadata(out_dir, config.to_dict(), model_config, model)
 
-    logger = MetricsLogger(
-        out_dir,
-        train.steps,
-        enabled=is_main_process(),
-        tensorboard=train.tensorboard,
-        progress=train.progress,
-        initial_step=start_step,
-    )
-    if is_main_process():
-        print(
-            f"{model_config.family} {model_config.form}: {model.num_parameters():,} parameters, "
-            f"objective {task.name}, {train.steps} steps of {train.batch_size}x"
-            f"{train.grad_accum} sequences on {device} ({precision})"
+        wrapped = wrap_model(model, train.parallel, find_unused_parameters=task.unused_parameters)
+        optimizer = build_optimizer(wrapped, config.optim)  # after wrapping: FSDP shards params
+        scheduler = build_scheduler(optimizer, config.schedule, train.steps)
+        start_step, resumed = 0, None
+        if resume_from is not None:  # last, so the restored RNG state is the next thing used
+            resumed = load_checkpoint(resume_from, wrapped, optimizer, scheduler)
+            start_step = resumed.step
+            if is_main_process():
+                print(f"resumed from step {start_step}")
+        if start_step >= train.steps:
+            return _already_finished(out_dir, resumed, train.steps)
+        if train.compile:
+            wrapped = torch.compile(wrapped)
+
+        logger = MetricsLogger(
+            out_dir,
+            train.steps,
+            enabled=is_main_process(),
+            tensorboard=train.tensorboard,
+            progress=train.progress,
+            initial_step=start_step,
         )
-    result = _run_steps(
-        config, task, model, wrapped, optimizer, scheduler, logger, device, precision, start_step
+        if is_main_process():
+            print(
+                f"{model_config.family} {model_config.form}: {model.num_parameters():,} "
+                f"parameters, objective {task.name}, {train.steps} steps of "
+                f"{train.batch_size}x{train.grad_accum} sequences on {device} ({precision})"
+            )
+        try:
+            with StopSignals() as signals:
+                return _run_steps(
+                    config,
+                    task,
+                    model,
+                    wrapped,
+                    optimizer,
+                    scheduler,
+                    logger,
+                    device,
+                    precision,
+                    start_step,
+                    signals,
+                )
+        finally:
+            logger.close()
+
+
+def _already_finished(out_dir: Path, state, steps: int) -> PretrainResult:
+    """The result of a run resumed at or past its last step: what its checkpoint recorded."""
+    if is_main_process():
+        print(f"the run already reached step {state.step} (train.steps = {steps}): nothing to do")
+    extra = state.extra or {}
+    return PretrainResult(
+        out_dir,
+        state.step,
+        float(extra.get("train_loss") or math.nan),
+        dict(extra.get("val") or {}),
+        state.path,
+        0.0,
     )
-    logger.close()
-    return result
 
 
 def _run_steps(
@@ -119,6 +187,7 @@ def _run_steps(
     device,
     precision: str,
     start_step: int,
+    signals: StopSignals,
 ) -> PretrainResult:
     train = config.train
     out_dir = Path(train.out_dir)
@@ -180,7 +249,10 @@ def _run_steps(
                 sample = task.sample(model, device, train.sample_tokens, train.sample_prompt)
                 logger.text(step, "sample", sample)
             wrapped.train()
-        if saving:
+        stopping = any_rank(signals.received is not None)  # every rank stops at one step
+        if stopping and not saving:
+            finish_step.check()
+        if saving or stopping:
             checkpoint = save_checkpoint(  # every rank: FSDP gathers the weights
                 out_dir,
                 step,
@@ -190,6 +262,8 @@ def _run_steps(
                 extra={"val": val_metrics, "train_loss": last_loss},
                 keep_last=train.keep_last,
             )
+        if stopping:
+            raise Interrupted(signals.received or signal.SIGTERM, step, checkpoint, out_dir)
         if out_of_time:
             break
     elapsed = time.perf_counter() - started

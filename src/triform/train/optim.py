@@ -12,6 +12,7 @@ tables (learned absolute positions, T5's relative position bias).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,13 +66,13 @@ class OptimConfig:
         def number(x: Any) -> bool:
             return isinstance(x, (int, float)) and not isinstance(x, bool)
 
-        if number(self.lr) and not self.lr > 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if number(self.lr) and not 0 < self.lr < math.inf:
+            raise ConfigError(f"optim.lr must be a finite number > 0, got {self.lr}")
         if number(self.weight_decay) and self.weight_decay < 0:
             raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if number(self.eps) and not self.eps > 0:
             raise ConfigError(f"optim.eps must be > 0, got {self.eps}")
-        if number(self.grad_clip) and self.grad_clip < 0:
+        if number(self.grad_clip) and not 0 <= self.grad_clip < math.inf:
             raise ConfigError(f"optim.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         betas = self.betas
         if (

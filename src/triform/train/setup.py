@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import glob
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import tokenizers
 
 from triform.config import ModelConfig
 from triform.data import Corpus, default_corpus
 from triform.data.shards import ShardSet, prepare_shards
-from triform.errors import ConfigError
+from triform.errors import ConfigError, TriformError
 from triform.objectives.seq2seq import read_pairs
-from triform.runtime.distributed import barrier, is_main_process
+from triform.runs import (
+    CHECKPOINTS,
+    MODEL_JSON,
+    STEP_DIR,
+    TOKENIZER_JSON,
+    list_checkpoints,
+    read_model_config,
+)
+from triform.runtime.distributed import barrier, broadcast_object, is_main_process
 from triform.tokenizers import (
     FAMILIES,
     SpecialTokens,
     load_tokenizer,
     save_tokenizer,
+    tokenizer_from_str,
+    tokenizer_hash,
     train_tokenizer,
 )
 from triform.train.run_config import RunConfig
@@ -50,29 +63,59 @@ def load_corpus(config: RunConfig) -> Corpus:
     )
 
 
-def prepare_tokenizer(config: RunConfig, out_dir: Path) -> tokenizers.Tokenizer:
-    """Load the configured tokenizer, or train one on the corpus (once) and save it."""
+def prepare_tokenizer(config: RunConfig, out_dir: Path) -> tuple[tokenizers.Tokenizer, list[Path]]:
+    """The run's tokenizer, and the files it must still be saved to; nothing is written.
+
+    ``tokenizer.path`` is loaded when it exists; otherwise the run folder's own
+    ``tokenizer.json`` (a resumed run); otherwise a tokenizer of ``tokenizer.kind`` is trained
+    on the corpus (on rank 0, shared with the other ranks) and is to be saved to
+    ``tokenizer.path`` when given. The run folder always gets its own copy.
+    """
     section = config.tokenizer
+    own = out_dir / TOKENIZER_JSON
     if section.path is not None and Path(section.path).exists():
-        tokenizer = load_tokenizer(section.path)
-        if is_main_process():
-            save_tokenizer(tokenizer, out_dir / "tokenizer.json")  # the run folder is complete
-        return tokenizer
-    target = Path(section.path) if section.path else out_dir / "tokenizer.json"
+        return load_tokenizer(section.path), [own]
+    target = Path(section.path) if section.path else own
     if target.exists():
-        return load_tokenizer(target)
-    family = section.family or tokenizer_family(config.model.family)
+        return load_tokenizer(target), [] if target == own else [own]
+    text = None
     if is_main_process():
         tokenizer = train_tokenizer(
             _tokenizer_corpus(config),
             kind=section.kind,
             vocab_size=section.vocab_size,
-            family=family,
+            family=section.family or tokenizer_family(config.model.family),
             lowercase=section.lowercase,
         )
-        save_tokenizer(tokenizer, target)
-    barrier()
-    return load_tokenizer(target)
+        text = tokenizer.to_str()
+    # as a saved file reads back, on every rank
+    return tokenizer_from_str(broadcast_object(text)), sorted({target, own})
+
+
+def save_run_tokenizer(tokenizer: tokenizers.Tokenizer, paths: list[Path]) -> None:
+    """Write the tokenizer where :func:`prepare_tokenizer` said (rank 0 only)."""
+    if is_main_process():
+        for path in paths:
+            save_tokenizer(tokenizer, path)
+
+
+def check_resume(run_dir: Path, model_config: ModelConfig, tokenizer: tokenizers.Tokenizer) -> None:
+    """Refuse to resume a run folder with another model or tokenizer, before anything is
+    written: the error names the first setting that differs."""
+    if not (run_dir / MODEL_JSON).is_file():
+        raise TriformError(f"cannot resume {run_dir}: it is not a run folder (no {MODEL_JSON})")
+    saved = read_model_config(run_dir).to_dict()
+    for key, value in model_config.to_dict().items():
+        if saved.get(key) != value:
+            raise TriformError(
+                f"cannot resume {run_dir}: model.{key} is {saved.get(key)!r} in the run, "
+                f"{value!r} in this config"
+            )
+    own = run_dir / TOKENIZER_JSON
+    if own.is_file() and tokenizer_hash(load_tokenizer(own)) != tokenizer_hash(tokenizer):
+        raise TriformError(
+            f"cannot resume {run_dir}: its tokenizer.json differs from this config's tokenizer"
+        )
 
 
 def _tokenizer_corpus(config: RunConfig):
@@ -122,3 +165,40 @@ def prepare_data(config: RunConfig, tokenizer: tokenizers.Tokenizer, out_dir: Pa
     train = ShardSet(shards_dir, split="train", tokenizer=tokenizer)
     val = ShardSet(shards_dir, split="val", tokenizer=tokenizer)
     return train, val
+
+
+def check_positions(config: RunConfig, objective: Any, model_config: ModelConfig) -> None:
+    """Refuse sequences longer than a model with a position table can read."""
+    if model_config.position not in ("learned", "sinusoidal"):
+        return  # relative and rotary positions have no table
+    seq_len = config.data.seq_len
+    lengths = {"data.seq_len": seq_len}
+    target = objective.target_length(seq_len)
+    if target is not None:
+        lengths["the decoder length"] = target
+    for what, length in lengths.items():
+        if length > model_config.max_positions:
+            raise ConfigError(
+                f"{what} ({length}) is longer than the model's positions "
+                f"(model.max_positions = {model_config.max_positions})"
+            )
+
+
+def set_aside_newer_checkpoints(run_dir: Path, resume_from: Path, force: bool) -> None:
+    """Resuming from an older checkpoint starts a new branch: the run's newer checkpoints
+    are refused (``force=False``) or moved to ``checkpoints/abandoned-<time>/``."""
+    step = int(STEP_DIR.match(resume_from.name).group(1))
+    newer = [p for p in list_checkpoints(run_dir) if int(STEP_DIR.match(p.name).group(1)) > step]
+    if not newer:
+        return
+    names = ", ".join(p.name for p in newer)
+    if not force:
+        raise TriformError(
+            f"{run_dir} has checkpoints newer than step {step} ({names}); resuming from it "
+            "would mix two branches: add --force to move them aside"
+        )
+    aside = run_dir / CHECKPOINTS / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir(parents=True, exist_ok=True)
+    for path in newer:
+        os.replace(path, aside / path.name)
+    print(f"moved {names} to {aside}")
