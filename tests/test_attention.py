@@ -162,7 +162,7 @@ def test_encoder_decoder_maps_have_three_kinds_and_the_shifted_target(tokenizers
     from triform.inference import attention
 
     tok = tokenizers_by_family["t5"]
-    model = _model("t5-tiny", tok)
+    model = _model("t5-tiny", tok, num_decoder_layers=3)
     maps = attention(model, tok, TEXT, target="tired")
     target = tok.encode("tired").ids
     start = model.config.decoder_start_token_id
@@ -171,8 +171,9 @@ def test_encoder_decoder_maps_have_three_kinds_and_the_shifted_target(tokenizers
     assert maps.target_tokens == [tok.id_to_token(i) for i in [start, *target[:-1]]]
     layers, heads = model.config.num_layers, model.config.num_heads
     assert maps.attentions["encoder"].shape == (layers, heads, source, source)
-    assert maps.attentions["decoder"].shape == (layers, heads, queries, queries)
-    assert maps.attentions["cross"].shape == (layers, heads, queries, source)
+    assert maps.attentions["decoder"].shape == (3, heads, queries, queries)
+    assert maps.attentions["cross"].shape == (3, heads, queries, source)
+    assert maps.layer_kinds("cross") == maps.layer_kinds("decoder") == ["dense"] * 3
     assert maps.axes("cross") == (maps.target_tokens, maps.tokens)
     assert np.triu(maps.attentions["decoder"][0, 0], 1).max() == 0  # causal
     # T5: one relative bias per side, per head and distance
@@ -216,6 +217,8 @@ def test_bad_inputs_are_one_line_errors(tokenizers_by_family) -> None:
         attention(gpt, tokenizers_by_family["gpt2"], TEXT, pair="x")
     with pytest.raises(TriformError, match="target text is for encoder-decoders"):
         attention(gpt, tokenizers_by_family["gpt2"], TEXT, target="x")
+    with pytest.raises(TriformError, match="at most 5 are looked at"):
+        attention(gpt, tokenizers_by_family["gpt2"], TEXT, max_tokens=5)
     with pytest.raises(TriformError, match="empty"):
         attention(gpt, tokenizers_by_family["gpt2"], "")
     with pytest.raises(TriformError, match="longer than the model's 8 positions"):
@@ -260,6 +263,20 @@ def test_the_page_is_self_contained_and_carries_the_quantised_weights(tokenizers
         # each row still sums to ~1 after rounding to 1/255 steps
         assert np.abs(decoded.sum(-1) / 255 - 1).max() < len(view["keys"]) / 510 + 1e-9
     assert len(data["positions"]) == 2
+
+
+def test_the_page_marks_gpt3_banded_layers(tokenizers_by_family) -> None:
+    from triform.inference import attention
+    from triform.inference.attention_page import page_data
+
+    tok = tokenizers_by_family["gpt2"]
+    maps = attention(_model("gpt3-tiny", tok, num_layers=3, local_window=2), tok, TEXT)
+    assert maps.layer_kinds("decoder") == ["dense", "local", "dense"]
+    (view,) = page_data(maps, "gpt3")["views"]
+    assert view["layerKinds"] == ["dense", "local", "dense"]
+    banded = maps.attentions["decoder"][1, 0]  # (L, L)
+    assert np.tril(banded, -2).max() == 0 and np.triu(banded, 1).max() == 0  # 2 wide, causal
+    assert np.diag(banded, -1).min() > 0
 
 
 def test_a_12_layer_page_on_128_tokens_stays_small(tokenizers_by_family) -> None:

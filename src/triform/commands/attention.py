@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output file (.html, or .npz)")
     parser.add_argument("--title", help="the page's title (default: model folder: text)")
     parser.add_argument(
+        "--max-tokens", type=int, default=512, help="refuse longer inputs (maps grow as L²)"
+    )
+    parser.add_argument(
         "--format", choices=FORMATS, default=None, help="default: from --out's suffix, else html"
     )
     parser.set_defaults(func=run)
@@ -62,8 +65,17 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(args.out)
     if not args.text.strip():
         raise TriformError("--text is empty")
+    if args.max_tokens < 1:
+        raise TriformError("--max-tokens must be positive")
     model, tokenizer = load_model_folder(args.model_dir)
-    maps = attention(model, tokenizer, args.text, pair=args.pair, target=args.target)
+    maps = attention(
+        model,
+        tokenizer,
+        args.text,
+        pair=args.pair,
+        target=args.target,
+        max_tokens=args.max_tokens,
+    )
     if fmt == "npz":
         maps.save_npz(out)
     else:

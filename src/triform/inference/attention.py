@@ -5,11 +5,10 @@ and the model's positional encodings, as arrays (and, through
 An input is one text (encoders: optionally a second segment, ``pair``; encoder-decoders: a
 ``target``, read by the decoder after its start token as in training). Attention kinds:
 
-==========  ==================================================================  =============
-``encoder``  self-attention of an encoder (alone or an encoder-decoder's)        tokens x tokens
-``decoder``  causal self-attention of a decoder (alone or an encoder-decoder's)  queries x queries
-``cross``    an encoder-decoder's decoder over its encoder output               targets x tokens
-==========  ==================================================================  =============
+- ``encoder``: self-attention of an encoder (alone or an encoder-decoder's), tokens x tokens;
+- ``decoder``: causal self-attention of a decoder (alone: tokens x tokens; an
+  encoder-decoder's: target tokens x target tokens);
+- ``cross``: an encoder-decoder's decoder over its encoder output, target tokens x tokens.
 """
 
 from __future__ import annotations
@@ -32,6 +31,8 @@ from triform.nn.stack import Stack
 # enough for a page.
 MAX_POSITIONS_SHOWN = 512
 MAX_FEATURES_SHOWN = 1024
+# The longest input looked at by default: the maps grow with its square.
+MAX_TOKENS = 512
 
 
 @dataclass
@@ -56,8 +57,8 @@ class AttentionMaps:
     ``attentions`` maps a kind (``encoder``, ``decoder``, ``cross``; see the module doc) to
     float32 probabilities (layers, heads, Lq, Lk); ``tokens`` are the input's tokens (the
     encoder side of an encoder-decoder), ``target_tokens`` the decoder inputs of an
-    encoder-decoder. ``layer_kinds`` says, per self-attention layer, ``dense`` or ``local``
-    (GPT-3's banded layers).
+    encoder-decoder. ``attention_pattern`` is the model's repeating pattern of ``dense``
+    and ``local`` (GPT-3's banded) self-attention layers.
     """
 
     form: str
@@ -65,7 +66,7 @@ class AttentionMaps:
     tokens: list[str]
     attentions: dict[str, np.ndarray]
     target_tokens: list[str] | None = None
-    layer_kinds: list[str] = field(default_factory=list)
+    attention_pattern: list[str] = field(default_factory=lambda: ["dense"])
     positions: list[PositionMap] = field(default_factory=list)
     position_kind: str = "none"
 
@@ -78,6 +79,14 @@ class AttentionMaps:
             return self.target_tokens, self.target_tokens
         return self.target_tokens, self.tokens
 
+    def layer_kinds(self, kind: str) -> list[str]:
+        """``dense`` or ``local`` for each layer of attention ``kind`` (cross: all dense)."""
+        layers = self.attentions[kind].shape[0]
+        if kind == "cross":
+            return ["dense"] * layers
+        pattern = self.attention_pattern
+        return [pattern[i % len(pattern)] for i in range(layers)]
+
     def save_npz(self, path: str | Path) -> Path:
         """The arrays in one ``.npz``: ``<kind>`` (layers, heads, Lq, Lk) per attention
         kind, ``tokens`` (and ``target_tokens``), ``positions_<i>`` per position map."""
@@ -86,7 +95,7 @@ class AttentionMaps:
         arrays["tokens"] = np.array(self.tokens, dtype=str)
         if self.target_tokens is not None:
             arrays["target_tokens"] = np.array(self.target_tokens, dtype=str)
-        arrays["layer_kinds"] = np.array(self.layer_kinds, dtype=str)
+        arrays["attention_pattern"] = np.array(self.attention_pattern, dtype=str)
         for i, panel in enumerate(self.positions):
             arrays[f"positions_{i}"] = panel.values
         with path.open("wb") as handle:
@@ -100,11 +109,13 @@ def attention(
     text: str,
     pair: str | None = None,
     target: str | None = None,
+    max_tokens: int = MAX_TOKENS,
 ) -> AttentionMaps:
     """Every layer's and head's attention probabilities on ``text`` (and the model's
     positional encodings). ``pair``: a second segment for an encoder (BERT's sentence B);
     ``target``: the decoder side of an encoder-decoder (default: nothing but the start
-    token). The model runs in eval mode, without gradients."""
+    token). Inputs longer than ``max_tokens`` are refused (the maps grow with the square
+    of the length). The model runs in eval mode, without gradients."""
     if not text:
         raise TriformError("the text to look at is empty")
     if pair is not None and not isinstance(model, EncoderModel):
@@ -118,6 +129,11 @@ def attention(
     encoding = tokenizer.encode(text, pair, add_special_tokens=not decoder_only)
     if not encoding.ids:
         raise TriformError(f"{text!r} has no tokens")
+    if len(encoding.ids) > max_tokens:
+        raise TriformError(
+            f"the text is {len(encoding.ids)} tokens; at most {max_tokens} are looked at "
+            "(shorten it, or raise max_tokens)"
+        )
     ids = torch.tensor([encoding.ids], device=device)  # (1, L)
     was_training = model.training
     model.eval()
@@ -139,21 +155,21 @@ def _run(
     target: str | None,
 ) -> AttentionMaps:
     config = model.config
-    kinds = [config.layer_attention(i) for i in range(config.num_layers)]
-    common = dict(form=config.form, family=config.family, tokens=list(encoding.tokens))
+    common = dict(
+        form=config.form,
+        family=config.family,
+        tokens=list(encoding.tokens),
+        attention_pattern=list(config.attention_pattern),
+    )
     if isinstance(model, EncoderModel):
         types = None
         if config.type_vocab_size > 0:
             types = torch.tensor([encoding.type_ids], device=ids.device)
         out = model(ids, token_type_ids=types, output_attentions=True, compute_logits=False)
-        return AttentionMaps(
-            **common, attentions={"encoder": _stack(out.attentions)}, layer_kinds=kinds
-        )
+        return AttentionMaps(**common, attentions={"encoder": _stack(out.attentions)})
     if isinstance(model, DecoderModel):
         out = model(ids, output_attentions=True, compute_logits=False)
-        return AttentionMaps(
-            **common, attentions={"decoder": _stack(out.attentions)}, layer_kinds=kinds
-        )
+        return AttentionMaps(**common, attentions={"decoder": _stack(out.attentions)})
     if isinstance(model, EncoderDecoderModel):
         from triform.finetune.body import decoder_start_id
 
@@ -171,7 +187,6 @@ def _run(
                 "cross": _stack(out.cross_attentions),
             },
             target_tokens=[tokenizer.id_to_token(i) or f"<{i}>" for i in decoder_ids],
-            layer_kinds=kinds,
         )
     raise TriformError(f"cannot look inside a {type(model).__name__}")
 

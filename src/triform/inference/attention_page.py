@@ -96,8 +96,7 @@ def page_data(maps: AttentionMaps, title: str) -> dict:
                 "heads": heads,
                 "queries": queries,
                 "keys": keys,
-                # banded layers exist only in self-attention
-                "layerKinds": maps.layer_kinds if kind != "cross" else ["dense"] * layers,
+                "layerKinds": maps.layer_kinds(kind),
                 **_weights(weights),
             }
         )
