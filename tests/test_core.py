@@ -228,6 +228,18 @@ def test_roberta_positions_skip_padding() -> None:
     assert make_position_ids(bart, ids, past_len=3).tolist() == [[5, 6, 7, 8, 9]]
 
 
+def test_positions_from_a_mask_count_real_tokens_of_left_padded_rows() -> None:
+    from triform.nn import make_position_ids
+
+    gpt2 = triform.presets.get("gpt2-tiny")
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    assert make_position_ids(gpt2, ids, mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    # one new token after them: only the last mask column is the new token's
+    grown = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+    assert make_position_ids(gpt2, ids[:, :1], grown).tolist() == [[3], [5]]
+
+
 def test_hidden_states_and_heads_have_the_promised_shapes() -> None:
     model = triform.build_model(triform.presets.get("bert-tiny")).eval()
     ids = torch.randint(0, 1000, (3, 11))

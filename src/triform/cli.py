@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "triform.commands.finetune",
     "triform.commands.generate",
     "triform.commands.features",
+    "triform.commands.attention",
     "triform.commands.tokenizer",
     "triform.commands.data",
     "triform.commands.convert",

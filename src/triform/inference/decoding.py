@@ -17,6 +17,7 @@ import torch
 from triform.errors import TriformError
 from triform.models import DecoderModel, EncoderDecoderModel, TransformerModel
 from triform.nn.cache import KVCache
+from triform.nn.embeddings import make_position_ids
 
 
 class Steps:
@@ -48,15 +49,13 @@ class DecoderSteps(Steps):
         self.sequences = input_ids.repeat_interleave(expand, dim=0)  # (N, P)
         self.mask = mask.long().repeat_interleave(expand, dim=0)  # (N, P), grows by one a step
         self.counted = self.mask.bool()
-        offset = model.config.position_offset
-        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0) + offset  # (N, P)
         self.cache = KVCache.empty(model.config.num_layers)
 
     def _run(self, ids: torch.Tensor) -> torch.Tensor:
         out = self.model(
             ids,
             attention_mask=self.mask,
-            position_ids=self.positions,
+            position_ids=make_position_ids(self.model.config, ids, attention_mask=self.mask),
             past_key_values=self.cache,
             use_cache=True,
         )
@@ -67,13 +66,11 @@ class DecoderSteps(Steps):
 
     def next(self, tokens: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        self.positions = self.positions[:, -1:] + 1  # (N, 1)
         return self._run(tokens[:, None])
 
     def reorder(self, index: torch.Tensor) -> None:
         self.cache.reorder(index)
         self.mask = self.mask.index_select(0, index)
-        self.positions = self.positions.index_select(0, index)
 
 
 class Seq2SeqSteps(Steps):

@@ -1,4 +1,5 @@
-"""What every triform model shares: its config, parameter counting and initialisation."""
+"""What every triform model shares: its config, parameter counting, initialisation, and the
+one pass of tokens through embeddings and a stack that every encoder and decoder makes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import torch
 from torch import nn
 
 from triform.config import ModelConfig
+from triform.nn.cache import KVCache
+from triform.nn.embeddings import Embeddings, make_position_ids
+from triform.nn.stack import Stack, StackOutput
 
 # Layers that write into the residual stream (scaled init, GPT-2).
 _RESIDUAL_PROJECTIONS = ("self_attn.out.weight", "cross_attn.out.weight", "ffn.down.weight")
@@ -55,10 +59,43 @@ class TransformerModel(nn.Module):
         if self.config.scaled_residual_init:
             residual_std = std / math.sqrt(2 * self.config.num_layers)
             for name, param in self.named_parameters():
-                if name.endswith(
-                    ("self_attn.out.weight", "cross_attn.out.weight", "ffn.down.weight")
-                ):
+                if name.endswith(_RESIDUAL_PROJECTIONS):
                     nn.init.normal_(param, 0.0, residual_std)
+
+
+def run_stack(
+    embeddings: Embeddings,
+    stack: Stack,
+    input_ids: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    cache: KVCache | None = None,
+    use_cache: bool = False,
+    context: torch.Tensor | None = None,
+    context_padding_mask: torch.Tensor | None = None,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+) -> StackOutput:
+    """Token ids (B, L) -> embeddings -> ``stack``: the one pass every encoder and decoder
+    (alone or as half of an encoder-decoder) makes. Positions continue after the cached ones.
+    ``context``: (B, S, H) encoder output for a decoder with cross-attention."""
+    if position_ids is None:
+        past_len = cache.length if cache is not None else 0
+        position_ids = make_position_ids(stack.config, input_ids, past_len=past_len)
+    x = embeddings(input_ids, position_ids, token_type_ids)  # (B, L, H)
+    return stack(
+        x,
+        padding_mask=attention_mask,
+        context=context,
+        context_padding_mask=context_padding_mask,
+        cache=cache,
+        use_cache=use_cache,
+        position_ids=position_ids,
+        output_hidden_states=output_hidden_states,
+        output_attentions=output_attentions,
+    )
 
 
 def _is_input_table(model: nn.Module, embedding: nn.Embedding) -> bool:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel
+from triform.models.base import TransformerModel, run_stack
 from triform.models.heads import LMHead
 from triform.models.outputs import DecoderOutput
 from triform.nn.cache import KVCache
-from triform.nn.embeddings import Embeddings, make_position_ids
+from triform.nn.embeddings import Embeddings
 from triform.nn.stack import Stack
 
 
@@ -32,26 +32,31 @@ class DecoderModel(TransformerModel):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         compute_logits: bool = True,
     ) -> DecoderOutput:
         """input_ids: (B, L) new tokens; attention_mask: (B, past + L), 1 = real token.
 
         With ``use_cache`` the returned ``past_key_values`` holds every layer's keys and
         values; pass it back with the next tokens to decode incrementally.
+        ``output_attentions`` returns every layer's attention probabilities (B, h, L, past + L).
         """
-        cache = past_key_values
-        if use_cache and cache is None:
-            cache = KVCache.empty(self.config.num_layers)
-        past_len = cache.length if cache is not None else 0
-        if position_ids is None:
-            position_ids = make_position_ids(self.config, input_ids, past_len=past_len)
-        x = self.embeddings(input_ids, position_ids)
-        hidden, all_hidden = self.decoder(
-            x,
-            padding_mask=attention_mask,
-            cache=cache,
+        out = run_stack(
+            self.embeddings,
+            self.decoder,
+            input_ids,
+            attention_mask=attention_mask,
             position_ids=position_ids,
+            cache=past_key_values,
+            use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
-        logits = self.lm_head(hidden) if compute_logits else None
-        return DecoderOutput(logits, hidden, all_hidden, cache if use_cache else None)
+        logits = self.lm_head(out.last_hidden_state) if compute_logits else None
+        return DecoderOutput(
+            logits,
+            out.last_hidden_state,
+            out.hidden_states,
+            out.cache if use_cache else None,
+            out.attentions,
+        )

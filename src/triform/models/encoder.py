@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel
+from triform.models.base import TransformerModel, run_stack
 from triform.models.heads import LMHead, PairHead, Pooler, ReplacedTokenHead
 from triform.models.outputs import EncoderOutput
-from triform.nn.embeddings import Embeddings, make_position_ids
+from triform.nn.embeddings import Embeddings
 from triform.nn.stack import Stack
 
 
@@ -42,18 +42,26 @@ class EncoderModel(TransformerModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         compute_logits: bool = True,
     ) -> EncoderOutput:
         """input_ids: (B, L); attention_mask: (B, L) with 1 for real tokens.
 
-        ``compute_logits=False`` skips the heads (feature extraction, fine-tuning bodies).
+        ``compute_logits=False`` skips the heads (feature extraction, fine-tuning bodies);
+        ``output_attentions`` returns every layer's attention probabilities (computed
+        explicitly, so slower: for looking inside, not for training).
         """
-        if position_ids is None:
-            position_ids = make_position_ids(self.config, input_ids)
-        x = self.embeddings(input_ids, position_ids, token_type_ids)
-        hidden, all_hidden = self.encoder(
-            x, padding_mask=attention_mask, output_hidden_states=output_hidden_states
+        out = run_stack(
+            self.embeddings,
+            self.encoder,
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
+        hidden = out.last_hidden_state
         pooled = self.pooler(hidden) if self.pooler is not None else None
         logits = pair_logits = None
         if compute_logits:
@@ -63,4 +71,4 @@ class EncoderModel(TransformerModel):
                 logits = self.rtd_head(hidden)
             if self.pair_head is not None:
                 pair_logits = self.pair_head(pooled)
-        return EncoderOutput(hidden, logits, pair_logits, pooled, all_hidden)
+        return EncoderOutput(hidden, logits, pair_logits, pooled, out.hidden_states, out.attentions)

@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel
+from triform.models.base import TransformerModel, run_stack
 from triform.models.heads import LMHead
 from triform.models.outputs import Seq2SeqOutput
 from triform.nn.cache import KVCache
-from triform.nn.embeddings import Embeddings, make_position_ids
-from triform.nn.stack import Stack
+from triform.nn.embeddings import Embeddings
+from triform.nn.stack import Stack, StackOutput
 
 
 class EncoderDecoderModel(TransformerModel):
@@ -42,9 +42,23 @@ class EncoderDecoderModel(TransformerModel):
         output_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Source tokens (B, S) -> encoder output (B, S, H) [and per-layer states]."""
-        x = self.encoder_embeddings(input_ids, make_position_ids(self.config, input_ids))
-        return self.encoder(
-            x, padding_mask=attention_mask, output_hidden_states=output_hidden_states
+        out = self._encode(input_ids, attention_mask, output_hidden_states)
+        return out.last_hidden_state, out.hidden_states
+
+    def _encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> StackOutput:
+        return run_stack(
+            self.encoder_embeddings,
+            self.encoder,
+            input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
 
     def forward(
@@ -57,40 +71,43 @@ class EncoderDecoderModel(TransformerModel):
         past_key_values: KVCache | None = None,
         use_cache: bool = False,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
         compute_logits: bool = True,
     ) -> Seq2SeqOutput:
         """input_ids: (B, S) source; decoder_input_ids: (B, T) target so far, starting with
         the decoder start token. Pass ``encoder_hidden_state`` to skip re-encoding (and
-        ``past_key_values`` to decode one step at a time)."""
+        ``past_key_values`` to decode one step at a time). ``output_attentions`` returns the
+        attention probabilities of every layer: encoder, decoder and cross."""
         if decoder_input_ids is None:
             raise ValueError("decoder_input_ids is required")
-        encoder_states = None
+        encoded = StackOutput(encoder_hidden_state)
         if encoder_hidden_state is None:
             if input_ids is None:
                 raise ValueError("input_ids or encoder_hidden_state is required")
-            encoder_hidden_state, encoder_states = self.encode(
-                input_ids, attention_mask, output_hidden_states
+            encoded = self._encode(
+                input_ids, attention_mask, output_hidden_states, output_attentions
             )
-        cache = past_key_values
-        if use_cache and cache is None:
-            cache = KVCache.empty(self.config.decoder_layers)
-        past_len = cache.length if cache is not None else 0
-        positions = make_position_ids(self.config, decoder_input_ids, past_len=past_len)
-        x = self.decoder_embeddings(decoder_input_ids, positions)
-        hidden, decoder_states = self.decoder(
-            x,
-            padding_mask=decoder_attention_mask,
-            context=encoder_hidden_state,
+        out = run_stack(
+            self.decoder_embeddings,
+            self.decoder,
+            decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            cache=past_key_values,
+            use_cache=use_cache,
+            context=encoded.last_hidden_state,
             context_padding_mask=attention_mask,
-            cache=cache,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
-        logits = self.lm_head(hidden) if compute_logits else None
+        logits = self.lm_head(out.last_hidden_state) if compute_logits else None
         return Seq2SeqOutput(
             logits,
-            hidden,
-            encoder_hidden_state,
-            encoder_states,
-            decoder_states,
-            cache if use_cache else None,
+            out.last_hidden_state,
+            encoded.last_hidden_state,
+            encoded.hidden_states,
+            out.hidden_states,
+            out.cache if use_cache else None,
+            encoded.attentions,
+            out.attentions,
+            out.cross_attentions,
         )

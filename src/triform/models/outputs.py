@@ -1,4 +1,8 @@
-"""What the models return: small dataclasses, one per form."""
+"""What the models return: small dataclasses, one per form.
+
+Per-layer lists, when asked for: ``*hidden_states`` holds the input of every layer then the
+final output; ``*attentions`` the attention probabilities of every layer, (B, heads, Lq, Lk)
+each (transformers' names and shapes)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ class EncoderOutput:
     pair_logits: torch.Tensor | None = None
     pooled_output: torch.Tensor | None = None
     hidden_states: list[torch.Tensor] | None = None
+    attentions: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -29,11 +34,13 @@ class DecoderOutput:
     last_hidden_state: torch.Tensor
     hidden_states: list[torch.Tensor] | None = None
     past_key_values: KVCache | None = None
+    attentions: list[torch.Tensor] | None = None
 
 
 @dataclass
 class Seq2SeqOutput:
-    """``logits``: (B, T, V) over the decoder positions."""
+    """``logits``: (B, T, V) over the decoder positions. Attentions: the encoder's (B, h, S, S),
+    the decoder's (B, h, T, past + T) and the decoder's over the encoder (B, h, T, S)."""
 
     logits: torch.Tensor | None
     last_hidden_state: torch.Tensor
@@ -41,3 +48,6 @@ class Seq2SeqOutput:
     encoder_hidden_states: list[torch.Tensor] | None = None
     decoder_hidden_states: list[torch.Tensor] | None = None
     past_key_values: KVCache | None = None
+    encoder_attentions: list[torch.Tensor] | None = None
+    decoder_attentions: list[torch.Tensor] | None = None
+    cross_attentions: list[torch.Tensor] | None = None

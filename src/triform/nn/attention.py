@@ -1,5 +1,9 @@
 """Multi-head attention, written once for every form: self or cross, dense or locally
-banded, with padding/causal masks, relative bias, rotary positions and a KV cache."""
+banded, with padding/causal masks, relative bias, rotary positions and a KV cache.
+
+Attention runs through ``scaled_dot_product_attention``; only when the probabilities
+themselves are asked for (a ``weights`` list to append them to) is softmax(QK^T * scale +
+mask) computed explicitly, so that they can be kept."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.nn.cache import KVCache
-from triform.nn.masks import AttentionMask
+from triform.nn.masks import AttentionMask, allowed_positions
 from triform.nn.positions import RotaryEmbedding
 
 
@@ -51,8 +55,12 @@ class Attention(nn.Module):
         rotary: tuple[RotaryEmbedding, torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
+        weights: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x: (B, Lq, H); context: (B, Lk, H) encoder output for cross-attention. -> (B, Lq, H)"""
+        """x: (B, Lq, H); context: (B, Lk, H) encoder output for cross-attention. -> (B, Lq, H)
+
+        Given a ``weights`` list, the attention probabilities (B, heads, Lq, Lk) are
+        appended to it."""
         if self.cross:
             (q,) = self._heads(self.q(x), 1)
             cached = cache.cross_kv[layer] if cache is not None else None
@@ -69,14 +77,41 @@ class Attention(nn.Module):
                 q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
             if cache is not None:
                 k, v = cache.append(layer, k, v)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask.bias,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask.is_causal,
-            scale=self.scale,
-        )  # (B, heads, Lq, D)
+        dropout = self.dropout if self.training else 0.0
+        if weights is not None:
+            out, probs = self._explicit(q, k, v, mask, dropout)
+            weights.append(probs)
+        else:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask.bias,
+                dropout_p=dropout,
+                is_causal=mask.is_causal,
+                scale=self.scale,
+            )  # (B, heads, Lq, D)
         batch, _, length, _ = out.shape
         return self.out(out.transpose(1, 2).reshape(batch, length, -1))
+
+    def _explicit(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, dropout: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What SDPA computes, step by step: (B, h, Lq, D) queries over (B, h, Lk, D) keys
+        and values -> output (B, h, Lq, D) and probabilities (B, h, Lq, Lk)."""
+        scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, h, Lq, Lk)
+        if mask.bias is not None:
+            scores = scores + mask.bias
+        if mask.is_causal:
+            allowed = allowed_positions(
+                q.shape[-2],
+                k.shape[-2],
+                past_len=k.shape[-2] - q.shape[-2],
+                causal=True,
+                device=q.device,
+            )
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        attended = F.dropout(probs, dropout) if dropout else probs
+        return torch.matmul(attended, v), probs

@@ -47,18 +47,29 @@ class Block(nn.Module):
         rotary: tuple | None = None,
         cache: KVCache | None = None,
         layer: int = 0,
-    ) -> torch.Tensor:  # (B, L, H) -> (B, L, H)
+        attentions: list[torch.Tensor] | None = None,
+        cross_attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B, L, H) -> (B, L, H). Given lists, the self- and cross-attention probabilities
+        are appended to them (see :class:`~triform.nn.attention.Attention`)."""
         x = self._residual(
             x,
             self.self_norm,
-            lambda h: self.self_attn(h, self_mask, rotary=rotary, cache=cache, layer=layer),
+            lambda h: self.self_attn(
+                h, self_mask, rotary=rotary, cache=cache, layer=layer, weights=attentions
+            ),
         )
         if self.cross_attn is not None:
             x = self._residual(
                 x,
                 self.cross_norm,
                 lambda h: self.cross_attn(
-                    h, context_mask, context=context, cache=cache, layer=layer
+                    h,
+                    context_mask,
+                    context=context,
+                    cache=cache,
+                    layer=layer,
+                    weights=cross_attentions,
                 ),
             )
         return self._residual(x, self.ffn_norm, self.ffn)

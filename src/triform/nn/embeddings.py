@@ -16,14 +16,13 @@ from triform.nn.positions import SinusoidalPositions
 class Embeddings(nn.Module):
     """Token (+ segment) (+ position) embeddings -> [norm] -> dropout -> [project E to H].
 
-    ``token`` may be passed in so that an encoder and a decoder share one table.
-    Position ids are computed by :func:`position_ids` unless given.
+    ``token`` may be passed in so that an encoder and a decoder share one table; position
+    ids come from :func:`make_position_ids`.
     """
 
     def __init__(self, config: ModelConfig, token: nn.Embedding | None = None) -> None:
         super().__init__()
         size = config.embed_size
-        self.config = config
         self.token = token if token is not None else nn.Embedding(config.vocab_size, size)
         self.segment = (
             nn.Embedding(config.type_vocab_size, size) if config.type_vocab_size > 0 else None
@@ -66,20 +65,32 @@ def make_position_ids(
     attention_mask: torch.Tensor | None = None,
     past_len: int = 0,
 ) -> torch.Tensor:
-    """Table indices of each token's position. (B, L)
+    """Position of each token, as the position table or the rotary angles index it. (B, L)
 
-    Counting starts at ``config.position_offset``. With ``positions_from_padding``
-    (RoBERTa), positions count only real tokens and padding points at the pad row.
+    The one place positions are derived. Counting starts at ``config.position_offset``.
+    With ``positions_from_padding`` (RoBERTa), positions count only real tokens and padding
+    points at the pad row. With an ``attention_mask`` (B, past + L) positions count the real
+    tokens of each row (a left-padded prompt starts at 0 at its first real token, as GPT-2's
+    ``generate`` does); that the longest row fits the table is the caller's check. Otherwise
+    they are ``past_len .. past_len + L``.
     """
     batch, length = input_ids.shape
-    if config.position in ("learned", "sinusoidal") and past_len + length > config.max_positions:
-        raise TriformError(
-            f"sequence of {past_len + length} tokens is longer than the model's "
-            f"{config.max_positions} positions"
-        )
     if config.positions_from_padding and config.pad_token_id is not None:
+        _check_fits(config, past_len + length)
         real = input_ids.ne(config.pad_token_id).long()
         counted = (torch.cumsum(real, dim=1) - 1 + past_len + config.position_offset) * real
         return counted + (1 - real) * config.pad_token_id
+    if attention_mask is not None:
+        counted = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, past + L)
+        return counted[:, -length:] + config.position_offset
+    _check_fits(config, past_len + length)
     steps = torch.arange(past_len, past_len + length, device=input_ids.device)
     return (steps + config.position_offset).unsqueeze(0).expand(batch, length)
+
+
+def _check_fits(config: ModelConfig, length: int) -> None:
+    if config.position in ("learned", "sinusoidal") and length > config.max_positions:
+        raise TriformError(
+            f"sequence of {length} tokens is longer than the model's "
+            f"{config.max_positions} positions"
+        )

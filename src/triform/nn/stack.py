@@ -3,6 +3,8 @@ T5's relative position bias, rotary tables, cross-layer sharing (ALBERT) and the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -20,6 +22,20 @@ def mask_dtype(x: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
     return x.dtype
+
+
+@dataclass
+class StackOutput:
+    """What a stack returns. ``hidden_states``: the input of every layer, then the final
+    output (when asked); ``attentions`` / ``cross_attentions``: per layer, the self- and
+    cross-attention probabilities (B, heads, L, L_keys) / (B, heads, L, S) (when asked);
+    ``cache``: the KV cache, grown by this call (when one is used)."""
+
+    last_hidden_state: torch.Tensor
+    hidden_states: list[torch.Tensor] | None = None
+    attentions: list[torch.Tensor] | None = None
+    cross_attentions: list[torch.Tensor] | None = None
+    cache: KVCache | None = None
 
 
 class Stack(nn.Module):
@@ -84,12 +100,16 @@ class Stack(nn.Module):
         context: torch.Tensor | None = None,
         context_padding_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        use_cache: bool = False,
         position_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
-    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        output_attentions: bool = False,
+    ) -> StackOutput:
         """x: (B, L, H) embedded inputs. ``padding_mask``: (B, past + L), 1 = real token.
-        Returns the final hidden states (B, L, H) and, if asked, the input of every layer
-        followed by the final output."""
+        ``position_ids``: (B, L) (:func:`~triform.nn.embeddings.make_position_ids`), needed
+        by rotary stacks. ``use_cache`` starts a new cache when ``cache`` is None."""
+        if use_cache and cache is None:
+            cache = KVCache.empty(self.num_layers)
         past_len = cache.length if cache is not None else 0
         masks = self._self_masks(x, padding_mask, past_len)
         context_mask = None
@@ -104,10 +124,11 @@ class Stack(nn.Module):
         rotary = None
         if self.rotary is not None:
             if position_ids is None:
-                steps = torch.arange(past_len, past_len + x.shape[1], device=x.device)
-                position_ids = steps.unsqueeze(0).expand(x.shape[0], -1)
+                raise ValueError("a rotary stack needs position_ids")
             rotary = (self.rotary, *self.rotary.cos_sin(position_ids))
         hidden_states = [] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        cross_attentions = [] if output_attentions and context is not None else None
         for index in range(self.num_layers):
             if hidden_states is not None:
                 hidden_states.append(x)
@@ -119,9 +140,11 @@ class Stack(nn.Module):
                 rotary=rotary,
                 cache=cache,
                 layer=index,
+                attentions=attentions,
+                cross_attentions=cross_attentions,
             )
         if self.final_norm is not None:
             x = self.final_norm(x)
         if hidden_states is not None:
             hidden_states.append(x)
-        return x, hidden_states
+        return StackOutput(x, hidden_states, attentions, cross_attentions, cache)
