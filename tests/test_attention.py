@@ -321,7 +321,7 @@ def test_a_12_layer_page_on_128_tokens_stays_small(tokenizers_by_family) -> None
 @pytest.fixture(scope="module")
 def t5_folder(tokenizers_by_family, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A triform model folder (as ``triform convert`` writes)."""
-    from triform.train.checkpoint import save_weights
+    from triform.runs import save_weights
 
     tok = tokenizers_by_family["t5"]
     model = _model("t5-tiny", tok)

@@ -104,6 +104,11 @@ def check_resume(run_dir: Path, model_config: ModelConfig, tokenizer: tokenizers
     written: the error names the first setting that differs."""
     if not (run_dir / MODEL_JSON).is_file():
         raise TriformError(f"cannot resume {run_dir}: it is not a run folder (no {MODEL_JSON})")
+    own = run_dir / TOKENIZER_JSON
+    if own.is_file() and tokenizer_hash(load_tokenizer(own)) != tokenizer_hash(tokenizer):
+        raise TriformError(
+            f"cannot resume {run_dir}: its tokenizer.json differs from this config's tokenizer"
+        )
     saved = read_model_config(run_dir).to_dict()
     for key, value in model_config.to_dict().items():
         if saved.get(key) != value:
@@ -111,11 +116,6 @@ def check_resume(run_dir: Path, model_config: ModelConfig, tokenizer: tokenizers
                 f"cannot resume {run_dir}: model.{key} is {saved.get(key)!r} in the run, "
                 f"{value!r} in this config"
             )
-    own = run_dir / TOKENIZER_JSON
-    if own.is_file() and tokenizer_hash(load_tokenizer(own)) != tokenizer_hash(tokenizer):
-        raise TriformError(
-            f"cannot resume {run_dir}: its tokenizer.json differs from this config's tokenizer"
-        )
 
 
 def _tokenizer_corpus(config: RunConfig):
