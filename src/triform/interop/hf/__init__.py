@@ -6,10 +6,15 @@
     hf_model = hf.to_hf(m)     # and back (needs transformers)
     m = hf.load("dir")         # an HF checkpoint folder; works without transformers
     hf.save(m, "dir")          # a folder from_pretrained loads; works without transformers
+    hf.save_finetuned(finetune.load_finetuned("runs/ft"), "dir")  # ...ForSequenceClassification
+    ft = hf.load_finetuned("dir")  # an HF task-head folder -> a fine-tuned model (predict)
+    hf.save_electra(discriminator, "dir")  # ElectraForPreTraining (a generator: ...ForMaskedLM)
 
 Families (HF ``model_type``) and classes: see :data:`FAMILIES` — BERT, RoBERTa, ALBERT, ELECTRA,
 GPT (``openai-gpt``), GPT-2, T5 (v1.0 and v1.1) and BART, each with its base model and its
-pretraining / language-modelling head classes.
+pretraining / language-modelling head classes; task-head classes (sequence and token
+classification, question answering, conditional generation) through
+:mod:`~triform.interop.hf.tasks`.
 
 **How.** A family is declarative: a table of config :class:`Field` s (HF key <-> ModelConfig
 field), the HF classes it supports with the head settings each one implies (:class:`Arch`), and
@@ -35,12 +40,12 @@ the model in eval mode.
 
 **Layout.** :mod:`~triform.interop.hf.rules` (the declarations), :mod:`~.families` (the tables
 of each family), :mod:`~.engine` (applying them to configs and state dicts), :mod:`~.files`
-(reading checkpoint folders); this module is the public API.
+(checkpoint folders), :mod:`~.tokenizer` (the tokenizer files ``AutoTokenizer`` reads),
+:mod:`~.tasks` (fine-tuned models <-> task-head classes); this module is the public API.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -54,7 +59,9 @@ from triform.interop.hf.engine import (
     family_named,
 )
 from triform.interop.hf.families import FAMILIES
-from triform.interop.hf.files import read_config, read_weights
+from triform.interop.hf.files import read_config, read_weights, write_checkpoint
+from triform.interop.hf.tasks import load_finetuned, save_finetuned
+from triform.interop.hf.tokenizer import save_tokenizer_files
 from triform.models import TransformerModel
 
 __all__ = [
@@ -63,9 +70,13 @@ __all__ = [
     "config_to_hf",
     "from_hf",
     "load",
+    "load_finetuned",
     "read_config",
     "read_weights",
     "save",
+    "save_electra",
+    "save_finetuned",
+    "save_tokenizer_files",
     "to_hf",
 ]
 
@@ -110,22 +121,33 @@ def to_hf(model: TransformerModel) -> torch.nn.Module:
     return hf_model.to(model.device).train(model.training)
 
 
-def save(model: TransformerModel, directory: str | Path) -> Path:
+def save(model: TransformerModel, directory: str | Path, architecture: str | None = None) -> Path:
     """Write ``config.json`` and ``model.safetensors`` that ``transformers``' ``from_pretrained``
-    loads as ``model.hf_architecture`` (or the class the heads imply). No transformers needed.
+    loads as ``architecture`` (default: ``model.hf_architecture``, or the class the heads
+    imply). No transformers needed.
     """
-    from safetensors.torch import save_file
+    hf_config, state = export_state(model, architecture)
+    return write_checkpoint(directory, hf_config, state, next(model.parameters()).dtype)
 
-    hf_config, state = export_state(model)
-    dtype = next(model.parameters()).dtype
-    hf_config["dtype"] = str(dtype).removeprefix("torch.")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.cpu().clone(memory_format=torch.contiguous_format) for k, v in state.items()}
-    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-    text = json.dumps(hf_config, indent=2, sort_keys=True)
-    (directory / "config.json").write_text(text + "\n", encoding="utf-8")
-    return directory
+
+# ELECTRA's two pretrained models and the classes that hold them
+ELECTRA_CLASSES = {"rtd": "ElectraForPreTraining", "mlm": "ElectraForMaskedLM"}
+
+
+def save_electra(model: TransformerModel, directory: str | Path) -> Path:
+    """Write one model of an ELECTRA pair: the discriminator (replaced-token-detection head)
+    as ``ElectraForPreTraining``, the generator (MLM head) as ``ElectraForMaskedLM``. The two
+    share their embeddings in triform; each folder holds a full copy, as HF's do."""
+    config = model.config
+    if config.family != "electra":
+        raise TriformError(f"save_electra takes an ELECTRA model, not a {config.family} model")
+    architecture = ELECTRA_CLASSES.get(config.encoder_head)
+    if architecture is None:
+        raise TriformError(
+            f"an ELECTRA model with encoder_head={config.encoder_head!r} is neither a "
+            "discriminator (rtd) nor a generator (mlm)"
+        )
+    return save(model, directory, architecture)
 
 
 def load(directory: str | Path, architecture: str | None = None) -> TransformerModel:

@@ -143,18 +143,18 @@ def _architectural(config: ModelConfig) -> dict[str, Any]:
 def _export_architecture(model: TransformerModel, family: Family) -> str:
     """The HF class to write: ``model.hf_architecture`` if the config still has its heads,
     else the first class whose head settings the config has."""
-    config = model.config
-
-    def fits(name: str) -> bool:
-        return all(getattr(config, k) == v for k, v in family.architectures[name].heads.items())
-
     name = getattr(model, "hf_architecture", None)
-    if name in family.architectures and fits(name):
+    if name in family.architectures and _fits(model.config, family, name):
         return name
     for name in family.architectures:
-        if fits(name):
+        if _fits(model.config, family, name):
             return name
     raise TriformError(f"no HuggingFace {family.model_type} class has this model's heads")
+
+
+def _fits(config: ModelConfig, family: Family, name: str) -> bool:
+    """Does ``config`` have the head settings HF class ``name`` implies?"""
+    return all(getattr(config, k) == v for k, v in family.architectures[name].heads.items())
 
 
 # =========================================================================================
@@ -292,10 +292,14 @@ def build(
     architecture: str,
     state: Mapping[str, torch.Tensor],
     copy: bool = False,
+    heads: Mapping[str, Any] | None = None,
 ) -> TransformerModel:
-    """A triform model holding checkpoint ``state`` of HF class ``architecture``."""
+    """A triform model holding checkpoint ``state`` of HF class ``architecture``; ``heads``
+    overrides head settings the class implies (a task class's body has no pooler)."""
     family = family_named(hf_config.get("model_type"))
     config = config_from_hf(hf_config, architecture)
+    if heads:
+        config = config.replace(**heads)
     state = _canonical(family, state)
     model = build_model(config, device="meta")
     if config.tie_embeddings:
@@ -309,10 +313,16 @@ def build(
     return model
 
 
-def export_state(model: TransformerModel) -> tuple[dict[str, Any], StateDict]:
-    """The HF config dict and HF state dict (names of the HF class) of a triform model."""
+def export_state(
+    model: TransformerModel, architecture: str | None = None
+) -> tuple[dict[str, Any], StateDict]:
+    """The HF config dict and HF state dict (names of the HF class) of a triform model, as
+    class ``architecture`` (default: :func:`_export_architecture`'s choice)."""
     family = family_of(model.config)
-    architecture = _export_architecture(model, family)
+    if architecture is None:
+        architecture = _export_architecture(model, family)
+    elif not _fits(model.config, family, _architecture_name(family, architecture)):
+        raise TriformError(f"this model's heads do not make a HuggingFace {architecture}")
     hf_config = config_to_hf(model.config, architecture)
     rules = family.rules(model.config)
     state: StateDict = {}
@@ -323,3 +333,34 @@ def export_state(model: TransformerModel) -> tuple[dict[str, Any], StateDict]:
         start = len(family.prefix) + 1
         state = {k[start:] if k.startswith(family.prefix + ".") else k: v for k, v in state.items()}
     return hf_config, state
+
+
+# triform modules that are pretraining heads, not part of a body a task head sits on
+PRETRAINING_HEADS = ("lm_head.", "pair_head.", "rtd_head.")
+
+
+def export_body(model: TransformerModel, pooler: bool) -> tuple[dict[str, Any], StateDict]:
+    """The HF config dict of ``model``'s base class and the HF state dict of its body (names
+    under the family prefix, as a task-head class holds them): pretraining heads left out,
+    and the pooler too unless ``pooler``."""
+    family = family_of(model.config)
+    base = list(family.architectures)[-1]  # base models come last
+    body_config = model.config.replace(**family.architectures[base].heads)
+    hf_config = config_to_hf(body_config, base)
+    skip = PRETRAINING_HEADS if pooler else (*PRETRAINING_HEADS, "pooler.")
+    rules = family.rules(model.config)
+    state: StateDict = {}
+    for tensor, names in _tied_groups(model):
+        kept = [n for n in names if not n.startswith(skip)]
+        if kept:
+            match = _resolve(rules, kept[0])
+            state.update(zip(match.theirs, _to_hf_parts(match, tensor.detach()), strict=True))
+    return hf_config, state
+
+
+def hf_name(config: ModelConfig, name: str) -> str:
+    """The HF name (under the family prefix) of triform tensor ``name`` of a ``config`` model."""
+    match = _resolve(family_of(config).rules(config), name)
+    if len(match.theirs) != 1:
+        raise TriformError(f"triform tensor {name} is split in HuggingFace checkpoints")
+    return match.theirs[0]

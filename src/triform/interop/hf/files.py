@@ -1,5 +1,5 @@
-"""Reading HuggingFace checkpoint folders: ``config.json`` and the weights (safetensors, sharded
-or not; else ``pytorch_model.bin``, read without unpickling code)."""
+"""HuggingFace checkpoint folders: reading ``config.json`` and the weights (safetensors, sharded
+or not; else ``pytorch_model.bin``, read without unpickling code), and writing them."""
 
 from __future__ import annotations
 
@@ -18,13 +18,18 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise TriformError(f"{directory} has no config.json")
+    return read_json(path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file of an HF folder (``config.json``, ``generation_config.json``)."""
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TriformError(f"{path}: malformed JSON: {err}") from None
-    if not isinstance(config, dict):
+    if not isinstance(value, dict):
         raise TriformError(f"{path}: expected a JSON object")
-    return config
+    return value
 
 
 def read_weights(directory: str | Path) -> StateDict:
@@ -70,3 +75,23 @@ def _read_bin(path: Path) -> StateDict:
     if not isinstance(state, dict):
         raise TriformError(f"{path}: expected a dict of tensors")
     return state
+
+
+def write_checkpoint(
+    directory: str | Path, hf_config: dict[str, Any], state: StateDict, dtype: torch.dtype
+) -> Path:
+    """Write ``config.json`` (with ``dtype``) and ``model.safetensors`` into ``directory``."""
+    from safetensors.torch import save_file
+
+    hf_config = {**hf_config, "dtype": str(dtype).removeprefix("torch.")}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.cpu().clone(memory_format=torch.contiguous_format) for k, v in state.items()}
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    write_json(directory / "config.json", hf_config)
+    return directory
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as indented, key-sorted JSON (the way transformers writes its files)."""
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
