@@ -409,6 +409,15 @@ def test_checkpoints_made_by_transformers_load(tmp_path: Path, toks: dict[str, s
         else:
             torch.testing.assert_close(ours, out.logits, atol=ATOL, rtol=0)
     assert ft.labels is None and hf.load_finetuned(tmp_path / "tok").labels == list(labels.values())
+    # the command: an HF task folder -> a triform fine-tuned folder
+    assert main(["convert", str(tmp_path / "tok"), str(tmp_path / "tf"), "--to", "triform"]) == 0
+    again = load_finetuned(tmp_path / "tf")
+    batch = triform_batch(again, [{"tokens": text.split()}])
+    with torch.no_grad():
+        expected = cases["tok"](**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+        torch.testing.assert_close(
+            again.task.logits(again.model, batch), expected, atol=ATOL, rtol=0
+        )
     with pytest.raises(TriformError, match="BertModel is not a task-head class"):
         transformers.BertModel(transformers.BertConfig(**common)).save_pretrained(tmp_path / "m")
         hf.load_finetuned(tmp_path / "m")
@@ -432,3 +441,31 @@ def test_heads_transformers_cannot_hold_are_refused(
     run = tiny_finetune(tmp_path / "g", "gpt2-tiny", toks["gpt2"],
                         {**task, "kind": "gpt-classification"}, steps=1)  # fmt: skip
     refused(tmp_path, capsys, run, "which no transformers class adds")
+
+
+def test_plain_export_writes_tokenizer_files(tmp_path: Path, toks: dict[str, str]) -> None:
+    """A pretrained (not fine-tuned) model folder gets the files AutoTokenizer needs too."""
+    from triform import presets
+    from triform.models import build_model
+    from triform.train.checkpoint import save_weights
+
+    model = build_model(presets.get("roberta-tiny", **TINY, vocab_size=300))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.json").write_text(json.dumps(model.config.to_dict()))
+    save_weights(model, tmp_path / "m" / "model.safetensors")
+    (tmp_path / "m" / "tokenizer.json").write_text(Path(toks["roberta"]).read_text())
+    out = convert(tmp_path / "m", tmp_path / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert (tokenizer.cls_token, tokenizer.sep_token, tokenizer.pad_token) == (
+        "<s>",
+        "</s>",
+        "<pad>",
+    )
+    assert tokenizer.mask_token == "<mask>" and tokenizer.model_max_length == 64
+    encoded = tokenizer("apple zebra", "river")
+    assert "token_type_ids" not in encoded  # RoBERTa has one segment embedding
+    from triform.tokenizers import load_tokenizer
+
+    assert (
+        encoded["input_ids"] == load_tokenizer(toks["roberta"]).encode("apple zebra", "river").ids
+    )
