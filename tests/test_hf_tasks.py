@@ -54,10 +54,17 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
 
 
 def tiny_finetune(
-    tmp_path: Path, preset: str, tokenizer: str, task: dict[str, Any], steps: int = 6
+    tmp_path: Path,
+    preset: str,
+    tokenizer: str,
+    task: dict[str, Any],
+    steps: int = 6,
+    **model: Any,
 ) -> Path:
-    """A few steps of fine-tuning ``preset`` at TINY size; returns the run folder."""
+    """A few steps of fine-tuning ``preset`` at TINY size (and ``model`` settings); returns
+    the run folder."""
     overrides = dict(TINY, embedding_size=16) if preset.startswith("albert") else dict(TINY)
+    overrides.update(model)
     tree = {
         "model": {"source": f"preset:{preset}", "tokenizer": tokenizer, "overrides": overrides},
         "task": {"max_length": 24, **task},
@@ -103,26 +110,31 @@ def seq_logits(ft: Any, rows: list[dict[str, Any]]) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 # Sequence classification and regression
 # ---------------------------------------------------------------------------------------
+NO_POOLER = {"pooler": False, "pair_head": "none"}  # the head's dense + tanh becomes the pooler
 CLASSIFIERS = [
-    ("bert-tiny", "bert", "BertForSequenceClassification"),
-    ("roberta-tiny", "roberta", "RobertaForSequenceClassification"),
-    ("albert-tiny", "bert", "AlbertForSequenceClassification"),
-    ("gpt2-tiny", "gpt2", "GPT2ForSequenceClassification"),
+    ("bert-tiny", "bert", "BertForSequenceClassification", {}),
+    ("bert-tiny", "bert", "BertForSequenceClassification", NO_POOLER),
+    ("roberta-tiny", "roberta", "RobertaForSequenceClassification", {}),
+    ("albert-tiny", "bert", "AlbertForSequenceClassification", {}),
+    ("gpt2-tiny", "gpt2", "GPT2ForSequenceClassification", {}),
 ]
 
 
-@pytest.mark.parametrize("preset,tok,name", CLASSIFIERS)
+@pytest.mark.parametrize("preset,tok,name,body", CLASSIFIERS)
 def test_classification_exports_to_pipeline(
-    tmp_path: Path, toks: dict[str, str], preset: str, tok: str, name: str
+    tmp_path: Path, toks: dict[str, str], preset: str, tok: str, name: str, body: dict
 ) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", keyword_rows(48, 0))
-    run = tiny_finetune(tmp_path, preset, toks[tok], {"kind": "classification", "train": data})
+    task = {"kind": "classification", "train": data}
+    run = tiny_finetune(tmp_path, preset, toks[tok], task, **body)
     out = convert(run, tmp_path / "hf")
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == [name]
     assert config["id2label"] == {"0": "neg", "1": "pos"} and config["label2id"]["pos"] == 1
 
     ft = load_finetuned(run)
+    if body is NO_POOLER:  # triform's head carries the dense + tanh that HF's pooler has
+        assert ft.model.body.pooler is None and ft.model.head.dense is not None
     expected = ft.predict(TEXTS)
     rows = [{"text": t} for t in TEXTS]
     ours = seq_logits(ft, rows)

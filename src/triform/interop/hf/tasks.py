@@ -22,9 +22,11 @@ loading the folder back restores the task exactly. Text-to-text folders also get
 
 **Where the structures differ** the export maps exactly or refuses with a one-line error:
 
-* BERT and ALBERT classify the pooler's output with one linear layer (triform's default for a
-  body with a pooler); RoBERTa reads the first token through dense + tanh + ``out_proj``
-  (triform's default without a pooler). Other ``task.pooling`` choices are refused.
+* BERT and ALBERT classify the pooler's output (dense + tanh on the first token) with one
+  linear layer: triform's default head for a body with a pooler; for a body without one,
+  triform's head has its own dense + tanh on the first token, which is exported as the
+  pooler. RoBERTa reads the first token through dense + tanh + ``out_proj``: triform's default
+  head without a pooler. Other ``task.pooling`` choices are refused.
 * ``ElectraForSequenceClassification`` puts GELU after its dense layer where triform's head
   has tanh: refused (ELECTRA tagging and QA export fine).
 * ``GPT2ForSequenceClassification``'s ``score`` layer has no bias. Its input is the final
@@ -158,7 +160,6 @@ _READS = {
     "last": "the last token's state",
     "mean": "the mean of the token states",
 }
-_DATA_FIELDS = ("train", "validation", "test")  # local paths: not part of the model
 
 
 def task_class(model_type: str, kind: str) -> tuple[str, TaskHead]:
@@ -182,24 +183,31 @@ def task_class(model_type: str, kind: str) -> tuple[str, TaskHead]:
     return entry
 
 
-def _check_structure(name: str, spec: TaskHead, body: TransformerModel, task: Task) -> None:
-    """Refuse a sequence head that reads the body differently from the HF class."""
+def _head_as_pooler(name: str, spec: TaskHead, body: TransformerModel, task: Task) -> bool:
+    """Refuse a sequence head that reads the body differently from the HF class. Returns
+    True where the head's dense + tanh on the first token stands in for the pooler of the HF
+    class (a BERT / ALBERT body without one: the same computation)."""
     if spec.group != "sequence":
-        return
+        return False
     pooling = resolve_pooling(body, task.cfg.pooling)
-    if pooling != spec.pooling:
-        raise TriformError(
-            f"{name} classifies {_READS[str(spec.pooling)]}; this model's head reads "
-            f"{_READS[pooling]} (task.pooling = {task.cfg.pooling!r})"
-        )
+    if pooling == spec.pooling:
+        return False
+    if spec.pooling == "pooler" and pooling == "first" and body.config.form == "encoder":
+        return True  # no pooler, so build_head gave the head its dense + tanh layer
+    raise TriformError(
+        f"{name} classifies {_READS[str(spec.pooling)]}; this model's head reads "
+        f"{_READS[pooling]} (task.pooling = {task.cfg.pooling!r})"
+    )
 
 
-def _head_tensors(head: nn.Module, spec: TaskHead, name: str) -> dict[str, torch.Tensor]:
-    """HF name -> tensor for every parameter of ``head`` (output bias included even where the
-    HF class has none: the caller folds it)."""
+def _head_tensors(
+    head: nn.Module, modules: tuple[tuple[str, str], ...], name: str
+) -> dict[str, torch.Tensor]:
+    """HF name -> tensor for every parameter of ``head``, placed by ``modules`` (the output
+    bias included even where the HF class has none: the caller folds it)."""
     named = dict(head.named_parameters())
     out: dict[str, torch.Tensor] = {}
-    for ours, theirs in spec.modules:
+    for ours, theirs in modules:
         for leaf in ("weight", "bias"):
             key = f"{ours}.{leaf}"
             if key in named:
@@ -226,7 +234,8 @@ def _fold_bias(body: TransformerModel, state: StateDict, key: str, bias: torch.T
 
 
 def _label_fields(task: Task, spec: TaskHead) -> dict[str, Any]:
-    """``id2label`` / ``label2id`` / ``num_labels`` / ``problem_type`` of config.json."""
+    """``id2label`` / ``label2id`` (transformers counts the labels from them) and
+    ``problem_type`` of config.json."""
     if spec.group == "span":
         return {}  # transformers' QA heads use its default of two outputs (start, end)
     if task.kind == "regression":
@@ -269,12 +278,16 @@ def save_finetuned(finetuned: Finetuned, directory: str | Path) -> Path:
     body = model.body
     family = family_of(body.config)
     name, spec = task_class(family.model_type, task.kind)
-    _check_structure(name, spec, body, task)
+    as_pooler = _head_as_pooler(name, spec, body, task)
     if spec.group == "text-to-text":
         hf_config, state = export_state(body, name)
     else:
-        hf_config, state = export_body(body, bool(spec.pooler))
-        head = _head_tensors(model.head, spec, name)
+        hf_config, state = export_body(body, bool(spec.pooler) and not as_pooler)
+        modules = spec.modules
+        if as_pooler:
+            pooler = hf_name(body.config, "pooler.dense.weight").removesuffix(".weight")
+            modules = (*modules, ("dense", pooler))
+        head = _head_tensors(model.head, modules, name)
         if not spec.bias:
             out_module = dict(spec.modules)["out"]
             bias = head.pop(f"{out_module}.bias")
@@ -287,7 +300,7 @@ def save_finetuned(finetuned: Finetuned, directory: str | Path) -> Path:
     if spec.pooling == "last":  # GPT-2 finds each row's last token by its padding id
         hf_config["pad_token_id"] = task.pad_id
     section = dataclasses.asdict(task.cfg)
-    section.update({key: None for key in _DATA_FIELDS if key != "train"}, train="")
+    section.update(train="", validation=None, test=None)  # local paths: not part of the model
     hf_config["triform_task"] = section
     if spec.group == "text-to-text" and task.cfg.task_prefix:
         hf_config["prefix"] = task.cfg.task_prefix
@@ -400,7 +413,7 @@ def load_finetuned(
     task = build_task(cfg, tokenizer, body.config)
     task.load_state({"labels": _labels(hf_config, spec, cfg.kind)})
     task.prepare_body(body)
-    _check_structure(name, spec, body, task)
+    _head_as_pooler(name, spec, body, task)
     head = task.build_head(body)
     if spec.group != "text-to-text":
         _load_head(head, spec, head_state, name)
