@@ -156,7 +156,12 @@ def test_classification_exports_to_pipeline(
     assert back.predict(TEXTS) == expected
 
 
-def test_pair_classification_keeps_segments(tmp_path: Path, toks: dict[str, str]) -> None:
+@pytest.mark.parametrize("preset,tok", [("bert-tiny", "bert"), ("gpt2-tiny", "gpt2")])
+def test_pair_classification_keeps_segments(
+    tmp_path: Path, toks: dict[str, str], preset: str, tok: str
+) -> None:
+    """BERT: token types reach the model; GPT-2: the separator triform puts between the
+    texts is in the exported tokenizer's post-processor."""
     rng = random.Random(1)
     rows = []
     for _ in range(48):
@@ -165,14 +170,17 @@ def test_pair_classification_keeps_segments(tmp_path: Path, toks: dict[str, str]
             {"text": f"the {a}", "text_pair": f"a {b}", "label": "same" if a == b else "diff"}
         )
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    run = tiny_finetune(tmp_path, "bert-tiny", toks["bert"], {"kind": "pair-classification",
-                                                              "train": data})  # fmt: skip
+    task = {"kind": "pair-classification", "train": data}
+    run = tiny_finetune(tmp_path, preset, toks[tok], task)
     out = convert(run, tmp_path / "hf")
     ft, back = load_finetuned(run), hf.load_finetuned(out)
     pairs = [{"text": r["text"], "text_pair": r["text_pair"]} for r in rows[:4]]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    encoded = tokenizer([p["text"] for p in pairs], [p["text_pair"] for p in pairs], padding=True)
+    assert encoded["input_ids"] == triform_batch(ft, pairs)["input_ids"].tolist()
     expected = ft.predict([(p["text"], p["text_pair"]) for p in pairs])
     classify = transformers.pipeline("text-classification", model=str(out), device="cpu")
-    assert [r["label"] for r in classify(pairs)] == expected  # token_type_ids reach the model
+    assert [r["label"] for r in classify(pairs)] == expected
     assert back.task.kind == "pair-classification"
     torch.testing.assert_close(seq_logits(back, pairs), seq_logits(ft, pairs), atol=ATOL, rtol=0)
 

@@ -48,7 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tokenizers
 import torch
+from tokenizers import processors
 from torch import nn
 
 from triform.errors import TriformError
@@ -269,6 +271,23 @@ def _generation_config(task: Task, body: TransformerModel) -> dict[str, Any]:
     }
 
 
+def _export_tokenizer(task: Task) -> tokenizers.Tokenizer:
+    """The task's tokenizer as transformers must run it. Where triform puts a separator
+    between the two texts of a pair itself (a tokenizer that frames nothing, GPT-2's), the
+    copy gets a post-processor that does the same: ``A <sep> B``, types 0 then 1."""
+    separator = getattr(task, "separator", None)
+    if not getattr(task, "needs_separator", False) or separator is None:
+        return task.tokenizer
+    copy = tokenizers.Tokenizer.from_str(task.tokenizer.to_str())
+    sep = copy.id_to_token(separator)
+    template = processors.TemplateProcessing(
+        single="$A", pair=f"$A:0 {sep}:0 $B:1", special_tokens=[(sep, separator)]
+    )
+    current = copy.post_processor
+    copy.post_processor = template if current is None else processors.Sequence([current, template])
+    return copy
+
+
 def save_finetuned(finetuned: Finetuned, directory: str | Path) -> Path:
     """Write a fine-tuned model (``triform.finetune.load_finetuned(...)``) as the matching
     ``transformers`` task class: ``config.json`` with the labels, ``model.safetensors``,
@@ -311,7 +330,7 @@ def save_finetuned(finetuned: Finetuned, directory: str | Path) -> Path:
     token_types = config.form == "encoder" and config.type_vocab_size > 1
     learned = config.position in ("learned", "sinusoidal")
     save_tokenizer_files(
-        task.tokenizer,
+        _export_tokenizer(task),
         directory,
         token_types=token_types,
         model_max_length=task.max_length if learned else None,
