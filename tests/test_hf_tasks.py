@@ -117,6 +117,7 @@ CLASSIFIERS = [
     ("roberta-tiny", "roberta", "RobertaForSequenceClassification", {}),
     ("albert-tiny", "bert", "AlbertForSequenceClassification", {}),
     ("gpt2-tiny", "gpt2", "GPT2ForSequenceClassification", {}),
+    ("bart-tiny", "bart", "BartForSequenceClassification", {}),
 ]
 
 

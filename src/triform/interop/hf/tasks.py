@@ -9,7 +9,8 @@ triform task kind                  HF class (family: bert, roberta, albert, elec
 classification, pair-classif.,     ``BertForSequenceClassification``,
 regression                         ``RobertaForSequenceClassification``,
                                    ``AlbertForSequenceClassification``,
-                                   ``GPT2ForSequenceClassification``
+                                   ``GPT2ForSequenceClassification``,
+                                   ``BartForSequenceClassification``
 tagging                            ``{Bert,Roberta,Albert,Electra}ForTokenClassification``
 qa                                 ``{Bert,Roberta,Albert,Electra}ForQuestionAnswering``
 text-to-text                       ``T5ForConditionalGeneration``, ``BartForConditionalGeneration``
@@ -139,7 +140,19 @@ TASK_CLASSES: dict[str, dict[str, tuple[str, TaskHead] | str]] = {
         ),
     },
     "t5": {"text-to-text": ("T5ForConditionalGeneration", _TEXT)},
-    "bart": {"text-to-text": ("BartForConditionalGeneration", _TEXT)},
+    "bart": {
+        # the decoder's state at the last token (the final </s>) through dense + tanh
+        "sequence": (
+            "BartForSequenceClassification",
+            TaskHead(
+                "sequence",
+                (("dense", "classification_head.dense"), ("out", "classification_head.out_proj")),
+                pooling="last",
+                pooler=None,
+            ),
+        ),
+        "text-to-text": ("BartForConditionalGeneration", _TEXT),
+    },
 }
 # HF class -> (model_type, how it holds the head)
 BY_CLASS: dict[str, tuple[str, TaskHead]] = {
