@@ -207,7 +207,8 @@ def test_regression_sets_problem_type(tmp_path: Path, toks: dict[str, str]) -> N
 # Tagging
 # ---------------------------------------------------------------------------------------
 TAGGERS = [("bert-tiny", "BertForTokenClassification"),
-           ("electra-tiny", "ElectraForTokenClassification")]  # fmt: skip
+           ("electra-tiny", "ElectraForTokenClassification"),
+           ("albert-tiny", "AlbertForTokenClassification")]  # fmt: skip
 
 
 @pytest.mark.parametrize("preset,name", TAGGERS)
