@@ -35,6 +35,10 @@ loading the folder back restores the task exactly. Text-to-text folders also get
   head bias ``b`` is folded into the norm: ``beta' = beta + W^+ b`` gives ``W h' = W h + b``
   (exact while ``W`` has full row rank, which is checked). The exported
   ``last_hidden_state`` is shifted by ``W^+ b``; the logits are the same.
+  With no separator of its own, GPT-2's tokenizer would join the two texts of a pair; the
+  exported ``tokenizer.json`` gets a post-processor that puts triform's separator between them.
+* ``BartForSequenceClassification`` reads the decoder's state at the final ``</s>`` through
+  dense + tanh + ``out_proj``: triform's default for a BART body (the last token's state).
 * GPT-1 style kinds (``gpt-classification`` ...) frame inputs with learned start / extract
   tokens no transformers class adds: refused.
 
@@ -361,6 +365,8 @@ def _task_section(
     values = {k: v for k, v in stored.items() if k in known} if isinstance(stored, dict) else {}
     if kind is not None:
         values["kind"] = kind
+    if hf_config.get("problem_type") == "multi_label_classification":
+        raise TriformError("multi-label classification has no triform task kind")
     if "kind" not in values:
         if spec.group == "sequence":
             regression = hf_config.get("problem_type") == "regression"
