@@ -399,50 +399,95 @@ def test_electra_pair_exports_discriminator_and_generator(tmp_path: Path) -> Non
         hf.save_electra(build_model(presets.get("bert-tiny")), tmp_path / "x")
 
 
-def test_checkpoints_made_by_transformers_load(tmp_path: Path, toks: dict[str, str]) -> None:
-    """Task-head folders transformers wrote (no triform_task): kind, labels and prefix come from
-    the class and config.json."""
-    common = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=64, max_position_embeddings=64)  # fmt: skip
-    labels = {0: "O", 1: "B-X", 2: "I-X"}
-    cases = {
-        "seq": transformers.BertForSequenceClassification(
-            transformers.BertConfig(**common, id2label={0: "a", 1: "b"})
-        ),
-        "tok": transformers.BertForTokenClassification(
-            transformers.BertConfig(**common, id2label=labels)
-        ),
-        "qa": transformers.BertForQuestionAnswering(transformers.BertConfig(**common)),
-    }
-    text = f"apple {KEYWORD} river"
-    for name, model in cases.items():
-        model.eval().save_pretrained(tmp_path / name)
-        (tmp_path / name / "tokenizer.json").write_text(Path(toks["bert"]).read_text())
-        ft = hf.load_finetuned(tmp_path / name)
-        assert ft.task.kind == {"seq": "classification", "tok": "tagging", "qa": "qa"}[name]
-        row = {"text": text, "tokens": text.split(), "question": "where", "context": text}
-        batch = triform_batch(ft, [row])
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-        with torch.no_grad():
-            out = model(**inputs)
-            ours = ft.task.logits(ft.model, batch)
-        if name == "qa":
-            torch.testing.assert_close(ours[0], out.start_logits, atol=ATOL, rtol=0)
-        else:
-            torch.testing.assert_close(ours, out.logits, atol=ATOL, rtol=0)
-    assert ft.labels is None and hf.load_finetuned(tmp_path / "tok").labels == list(labels.values())
-    # the command: an HF task folder -> a triform fine-tuned folder
-    assert main(["convert", str(tmp_path / "tok"), str(tmp_path / "tf"), "--to", "triform"]) == 0
-    again = load_finetuned(tmp_path / "tf")
-    batch = triform_batch(again, [{"tokens": text.split()}])
+BERTLIKE = dict(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+HF_CONFIGS = {
+    "bert": lambda **kw: transformers.BertConfig(**BERTLIKE, **kw),
+    "roberta": lambda **kw: transformers.RobertaConfig(
+        **{**BERTLIKE, "max_position_embeddings": 66}, type_vocab_size=1, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, **kw),
+    "albert": lambda **kw: transformers.AlbertConfig(**BERTLIKE, embedding_size=16, **kw),
+    "electra": lambda **kw: transformers.ElectraConfig(**BERTLIKE, embedding_size=16, **kw),
+    "gpt2": lambda **kw: transformers.GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=2,
+                                                 n_positions=64, pad_token_id=0, **kw),
+    "bart": lambda **kw: transformers.BartConfig(
+        vocab_size=300, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_position_embeddings=64, **kw),
+}  # fmt: skip
+MADE_BY_HF = [
+    ("BertForSequenceClassification", "bert", "bert", "classification"),
+    ("BertForTokenClassification", "bert", "bert", "tagging"),
+    ("BertForQuestionAnswering", "bert", "bert", "qa"),
+    ("RobertaForSequenceClassification", "roberta", "roberta", "classification"),
+    ("RobertaForTokenClassification", "roberta", "roberta", "tagging"),
+    ("RobertaForQuestionAnswering", "roberta", "roberta", "qa"),
+    ("AlbertForQuestionAnswering", "albert", "bert", "qa"),
+    ("ElectraForQuestionAnswering", "electra", "bert", "qa"),
+    ("GPT2ForSequenceClassification", "gpt2", "gpt2", "classification"),
+    ("BartForSequenceClassification", "bart", "bart", "classification"),
+]
+
+
+def hf_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of a transformers task model (start and end stacked for QA)."""
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in batch and getattr(model.config, "type_vocab_size", 0) > 1:
+        names.append("token_type_ids")
     with torch.no_grad():
-        expected = cases["tok"](**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
-        torch.testing.assert_close(
-            again.task.logits(again.model, batch), expected, atol=ATOL, rtol=0
-        )
+        out = model(**{k: batch[k] for k in names})
+    if hasattr(out, "start_logits"):
+        return torch.stack([out.start_logits, out.end_logits])
+    return out.logits
+
+
+def our_logits(ft: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        logits = ft.task.logits(ft.model, batch)
+    return torch.stack(logits) if isinstance(logits, tuple) else logits
+
+
+@pytest.mark.parametrize("name,family,tok,kind", MADE_BY_HF)
+def test_checkpoints_made_by_transformers_load_and_export_again(
+    tmp_path: Path, toks: dict[str, str], name: str, family: str, tok: str, kind: str
+) -> None:
+    """A task-head folder transformers wrote (no ``triform_task``): kind and labels come from
+    the class and config.json; the model gives transformers' logits, and exported again it is
+    the same model."""
+    labels = {0: "O", 1: "B-X", 2: "I-X"}
+    config = HF_CONFIGS[family](id2label=labels) if kind != "qa" else HF_CONFIGS[family]()
+    reference = getattr(transformers, name)(config).eval()
+    reference.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.json").write_text(Path(toks[tok]).read_text())
+    ft = hf.load_finetuned(tmp_path / "hf")
+    assert ft.task.kind == kind
+    assert ft.labels == (None if kind == "qa" else list(labels.values()))
+    text = f"apple {KEYWORD} river"
+    row = {"text": text, "tokens": text.split(), "question": "where", "context": text}
+    batch = triform_batch(ft, [row])
+    expected = hf_logits(reference, batch)
+    torch.testing.assert_close(our_logits(ft, batch), expected, atol=ATOL, rtol=0)
+    hf.save_finetuned(ft, tmp_path / "again")
+    again = getattr(transformers, name).from_pretrained(tmp_path / "again").eval()
+    torch.testing.assert_close(hf_logits(again, batch), expected, atol=ATOL, rtol=0)
+
+
+def test_hf_task_folder_converts_to_a_triform_finetuned_folder(
+    tmp_path: Path, toks: dict[str, str]
+) -> None:
+    reference = transformers.BertForTokenClassification(HF_CONFIGS["bert"](num_labels=3)).eval()
+    reference.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer.json").write_text(Path(toks["bert"]).read_text())
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "tf"), "--to", "triform"]) == 0
+    ft = load_finetuned(tmp_path / "tf")  # triform's own fine-tuned folder
+    assert ft.task.kind == "tagging" and ft.labels == ["LABEL_0", "LABEL_1", "LABEL_2"]
+    batch = triform_batch(ft, [{"tokens": ["apple", KEYWORD]}])
+    torch.testing.assert_close(
+        our_logits(ft, batch), hf_logits(reference, batch), atol=ATOL, rtol=0
+    )
+    transformers.BertModel(HF_CONFIGS["bert"]()).save_pretrained(tmp_path / "body")
     with pytest.raises(TriformError, match="BertModel is not a task-head class"):
-        transformers.BertModel(transformers.BertConfig(**common)).save_pretrained(tmp_path / "m")
-        hf.load_finetuned(tmp_path / "m")
+        hf.load_finetuned(tmp_path / "body")
 
 
 def refused(tmp_path: Path, capsys: pytest.CaptureFixture, run: Path, message: str) -> None:
