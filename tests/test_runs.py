@@ -132,3 +132,21 @@ def test_model_folders_and_errors(tmp_path: Path) -> None:
         read_model(folder)
     with pytest.raises(TriformError, match="neither a triform"):
         read_model(tmp_path)
+
+
+def test_electra_run_converts_to_both_hf_classes(electra_run: Path, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    for part, architecture in [
+        (None, "ElectraForPreTraining"),
+        ("generator", "ElectraForMaskedLM"),
+    ]:
+        out = tmp_path / (part or "discriminator")
+        args = ["convert", str(electra_run), str(out), "--to", "hf"]
+        assert main([*args, *(["--part", part] if part else [])]) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert config["architectures"] == [architecture]
+        ours = read_model(electra_run, part=part)
+        theirs = getattr(transformers, architecture).from_pretrained(out).eval()
+        ids = torch.tensor([[2, 40, 41, 42, 3]])
+        with torch.no_grad():
+            torch.testing.assert_close(theirs(ids).logits, ours(ids).logits, rtol=1e-5, atol=1e-5)

@@ -1,10 +1,23 @@
 """``triform convert SRC OUT --to triform|hf``: HuggingFace checkpoint folders <-> triform.
 
-``--to triform`` reads an HF folder (config.json + model.safetensors / pytorch_model.bin) and
-writes a triform model folder: ``model.json`` (the ModelConfig) and ``model.safetensors``.
-``--to hf`` reads a triform model folder or run folder (``model.json`` and the latest
-checkpoint's weights) and writes a folder ``transformers``' ``from_pretrained`` loads.
-``tokenizer.json`` is copied along when SRC has one. Neither direction needs transformers.
+``--to hf`` reads
+
+* a fine-tuned run folder (its ``best/``, else ``final/``) or one of those folders, and writes
+  the matching ``transformers`` task class (``BertForSequenceClassification``, ...,
+  ``T5ForConditionalGeneration``; see :mod:`triform.interop.hf.tasks`) with its labels;
+* a triform model folder or pretraining run folder (``model.json`` and the latest
+  checkpoint's weights), and writes the class its heads imply.
+
+Either way the tokenizer goes along as ``tokenizer.json`` plus the ``tokenizer_config.json``
+and ``special_tokens_map.json`` that ``transformers.AutoTokenizer`` needs.
+
+``--to triform`` reads an HF folder (config.json + model.safetensors / pytorch_model.bin):
+a task-head class becomes a triform fine-tuned model folder (``finetune.json``, read by
+``triform.finetune.load_finetuned``; ``…ForConditionalGeneration`` only when triform wrote it
+from a text-to-text fine-tune, else it is a pretrained model), any other class a triform model
+folder (``model.json`` and ``model.safetensors``), with ``tokenizer.json`` copied along.
+
+Neither direction needs transformers.
 """
 
 from __future__ import annotations
@@ -12,14 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from triform.config import ModelConfig
 from triform.errors import TriformError
-from triform.models import TransformerModel, build_model
+from triform.models import TransformerModel
 
 MODEL_JSON = "model.json"
 TOKENIZER = "tokenizer.json"
+FINETUNE_JSON = "finetune.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--to",
         required=True,
         choices=("triform", "hf"),
-        help="triform: HF folder -> model.json + model.safetensors; hf: the reverse",
+        help="triform: HF folder -> triform folder; hf: triform model, pretraining run or "
+        "fine-tuned run -> HF folder (a task-head class for fine-tuned runs)",
+    )
+    parser.add_argument(
+        "--part",
+        help="with --to hf, the model of a run that trained several: ELECTRA's "
+        "discriminator (the default, ElectraForPreTraining) or generator (ElectraForMaskedLM)",
     )
     parser.set_defaults(func=run)
 
@@ -41,39 +62,105 @@ def run(args: argparse.Namespace) -> int:
     """Convert ``args.src`` into ``args.out``; returns the exit status."""
     if args.src.resolve() == args.out.resolve():
         raise TriformError("SRC and OUT must be different folders")
-    convert = to_triform if args.to == "triform" else to_hf
-    model = convert(args.src, args.out)
-    if (args.src / TOKENIZER).is_file():
-        shutil.copyfile(args.src / TOKENIZER, args.out / TOKENIZER)
-    print(f"wrote {args.out} ({model.config.family}, {model.num_parameters():,} parameters)")
+    if not args.src.is_dir():
+        raise TriformError(f"no such folder: {args.src}")
+    if args.to == "triform":
+        if args.part is not None:
+            raise TriformError("--part applies to --to hf (a triform run with several models)")
+        summary = to_triform(args.src, args.out)
+    else:
+        summary = to_hf(args.src, args.out, args.part)
+    print(f"wrote {args.out} ({summary})")
     return 0
 
 
-def to_triform(src: Path, out: Path) -> TransformerModel:
-    """HF folder ``src`` -> triform model folder ``out``."""
+def finetuned_folder(src: Path) -> Path | None:
+    """The fine-tuned model folder ``src`` means (itself, its ``best/`` or its ``final/``),
+    or None when it is not a fine-tuned run."""
+    for folder in (src, src / "best", src / "final"):
+        if (folder / FINETUNE_JSON).is_file():
+            return folder
+    return None
+
+
+def _describe(model: TransformerModel, what: str) -> str:
+    return f"{what}, {model.config.family}, {model.num_parameters():,} parameters"
+
+
+def to_triform(src: Path, out: Path) -> str:
+    """HF folder ``src`` -> triform model folder ``out`` (fine-tuned model folder for a
+    task-head class). Returns a one-line summary."""
     from triform.interop import hf
+
+    hf_config = hf.read_config(src)
+    architecture = (hf_config.get("architectures") or [None])[0]
+    if hf.tasks.is_finetuned(hf_config):
+        from triform.finetune import save_finetuned
+
+        ft = hf.load_finetuned(src)
+        save_finetuned(out, ft.model, ft.task, step=0)
+        return _describe(ft.model.body, f"{ft.task.kind} fine-tune")
     from triform.runs import save_weights
 
     model = hf.load(src)
     out.mkdir(parents=True, exist_ok=True)
     (out / MODEL_JSON).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
     save_weights(model, out / "model.safetensors")
-    return model
+    if (src / TOKENIZER).is_file():
+        shutil.copyfile(src / TOKENIZER, out / TOKENIZER)
+    return _describe(model, str(architecture))
 
 
-def to_hf(src: Path, out: Path) -> TransformerModel:
-    """Triform model or run folder ``src`` -> HF folder ``out``."""
+def to_hf(src: Path, out: Path, part: str | None = None) -> str:
+    """Triform model, pretraining run or fine-tuned run ``src`` -> HF folder ``out``.
+    Returns a one-line summary."""
     from triform.interop import hf
-    from triform.runs import load_weights
 
-    config_file = src / MODEL_JSON
-    if not config_file.is_file():
-        raise TriformError(f"{src} is not a triform model or run folder (no {MODEL_JSON})")
+    folder = finetuned_folder(src)
+    if folder is not None:
+        from triform.finetune import load_finetuned
+
+        ft = load_finetuned(folder)
+        hf.save_finetuned(ft, out)
+        name = hf.read_config(out)["architectures"][0]
+        return _describe(ft.model.body, f"{name} from {folder.name}/")
+    model = _load_triform(src, part)
+    electra_pair_part = model.config.family == "electra" and model.config.encoder_head != "none"
+    (hf.save_electra if electra_pair_part else hf.save)(model, out)
+    if (src / TOKENIZER).is_file():
+        _write_tokenizer(src / TOKENIZER, out, model.config)
+    return _describe(model, hf.read_config(out)["architectures"][0])
+
+
+def _write_tokenizer(path: Path, out: Path, config: ModelConfig) -> None:
+    """Copy ``tokenizer.json`` and write the files ``AutoTokenizer`` needs beside it (only the
+    copy, with a warning, when the file is not a tokenizer triform can read)."""
+    from triform.interop import hf
+    from triform.tokenizers import load_tokenizer
+
+    shutil.copyfile(path, out / TOKENIZER)
     try:
-        config = ModelConfig.from_dict(json.loads(config_file.read_text()))
-    except json.JSONDecodeError as err:
-        raise TriformError(f"{config_file}: malformed JSON: {err}") from None
-    model = build_model(config)
-    load_weights(model, src)
-    hf.save(model, out)
-    return model
+        tokenizer = load_tokenizer(path)
+    except TriformError as err:
+        print(f"triform: warning: tokenizer_config.json not written: {err}", file=sys.stderr)
+        return
+    learned = config.position in ("learned", "sinusoidal")
+    hf.save_tokenizer_files(
+        tokenizer,
+        out,
+        token_types=config.form == "encoder" and config.type_vocab_size > 1,
+        model_max_length=config.max_positions if learned else None,
+    )
+
+
+def _load_triform(src: Path, part: str | None) -> TransformerModel:
+    """The model of a triform model folder or pretraining run folder (``part``: one model
+    of a run that trained several, e.g. ELECTRA's ``generator``)."""
+    from triform.runs import read_model
+
+    if not (src / MODEL_JSON).is_file():
+        raise TriformError(
+            f"{src} is not a triform model, pretraining run or fine-tuned run folder "
+            f"(no {MODEL_JSON} or {FINETUNE_JSON})"
+        )
+    return read_model(src, part)
