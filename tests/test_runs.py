@@ -150,3 +150,18 @@ def test_electra_run_converts_to_both_hf_classes(electra_run: Path, tmp_path: Pa
         ids = torch.tensor([[2, 40, 41, 42, 3]])
         with torch.no_grad():
             torch.testing.assert_close(theirs(ids).logits, ours(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    """safetensors creates 0600 files; a run's weights are as readable as its other files."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = save_weights(build_model(presets.get("bert-tiny")), tmp_path / "w.safetensors")
+        write_json(tmp_path / "a.json", {})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    finally:
+        os.umask(mask)

@@ -277,12 +277,19 @@ def write_weights(
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     try:
         save_file(state, str(tmp), metadata={"format": "pt", **(metadata or {})})
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files 0600
         fsync(tmp)
         os.replace(tmp, path)
         fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_weights(

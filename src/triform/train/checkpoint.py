@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from triform.errors import TriformError
@@ -302,10 +301,7 @@ def _write_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_file(
-            weights, str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(trainer["step"])}
-        )
-        fsync(tmp / WEIGHTS)
+        write_weights(weights, tmp / WEIGHTS, {"step": str(trainer["step"])})
         if optim_state is not None:
             _save(optim_state, tmp / OPTIMIZER)
         _save(trainer, tmp / TRAINER)
