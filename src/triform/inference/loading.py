@@ -46,10 +46,16 @@ def load_run(run_dir: str | Path) -> tuple[TransformerModel, tokenizers.Tokenize
 
 def load_model(folder: str | Path) -> tuple[TransformerModel, tokenizers.Tokenizer]:
     """Model (eval mode) and tokenizer from a run folder, a ``triform convert`` folder
-    (``model.json`` + ``model.safetensors``) or a HuggingFace folder (``config.json``)."""
+    (``model.json`` + ``model.safetensors``), a fine-tuned model folder (``best/`` or
+    ``final/`` of ``triform finetune``: its body) or a HuggingFace folder (``config.json``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise TriformError(f"model folder not found: {folder}")
+    if (folder / "finetune.json").is_file():  # a fine-tuned model: its body
+        from triform.finetune.saved import load_finetuned
+
+        finetuned = load_finetuned(folder)
+        return finetuned.model.body.eval(), finetuned.tokenizer
     if (folder / "model.json").is_file():
         if (folder / "checkpoints").is_dir():
             return load_run(folder)
