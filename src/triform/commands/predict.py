@@ -26,9 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "answer span's characters and probability).",
     )
     parser.add_argument(
-        "run", metavar="RUN", help="a fine-tuning run folder (its best/, else final/) or a "
-        "best/ or final/ folder"
-    )  # fmt: skip
+        "run",
+        metavar="RUN",
+        help="a fine-tuning run folder (its best/, else final/) or a best/ or final/ folder",
+    )
     parser.add_argument("--input", required=True, help="CSV, TSV or JSONL file")
     parser.add_argument("--out", default=None, help="JSONL output file (default: stdout)")
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input format")

@@ -221,8 +221,9 @@ class Finetuner:
         steps = []
         for start in range(0, len(order), size):
             chunk = [features[i] for i in order[start : start + size]]
-            steps.append([chunk[m : m + train.batch_size] for m in range(0, len(chunk),
-                          train.batch_size)])  # fmt: skip
+            steps.append(
+                [chunk[m : m + train.batch_size] for m in range(0, len(chunk), train.batch_size)]
+            )
         return steps
 
     def _train_step(self, micro_batches: list[list[Feature]], scaler: Any) -> torch.Tensor:
@@ -297,8 +298,13 @@ class Finetuner:
         else:
             for stale in ("best", "final", CHECKPOINTS):  # an earlier run's must not pass
                 shutil.rmtree(self.out_dir / stale, ignore_errors=True)
-        logger = MetricsLogger(self.out_dir, self.total_steps, tensorboard=train.tensorboard,
-                               progress=train.progress, initial_step=step)  # fmt: skip
+        logger = MetricsLogger(
+            self.out_dir,
+            self.total_steps,
+            tensorboard=train.tensorboard,
+            progress=train.progress,
+            initial_step=step,
+        )
         body = self.model.body
         print(
             f"fine-tuning {body.config.family} {body.config.form} "
@@ -348,11 +354,18 @@ class Finetuner:
                     or (not train.checkpoint_every and end_of_epoch)
                 ):
                     save_checkpoint(
-                        self.out_dir, step, self.model, self.optimizer, self.scheduler,
-                        extra=self._state(running, count, last_loss), keep_last=train.keep_last,
-                        data_position={"epoch": step // self.per_epoch,
-                                       "step": step % self.per_epoch},
-                    )  # fmt: skip
+                        self.out_dir,
+                        step,
+                        self.model,
+                        self.optimizer,
+                        self.scheduler,
+                        extra=self._state(running, count, last_loss),
+                        keep_last=train.keep_last,
+                        data_position={
+                            "epoch": step // self.per_epoch,
+                            "step": step % self.per_epoch,
+                        },
+                    )
                 if done or stopped:
                     break
             epoch, skip = epoch + 1, 0

@@ -65,20 +65,18 @@ def token_words(
     offsets: list[tuple[int, int]],
     special: list[int],
 ) -> list[int | None]:
-    """The word of each token: the word of the first non-space character the token covers
-    (None for special tokens and tokens of spaces alone)."""
-    owner = [-1] * len(text)
+    """The word of each token: the word of the first non-space character the token covers;
+    a token of the space alone (SentencePiece's ``▁`` split from its word) belongs to the
+    word after it; special tokens belong to none."""
+    owner = [-1] * len(text)  # the word of each character, the space before it included
     for index, (start, end) in enumerate(spans):
-        owner[start:end] = [index] * (end - start)
+        owner[max(start - 1, 0) : end] = [index] * (end - max(start - 1, 0))
     words: list[int | None] = []
     for (start, end), is_special in zip(offsets, special, strict=True):
-        found = None
-        if not is_special:
-            for char in range(start, min(end, len(text))):
-                if owner[char] >= 0 and not text[char].isspace():
-                    found = owner[char]
-                    break
-        words.append(found)
+        chars = range(start, min(end, len(text))) if not is_special else range(0)
+        found = [owner[c] for c in chars if owner[c] >= 0 and not text[c].isspace()]
+        spaces = [owner[c] for c in chars if owner[c] >= 0]
+        words.append(found[0] if found else spaces[0] if spaces else None)
     return words
 
 
