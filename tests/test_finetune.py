@@ -372,6 +372,10 @@ def test_qa_runs_end_to_end(tmp_path: Path, toks: dict[str, str]) -> None:
     (found,) = ft.predict([(f"where is {KEYWORD}", rows[0]["c"])], scores=True)
     assert found["prediction"] == answer and 0 < found["score"] <= 1
     assert rows[0]["c"][found["start"] : found["end"]] == answer
+    out = tmp_path / "answers.jsonl"  # the same through `triform predict`
+    assert main(["predict", str(tmp_path / "run"), "--input", data, "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 12 and records[0]["prediction"] == answer
 
 
 # ---------------------------------------------------------------------------------------
@@ -417,6 +421,11 @@ def test_text_to_text_mixed_tasks(
     (out,) = ft.predict([f"copy: {WORDS[0]} {WORDS[1]}"])
     assert isinstance(out, str)
     assert ft.predict([f"copy: {WORDS[0]} {WORDS[1]}"], scores=True) == [{"prediction": out}]
+    predictions = tmp_path / "generated.jsonl"
+    args = ["predict", str(result.best_dir), "--input", data, "--out", str(predictions)]
+    assert main([*args, "--source", "src", "--no-progress"]) == 0
+    generated = [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()]
+    assert generated == ft.predict([Row_(r).values for r in seq2seq_rows(16, 0)])
 
 
 def Row_(values: dict[str, Any]):  # noqa: N802 - a tiny factory for in-memory rows
