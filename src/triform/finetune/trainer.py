@@ -257,6 +257,20 @@ class Finetuner:
             "last_loss": last_loss,
         }
 
+    def _checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        """A resumable checkpoint of ``step`` (atomic; the last ``keep_last`` kept)."""
+        position = {"epoch": step // self.per_epoch, "step": step % self.per_epoch}
+        save_checkpoint(
+            self.out_dir,
+            step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            extra=state,
+            keep_last=self.config.train.keep_last,
+            data_position=position,
+        )
+
     def _resume(self) -> tuple[int, float, int, float]:
         """Restore the checkpoint (RNG states last); the step, running loss sum and count
         and the last logged loss."""
@@ -353,19 +367,7 @@ class Finetuner:
                     or (train.checkpoint_every and step % train.checkpoint_every == 0)
                     or (not train.checkpoint_every and end_of_epoch)
                 ):
-                    save_checkpoint(
-                        self.out_dir,
-                        step,
-                        self.model,
-                        self.optimizer,
-                        self.scheduler,
-                        extra=self._state(running, count, last_loss),
-                        keep_last=train.keep_last,
-                        data_position={
-                            "epoch": step // self.per_epoch,
-                            "step": step % self.per_epoch,
-                        },
-                    )
+                    self._checkpoint(step, self._state(running, count, last_loss))
                 if done or stopped:
                     break
             epoch, skip = epoch + 1, 0
