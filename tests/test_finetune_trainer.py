@@ -117,13 +117,20 @@ def test_resume_is_bit_identical(
     assert saved["best_step"] == one.best_step and saved["steps"] == 8
 
 
-def test_resume_refuses_a_folder_without_checkpoints(tmp_path: Path, toks: dict[str, str]) -> None:
-    train = write_jsonl(tmp_path / "train.jsonl", keyword_rows(8, 0))
-    cfg = make_config(
-        tmp_path, "bert-tiny", toks["bert"], {"kind": "classification", "train": train}
-    )
+def test_resume_refuses_what_cannot_be_resumed_exactly(
+    tmp_path: Path, toks: dict[str, str]
+) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", keyword_rows(16, 0))
+    task = {"kind": "classification", "train": train}
+    cfg = make_config(tmp_path, "bert-tiny", toks["bert"], task, steps=4, batch_size=4)
     with pytest.raises(TriformError, match="no checkpoint"):
         finetune(cfg, resume=tmp_path)
+    finetune(cfg)  # a checkpoint at step 4: the end of epoch 0
+    other = make_config(tmp_path, "bert-tiny", toks["bert"], task, steps=8, batch_size=1)
+    with pytest.raises(TriformError, match="batch size changed"):
+        finetune(other, resume=tmp_path / "run")
+    with pytest.raises(TriformError, match="not a fine-tuning run folder"):
+        finetune(cfg, resume=tmp_path / "run" / "final")
 
 
 def test_grad_accum_equals_one_big_batch(tmp_path: Path, toks: dict[str, str]) -> None:
@@ -310,6 +317,8 @@ def test_subword_sampling_config_errors(tmp_path: Path, toks: dict[str, str]) ->
         ({"alpha": 0.1, "dropout": 0.1}, "not both"),
         ({"temperature": 1.0}, "unknown key task.subword_sampling.temperature"),
         ({"dropout": 1.5}, "must be in"),
+        ({"alpha": "high"}, "alpha must be a number"),
+        ({"alpha": 0.1, "nbest_size": 2.5}, "nbest_size must be an integer"),
     ):
         with pytest.raises(ConfigError, match=message):
             make_config(

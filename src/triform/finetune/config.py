@@ -371,6 +371,11 @@ def _validate_sampling(task: TaskSection) -> None:
         raise ConfigError("task.subword_sampling: give alpha (Unigram) or dropout (BPE), not both")
     if not sampling:
         raise ConfigError("task.subword_sampling needs alpha (Unigram) or dropout (BPE)")
+    for key, value in sampling.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (key == "nbest_size" and not isinstance(value, int)):
+            kind = "an integer" if key == "nbest_size" else "a number"
+            raise ConfigError(f"task.subword_sampling.{key} must be {kind}, got {value!r}")
     if "dropout" in sampling and not 0 < sampling["dropout"] < 1:
         raise ConfigError(f"task.subword_sampling.dropout must be in (0, 1), got "
                           f"{sampling['dropout']}")  # fmt: skip

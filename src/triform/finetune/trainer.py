@@ -285,10 +285,13 @@ class Finetuner:
             self.best_dir = self.out_dir / "best"
         self.bad_evaluations = int(extra.get("bad_evaluations", 0))
         expected = {"epoch": state.step // self.per_epoch, "step": state.step % self.per_epoch}
-        if state.data_position is not None and state.data_position != expected:
+        saved = state.data_position
+        if saved is not None and saved != expected:
             raise TriformError(
                 f"{self.checkpoint}: the training data or batch size changed since the "
-                f"checkpoint (at {state.data_position}, now {expected}); cannot resume exactly"
+                f"checkpoint: its step {state.step} was step {saved['step']} of epoch "
+                f"{saved['epoch']}, with this config it is step {expected['step']} of epoch "
+                f"{expected['epoch']}; cannot resume exactly"
             )
         print(f"resumed from step {state.step} of {self.out_dir}")
         return (
