@@ -142,7 +142,11 @@ class TaskSection:
 class TrainSection:
     """The loop. ``steps`` (when set) overrides ``epochs``. ``lr`` is the new head's
     learning rate, ``body_lr`` the pretrained body's (default: ``lr``). ``eval_every``: 0
-    evaluates after every epoch, N every N steps (and at the end)."""
+    evaluates after every epoch, N every N steps (and at the end). A step is ``grad_accum``
+    micro-batches of ``batch_size``. ``checkpoint_every`` / ``keep_last``: the resumable
+    checkpoints; ``early_stopping_*``: stop after that many evaluations without an
+    improvement of the metric by at least ``min_delta``; ``sampler = "balanced"`` draws every
+    class equally often (classification kinds)."""
 
     out_dir: str = "runs/finetune"
     epochs: int = 3
