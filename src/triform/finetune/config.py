@@ -69,8 +69,14 @@ METRICS: dict[str, tuple[str, ...]] = {
     "gpt-multiple-choice": ("accuracy", "loss"),
 }
 LOWER_IS_BETTER = ("loss", "mse")
-CLASS_KINDS = ("classification", "pair-classification", "gpt-classification",
-               "gpt-entailment", "gpt-similarity")  # fmt: skip
+# The kinds that predict one of a set of classes (gpt-similarity: unless regression = true).
+CLASS_KINDS = (
+    "classification",
+    "pair-classification",
+    "gpt-classification",
+    "gpt-entailment",
+    "gpt-similarity",
+)
 SECTIONS = ("model", "task", "train")
 
 
@@ -354,8 +360,9 @@ def _validate_classes(task: TaskSection, train: TrainSection) -> None:
                 f"task.class_weights has {len(weights)} weights for {len(task.labels)} labels"
             )
     if train.sampler == "balanced" and not has_classes(task):
-        raise ConfigError(f"train.sampler = 'balanced' applies to classification kinds, not "
-                          f"{task.kind}")  # fmt: skip
+        raise ConfigError(
+            f"train.sampler = 'balanced' applies to classification kinds, not {task.kind}"
+        )
 
 
 SAMPLING_KEYS = {"alpha", "nbest_size", "dropout"}
@@ -381,8 +388,8 @@ def _validate_sampling(task: TaskSection) -> None:
             kind = "an integer" if key == "nbest_size" else "a number"
             raise ConfigError(f"task.subword_sampling.{key} must be {kind}, got {value!r}")
     if "dropout" in sampling and not 0 < sampling["dropout"] < 1:
-        raise ConfigError(f"task.subword_sampling.dropout must be in (0, 1), got "
-                          f"{sampling['dropout']}")  # fmt: skip
+        dropout = sampling["dropout"]
+        raise ConfigError(f"task.subword_sampling.dropout must be in (0, 1), got {dropout}")
     if "alpha" in sampling and not sampling["alpha"] > 0:
         raise ConfigError(f"task.subword_sampling.alpha must be > 0, got {sampling['alpha']}")
     if task.kind in ("tagging", "qa"):

@@ -251,8 +251,9 @@ def run_model(
     outputs: list[Any] = []
     loss_sum, count = 0.0, 0
     starts = range(0, len(features), batch_size)
-    bar = tqdm(total=len(features), unit="ex", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=len(features), unit="ex", file=sys.stderr, disable=not progress, dynamic_ncols=True
+    )
     try:
         for start in starts:
             chunk = features[start : start + batch_size]

@@ -93,8 +93,10 @@ class LabelledTask(Task):
             return None
         if spec == "balanced":
             counts = collections.Counter(int(self.target(row)) for row in rows)
-            return [len(rows) / (len(names) * counts[c]) if counts[c] else 0.0
-                    for c in range(len(names))]  # fmt: skip
+            return [
+                len(rows) / (len(names) * counts[c]) if counts[c] else 0.0
+                for c in range(len(names))
+            ]
         if len(spec) != len(names):
             raise TriformError(
                 f"task.class_weights has {len(spec)} weights for {len(names)} labels "

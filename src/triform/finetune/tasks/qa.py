@@ -84,8 +84,12 @@ def best_span(
                     norm = torch.logsumexp(torch.tensor(start_logits), 0) + torch.logsumexp(
                         torch.tensor(end_logits), 0
                     )
-                    best = {"answer": context[first:last], "start": first, "end": last,
-                            "score": math.exp(logit - float(norm))}  # fmt: skip
+                    best = {
+                        "answer": context[first:last],
+                        "start": first,
+                        "end": last,
+                        "score": math.exp(logit - float(norm)),
+                    }
     return best
 
 

@@ -73,8 +73,9 @@ class TextToText(Task):
         return [self.framing.frame(ids, None, length)[0] for ids in self.plain_ids(texts)]
 
     def encode(self, rows: list[Row], training: bool) -> list[Feature]:
-        sources = self._ids([self.source_text(row) for row in rows], self.source_cut,
-                            self.max_length)  # fmt: skip
+        sources = self._ids(
+            [self.source_text(row) for row in rows], self.source_cut, self.max_length
+        )
         targets = None
         if training or self.has_targets(rows):
             texts = [row.text(self.cfg.target) for row in rows]
