@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from test_finetune import (
+    KEYWORD,
     WORDS,
     family_tokenizers,
     keyword_rows,
@@ -311,6 +312,39 @@ def test_subword_sampling_per_epoch(
     assert result.steps == 4 and result.validation
 
 
+@pytest.mark.parametrize("family", ["gpt2", "t5", "bart"])
+def test_tagging_samples_each_word_as_in_running_text(toks: dict[str, str], family: str) -> None:
+    """Words are sampled one at a time, each with the space before it; without sampling
+    (BPE-dropout 0, Unigram's Viterbi) that is exactly the running text's tokenization."""
+    from triform.finetune.config import TaskSection
+    from triform.finetune.data import Row
+    from triform.finetune.subwords import BPEDropout
+    from triform.finetune.tasks import build_task
+    from triform.presets import get
+    from triform.tokenizers import SubwordSampler, load_tokenizer
+
+    tok = load_tokenizer(toks[family])
+    spec = {"alpha": 0.5} if family == "t5" else {"dropout": 0.5}
+    cfg = TaskSection(kind="tagging", train="x", subword_sampling=spec)
+    task = build_task(cfg, tok, get("bert-tiny"))
+    words = ["apple", "riverstone", KEYWORD, "silvercandle", "garden"]
+    rows = [Row({"tokens": words, "tags": ["O", "B-X", "O", "B-X", "O"]}, "r")]
+    task.setup(rows)
+    running = task.encode(rows, training=True)
+    if family == "t5":
+        task.sampler = SubwordSampler(tok, alpha=0.1, nbest_size=1, seed=0)  # Viterbi
+    else:
+        task.sampler = BPEDropout(tok, 0.0, seed=0)
+    assert task.encode(rows, training=True) == running
+    task.sampler = None
+    epochs = [task.train_features(rows, seed=0, epoch=e) for e in range(4)]
+    assert any(e[0]["input_ids"] != running[0]["input_ids"] for e in epochs)
+    assert epochs[1] == task.train_features(rows, seed=0, epoch=1)
+    for (feature,) in epochs:  # every word keeps its tag on its first sub-token
+        first = [feature["word_ids"].index(w) for w in range(len(words))]
+        assert [feature["labels"][p] for p in first] == [0, 1, 0, 1, 0]
+
+
 def test_subword_sampling_config_errors(tmp_path: Path, toks: dict[str, str]) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", keyword_rows(8, 0))
     for spec, message in (
@@ -327,11 +361,11 @@ def test_subword_sampling_config_errors(tmp_path: Path, toks: dict[str, str]) ->
                 toks["bert"],
                 {"kind": "classification", "train": train, "subword_sampling": spec},
             )
-    with pytest.raises(ConfigError, match="not available for tagging"):
+    with pytest.raises(ConfigError, match="not available for qa"):
         load_finetune_config(
             tree={
                 "model": {"source": "preset:bert-tiny", "tokenizer": "t"},
-                "task": {"kind": "tagging", "train": train, "subword_sampling": {"alpha": 0.1}},
+                "task": {"kind": "qa", "train": train, "subword_sampling": {"alpha": 0.1}},
             }
         )
     task = {"kind": "classification", "train": train, "subword_sampling": {"alpha": 0.1}}

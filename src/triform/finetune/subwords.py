@@ -138,6 +138,13 @@ class Framing:
     ) -> tuple[list[int], list[int]]:
         """Token ids and type ids of ``a`` (and ``b``), cut longest-first to fit
         ``max_length`` with the special tokens."""
+        ids, types, _ = self.frame_positions(a, b, max_length)
+        return ids, types
+
+    def frame_positions(
+        self, a: list[int], b: list[int] | None = None, max_length: int | None = None
+    ) -> tuple[list[int], list[int], list[int | None]]:
+        """:meth:`frame`, and for every token its index in its text (None: special)."""
         from triform.finetune.tasks.base import truncate_pair
 
         template = self.single if b is None else self.pair
@@ -150,8 +157,10 @@ class Framing:
         texts = [a, b or []]
         ids: list[int] = []
         types: list[int] = []
+        positions: list[int | None] = []
         for token, type_id in template:
             chunk = [token] if token >= 0 else texts[-1 - token]
             ids.extend(chunk)
             types.extend([type_id] * len(chunk))
-        return ids, types
+            positions.extend([None] if token >= 0 else range(len(chunk)))
+        return ids, types, positions

@@ -66,14 +66,15 @@ def token_words(
     special: list[int],
 ) -> list[int | None]:
     """The word of each token: the word of the first non-space character the token covers;
-    a token of the space alone (SentencePiece's ``▁`` split from its word) belongs to the
-    word after it; special tokens belong to none."""
+    a token of the space alone (``▁`` or ``Ġ`` split from its word) belongs to the word after
+    it; special tokens belong to none."""
     owner = [-1] * len(text)  # the word of each character, the space before it included
     for index, (start, end) in enumerate(spans):
         owner[max(start - 1, 0) : end] = [index] * (end - max(start - 1, 0))
     words: list[int | None] = []
     for (start, end), is_special in zip(offsets, special, strict=True):
-        chars = range(start, min(end, len(text))) if not is_special else range(0)
+        # a token of the space alone may come with an empty span (byte-level BPE trims it)
+        chars = range(start, min(max(end, start + 1), len(text))) if not is_special else ()
         found = [owner[c] for c in chars if owner[c] >= 0 and not text[c].isspace()]
         spaces = [owner[c] for c in chars if owner[c] >= 0]
         words.append(found[0] if found else spaces[0] if spaces else None)
@@ -147,19 +148,45 @@ class Tagging(Task):
             raise row.error(f"unknown tag {unknown[0]!r} (tags: {', '.join(index)})")
         return [index[t] for t in tags]
 
-    def encode(self, rows: list[Row], training: bool) -> list[Feature]:
-        words = [self.words(row) for row in rows]
+    def tokenize(self, words: list[list[str]]) -> list[tuple[list[int], list[int], list]]:
+        """Per row: token ids, type ids and the word of each token (None: special)."""
+        if self.sampler is not None:
+            return self.sampled(words)
         texts = [running_text(w) for w in words]
         encodings = self.cut.encode_batch([text for text, _ in texts])
+        return [
+            (e.ids, e.type_ids, token_words(text, spans, e.offsets, e.special_tokens_mask))
+            for (text, spans), e in zip(texts, encodings, strict=True)
+        ]
+
+    def sampled(self, words: list[list[str]]) -> list[tuple[list[int], list[int], list]]:
+        """:meth:`tokenize` with the epoch's subword sampler: each word sampled on its own,
+        with the space before it as in running text (``" give"`` -> ``Ġgive`` / ``▁give``)."""
+        pieces = [w if j == 0 else " " + w for row in words for j, w in enumerate(row)]
+        sampled = iter(self.plain_ids(pieces))
+        found = []
+        for row in words:
+            ids: list[int] = []
+            owners: list[int] = []
+            for j in range(len(row)):
+                word_ids = next(sampled)
+                ids += word_ids
+                owners += [j] * len(word_ids)
+            framed, types, positions = self.framing.frame_positions(ids, None, self.max_length)
+            found.append((framed, types, [None if p is None else owners[p] for p in positions]))
+        return found
+
+    def encode(self, rows: list[Row], training: bool) -> list[Feature]:
+        words = [self.words(row) for row in rows]
         targets = training or self.has_targets(rows)
         features = []
-        for i, (row, encoding) in enumerate(zip(rows, encodings, strict=True)):
-            text, spans = texts[i]
-            word_ids = token_words(text, spans, encoding.offsets, encoding.special_tokens_mask)
+        for i, (row, (ids, types, word_ids)) in enumerate(
+            zip(rows, self.tokenize(words), strict=True)
+        ):
             feature: Feature = {
                 "row": i,
-                "input_ids": encoding.ids,
-                "token_type_ids": encoding.type_ids,
+                "input_ids": ids,
+                "token_type_ids": types,
                 "word_ids": word_ids,
             }
             if targets:
