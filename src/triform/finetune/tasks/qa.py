@@ -73,6 +73,10 @@ def best_span(
         inside = [i for i, o in enumerate(offsets) if o is not None]
         starts = sorted(inside, key=lambda i: -start_logits[i])[:N_BEST]
         ends = sorted(inside, key=lambda i: -end_logits[i])[:N_BEST]
+        # log of the window's softmax normalisers, start and end
+        norm = float(
+            torch.tensor(start_logits).logsumexp(0) + torch.tensor(end_logits).logsumexp(0)
+        )
         for s in starts:
             for e in ends:
                 if not s <= e < s + max_tokens:
@@ -81,14 +85,11 @@ def best_span(
                 if logit > best_logit:
                     best_logit = logit
                     first, last = offsets[s][0], offsets[e][1]  # type: ignore[index]
-                    norm = torch.logsumexp(torch.tensor(start_logits), 0) + torch.logsumexp(
-                        torch.tensor(end_logits), 0
-                    )
                     best = {
                         "answer": context[first:last],
                         "start": first,
                         "end": last,
-                        "score": math.exp(logit - float(norm)),
+                        "score": math.exp(logit - norm),
                     }
     return best
 
