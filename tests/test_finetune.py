@@ -48,6 +48,23 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
     return str(path)
 
 
+def toml_value(value: Any) -> str:
+    """A TOML literal (inline table for a dict; JSON spells the rest the TOML way)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def write_toml(path: Path, config: FinetuneConfig) -> str:
+    """``config`` as a fine-tuning TOML file (``None`` values left out)."""
+    lines = []
+    for section, table in config.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items() if v is not None]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
 def keyword_rows(n: int, seed: int) -> list[dict[str, Any]]:
     """Six random words; the label says whether the keyword is among them."""
     rng = random.Random(seed)
@@ -63,8 +80,12 @@ def keyword_rows(n: int, seed: int) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def toks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Tokenizers of four families, trained on the word list (some words split)."""
-    folder = tmp_path_factory.mktemp("tok")
+    return family_tokenizers(tmp_path_factory.mktemp("tok"))
+
+
+def family_tokenizers(folder: Path) -> dict[str, str]:
+    """Tokenizers of four families, trained on the word list (some words split), saved in
+    ``folder``: family -> tokenizer.json path."""
     texts = [" ".join([*WORDS, KEYWORD, "the", "a", "is", "of", "copy:", "reverse:"])] * 30
     kinds = {"bert": ("wordpiece", 120), "gpt2": ("byte-bpe", 300), "t5": ("unigram", 180),
              "bart": ("bpe", 120)}  # fmt: skip
@@ -112,9 +133,9 @@ def test_keyword_classification_learns(tmp_path: Path, toks: dict[str, str]) -> 
     task = {"kind": "classification", "train": train, "validation": val, "test": test}
     cfg = make_config(tmp_path, "bert-tiny", toks["bert"], task, epochs=3, batch_size=16, lr=2e-3)
     result = finetune(cfg)  # 48 steps
-    assert result.metric == "accuracy" and result.best_value >= 0.9
+    assert result.metric == "accuracy" and result.best_value >= 90.0  # percent
     assert set(result.validation) == {"accuracy", "f1", "mcc", "loss"}
-    assert result.test is not None and result.test["accuracy"] >= 0.8
+    assert result.test is not None and result.test["accuracy"] >= 80.0
     run = tmp_path / "run"
     saved = json.loads((run / "results.json").read_text())
     assert saved["best_step"] == result.best_step and saved["metric"] == "accuracy"
@@ -257,7 +278,8 @@ def test_tagging_alignment_first_subtoken(toks: dict[str, str]) -> None:
         best += [label] + [0] * (pieces - 1)  # later sub-tokens' predictions are not read
     assert feature["labels"] == [*expected, -100]  # [SEP]
     best.append(0)
-    assert task.decode([best], [feature], [row]) == [["O", "B-LOC", "B-ANI"]]
+    outputs = [(best, [0.5] * len(best))]  # per token: the best tag and its probability
+    assert task.decode(outputs, [feature], [row]) == [["O", "B-LOC", "B-ANI"]]
 
 
 def test_tagging_runs_with_entity_f1(tmp_path: Path, toks: dict[str, str]) -> None:
@@ -326,7 +348,7 @@ def test_qa_windows_find_a_span_across_a_window_boundary(toks: dict[str, str]) -
         if f is features[1]:
             s[f["start"]], e[f["end"]] = 5.0, 5.0
         scored.append((s, e, f["offsets"]))
-    assert best_span(scored, context, max_tokens=5)[0] == answer
+    assert best_span(scored, context, max_tokens=5)["answer"] == answer
 
 
 def test_qa_runs_end_to_end(tmp_path: Path, toks: dict[str, str]) -> None:
@@ -344,8 +366,16 @@ def test_qa_runs_end_to_end(tmp_path: Path, toks: dict[str, str]) -> None:
             "answer_text": "a", "answer_start": "s", "max_length": 20, "stride": 5}  # fmt: skip
     result = finetune(make_config(tmp_path, "bert-tiny", toks["bert"], task, epochs=2))
     assert set(result.validation) == {"exact_match", "f1", "loss"}
-    (answer,) = load_finetuned(result.best_dir).predict([(f"where is {KEYWORD}", rows[0]["c"])])
+    ft = load_finetuned(result.best_dir)
+    (answer,) = ft.predict([(f"where is {KEYWORD}", rows[0]["c"])])
     assert isinstance(answer, str) and answer in rows[0]["c"]
+    (found,) = ft.predict([(f"where is {KEYWORD}", rows[0]["c"])], scores=True)
+    assert found["prediction"] == answer and 0 < found["score"] <= 1
+    assert rows[0]["c"][found["start"] : found["end"]] == answer
+    out = tmp_path / "answers.jsonl"  # the same through `triform predict`
+    assert main(["predict", str(tmp_path / "run"), "--input", data, "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 12 and records[0]["prediction"] == answer
 
 
 # ---------------------------------------------------------------------------------------
@@ -390,6 +420,12 @@ def test_text_to_text_mixed_tasks(
     assert batch["labels"].shape[0] == 2
     (out,) = ft.predict([f"copy: {WORDS[0]} {WORDS[1]}"])
     assert isinstance(out, str)
+    assert ft.predict([f"copy: {WORDS[0]} {WORDS[1]}"], scores=True) == [{"prediction": out}]
+    predictions = tmp_path / "generated.jsonl"
+    args = ["predict", str(result.best_dir), "--input", data, "--out", str(predictions)]
+    assert main([*args, "--source", "src", "--no-progress"]) == 0
+    generated = [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()]
+    assert generated == ft.predict([Row_(r).values for r in seq2seq_rows(16, 0)])
 
 
 def Row_(values: dict[str, Any]):  # noqa: N802 - a tiny factory for in-memory rows
@@ -521,10 +557,16 @@ def test_gpt_kinds_run(tmp_path: Path, toks: dict[str, str], kind: str) -> None:
               "gpt-similarity": ("apple", "stone"),
               "gpt-multiple-choice": ("apple", ["stone", "apple"])}  # fmt: skip
     (prediction,) = ft.predict([inputs[kind]])
+    (found,) = ft.predict([inputs[kind]], scores=True)
+    assert found["prediction"] == prediction
     if regression:
-        assert isinstance(prediction, float)
+        assert isinstance(prediction, float) and set(found) == {"prediction"}
+    elif kind == "gpt-multiple-choice":
+        assert prediction in (0, 1) and len(found["probabilities"]) == 2  # the row's choices
+        assert sum(found["probabilities"]) == pytest.approx(1.0, abs=1e-5)
     else:
-        assert prediction in ((0, 1) if kind == "gpt-multiple-choice" else ft.labels)
+        assert prediction in ft.labels and list(found["probabilities"]) == ft.labels
+        assert found["score"] == max(found["probabilities"].values())
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "triform.commands.models",
     "triform.commands.pretrain",
     "triform.commands.finetune",
+    "triform.commands.predict",
     "triform.commands.generate",
     "triform.commands.features",
     "triform.commands.attention",

@@ -7,8 +7,11 @@ A folder triform reads a model from is one of:
   ``checkpoints/step-000123/`` (``model.safetensors`` + trainer state, see
   :mod:`triform.train.checkpoint`), ``metrics.jsonl``, ``data/`` (shards) and, when the trained
   module holds several models (ELECTRA's generator and discriminator), ``parts.json``;
-- a **model folder** (``triform convert --to triform``, a fine-tuned ``best/``):
-  ``model.json`` + ``model.safetensors`` + ``tokenizer.json``;
+- a **model folder** (``triform convert --to triform``): ``model.json`` +
+  ``model.safetensors`` + ``tokenizer.json``;
+- a **fine-tuned model folder** (``best/`` or ``final/`` of ``triform finetune``): the same
+  plus ``finetune.json``; its weights are ``body.*`` and ``head.*``, and the loader here reads
+  the body (:func:`triform.finetune.load_finetuned` reads both);
 - a **HuggingFace checkpoint folder**: ``config.json`` + weights (+ ``tokenizer.json``).
 
 ``parts.json`` maps each part's name to the prefix of its weights in the checkpoint, its
@@ -40,6 +43,7 @@ from triform.errors import TriformError
 from triform.runtime.memory import check_model_fits
 
 RUN_JSON = "run.json"
+FINETUNE_JSON = "finetune.json"
 MODEL_JSON = "model.json"
 PARTS_JSON = "parts.json"
 TOKENIZER_JSON = "tokenizer.json"
@@ -421,6 +425,10 @@ def write_run_metadata(
 
 def _run_part(folder: Path, part: str | None) -> tuple[ModelConfig, str, dict[str, str] | None]:
     """(config, weight prefix, shared names) of the part of a run folder to load."""
+    if (folder / FINETUNE_JSON).is_file():  # a fine-tuned model: its body (weights body.*)
+        if part not in (None, "body"):
+            raise TriformError(f"{folder} is a fine-tuned model; its part is 'body'")
+        return read_model_config(folder), "body.", None
     parts_file = folder / PARTS_JSON
     if not parts_file.is_file():
         if part is not None:

@@ -1,4 +1,4 @@
-"""``triform finetune CONFIG.toml [--set section.key=value ...]``."""
+"""``triform finetune CONFIG.toml [--set section.key=value ...] [--resume RUN]``."""
 
 from __future__ import annotations
 
@@ -20,12 +20,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override a config value (TOML syntax), e.g. --set train.epochs=1",
     )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        default=None,
+        help="continue an interrupted run from its latest checkpoint (RUN: its folder, or "
+        "one of its checkpoints/step-N folders); the run ends as if never interrupted",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from triform.finetune import finetune
 
-    result = finetune(args.config, args.overrides)
+    result = finetune(args.config, args.overrides, resume=args.resume)
     print(result.summary())
     return 0

@@ -13,7 +13,11 @@ auxiliary LM loss ``L = L_task + lm_weight * L_LM``).
     ft = load_finetuned(result.best_dir)
     ft.predict(["what a wonderful play"])
 
-On the command line: ``triform finetune CONFIG.toml [--set section.key=value ...]``.
+    ft.predict(["what a wonderful play"], scores=True)  # with probabilities
+    finetune("configs/finetune/example.toml", resume=result.out_dir)  # continue a run
+
+On the command line: ``triform finetune CONFIG.toml [--set section.key=value ...]
+[--resume RUN]`` and ``triform predict RUN --input FILE [--out FILE]``.
 """
 
 from triform.finetune.config import FinetuneConfig, load_finetune_config

@@ -69,6 +69,14 @@ METRICS: dict[str, tuple[str, ...]] = {
     "gpt-multiple-choice": ("accuracy", "loss"),
 }
 LOWER_IS_BETTER = ("loss", "mse")
+# The kinds that predict one of a set of classes (gpt-similarity: unless regression = true).
+CLASS_KINDS = (
+    "classification",
+    "pair-classification",
+    "gpt-classification",
+    "gpt-entailment",
+    "gpt-similarity",
+)
 SECTIONS = ("model", "task", "train")
 
 
@@ -117,20 +125,34 @@ class TaskSection:
     max_length: int = 128
     max_target_length: int | None = None  # text-to-text targets (None: as long as they are)
     generate_max_tokens: int = 64  # text-to-text: decoding budget at evaluation
-    stride: int = 32  # qa: tokens of context shared by consecutive windows
+    stride: int | None = None  # qa: context tokens shared by consecutive windows (max_length // 4)
     max_answer_length: int = 30  # qa: longest span considered, in tokens
     pooling: Literal["auto", "first", "last", "mean"] = "auto"
     head_dropout: float | None = None  # None: the body's dropout
     lm_weight: float = 0.5  # GPT-1 auxiliary LM loss weight (lambda)
     regression: bool = False  # gpt-similarity: a score instead of classes
     metric: str | None = None  # selects the best checkpoint; default: the kind's main metric
+    # classification kinds: "balanced" (n / (classes * count)) or one weight per label
+    class_weights: str | list[float] | None = None
+    # subword regularization of the training texts, re-tokenized every epoch (seeded):
+    # {alpha = 0.1, nbest_size = -1} (Unigram sampling) or {dropout = 0.1} (BPE-dropout)
+    subword_sampling: dict[str, Any] | None = None
+
+    @property
+    def qa_stride(self) -> int:
+        """The QA window overlap: ``stride``, by default a quarter of ``max_length``."""
+        return self.stride if self.stride is not None else self.max_length // 4
 
 
 @dataclass
 class TrainSection:
     """The loop. ``steps`` (when set) overrides ``epochs``. ``lr`` is the new head's
     learning rate, ``body_lr`` the pretrained body's (default: ``lr``). ``eval_every``: 0
-    evaluates after every epoch, N every N steps (and at the end)."""
+    evaluates after every epoch, N every N steps (and at the end). A step is ``grad_accum``
+    micro-batches of ``batch_size``. ``checkpoint_every`` / ``keep_last``: the resumable
+    checkpoints; ``early_stopping_*``: stop after that many evaluations without an
+    improvement of the metric by at least ``min_delta``; ``sampler = "balanced"`` draws every
+    class equally often (classification kinds)."""
 
     out_dir: str = "runs/finetune"
     epochs: int = 3
@@ -146,6 +168,12 @@ class TrainSection:
     grad_clip: float = 1.0
     eval_every: int = 0
     log_every: int = 10
+    grad_accum: int = 1  # micro-batches of batch_size per optimizer step
+    checkpoint_every: int = 0  # 0: a resumable checkpoint after every epoch; N: every N steps
+    keep_last: int = 1  # resumable checkpoints kept (0: all)
+    early_stopping_patience: int | None = None  # evaluations without improvement, then stop
+    early_stopping_min_delta: float = 0.0  # the least change of the metric that counts
+    sampler: Literal["random", "balanced"] = "random"  # balanced: classes drawn equally often
     save_final: bool = True
     seed: int = 0
     device: str = "auto"
@@ -253,6 +281,7 @@ def _validate(model: ModelSection, task: TaskSection, train: TrainSection) -> No
         "train.batch_size": train.batch_size,
         "train.log_every": train.log_every,
         "train.lr": train.lr,
+        "train.grad_accum": train.grad_accum,
     }
     optional_positive = {
         "task.max_target_length": task.max_target_length,
@@ -260,17 +289,20 @@ def _validate(model: ModelSection, task: TaskSection, train: TrainSection) -> No
         "train.eval_batch_size": train.eval_batch_size,
         "train.body_lr": train.body_lr,
         "train.threads": train.threads,
+        "train.early_stopping_patience": train.early_stopping_patience,
     }
     for key, value in {**positive, **optional_positive}.items():
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     if task.max_length < 8:
         raise ConfigError(f"task.max_length must be at least 8, got {task.max_length}")
-    if task.kind == "qa" and not 0 <= task.stride < task.max_length // 2:
+    if task.kind == "qa" and not 0 <= task.qa_stride < task.max_length // 2:
         raise ConfigError(
             f"task.stride must be in [0, max_length / 2) = [0, {task.max_length // 2}), "
             f"got {task.stride}"
         )
+    _validate_classes(task, train)
+    _validate_sampling(task)
     if task.lm_weight < 0:
         raise ConfigError(f"task.lm_weight must be >= 0, got {task.lm_weight}")
     if task.head_dropout is not None and not 0 <= task.head_dropout < 1:
@@ -296,3 +328,72 @@ def _validate(model: ModelSection, task: TaskSection, train: TrainSection) -> No
             raise ConfigError(f"train.{key} must be >= 0, got {value}")
     if train.grad_clip < 0:
         raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {train.grad_clip}")
+    for key in ("checkpoint_every", "keep_last"):
+        if getattr(train, key) < 0:
+            raise ConfigError(f"train.{key} must be >= 0, got {getattr(train, key)}")
+    if train.early_stopping_min_delta < 0:
+        raise ConfigError(
+            f"train.early_stopping_min_delta must be >= 0, got {train.early_stopping_min_delta}"
+        )
+    if train.early_stopping_patience is not None and not task.validation:
+        raise ConfigError("train.early_stopping_patience needs task.validation to evaluate on")
+
+
+def has_classes(task: TaskSection) -> bool:
+    """Whether the task predicts one of a set of named classes per example."""
+    if task.kind == "gpt-similarity":
+        return not task.regression
+    return task.kind in CLASS_KINDS
+
+
+def _validate_classes(task: TaskSection, train: TrainSection) -> None:
+    weights = task.class_weights
+    if weights is not None and not has_classes(task):
+        raise ConfigError(f"task.class_weights applies to classification kinds, not {task.kind}")
+    if isinstance(weights, str) and weights != "balanced":
+        raise ConfigError(f"task.class_weights must be 'balanced' or a list, got {weights!r}")
+    if isinstance(weights, list):
+        if any(not isinstance(w, (int, float)) or w < 0 for w in weights) or not any(weights):
+            raise ConfigError("task.class_weights must be non-negative numbers, not all zero")
+        if task.labels is not None and len(weights) != len(task.labels):
+            raise ConfigError(
+                f"task.class_weights has {len(weights)} weights for {len(task.labels)} labels"
+            )
+    if train.sampler == "balanced" and not has_classes(task):
+        raise ConfigError(
+            f"train.sampler = 'balanced' applies to classification kinds, not {task.kind}"
+        )
+
+
+SAMPLING_KEYS = {"alpha", "nbest_size", "dropout"}
+
+
+def _validate_sampling(task: TaskSection) -> None:
+    sampling = task.subword_sampling
+    if sampling is None:
+        return
+    unknown = sorted(set(sampling) - SAMPLING_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown key task.subword_sampling.{unknown[0]}; expected alpha and nbest_size "
+            "(Unigram sampling) or dropout (BPE-dropout)"
+        )
+    if "dropout" in sampling and ({"alpha", "nbest_size"} & set(sampling)):
+        raise ConfigError("task.subword_sampling: give alpha (Unigram) or dropout (BPE), not both")
+    if not sampling:
+        raise ConfigError("task.subword_sampling needs alpha (Unigram) or dropout (BPE)")
+    for key, value in sampling.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (key == "nbest_size" and not isinstance(value, int)):
+            kind = "an integer" if key == "nbest_size" else "a number"
+            raise ConfigError(f"task.subword_sampling.{key} must be {kind}, got {value!r}")
+    if "dropout" in sampling and not 0 < sampling["dropout"] < 1:
+        dropout = sampling["dropout"]
+        raise ConfigError(f"task.subword_sampling.dropout must be in (0, 1), got {dropout}")
+    if "alpha" in sampling and not sampling["alpha"] > 0:
+        raise ConfigError(f"task.subword_sampling.alpha must be > 0, got {sampling['alpha']}")
+    if task.kind == "qa":
+        raise ConfigError(
+            "task.subword_sampling is not available for qa: answer spans are found through "
+            "the tokenizer's character offsets"
+        )

@@ -1,15 +1,18 @@
 """Task metrics, computed with the field's own libraries where one exists.
 
+One scale for every task: accuracy, precision, recall, F1, exact match, ROUGE and BLEU are
+percentages (0-100, as SQuAD's and sacrebleu's official scripts report them); correlations
+(Pearson, Spearman, Matthews) stay in [-1, 1]; MSE and the loss are as they are.
+
 =====================  =====================================================  ===========
 task                   metrics                                                library
 =====================  =====================================================  ===========
-classification         accuracy, F1 (binary: of the second label; else macro),  scikit-learn
+classification         accuracy, F1 (binary: of the second label; else macro), scikit-learn
                        Matthews correlation (``mcc``)
 regression             Pearson, Spearman, mean squared error                  scipy
 tagging                entity-level precision / recall / F1, word accuracy    seqeval
-extractive QA          SQuAD exact match and F1 (0-100, as the official        (below)
-                       script reports them)
-text generation        ROUGE-1/2/L F-measure, BLEU (0-100), exact match       rouge-score,
+extractive QA          SQuAD exact match and F1 (the official normalisation)   (below)
+text generation        ROUGE-1/2/L F-measure, BLEU, exact match               rouge-score,
                                                                               sacrebleu
 =====================  =====================================================  ===========
 
@@ -29,6 +32,21 @@ from types import ModuleType
 
 from triform.errors import TriformError
 
+PERCENT = 100.0
+# The metrics reported as percentages (the rest: correlations, MSE, loss).
+PERCENT_METRICS = frozenset(
+    {"accuracy", "f1", "precision", "recall", "exact_match", "rouge1", "rouge2", "rougeL", "bleu"}
+)
+
+
+def format_metric(name: str, value: float | None) -> str:
+    """``"accuracy 93.75%"``, ``"pearson 0.8123"``: a metric with its scale."""
+    if value is None or value != value:
+        return f"{name} n/a"
+    if name in PERCENT_METRICS:
+        return f"{name} {value:.2f}%"
+    return f"{name} {value:.4g}"
+
 
 def require(module: str, package: str, what: str) -> ModuleType:
     """Import ``module`` or raise a :class:`TriformError` telling how to install it."""
@@ -45,14 +63,15 @@ def _finite(value: float) -> float:
 def classification_metrics(
     predictions: Sequence[int], references: Sequence[int], num_labels: int
 ) -> dict[str, float]:
-    """Accuracy, F1 and Matthews correlation of label indices."""
+    """Accuracy and F1 (percent) and Matthews correlation of label indices."""
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     average = "binary" if num_labels == 2 else "macro"
     labels = list(range(num_labels))
     return {
-        "accuracy": float(accuracy_score(references, predictions)),
-        "f1": float(
+        "accuracy": PERCENT * float(accuracy_score(references, predictions)),
+        "f1": PERCENT
+        * float(
             f1_score(
                 references,
                 predictions,
@@ -67,10 +86,10 @@ def classification_metrics(
 
 
 def choice_metrics(predictions: Sequence[int], references: Sequence[int]) -> dict[str, float]:
-    """Accuracy of multiple-choice answers."""
+    """Accuracy (percent) of multiple-choice answers."""
     from sklearn.metrics import accuracy_score
 
-    return {"accuracy": float(accuracy_score(references, predictions))}
+    return {"accuracy": PERCENT * float(accuracy_score(references, predictions))}
 
 
 def regression_metrics(
@@ -94,14 +113,14 @@ def entity_metrics(
     predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]
 ) -> dict[str, float]:
     """Entity-level precision, recall and F1 (seqeval, CoNLL scheme: an entity counts only
-    when its type and both ends are right) and word-level accuracy."""
+    when its type and both ends are right) and word-level accuracy, all in percent."""
     seqeval = require("seqeval.metrics", "seqeval", "entity-level F1 for tagging")
     preds, refs = [list(p) for p in predictions], [list(r) for r in references]
     return {
-        "f1": float(seqeval.f1_score(refs, preds, zero_division=0)),
-        "precision": float(seqeval.precision_score(refs, preds, zero_division=0)),
-        "recall": float(seqeval.recall_score(refs, preds, zero_division=0)),
-        "accuracy": float(seqeval.accuracy_score(refs, preds)),
+        "f1": PERCENT * float(seqeval.f1_score(refs, preds, zero_division=0)),
+        "precision": PERCENT * float(seqeval.precision_score(refs, preds, zero_division=0)),
+        "recall": PERCENT * float(seqeval.recall_score(refs, preds, zero_division=0)),
+        "accuracy": PERCENT * float(seqeval.accuracy_score(refs, preds)),
     }
 
 
@@ -138,7 +157,7 @@ def token_f1(prediction: str, truth: str) -> float:
 def squad_metrics(
     predictions: Sequence[str], references: Sequence[Sequence[str]]
 ) -> dict[str, float]:
-    """Exact match and F1 (0-100), each the best over an example's gold answers."""
+    """Exact match and F1 (percent), each the best over an example's gold answers."""
     if not predictions:
         return {"exact_match": math.nan, "f1": math.nan}
     em = f1 = 0.0
@@ -146,7 +165,8 @@ def squad_metrics(
         golds = list(golds) or [""]
         em += max(exact_match(prediction, g) for g in golds)
         f1 += max(token_f1(prediction, g) for g in golds)
-    return {"exact_match": 100.0 * em / len(predictions), "f1": 100.0 * f1 / len(predictions)}
+    n = len(predictions)
+    return {"exact_match": PERCENT * em / n, "f1": PERCENT * f1 / n}
 
 
 # --------------------------------------------------------------------------------------
@@ -155,8 +175,8 @@ def squad_metrics(
 
 
 def generation_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """ROUGE-1/2/L F-measure (rouge-score, stemmed, 0-1), corpus BLEU (sacrebleu, 0-100) and
-    exact match (0-1)."""
+    """ROUGE-1/2/L F-measure (rouge-score, stemmed), corpus BLEU (sacrebleu) and exact match,
+    all in percent."""
     rouge_scorer = require("rouge_score.rouge_scorer", "rouge-score", "ROUGE")
     sacrebleu = require("sacrebleu", "sacrebleu", "BLEU")
     if not predictions:
@@ -170,9 +190,9 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str]) ->
     bleu = sacrebleu.corpus_bleu(list(predictions), [list(references)]).score
     same = sum(p.strip() == r.strip() for p, r in zip(predictions, references, strict=True))
     return {
-        "rougeL": totals["rougeL"] / n,
-        "rouge1": totals["rouge1"] / n,
-        "rouge2": totals["rouge2"] / n,
+        "rougeL": PERCENT * totals["rougeL"] / n,
+        "rouge1": PERCENT * totals["rouge1"] / n,
+        "rouge2": PERCENT * totals["rouge2"] / n,
         "bleu": float(bleu),
-        "exact_match": same / n,
+        "exact_match": PERCENT * same / n,
     }

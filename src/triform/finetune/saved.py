@@ -1,12 +1,17 @@
 """Fine-tuned model folders: writing them (atomically) and loading them back for prediction.
 
-A folder (``best/``, ``final/``) holds ``model.safetensors`` (body and head), ``tokenizer.json``
-(with any tokens the task added), ``finetune.json`` (the task section, what the task learned,
-the body's ModelConfig, step and metrics) and ``labels.json`` for tasks with classes.
+A folder (``best/``, ``final/``) holds ``model.safetensors`` (body and head, named ``body.*``
+and ``head.*``), ``tokenizer.json`` (with any tokens the task added), ``finetune.json`` (the
+task section, what the task learned, the body's ModelConfig, step and metrics),
+``labels.json`` for tasks with classes, and ``model.json`` (the body's ModelConfig, as in a
+pretraining run folder) so that ``generate``, ``features`` and :func:`load_model` read the
+body of a fine-tuned folder.
 
     ft = load_finetuned("runs/finetune/best")
     model, tokenizer, labels = ft                 # unpacks like a tuple
     ft.predict(["a great film", "a dull film"])   # -> ["positive", "negative"]
+    ft.predict(["a great film"], scores=True)     # -> [{"prediction": "positive",
+                                                  #      "score": 0.97, "probabilities": ...}]
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from triform.config import ModelConfig
 from triform.errors import TriformError
 from triform.finetune.config import TaskSection
 from triform.finetune.data import Row
-from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
+from triform.finetune.tasks import FinetuneModel, Task, build_task
+from triform.finetune.tasks.base import run_model
 from triform.models import build_model
 from triform.runs import load_weights, save_weights
 from triform.tokenizers import load_tokenizer, save_tokenizer
@@ -36,6 +42,7 @@ FORMAT = 1
 WEIGHTS = "model.safetensors"
 META = "finetune.json"
 LABELS = "labels.json"
+MODEL_CONFIG = "model.json"
 
 
 def save_finetuned(
@@ -65,6 +72,7 @@ def save_finetuned(
         "metrics": {k: (v if v == v else None) for k, v in (metrics or {}).items()},
     }
     (tmp / META).write_text(json.dumps(meta, indent=2))
+    (tmp / MODEL_CONFIG).write_text(json.dumps(model.body.config.to_dict(), indent=2))
     if task.labels is not None:
         (tmp / LABELS).write_text(json.dumps(task.labels, indent=2))
     if folder.exists():
@@ -96,7 +104,13 @@ class Finetuned:
         self.model.to(device)
         return self
 
-    def predict(self, inputs: Sequence[Any], batch_size: int = 32) -> list[Any]:
+    def predict(
+        self,
+        inputs: Sequence[Any],
+        batch_size: int = 32,
+        scores: bool = False,
+        progress: bool = False,
+    ) -> list[Any]:
         """Predictions for ``inputs``, shaped by the task:
 
         - classification / regression / gpt-classification: texts -> label names (numbers);
@@ -106,26 +120,44 @@ class Finetuned:
         - text-to-text: source texts (with their prefix) -> generated texts;
         - gpt-multiple-choice: ``(context, [choice, ...])`` -> the index of the best choice.
 
-        A dict (column -> value, as in the data files) is accepted for any task.
+        A dict (column -> value, as in the data files) is accepted for any task. With
+        ``scores=True`` each prediction is a dict: ``prediction`` as above plus the task's
+        scores (``score`` and ``probabilities`` of classes and choices, per-word ``scores``
+        of tags, ``score`` / ``start`` / ``end`` of answer spans). ``progress``: a bar on
+        stderr.
         """
         rows = [Row(self.task.input_row(item), f"input {i}") for i, item in enumerate(inputs)]
+        return self.predict_rows(rows, batch_size, scores, progress)
+
+    def predict_rows(
+        self, rows: list[Row], batch_size: int = 32, scores: bool = False, progress: bool = False
+    ) -> list[Any]:
+        """:meth:`predict` for rows of a data file (:func:`~triform.finetune.data.read_rows`)."""
         if not rows:
             return []
-        _, predictions = evaluate(self.task, self.model, rows, batch_size, self.device, score=False)
-        return [self.task.show(p) for p in predictions]
+        outputs, features, _ = run_model(
+            self.task, self.model, rows, batch_size, self.device, progress=progress
+        )
+        details = self.task.details(outputs, features, rows)
+        return details if scores else [d["prediction"] for d in details]
+
+
+def finetuned_folder(folder: str | Path) -> Path:
+    """The model folder of a fine-tuned run: ``folder`` itself when it is one (``best/``,
+    ``final/``), else its ``best/``, else its ``final/``."""
+    folder = Path(folder)
+    if (folder / META).is_file():
+        return folder
+    for name in ("best", "final"):
+        if (folder / name / META).is_file():
+            return folder / name
+    raise TriformError(f"{folder} is not a fine-tuned model folder (no {META})")
 
 
 def load_finetuned(folder: str | Path, device: torch.device | str = "cpu") -> Finetuned:
     """A fine-tuned model folder (``best/`` or ``final/`` of a run; or the run folder, which
     means its ``best/``, else ``final/``), in eval mode."""
-    folder = Path(folder)
-    if not (folder / META).is_file():
-        for name in ("best", "final"):
-            if (folder / name / META).is_file():
-                folder = folder / name
-                break
-        else:
-            raise TriformError(f"{folder} is not a fine-tuned model folder (no {META})")
+    folder = finetuned_folder(folder)
     try:
         meta = json.loads((folder / META).read_text())
     except json.JSONDecodeError as err:

@@ -2,10 +2,20 @@
 
 The body learns at ``train.body_lr`` and the head at ``train.lr`` (AdamW, weight decay on
 weights only, as in pretraining); the learning rate warms up then decays linearly (or by
-cosine) to zero. The model is evaluated after every epoch (or every ``eval_every`` steps);
-the best evaluation by ``task.metric`` is kept in ``best/`` and the last state in
-``final/``. A test file, when given, is predicted with the best model into
-``predictions.jsonl`` (and scored if it has labels). ``results.json`` sums the run up.
+cosine) to zero. A step is ``train.grad_accum`` micro-batches of ``train.batch_size``
+examples. The model is evaluated after every epoch (or every ``eval_every`` steps); the
+best evaluation by ``task.metric`` is kept in ``best/`` and the last state in ``final/``;
+``train.early_stopping_patience`` evaluations without an improvement of at least
+``train.early_stopping_min_delta`` end the run early. A test file, when given, is
+predicted with the best model into ``predictions.jsonl`` (and scored if it has labels).
+``results.json`` sums the run up.
+
+Resumable checkpoints (model, optimizer, scheduler, RNG states, the evaluations so far) go to
+``checkpoints/step-N/`` after every epoch (or every ``checkpoint_every`` steps), written
+atomically, the last ``keep_last`` kept. The data order of an epoch is a function of the
+seed and the epoch (so is its subword sampling), so ``finetune(config, resume=run_dir)``
+continues exactly where the run stopped: it ends with the same weights as a run that was
+never interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +34,18 @@ from triform.errors import TriformError
 from triform.finetune.body import load_body
 from triform.finetune.config import FinetuneConfig, higher_is_better, load_finetune_config
 from triform.finetune.data import Row, read_rows
+from triform.finetune.metrics import format_metric
 from triform.finetune.saved import save_finetuned
 from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
-from triform.finetune.tasks.base import to_device
-from triform.runs import load_weights
+from triform.finetune.tasks.base import Feature, to_device
+from triform.runs import CHECKPOINTS, load_weights, resolve_checkpoint
 from triform.runtime.device import pick_device
 from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
+from triform.train.checkpoint import load_checkpoint, save_checkpoint
 from triform.train.metrics import MetricsLogger
-from triform.train.optim import OptimConfig, clip_gradients, decay_split
+from triform.train.optim import OptimConfig, decay_split
 from triform.train.schedules import ScheduleConfig, build_scheduler
+from triform.train.steps import OptimizerStep
 
 
 @dataclass
@@ -50,17 +63,20 @@ class FinetuneResult:
     test: dict[str, float] | None
     train_loss: float
     seconds: float
+    stopped_early: bool = field(default=False)
 
     def summary(self) -> str:
-        """One line: the chosen metric at its best, where the model is."""
-        best = "n/a" if self.best_value is None else f"{self.best_value:.4g}"
+        """One line: the chosen metric at its best (percentages marked ``%``), where the
+        model is."""
         where = self.best_dir or self.final_dir
+        early = " (stopped early)" if self.stopped_early else ""
         line = (
-            f"done: {self.steps} steps in {self.seconds:.0f}s, train loss {self.train_loss:.4f}; "
-            f"best validation {self.metric} {best} (step {self.best_step}); model: {where}"
+            f"done: {self.steps} steps{early} in {self.seconds:.0f}s, train loss "
+            f"{self.train_loss:.4f}; best validation {format_metric(self.metric, self.best_value)}"
+            f" (step {self.best_step}); model: {where}"
         )
         if self.test:
-            line += "; test " + ", ".join(f"{k} {v:.4g}" for k, v in self.test.items())
+            line += "; test " + ", ".join(format_metric(k, v) for k, v in self.test.items())
         return line
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,9 +114,13 @@ def _read(path: str | None, fmt: str) -> list[Row]:
 
 
 def finetune(
-    config: FinetuneConfig | str | Path, overrides: list[str] | None = None
+    config: FinetuneConfig | str | Path,
+    overrides: list[str] | None = None,
+    resume: str | Path | None = None,
 ) -> FinetuneResult:
-    """Fine-tune as ``config`` (a :class:`FinetuneConfig` or a TOML path) says."""
+    """Fine-tune as ``config`` (a :class:`FinetuneConfig` or a TOML path) says; with
+    ``resume`` (a run folder or one of its ``checkpoints/step-N`` folders), continue that
+    run from its checkpoint, in its folder."""
     if isinstance(config, FinetuneConfig):
         if overrides:
             config = load_finetune_config(tree=config.to_dict(), overrides=overrides)
@@ -110,7 +130,7 @@ def finetune(
     try:
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        return Finetuner(config).run()
+        return Finetuner(config, resume).run()
     finally:
         torch.set_num_threads(threads)  # the thread count is process-wide: put it back
 
@@ -118,13 +138,19 @@ def finetune(
 class Finetuner:
     """One fine-tuning run: set-up in ``__init__``, the loop in :meth:`run`."""
 
-    def __init__(self, config: FinetuneConfig) -> None:
+    def __init__(self, config: FinetuneConfig, resume: str | Path | None = None) -> None:
         self.config = config
         train = config.train
         self.device = pick_device(train.device)
         self.precision = resolve_precision(train.precision, self.device)
         torch.manual_seed(train.seed)
+        self.checkpoint: Path | None = None
         self.out_dir = Path(train.out_dir)
+        if resume is not None:
+            self.checkpoint = resolve_checkpoint(resume)
+            self.out_dir = self.checkpoint.parent.parent  # run/checkpoints/step-N
+            if self.checkpoint.parent.name != CHECKPOINTS:
+                raise TriformError(f"{resume} is not a fine-tuning run folder (no checkpoints)")
         self.metric = config.metric
 
         task_cfg = config.task
@@ -137,11 +163,11 @@ class Finetuner:
         self.task.prepare_body(body)
         torch.manual_seed(train.seed)  # the head's init does not depend on how the body loaded
         self.model = FinetuneModel(body, self.task.build_head(body)).to(self.device)
-        self.features = self.task.encode(self.train_rows, training=True)
+        self.features = self.task.train_features(self.train_rows, train.seed, epoch=0)
         if not self.features:
             raise TriformError(f"{task_cfg.train}: no training examples")
-        per_epoch = math.ceil(len(self.features) / train.batch_size)
-        self.total_steps = train.steps if train.steps is not None else train.epochs * per_epoch
+        self.per_epoch = math.ceil(len(self.features) / (train.batch_size * train.grad_accum))
+        self.total_steps = train.steps if train.steps is not None else train.epochs * self.per_epoch
         body_lr = train.body_lr if train.body_lr is not None else train.lr
         groups = param_groups(self.model, train.lr, body_lr, train.weight_decay)
         fused = {"fused": True} if self.device.type == "cuda" else {}
@@ -151,33 +177,146 @@ class Finetuner:
             warmup = int(train.warmup_ratio * self.total_steps)
         schedule = ScheduleConfig(kind=train.schedule, warmup_steps=warmup, min_lr_ratio=0.0)
         self.scheduler = build_scheduler(self.optimizer, schedule, self.total_steps)
-        # the evaluations so far: the last one's metrics, the best one and where it is kept
+        # the evaluations so far: the last one's metrics, the best one and where it is kept,
+        # and how many evaluations in a row brought no improvement (early stopping)
         self.validation: dict[str, float] = {}
         self.best_score = -math.inf
         self.best_value: float | None = None
         self.best_step: int | None = None
         self.best_dir: Path | None = None
+        self.bad_evaluations = 0
 
     # ----------------------------------------------------------------------------------
     def _evaluate(self, rows: list[Row]) -> tuple[dict[str, float], list[Any]]:
         size = self.config.train.eval_batch_size or self.config.train.batch_size
         return evaluate(self.task, self.model, rows, size, self.device, self.precision)
 
-    def _batches(self, epoch: int) -> list[list[dict]]:
-        size = self.config.train.batch_size
+    def _epoch_features(self, epoch: int) -> list[Feature]:
+        """The training features of ``epoch`` (re-tokenized each epoch when sampling)."""
+        if epoch == 0 or not self.task.samples_subwords:
+            return self.features
+        return self.task.train_features(self.train_rows, self.config.train.seed, epoch)
+
+    def _order(self, epoch: int, features: list[Feature]) -> list[int]:
+        """The feature indices of one epoch: a seeded permutation, or (``balanced``) as
+        many draws with replacement, each class equally likely."""
         generator = torch.Generator().manual_seed(self.config.train.seed * 1009 + epoch)
-        order = torch.randperm(len(self.features), generator=generator).tolist()
-        return [
-            [self.features[i] for i in order[start : start + size]]
-            for start in range(0, len(order), size)
-        ]
+        if self.config.train.sampler == "balanced":
+            labels = torch.tensor([f["label"] for f in features])
+            weights = 1.0 / torch.bincount(labels).double()[labels]  # (N,)
+            draws = torch.multinomial(weights, len(features), True, generator=generator)
+            return draws.tolist()
+        return torch.randperm(len(features), generator=generator).tolist()
+
+    def _steps(self, epoch: int) -> list[list[list[Feature]]]:
+        """The optimizer steps of one epoch, each a list of micro-batches."""
+        train = self.config.train
+        features = self._epoch_features(epoch)
+        order = self._order(epoch, features)
+        size = train.batch_size * train.grad_accum
+        steps = []
+        for start in range(0, len(order), size):
+            chunk = [features[i] for i in order[start : start + size]]
+            steps.append(
+                [chunk[m : m + train.batch_size] for m in range(0, len(chunk), train.batch_size)]
+            )
+        return steps
+
+    def _train_step(
+        self, micro_batches: list[list[Feature]], finish_step: OptimizerStep, step: int
+    ) -> torch.Tensor:
+        """Optimizer step number ``step`` over the micro-batches; their loss, weighted by
+        size."""
+        scaler = finish_step.scaler
+        total = sum(len(m) for m in micro_batches)
+        step_loss = torch.zeros((), device=self.device)
+        for features in micro_batches:
+            batch = to_device(self.task.collate(features), self.device)
+            with autocast_context(self.precision, self.device):
+                loss = self.task.loss(self.model, batch) * (len(features) / total)
+            scaler.scale(loss).backward()
+            step_loss += loss.detach()
+        finish_step.watch(step_loss, step)
+        finish_step(step)
+        return step_loss
+
+    def _state(self, running: Any, count: int, last_loss: float) -> dict[str, Any]:
+        """What a checkpoint keeps besides tensors: the evaluations so far."""
+        return {
+            "validation": self.validation,
+            "best_score": self.best_score,
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "bad_evaluations": self.bad_evaluations,
+            "running": float(running),
+            "count": count,
+            "last_loss": last_loss,
+        }
+
+    def _checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        """A resumable checkpoint of ``step`` (atomic; the last ``keep_last`` kept)."""
+        position = {"epoch": step // self.per_epoch, "step": step % self.per_epoch}
+        save_checkpoint(
+            self.out_dir,
+            step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            extra=state,
+            keep_last=self.config.train.keep_last,
+            data_position=position,
+        )
+
+    def _resume(self) -> tuple[int, float, int, float]:
+        """Restore the checkpoint (RNG states last); the step, running loss sum and count
+        and the last logged loss."""
+        assert self.checkpoint is not None
+        state = load_checkpoint(self.checkpoint, self.model, self.optimizer, self.scheduler)
+        extra = state.extra
+        self.validation = extra.get("validation") or {}
+        self.best_score = extra.get("best_score", -math.inf)
+        self.best_value = extra.get("best_value")
+        self.best_step = extra.get("best_step")
+        if self.best_step is not None and (self.out_dir / "best").is_dir():
+            self.best_dir = self.out_dir / "best"
+        self.bad_evaluations = int(extra.get("bad_evaluations", 0))
+        expected = {"epoch": state.step // self.per_epoch, "step": state.step % self.per_epoch}
+        saved = state.data_position
+        if saved is not None and saved != expected:
+            raise TriformError(
+                f"{self.checkpoint}: the training data or batch size changed since the "
+                f"checkpoint: its step {state.step} was step {saved['step']} of epoch "
+                f"{saved['epoch']}, with this config it is step {expected['step']} of epoch "
+                f"{expected['epoch']}; cannot resume exactly"
+            )
+        print(f"resumed from step {state.step} of {self.out_dir}")
+        return (
+            state.step,
+            extra.get("running", 0.0),
+            extra.get("count", 0),
+            extra.get("last_loss", math.nan),
+        )
+
+    def _patience_left(self) -> bool:
+        patience = self.config.train.early_stopping_patience
+        return patience is None or self.bad_evaluations < patience
 
     def run(self) -> FinetuneResult:
         cfg, train = self.config, self.config.train
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "finetune_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        step, running, count, last_loss = 0, 0.0, 0, math.nan
+        if self.checkpoint is not None:  # last, so the restored RNG state is the next used
+            step, running, count, last_loss = self._resume()
+        else:
+            for stale in ("best", "final", CHECKPOINTS):  # an earlier run's must not pass
+                shutil.rmtree(self.out_dir / stale, ignore_errors=True)
         logger = MetricsLogger(
-            self.out_dir, self.total_steps, tensorboard=train.tensorboard, progress=train.progress
+            self.out_dir,
+            self.total_steps,
+            tensorboard=train.tensorboard,
+            progress=train.progress,
+            initial_step=step,
         )
         body = self.model.body
         print(
@@ -185,50 +324,52 @@ class Finetuner:
             f"({self.model.body.num_parameters():,} + "
             f"{sum(p.numel() for p in self.model.head.parameters()):,} head parameters) for "
             f"{self.task.kind} on {len(self.train_rows)} examples: {self.total_steps} steps "
-            f"of {train.batch_size} on {self.device} ({self.precision})"
+            f"of {train.batch_size} x {train.grad_accum} on {self.device} ({self.precision})"
         )
-        for stale in ("best", "final"):  # an earlier run's models must not pass for this one's
-            shutil.rmtree(self.out_dir / stale, ignore_errors=True)
         started = time.perf_counter()
         scaler = grad_scaler(self.precision, self.device)
-        running, count, last_loss = 0.0, 0, math.nan
-        step, epoch = 0, 0
+        finish_step = OptimizerStep(
+            self.model, self.optimizer, self.scheduler, scaler, train.grad_clip, "lower train.lr"
+        )
         self.model.train()
-        while step < self.total_steps:
-            batches = self._batches(epoch)
-            for index, features in enumerate(batches):
-                batch = to_device(self.task.collate(features), self.device)
-                with autocast_context(self.precision, self.device):
-                    loss = self.task.loss(self.model, batch)
-                scaler.scale(loss).backward()
-                scaler.unscale_(self.optimizer)
-                clip_gradients(self.model, train.grad_clip)
-                scaler.step(self.optimizer)
-                scaler.update()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+        stopped = not self._patience_left()
+        epoch, skip = divmod(step, self.per_epoch)
+        while step < self.total_steps and not stopped:
+            steps = self._steps(epoch)
+            for index, micro_batches in enumerate(steps[skip:], start=skip):
                 step += 1
-                running += loss.detach()
+                loss = self._train_step(micro_batches, finish_step, step)
+                running += loss
                 count += 1
                 done = step >= self.total_steps
-                if step % train.log_every == 0 or done:
-                    last_loss = float(running) / count
-                    if not math.isfinite(last_loss):
-                        raise TriformError(
-                            f"loss became {last_loss} at step {step}; lower train.lr"
-                        )
-                    logger.log(step, {"loss": last_loss, "lr": self.scheduler.get_last_lr()[0]})
-                    running, count = 0.0, 0
-                end_of_epoch = index == len(batches) - 1
-                if self.val_rows and (
+                end_of_epoch = index == len(steps) - 1
+                evaluating = self.val_rows and (
                     done
                     or (train.eval_every and step % train.eval_every == 0)
                     or (not train.eval_every and end_of_epoch)
-                ):
+                )
+                saving = (train.checkpoint_every and step % train.checkpoint_every == 0) or (
+                    not train.checkpoint_every and end_of_epoch
+                )
+                if step % train.log_every == 0 or done or evaluating or saving:
+                    finish_step.check()  # nothing non-finite is logged, kept or saved
+                if step % train.log_every == 0 or done:
+                    last_loss = float(running) / count
+                    logger.log(step, {"loss": last_loss, "lr": self.scheduler.get_last_lr()[0]})
+                    running, count = 0.0, 0
+                if evaluating:
                     self._evaluate_and_keep(step, logger)
-                if done:
+                    stopped = not self._patience_left()
+                    if stopped:
+                        print(
+                            f"early stopping at step {step}: validation {self.metric} has not "
+                            f"improved for {self.bad_evaluations} evaluations"
+                        )
+                if done or stopped or saving:
+                    self._checkpoint(step, self._state(running, count, last_loss))
+                if done or stopped:
                     break
-            epoch += 1
+            epoch, skip = epoch + 1, 0
         final_dir = None
         if train.save_final or self.best_dir is None:
             final_dir = save_finetuned(
@@ -248,6 +389,7 @@ class Finetuner:
             test,
             last_loss,
             time.perf_counter() - started,
+            stopped,
         )
         (self.out_dir / "results.json").write_text(
             json.dumps(_clean(result.to_dict()), indent=2, allow_nan=False)
@@ -256,11 +398,17 @@ class Finetuner:
 
     def _evaluate_and_keep(self, step: int, logger: MetricsLogger) -> None:
         """Evaluate on the validation rows; a new best by the chosen metric replaces
-        ``best/``."""
+        ``best/``. An evaluation that does not beat the best by ``early_stopping_min_delta``
+        counts towards early stopping."""
         self.validation, _ = self._evaluate(self.val_rows)
         logger.log(step, self.validation, split="val")
         score = _score(self.validation, self.metric)
-        if self.best_step is None or score > self.best_score:
+        first = self.best_step is None
+        if first or score > self.best_score + self.config.train.early_stopping_min_delta:
+            self.bad_evaluations = 0
+        else:
+            self.bad_evaluations += 1
+        if first or score > self.best_score:
             self.best_score, self.best_step = score, step
             self.best_value = self.validation.get(self.metric)
             self.best_dir = save_finetuned(

@@ -9,17 +9,20 @@ trainer and :func:`evaluate` are the same for every task.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import tokenizers
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from triform.config import ModelConfig
 from triform.errors import TriformError
 from triform.finetune.config import TaskSection
 from triform.finetune.data import Row
+from triform.finetune.subwords import Framing, Sampler, epoch_sampler
 from triform.models import TransformerModel
 from triform.runtime.precision import autocast_context
 from triform.tokenizers import SpecialTokens
@@ -121,6 +124,8 @@ class Task:
         self.pad_id = pad_id
         self.init_std = body_config.init_std
         self.dropout = cfg.head_dropout if cfg.head_dropout is not None else body_config.dropout
+        self.sampler: Sampler | None = None  # set while encoding an epoch's training texts
+        self._framing: Framing | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def setup(self, rows: list[Row]) -> None:
@@ -149,6 +154,38 @@ class Task:
         """Features of ``rows``; each has ``row`` (the index of its row). Without targets
         (``training=False`` and a file with no labels) the target fields may be absent."""
         raise NotImplementedError
+
+    def train_features(self, rows: list[Row], seed: int, epoch: int) -> list[Feature]:
+        """The training features of one epoch: with ``task.subword_sampling`` the texts are
+        tokenized afresh by a sampler seeded with ``(seed, epoch)``; otherwise as
+        :meth:`encode` always does."""
+        spec = self.cfg.subword_sampling
+        if spec is None:
+            return self.encode(rows, training=True)
+        self.sampler = epoch_sampler(self.tokenizer, spec, seed, epoch)
+        try:
+            return self.encode(rows, training=True)
+        finally:
+            self.sampler = None
+
+    @property
+    def samples_subwords(self) -> bool:
+        """Whether training features differ from epoch to epoch."""
+        return self.cfg.subword_sampling is not None
+
+    def plain_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of ``texts`` without special tokens: sampled while an epoch's training
+        texts are encoded, the tokenizer's own segmentation otherwise."""
+        if self.sampler is not None:
+            return self.sampler.encode_batch(texts, add_special_tokens=False)
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    @property
+    def framing(self) -> Framing:
+        """The tokenizer's special tokens around one text or a pair."""
+        if self._framing is None:
+            self._framing = Framing(self.tokenizer)
+        return self._framing
 
     def collate(self, features: list[Feature]) -> Batch:
         raise NotImplementedError
@@ -185,12 +222,54 @@ class Task:
         """A prediction as JSON-friendly data (label names rather than indices)."""
         return prediction
 
+    def details(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[dict]:
+        """One JSON-friendly dict per row: ``prediction`` (as :meth:`show` gives it) and,
+        where the task has them, its scores."""
+        return [{"prediction": self.show(p)} for p in self.decode(outputs, features, rows)]
+
 
 def to_device(batch: Batch, device: torch.device | str) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 @torch.no_grad()
+def run_model(
+    task: Task,
+    model: FinetuneModel,
+    rows: list[Row],
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    with_loss: bool = False,
+    progress: bool = False,
+) -> tuple[list[Any], list[Feature], float]:
+    """The task's outputs for the features of ``rows`` (batched, eval mode), the features,
+    and the mean loss (NaN unless ``with_loss``). ``progress``: a bar on stderr."""
+    was_training = model.training
+    model.eval()
+    features = task.encode(rows, training=False)
+    outputs: list[Any] = []
+    loss_sum, count = 0.0, 0
+    starts = range(0, len(features), batch_size)
+    bar = tqdm(
+        total=len(features), unit="ex", file=sys.stderr, disable=not progress, dynamic_ncols=True
+    )
+    try:
+        for start in starts:
+            chunk = features[start : start + batch_size]
+            batch = to_device(task.collate(chunk), device)
+            with autocast_context(precision, device):
+                if with_loss:
+                    loss_sum += float(task.loss(model, batch)) * len(chunk)
+                    count += len(chunk)
+                outputs.extend(task.outputs(model, batch))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return outputs, features, (loss_sum / count if count else math.nan)
+
+
 def evaluate(
     task: Task,
     model: FinetuneModel,
@@ -202,26 +281,13 @@ def evaluate(
 ) -> tuple[dict[str, float], list[Any]]:
     """Metrics (with the mean ``loss``) and per-row predictions of ``model`` on ``rows``.
     Rows without targets, or ``score=False``, give predictions only (empty metrics)."""
-    was_training = model.training
-    model.eval()
     targets = score and task.has_targets(rows)
-    features = task.encode(rows, training=False)
-    outputs: list[Any] = []
-    loss_sum, count = 0.0, 0
-    for start in range(0, len(features), batch_size):
-        chunk = features[start : start + batch_size]
-        batch = to_device(task.collate(chunk), device)
-        with autocast_context(precision, device):
-            if targets:
-                loss_sum += float(task.loss(model, batch)) * len(chunk)
-                count += len(chunk)
-            outputs.extend(task.outputs(model, batch))
+    outputs, features, loss = run_model(task, model, rows, batch_size, device, precision, targets)
     predictions = task.decode(outputs, features, rows)
-    model.train(was_training)
     if not targets:
         return {}, predictions
     metrics = task.metrics(predictions, task.references(rows))
-    metrics["loss"] = loss_sum / count if count else math.nan
+    metrics["loss"] = loss
     return metrics, predictions
 
 

@@ -10,6 +10,7 @@ entropy over the labels, or mean squared error for ``regression``.
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import torch
@@ -41,15 +42,23 @@ class LabelSet:
         self.names = list(names)
         self.index = {name: i for i, name in enumerate(self.names)}
 
+    @staticmethod
+    def value(row: Row, column: str) -> str:
+        """The label of ``row``; an empty cell is an error naming the row."""
+        value = row.text(column)
+        if not value.strip():
+            raise row.error(f"empty label in column {column!r}")
+        return value
+
     @classmethod
     def infer(cls, rows: list[Row], column: str) -> LabelSet:
-        values = {row.text(column) for row in rows}
+        values = {cls.value(row, column) for row in rows}
         if len(values) < 2:
             raise TriformError(f"the training data has a single label {values}; need at least 2")
         return cls(label_order(values))
 
     def of(self, row: Row, column: str) -> int:
-        value = row.text(column)
+        value = self.value(row, column)
         if value not in self.index:
             raise row.error(f"unknown label {value!r} (labels: {', '.join(self.names)})")
         return self.index[value]
@@ -61,6 +70,7 @@ class LabelledTask(Task):
 
     label_set: LabelSet | None = None
     regression = False  # set by instances that predict a number instead of a class
+    class_weights: list[float] | None = None  # the loss weight of each class
 
     def has_classes(self) -> bool:
         """False where this instance predicts a number or a choice instead."""
@@ -73,13 +83,34 @@ class LabelledTask(Task):
             self.label_set = LabelSet(self.cfg.labels)
         else:
             self.label_set = LabelSet.infer(rows, self.cfg.label)
+        self.class_weights = self._class_weights(rows)
+
+    def _class_weights(self, rows: list[Row]) -> list[float] | None:
+        """``task.class_weights``: ``"balanced"`` gives class ``c`` the weight
+        ``n / (classes * count_c)`` over the training rows (scikit-learn's rule)."""
+        spec, names = self.cfg.class_weights, self.labels or []
+        if spec is None:
+            return None
+        if spec == "balanced":
+            counts = collections.Counter(int(self.target(row)) for row in rows)
+            return [
+                len(rows) / (len(names) * counts[c]) if counts[c] else 0.0
+                for c in range(len(names))
+            ]
+        if len(spec) != len(names):
+            raise TriformError(
+                f"task.class_weights has {len(spec)} weights for {len(names)} labels "
+                f"({', '.join(names)})"
+            )
+        return [float(w) for w in spec]
 
     def state(self) -> dict[str, Any]:
-        return {"labels": self.labels}
+        return {"labels": self.labels, "class_weights": self.class_weights}
 
     def load_state(self, state: dict[str, Any]) -> None:
         if state.get("labels") is not None:
             self.label_set = LabelSet(state["labels"])
+        self.class_weights = state.get("class_weights")
 
     @property
     def labels(self) -> list[str] | None:
@@ -92,7 +123,10 @@ class LabelledTask(Task):
         """Mean squared error for a number, cross entropy over the classes otherwise."""
         if self.regression:
             return F.mse_loss(scores, labels)
-        return F.cross_entropy(scores, labels)
+        weight = None
+        if self.class_weights is not None:
+            weight = torch.tensor(self.class_weights, dtype=scores.dtype, device=scores.device)
+        return F.cross_entropy(scores, labels, weight=weight)
 
     def decode(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[Any]:
         if self.regression:
@@ -101,6 +135,26 @@ class LabelledTask(Task):
 
     def references(self, rows: list[Row]) -> list[Any]:
         return [self.target(row) for row in rows]
+
+    def details(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[dict]:
+        """A value (regression); the best choice and each choice's probability (multiple
+        choice); or the label, its probability and every label's probability."""
+        if self.regression:
+            return [{"prediction": float(o)} for o in outputs]
+        found = []
+        for scores, feature in zip(outputs, features, strict=True):
+            probs = torch.softmax(scores.float(), -1).tolist()
+            if self.labels is None:  # multiple choice: the row's own choices only
+                probs = probs[: len(feature["sequences"])]
+            best = max(range(len(probs)), key=probs.__getitem__)
+            if self.labels is None:  # choices
+                found.append({"prediction": best, "score": probs[best], "probabilities": probs})
+            else:
+                named = dict(zip(self.labels, probs, strict=True))
+                found.append(
+                    {"prediction": self.labels[best], "score": probs[best], "probabilities": named}
+                )
+        return found
 
 
 class SequenceClassification(LabelledTask):
@@ -154,17 +208,26 @@ class SequenceClassification(LabelledTask):
         self, texts: list[str], seconds: list[str] | None
     ) -> tuple[list[list[int]], list[list[int]]]:
         """Token ids and type ids of single texts or pairs, framed and cut."""
-        if seconds is not None and self.needs_separator and self.separator is not None:
-            ids, types = [], []
-            plain = self.tokenizer.encode_batch(texts + seconds, add_special_tokens=False)
-            for a, b in zip(plain[: len(texts)], plain[len(texts) :], strict=True):
-                first, second = truncate_pair(a.ids, b.ids, self.max_length - 1)
-                ids.append([*first, self.separator, *second])
-                types.append([0] * (len(first) + 1) + [1] * len(second))
-            return ids, types
-        inputs = list(zip(texts, seconds, strict=True)) if seconds is not None else texts
-        encodings = self.cut.encode_batch(inputs)
-        return [e.ids for e in encodings], [e.type_ids for e in encodings]
+        separate = seconds is not None and self.needs_separator and self.separator is not None
+        if self.sampler is None and not separate:
+            inputs = list(zip(texts, seconds, strict=True)) if seconds is not None else texts
+            encodings = self.cut.encode_batch(inputs)
+            return [e.ids for e in encodings], [e.type_ids for e in encodings]
+        plain = self.plain_ids(texts + (seconds or []))
+        firsts, rest = plain[: len(texts)], plain[len(texts) :]
+        ids, types = [], []
+        for i, a in enumerate(firsts):
+            if seconds is None:
+                one, kinds = self.framing.frame(a, None, self.max_length)
+            elif separate:
+                first, second = truncate_pair(a, rest[i], self.max_length - 1)
+                one = [*first, self.separator, *second]
+                kinds = [0] * (len(first) + 1) + [1] * len(second)
+            else:
+                one, kinds = self.framing.frame(a, rest[i], self.max_length)
+            ids.append(one)
+            types.append(kinds)
+        return ids, types
 
     def target(self, row: Row) -> int | float:
         if self.regression:

@@ -112,9 +112,8 @@ class GPTTask(LabelledTask):
 
     def sequences(self, row_pieces: tuple[list[str], ...]) -> list[list[int]]:
         """The token sequences of one row (1, 2, or one per choice)."""
-        encode = self.tokenizer.encode_batch
         texts = [t for part in row_pieces for t in part]
-        ids = [e.ids for e in encode(texts, add_special_tokens=False)]
+        ids = self.plain_ids(texts)
         first, rest = ids[0], ids[1:]
         if self.kind == "gpt-classification":
             return [gpt_layout(first, None, self.token_ids, self.max_length)]

@@ -62,22 +62,36 @@ def span_positions(offsets: Offsets, start_char: int, end_char: int) -> tuple[in
 
 def best_span(
     windows: list[tuple[list[float], list[float], Offsets]], context: str, max_tokens: int
-) -> tuple[str, float]:
-    """The highest-scoring answer over an example's windows: (text, start + end score)."""
-    best_text, best_score = "", -math.inf
+) -> dict[str, Any]:
+    """The highest-scoring answer over an example's windows (by start + end score):
+    ``answer`` text, ``start`` / ``end`` characters in the context and ``score``, the
+    probability of the span within its window (softmax of the start scores times softmax of
+    the end scores)."""
+    best: dict[str, Any] = {"answer": "", "start": None, "end": None, "score": 0.0}
+    best_logit = -math.inf
     for start_logits, end_logits, offsets in windows:
         inside = [i for i, o in enumerate(offsets) if o is not None]
         starts = sorted(inside, key=lambda i: -start_logits[i])[:N_BEST]
         ends = sorted(inside, key=lambda i: -end_logits[i])[:N_BEST]
+        # log of the window's softmax normalisers, start and end
+        norm = float(
+            torch.tensor(start_logits).logsumexp(0) + torch.tensor(end_logits).logsumexp(0)
+        )
         for s in starts:
             for e in ends:
                 if not s <= e < s + max_tokens:
                     continue
-                score = start_logits[s] + end_logits[e]
-                if score > best_score:
-                    best_score = score
-                    best_text = context[offsets[s][0] : offsets[e][1]]  # type: ignore[index]
-    return best_text, best_score
+                logit = start_logits[s] + end_logits[e]
+                if logit > best_logit:
+                    best_logit = logit
+                    first, last = offsets[s][0], offsets[e][1]  # type: ignore[index]
+                    best = {
+                        "answer": context[first:last],
+                        "start": first,
+                        "end": last,
+                        "score": math.exp(logit - norm),
+                    }
+    return best
 
 
 class ExtractiveQA(Task):
@@ -85,7 +99,9 @@ class ExtractiveQA(Task):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.cut = truncating(self.tokenizer, self.max_length, self.cfg.stride, "only_second")
+        stride = self.cfg.stride if self.cfg.stride is not None else self.max_length // 4
+        self.stride = stride
+        self.cut = truncating(self.tokenizer, self.max_length, stride, "only_second")
 
     def build_head(self, body: TransformerModel) -> nn.Module:
         return SpanHead(body.config.hidden_size, self.init_std)
@@ -126,7 +142,7 @@ class ExtractiveQA(Task):
                 except Exception:
                     raise row.error(
                         f"the question leaves no room for the context in max_length "
-                        f"{self.max_length} with stride {self.cfg.stride}"
+                        f"{self.max_length} with stride {self.stride}"
                     ) from None
             raise TriformError(f"qa: cannot encode the examples: {err}") from None
         targets = training or self.has_targets(rows)
@@ -176,13 +192,18 @@ class ExtractiveQA(Task):
         return list(zip(start.cpu().tolist(), end.cpu().tolist(), strict=True))
 
     def decode(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[Any]:
+        return [d["prediction"] for d in self.details(outputs, features, rows)]
+
+    def details(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[dict]:
+        """Per row: the answer text, its characters in the context and its probability."""
         windows: list[list[tuple[list[float], list[float], Offsets]]] = [[] for _ in rows]
         for (start, end), feature in zip(outputs, features, strict=True):
             windows[feature["row"]].append((start, end, feature["offsets"]))
-        return [
-            best_span(w, row.text(self.cfg.context), self.cfg.max_answer_length)[0]
-            for w, row in zip(windows, rows, strict=True)
-        ]
+        found = []
+        for w, row in zip(windows, rows, strict=True):
+            span = best_span(w, row.text(self.cfg.context), self.cfg.max_answer_length)
+            found.append({"prediction": span.pop("answer"), **span})
+        return found
 
     def references(self, rows: list[Row]) -> list[Any]:
         return [self.answers(row) for row in rows]

@@ -1,7 +1,10 @@
 """Token classification (tagging, e.g. named entities) with sub-word -> word alignment.
 
-Rows give words (``tokens``) and one tag per word (``tags``). Words are tokenized as
-pre-split input; the first sub-token of each word carries the word's tag and every other
+Rows give words (``tokens``) and one tag per word (``tags``). Words are tokenized as they
+appear in running text (joined by spaces, then mapped back through the tokenizer's character
+offsets), so every tokenizer kind sees them as in pretraining: byte-BPE's ``Ġgive`` and
+SentencePiece's ``▁give`` after the first word, WordPiece's ``give`` / ``##s``. The first
+sub-token of each word carries the word's tag and every other
 sub-token, and the special tokens, get -100 (ignored by the loss). A word's prediction is
 the one at its first sub-token; words cut off by ``max_length`` are predicted ``O``. Scored
 at the entity level (seqeval) and by word accuracy.
@@ -45,6 +48,37 @@ def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int
             targets.append(word_labels[word])
         previous = word
     return targets
+
+
+def running_text(words: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """The words joined by single spaces, and each word's characters ``[start, end)``."""
+    spans, position = [], 0
+    for word in words:
+        spans.append((position, position + len(word)))
+        position += len(word) + 1
+    return " ".join(words), spans
+
+
+def token_words(
+    text: str,
+    spans: list[tuple[int, int]],
+    offsets: list[tuple[int, int]],
+    special: list[int],
+) -> list[int | None]:
+    """The word of each token: the word of the first non-space character the token covers;
+    a token of the space alone (``▁`` or ``Ġ`` split from its word) belongs to the word after
+    it; special tokens belong to none."""
+    owner = [-1] * len(text)  # the word of each character, the space before it included
+    for index, (start, end) in enumerate(spans):
+        owner[max(start - 1, 0) : end] = [index] * (end - max(start - 1, 0))
+    words: list[int | None] = []
+    for (start, end), is_special in zip(offsets, special, strict=True):
+        # a token of the space alone may come with an empty span (byte-level BPE trims it)
+        chars = range(start, min(max(end, start + 1), len(text))) if not is_special else ()
+        found = [owner[c] for c in chars if owner[c] >= 0 and not text[c].isspace()]
+        spaces = [owner[c] for c in chars if owner[c] >= 0]
+        words.append(found[0] if found else spaces[0] if spaces else None)
+    return words
 
 
 def first_subtokens(word_ids: list[int | None]) -> dict[int, int]:
@@ -114,17 +148,45 @@ class Tagging(Task):
             raise row.error(f"unknown tag {unknown[0]!r} (tags: {', '.join(index)})")
         return [index[t] for t in tags]
 
+    def tokenize(self, words: list[list[str]]) -> list[tuple[list[int], list[int], list]]:
+        """Per row: token ids, type ids and the word of each token (None: special)."""
+        if self.sampler is not None:
+            return self.sampled(words)
+        texts = [running_text(w) for w in words]
+        encodings = self.cut.encode_batch([text for text, _ in texts])
+        return [
+            (e.ids, e.type_ids, token_words(text, spans, e.offsets, e.special_tokens_mask))
+            for (text, spans), e in zip(texts, encodings, strict=True)
+        ]
+
+    def sampled(self, words: list[list[str]]) -> list[tuple[list[int], list[int], list]]:
+        """:meth:`tokenize` with the epoch's subword sampler: each word sampled on its own,
+        with the space before it as in running text (``" give"`` -> ``Ġgive`` / ``▁give``)."""
+        pieces = [w if j == 0 else " " + w for row in words for j, w in enumerate(row)]
+        sampled = iter(self.plain_ids(pieces))
+        found = []
+        for row in words:
+            ids: list[int] = []
+            owners: list[int] = []
+            for j in range(len(row)):
+                word_ids = next(sampled)
+                ids += word_ids
+                owners += [j] * len(word_ids)
+            framed, types, positions = self.framing.frame_positions(ids, None, self.max_length)
+            found.append((framed, types, [None if p is None else owners[p] for p in positions]))
+        return found
+
     def encode(self, rows: list[Row], training: bool) -> list[Feature]:
         words = [self.words(row) for row in rows]
-        encodings = self.cut.encode_batch(words, is_pretokenized=True)
         targets = training or self.has_targets(rows)
         features = []
-        for i, (row, encoding) in enumerate(zip(rows, encodings, strict=True)):
-            word_ids = list(encoding.word_ids)
+        for i, (row, (ids, types, word_ids)) in enumerate(
+            zip(rows, self.tokenize(words), strict=True)
+        ):
             feature: Feature = {
                 "row": i,
-                "input_ids": encoding.ids,
-                "token_type_ids": encoding.type_ids,
+                "input_ids": ids,
+                "token_type_ids": types,
                 "word_ids": word_ids,
             }
             if targets:
@@ -152,19 +214,26 @@ class Tagging(Task):
         return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
 
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
-        return [row.tolist() for row in self.logits(model, batch).argmax(-1).cpu()]
+        """Per sequence: the best tag of every token and its probability."""
+        probs, best = self.logits(model, batch).float().softmax(-1).max(-1)  # (B, L) each
+        return list(zip(best.cpu().tolist(), probs.cpu().tolist(), strict=True))
 
     def decode(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[Any]:
+        return [d["prediction"] for d in self.details(outputs, features, rows)]
+
+    def details(self, outputs: list[Any], features: list[Feature], rows: list[Row]) -> list[dict]:
+        """Per row: the words, their tags and each tag's probability (``None`` for words cut
+        off by ``max_length``, tagged as outside)."""
         assert self.names is not None
-        predictions = []
-        for best, feature, row in zip(outputs, features, rows, strict=True):
+        found = []
+        for (best, probs), feature, row in zip(outputs, features, rows, strict=True):
             first = first_subtokens(feature["word_ids"])
-            count = len(self.words(row))
-            tags = [
-                self.names[best[first[w]]] if w in first else self.outside for w in range(count)
-            ]
-            predictions.append(tags)
-        return predictions
+            words = self.words(row)
+            at = [first.get(w) for w in range(len(words))]
+            tags = [self.outside if p is None else self.names[best[p]] for p in at]
+            scores = [None if p is None else probs[p] for p in at]
+            found.append({"words": words, "prediction": tags, "scores": scores})
+        return found
 
     def references(self, rows: list[Row]) -> list[Any]:
         return [row.strings(self.cfg.tags) for row in rows]

@@ -66,16 +66,25 @@ class TextToText(Task):
         prefix = row.text(self.cfg.prefix) if row.has(self.cfg.prefix) else self.cfg.task_prefix
         return prefix + row.text(self.cfg.source)
 
+    def _ids(self, texts: list[str], cut: Any, length: int) -> list[list[int]]:
+        """Framed, cut token ids (sampled while encoding an epoch's training texts)."""
+        if self.sampler is None:
+            return [e.ids for e in cut.encode_batch(texts)]
+        return [self.framing.frame(ids, None, length)[0] for ids in self.plain_ids(texts)]
+
     def encode(self, rows: list[Row], training: bool) -> list[Feature]:
-        sources = self.source_cut.encode_batch([self.source_text(row) for row in rows])
+        sources = self._ids(
+            [self.source_text(row) for row in rows], self.source_cut, self.max_length
+        )
         targets = None
         if training or self.has_targets(rows):
-            targets = self.target_cut.encode_batch([row.text(self.cfg.target) for row in rows])
+            texts = [row.text(self.cfg.target) for row in rows]
+            targets = self._ids(texts, self.target_cut, self.target_length)
         features = []
         for i, source in enumerate(sources):
-            feature: Feature = {"row": i, "input_ids": source.ids}
+            feature: Feature = {"row": i, "input_ids": source}
             if targets is not None:
-                labels = targets[i].ids
+                labels = targets[i]
                 feature["labels"] = labels
                 feature["decoder_input_ids"] = [self.start_id, *labels[:-1]]
             features.append(feature)
