@@ -20,6 +20,7 @@ from triform.scaling.analysis import analyse
 from triform.scaling.fit import compute_frontier, fit_chinchilla, fit_isoflops, fit_power_law
 from triform.scaling.laws import CHINCHILLA, ChinchillaLaw, flops_per_token, training_flops
 from triform.scaling.plan import make_plan, nearest_shape
+from triform.scaling.plots import plot_all
 from triform.scaling.sweep import load_sweep, read_results
 from triform.train.run_config import build_run_config, load_run_config
 
@@ -389,3 +390,23 @@ def test_a_fit_without_a_chinchilla_law_cannot_plan(
     path.write_text(json.dumps({"kaplan": {}, "notes": []}))
     assert main(["scaling", "plan", "--flops", "1e20", "--fit", str(path)]) == 2
     assert "no Chinchilla law" in capsys.readouterr().err
+
+
+def test_an_isoflop_sweep_is_analysed_and_plotted(tmp_path: Path) -> None:
+    rows = []
+    for flops in (1e15, 1e16, 1e17):
+        n_opt, _ = CHINCHILLA.optimal(flops)
+        for i, n in enumerate(n_opt * np.geomspace(1 / 8, 8, 5)):
+            d = flops / (6 * n)
+            loss = float(CHINCHILLA.loss(n, d))
+            rows.append(
+                {"id": f"{flops:g}-{i}", "params": n, "tokens": d, "flops": flops, "loss": loss}
+                | {"budget_kind": "flops", "budget": flops}
+            )
+    analysis = analyse(rows, bootstrap=2, starts=2)
+    assert analysis.isoflops is not None and len(analysis.isoflops.curves) == 3
+    assert analysis.chinchilla is not None
+    assert analysis.chinchilla.law.alpha == pytest.approx(0.34, rel=0.05)
+    paths = plot_all(analysis, tmp_path)
+    assert [p.name for p in paths] == ["loss_vs_compute.png", "loss_vs_params.png", "isoflops.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)

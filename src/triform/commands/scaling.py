@@ -242,18 +242,15 @@ def _load_law(path: str):
     return ChinchillaLaw.from_dict(data)
 
 
-def _base_tree(path: str | None, overrides: list[str]) -> dict | None:
-    from triform.config import apply_overrides, load_toml
+def _base_tree(path: str | None, overrides: list[str]) -> dict:
+    from triform.config import apply_overrides
     from triform.scaling.plan import DEFAULT_BASE
-    from triform.train.run_config import _resolve_input_paths
+    from triform.scaling.sweep import load_tree
 
     if path is None:
-        tree = json.loads(json.dumps(DEFAULT_BASE))
-    else:
-        tree = load_toml(path)
-        _resolve_input_paths(tree, Path(path).resolve().parent)
+        return apply_overrides(json.loads(json.dumps(DEFAULT_BASE)), overrides)
+    tree = load_tree(path, overrides)
     tree.pop("sweep", None)
-    apply_overrides(tree, overrides)
     return tree
 
 

@@ -41,6 +41,7 @@ from triform.errors import ConfigError, TriformError
 from triform.models import build_model
 from triform.scaling import toml_writer
 from triform.scaling.laws import flops_per_token, training_flops
+from triform.train.metrics import read_metrics
 from triform.train.run_config import RunConfig, _resolve_input_paths, build_run_config
 
 RESULTS_FILE = "results.jsonl"
@@ -248,13 +249,20 @@ def _shapes(section: SweepSection, base: ModelConfig) -> list[ModelShape]:
     return shapes
 
 
+def load_tree(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A run TOML as a tree, input paths resolved against its folder (as
+    :func:`~triform.train.run_config.load_run_config` does) and ``overrides`` applied;
+    a ``[sweep]`` section, if any, is kept."""
+    tree = load_toml(path)
+    _resolve_input_paths(tree, Path(path).resolve().parent)
+    apply_overrides(tree, overrides or [])
+    return tree
+
+
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Read a sweep TOML: a run config plus ``[sweep]``; ``overrides`` (``section.key=value``,
-    ``sweep.*`` included) are applied first. Input paths are resolved as a run config's are."""
-    tree = load_toml(path)
-    base_dir = Path(path).resolve().parent
-    _resolve_input_paths(tree, base_dir)
-    apply_overrides(tree, overrides or [])
+    ``sweep.*`` included) are applied first."""
+    tree = load_tree(path, overrides)
     if "sweep" not in tree:
         raise ConfigError(f"{path}: a sweep config needs a [sweep] section")
     section = from_dict(SweepSection, dict(tree.pop("sweep")), "sweep")
@@ -289,8 +297,6 @@ def _append(path: Path, row: dict[str, Any]) -> None:
 def _final_loss(out_dir: Path, val_metrics: dict[str, float]) -> float:
     loss = val_metrics.get("loss")
     if loss is None:
-        from triform.train.metrics import read_metrics
-
         records = [r for r in read_metrics(out_dir, split="val") if "loss" in r]
         if not records:
             raise TriformError(f"{out_dir}: the run recorded no validation loss")
@@ -320,7 +326,9 @@ def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> d
         done = subprocess.run(command, check=False)
         if done.returncode != 0:
             raise TriformError(f"point {point.id}: {' '.join(command)} exited {done.returncode}")
-        steps, train_loss = point.steps, math.nan
+        train = [r for r in read_metrics(out_dir, split="train") if "loss" in r]
+        steps = int(train[-1]["step"]) if train else point.steps
+        train_loss = float(train[-1]["loss"]) if train else math.nan
         loss = _final_loss(out_dir, {})
     wall = time.perf_counter() - started
     model = ModelConfig.from_dict(json.loads((out_dir / "model.json").read_text()))
