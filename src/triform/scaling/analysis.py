@@ -90,7 +90,7 @@ def analyse(
     - ``kaplan["N"]``: ``L(N) = (N_c/N)**alpha_N`` on each model size's lowest loss (its
       best-trained run, as Kaplan et al. fit models trained near convergence);
     - ``kaplan["D"]``: ``L(D) = (D_c/D)**alpha_D`` on each token count's lowest loss (its
-      largest model);
+      best model), from the token-budget points when the sweep has any;
     - ``kaplan["C"]``: ``L(C) = (C_c/C)**alpha_C`` on the compute frontier;
     - the Chinchilla law on all points (five or more), with bootstrap intervals;
     - IsoFLOP parabolas for points from compute budgets (``budget_kind = "flops"``).
@@ -99,8 +99,11 @@ def analyse(
     notes: list[str] = []
     params, tokens, flops, loss = (_column(rows, k) for k in ("params", "tokens", "flops", "loss"))
     kaplan: dict[str, PowerLaw] = {}
-    for name, key in (("N", "params"), ("D", "tokens")):
-        xs, best = _best_per(rows, key)
+    # L(D) on the token-budget grid where there is one: a compute budget gives each model
+    # its own token count, and the best loss at such a D is only that of one small model.
+    grid = [row for row in rows if row.get("budget_kind", "tokens") == "tokens"] or rows
+    for name, key, subset in (("N", "params", rows), ("D", "tokens", grid)):
+        xs, best = _best_per(subset, key)
         if len(xs) >= 2:
             kaplan[name] = fit_power_law(xs, best)
         else:
