@@ -207,10 +207,12 @@ def _print_fit(analysis) -> None:
         fit = analysis.chinchilla
         level = f"{fit.level:.0%} bootstrap intervals over {fit.bootstrap} resamples"
         print("L(N, D) = E + A/N^alpha + B/D^beta" + (f" ({level})" if fit.intervals else ""))
-        published = CHINCHILLA.to_dict()
+        published = {key: f"Chinchilla {value}" for key, value in CHINCHILLA.to_dict().items()}
+        for key in ("alpha", "beta"):
+            published[key] += f", Epoch AI refit {PUBLISHED['epoch-refit'][key]}"
         for key in ("E", "A", "B", "alpha", "beta"):
             value = getattr(fit.law, key)
-            print(f"  {key:<6} {value:>10.4g}{_interval(fit, key)}   (Chinchilla {published[key]})")
+            print(f"  {key:<6} {value:>10.4g}{_interval(fit, key)}   ({published[key]})")
     if analysis.isoflops is not None:
         iso = analysis.isoflops
         for curve in iso.curves:
