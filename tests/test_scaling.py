@@ -293,7 +293,7 @@ def test_torchrun_points_get_their_own_config_and_command(tmp_path: Path, corpus
     path = tmp_path / "point.toml"
     path.write_text(toml_writer.dumps(sweep.point_tree(point)))
     assert load_run_config(path).to_dict() == sweep.point_config(point).to_dict()
-    command = sweep.torchrun_command(point, 4, path)
+    command = sweep.torchrun_command(4, path)
     assert command == [
         "torchrun",
         "--nproc_per_node",

@@ -177,9 +177,10 @@ class Sweep:
     def point_config(self, point: SweepPoint) -> RunConfig:
         return build_run_config(self.point_tree(point), self.source)
 
-    def torchrun_command(self, point: SweepPoint, nproc: int, config_path: Path) -> list[str]:
-        """The command that runs ``point`` (its config written to ``config_path``) as its own
-        ``torchrun`` job of ``nproc`` processes."""
+    @staticmethod
+    def torchrun_command(nproc: int, config_path: str | Path) -> list[str]:
+        """The command that runs a point (its config written to ``config_path``, see
+        :meth:`point_tree`) as its own ``torchrun`` job of ``nproc`` processes."""
         return [
             "torchrun",
             "--nproc_per_node",
@@ -322,8 +323,11 @@ def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> d
         out_dir.mkdir(parents=True)
         config_path = out_dir / "point.toml"
         config_path.write_text(toml_writer.dumps(sweep.point_tree(point)), encoding="utf-8")
-        command = sweep.torchrun_command(point, torchrun, config_path)
-        done = subprocess.run(command, check=False)
+        command = sweep.torchrun_command(torchrun, config_path)
+        try:
+            done = subprocess.run(command, check=False)
+        except FileNotFoundError:
+            raise TriformError("--torchrun: the torchrun command is not on PATH") from None
         if done.returncode != 0:
             raise TriformError(f"point {point.id}: {' '.join(command)} exited {done.returncode}")
         train = [r for r in read_metrics(out_dir, split="train") if "loss" in r]
