@@ -410,3 +410,17 @@ def test_an_isoflop_sweep_is_analysed_and_plotted(tmp_path: Path) -> None:
     paths = plot_all(analysis, tmp_path)
     assert [p.name for p in paths] == ["loss_vs_compute.png", "loss_vs_params.png", "isoflops.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_the_shipped_shakespeare_sweep_has_six_sizes_by_three_budgets(tmp_path: Path) -> None:
+    sweep = load_sweep(
+        ROOT / "configs" / "scaling-shakespeare.toml",
+        [f"sweep.out_dir={json.dumps(str(tmp_path))}"],
+    )
+    assert len(sweep.shapes) >= 6 and len(sweep.section.tokens) >= 3
+    assert len(sweep.points) == len(sweep.shapes) * (
+        len(sweep.section.tokens) + len(sweep.section.flops)
+    )
+    assert sweep.config.tokenizer.kind == "char" and sweep.config.data.if_missing == "default"
+    for point in sweep.points:
+        assert sweep.point_config(point).train.steps == point.steps
