@@ -208,6 +208,10 @@ def fit_chinchilla(
         raise TriformError(f"the Chinchilla law has 5 parameters; {len(log_n)} points are too few")
     if not (np.isfinite(log_n).all() and np.isfinite(log_d).all() and np.isfinite(log_loss).all()):
         raise TriformError("params, tokens and loss must be positive and finite")
+    if starts is not None and starts < 1:
+        raise TriformError(f"starts must be None (the whole grid) or >= 1, got {starts}")
+    if bootstrap < 0 or not 0 < level < 1:
+        raise TriformError(f"need bootstrap >= 0 and 0 < level < 1, got {bootstrap}, {level}")
     initial = _grid(grid or HOFFMANN_GRID)
     data = (log_n, log_d, log_loss, delta)
     ranked = _screen(initial, *data)
