@@ -3,8 +3,9 @@
 - :func:`fit_chinchilla`: ``L(N, D) = E + A/N**alpha + B/D**beta`` as Hoffmann et al. (2022)
   fit it: the Huber loss (δ = 1e-3) between the predicted and observed *log* loss, the
   prediction written as ``LSE(a - alpha·log N, b - beta·log D, e)`` with ``A = e**a``,
-  ``B = e**b``, ``E = e**e``, minimised with L-BFGS from every point of their grid of
-  initialisations, the best kept. Bootstrap resamples of the points give confidence
+  ``B = e**b``, ``E = e**e``, minimised with L-BFGS-B from their grid of initialisations
+  (by default from its 16 points with the lowest objective; ``starts=None``: every one of
+  the 4,500), the best optimum kept. Bootstrap resamples of the points give confidence
   intervals for every parameter.
 - :func:`fit_power_law`: a Kaplan-style single-variable law ``L(x) = (x_c/x)**alpha_x`` by
   least squares in log space.
