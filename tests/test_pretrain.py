@@ -16,7 +16,8 @@ from triform.train.metrics import read_metrics
 from triform.train.run_config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
+# Run configs; sweep configs (a [sweep] section, tests/test_scaling.py) are many runs.
+CONFIGS = [c for c in sorted((ROOT / "configs").glob("*.toml")) if "[sweep]" not in c.read_text()]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "shakespeare"
 
 TINY = [

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "triform.commands.data",
     "triform.commands.convert",
     "triform.commands.evaluate",
+    "triform.commands.scaling",
 )
 
 
