@@ -17,10 +17,14 @@ Layout of a shard folder (one set of files per split, ``train`` and ``val``)::
 No separator or special token is stored: the readers (:mod:`triform.data.readers`) add the
 family's separators and framing at read time, so one shard set serves every objective.
 
-Each document is tokenized as one text (its lines joined by newlines), so the ids are what
-the tokenizer gives for the document (a very long one is cut in pieces at line ends, joined so
-that nothing is lost); a token belongs to the line in which its last character lies (a
-newline token ends the line before it).
+Each document is tokenized as one text, exactly as the corpus gives it (every character kept,
+see :mod:`triform.data.corpus`), so the ids are what the tokenizer gives for the document and
+decode back to it where the tokenizer is lossless (char, byte-level BPE). A very long
+document is cut into pieces at sentence boundaries where the tokenizer gives the same ids
+for the pieces as for the whole (checked once per tokenizer; otherwise it is encoded whole).
+Sentences are the lines of a document (:func:`~triform.data.corpus.sentence_starts`: a line
+break and the blank lines and indentation after it lead the next sentence); a token belongs
+to the sentence in which it starts.
 
 Documents go to ``val`` with probability ``val_fraction`` (a seeded draw per document, in
 corpus order); when that leaves a split empty, one document is moved so that both have one
@@ -48,21 +52,22 @@ from typing import Any
 import numpy as np
 import tokenizers
 
-from triform.data.corpus import Corpus
+from triform.data.corpus import Corpus, cut_text, sentence_starts
 from triform.errors import ConfigError, TriformError
 from triform.tokenizers import SpecialTokens, load_tokenizer, save_tokenizer, tokenizer_hash
 
 log = logging.getLogger("triform.data")
 
 FORMAT = "triform-shards"
-VERSION = 1
+# 2: documents keep every character (blank lines, trailing whitespace, final newline) and
+# sentences start at line breaks. Shards of another version are prepared again.
+VERSION = 2
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
 _SUFFIXES = (".bin", ".docs.npy", ".sents.npy", ".doc_sents.npy")
 
-# An encoding job is a list of items (doc index, lines, tail): a document, or a piece of a
-# long one; ``tail`` is appended to a piece that the next piece continues (see _piece_tail).
-Item = tuple[int, list[str], str]
+# An encoding job is a list of items (doc index, text): a document, or a piece of a long one.
+Item = tuple[int, str]
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -85,16 +90,15 @@ def _init_worker(tok_json: str) -> None:
 def encode_items(
     tok: tokenizers.Tokenizer, items: list[Item]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Encode each item's lines as one text (joined by newlines, no special tokens).
+    """Encode each item's text (no special tokens) and find its sentences.
 
     Returns ``ids`` (T,) uint32 of all items concatenated, ``item_tokens`` (I,) int64,
     ``sent_lens`` (S,) int64 token count of each non-empty sentence in order, and
     ``item_sents`` (I,) int64 sentences per item.
     """
-    texts = ["\n".join(lines) + tail for _, lines, tail in items]
-    encodings = tok.encode_batch(texts, add_special_tokens=False)
+    encodings = tok.encode_batch([text for _, text in items], add_special_tokens=False)
     ids, item_tokens, sent_lens, item_sents = [], [], [], []
-    for (_, lines, _), enc in zip(items, encodings, strict=True):
+    for (_, text), enc in zip(items, encodings, strict=True):
         n = len(enc.ids)
         item_tokens.append(n)
         if n == 0:
@@ -103,12 +107,10 @@ def encode_items(
         ids.append(np.asarray(enc.ids, dtype=np.uint32))
         flat = itertools.chain.from_iterable(enc.offsets)  # faster than np.asarray on tuples
         offsets = np.fromiter(flat, dtype=np.int64, count=2 * n).reshape(n, 2)  # char spans
-        line_starts = np.zeros(len(lines), dtype=np.int64)
-        np.cumsum([len(line) + 1 for line in lines[:-1]], out=line_starts[1:])
-        last_char = np.maximum(offsets[:, 1] - 1, offsets[:, 0])  # (n,)
-        line_of = np.searchsorted(line_starts, last_char, side="right") - 1
-        line_of = np.maximum.accumulate(np.clip(line_of, 0, len(lines) - 1))
-        counts = np.bincount(line_of, minlength=len(lines))
+        starts = np.asarray(sentence_starts(text), dtype=np.int64)  # (S_item,)
+        sent_of = np.searchsorted(starts, offsets[:, 0], side="right") - 1  # (n,)
+        sent_of = np.maximum.accumulate(np.clip(sent_of, 0, len(starts) - 1))
+        counts = np.bincount(sent_of, minlength=len(starts))
         counts = counts[counts > 0]
         sent_lens.append(counts)
         item_sents.append(len(counts))
@@ -129,39 +131,29 @@ def _encode_job(items: list[Item]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 # ---------------------------------------------------------------------------------------
 # Main side: cut the corpus into jobs, write what comes back.
 # ---------------------------------------------------------------------------------------
-def _piece_tail(tok: tokenizers.Tokenizer) -> str:
-    """What ends a piece of a long document so that the pieces' ids concatenate to the ids
-    of the whole: the newline for tokenizers that keep it (byte-level, char), nothing for
-    those that turn it into a word boundary (Metaspace kinds)."""
-    whole = tok.encode("ab cd\nef gh", add_special_tokens=False).ids
-    head = tok.encode("ab cd\n", add_special_tokens=False).ids
-    tail = tok.encode("ef gh", add_special_tokens=False).ids
-    return "\n" if head + tail == whole else ""
+_PROBE = "ab cd  \n\n\tef, gh.\nij\n  \n   kl mn\n\n"
 
 
-def _jobs(corpus: Corpus, chunk_chars: int, tail: str) -> Iterator[tuple[list[Item], int]]:
+def cuts_are_lossless(tok: tokenizers.Tokenizer) -> bool:
+    """Whether cutting a text at its sentence boundaries and encoding the pieces gives the ids
+    of the whole text (true for the char, byte-level, WordPiece and Metaspace pipelines)."""
+    whole = tok.encode(_PROBE, add_special_tokens=False).ids
+    pieces = [tok.encode(p, add_special_tokens=False).ids for p in cut_text(_PROBE, 1)]
+    return list(itertools.chain.from_iterable(pieces)) == whole
+
+
+def _jobs(corpus: Corpus, chunk_chars: int, cut: bool) -> Iterator[tuple[list[Item], int]]:
     """(items, characters) jobs of about ``chunk_chars``; long documents are cut into pieces
-    at line ends (pieces keep their document index)."""
+    (which keep their document index) when ``cut``."""
     items: list[Item] = []
     size = 0
     for doc_index, doc in enumerate(corpus.documents()):
-        piece: list[str] = []
-        piece_size = 0
-        for line in doc:
-            if piece and piece_size + len(line) > chunk_chars:
-                items.append((doc_index, piece, tail))
-                size += piece_size
-                piece, piece_size = [], 0
-                if size >= chunk_chars:
-                    yield items, size
-                    items, size = [], 0
-            piece.append(line)
-            piece_size += len(line) + 1
-        items.append((doc_index, piece, ""))
-        size += piece_size
-        if size >= chunk_chars:
-            yield items, size
-            items, size = [], 0
+        for piece in cut_text(doc, chunk_chars) if cut else [doc]:
+            items.append((doc_index, piece))
+            size += len(piece)
+            if size >= chunk_chars:
+                yield items, size
+                items, size = [], 0
     if items:
         yield items, size
 
@@ -309,6 +301,7 @@ def prepare_shards(
         raise ConfigError(f"chunk_chars must be positive, got {chunk_chars}")
     out = Path(out_dir)
     key = {
+        "version": VERSION,
         "tokenizer_hash": tokenizer_hash(tok),
         "corpus_fingerprint": corpus.fingerprint(),
         "val_fraction": float(val_fraction),
@@ -322,6 +315,13 @@ def prepare_shards(
             log.info("shards in %s are up to date; nothing to do", out)
             return ShardInfo(out, old, reused=True, seconds=0.0)
         log.warning("shards in %s are incomplete; preparing them again", out)
+    elif old is not None and old.get("version") != VERSION:
+        log.warning(
+            "shards in %s have format version %s (this triform writes %d); preparing them again",
+            out,
+            old.get("version"),
+            VERSION,
+        )
     elif old is not None:
         if not overwrite and old.get("key", {}).get("tokenizer_hash") != key["tokenizer_hash"]:
             raise TriformError(
@@ -376,11 +376,7 @@ def _build(
         docs = np.fromiter((item[0] for item in job), dtype=np.int64, count=len(job))
         first = int(docs[0])  # a job's documents are consecutive
         is_val = np.asarray(doc_split[first : int(docs[-1]) + 1], dtype=bool)[docs - first]
-        chars = np.fromiter(
-            (sum(map(len, lines)) + len(lines) for _, lines, _ in job),
-            dtype=np.int64,
-            count=len(job),
-        )  # (I,)
+        chars = np.fromiter((len(text) for _, text in job), dtype=np.int64, count=len(job))
         tok_val = np.repeat(is_val, item_tokens)
         sent_val = np.repeat(is_val, item_sents)
         for name, mask, t_mask, s_mask in (
@@ -395,7 +391,7 @@ def _build(
                 w.n_chars += int(chars[mask].sum())
 
     def jobs() -> Iterator[tuple[list[Item], int]]:
-        for job, n_chars in _jobs(corpus, chunk_chars, _piece_tail(tok)):
+        for job, n_chars in _jobs(corpus, chunk_chars, cuts_are_lossless(tok)):
             new = job[-1][0] + 1 - len(doc_split)
             if new > 0:
                 doc_split.extend((rng.random(new) < val_fraction).tolist())
@@ -494,6 +490,11 @@ class ShardSet:
         if meta is None:
             raise TriformError(
                 f"no shards in {self.path} (no {META_FILE}); run `triform data prepare` first"
+            )
+        if meta.get("version") != VERSION:
+            raise TriformError(
+                f"shards in {self.path} have format version {meta.get('version')} (this triform "
+                f"reads {VERSION}); prepare them again (`triform data prepare --overwrite`)"
             )
         if split not in meta["splits"]:
             raise TriformError(
