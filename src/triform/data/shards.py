@@ -28,8 +28,9 @@ to the sentence in which it starts.
 
 Documents go to ``val`` with probability ``val_fraction`` (a seeded draw per document, in
 corpus order); when that leaves a split empty, one document is moved so that both have one
-(if there are two or more documents). Re-running with the same corpus (paths, sizes, times),
-tokenizer and options is a no-op.
+(if there are two or more documents). With a ``validation`` corpus, the corpus is all
+``train`` and the validation corpus all ``val``. Re-running with the same corpus (paths,
+sizes, times), tokenizer and options is a no-op.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,12 +143,14 @@ def cuts_are_lossless(tok: tokenizers.Tokenizer) -> bool:
     return list(itertools.chain.from_iterable(pieces)) == whole
 
 
-def _jobs(corpus: Corpus, chunk_chars: int, cut: bool) -> Iterator[tuple[list[Item], int]]:
-    """(items, characters) jobs of about ``chunk_chars``; long documents are cut into pieces
-    (which keep their document index) when ``cut``."""
+def _jobs(
+    documents: Iterable[tuple[int, str]], chunk_chars: int, cut: bool
+) -> Iterator[tuple[list[Item], int]]:
+    """(items, characters) jobs of about ``chunk_chars`` from (index, document) pairs; long
+    documents are cut into pieces (which keep their document index) when ``cut``."""
     items: list[Item] = []
     size = 0
-    for doc_index, doc in enumerate(corpus.documents()):
+    for doc_index, doc in documents:
         for piece in cut_text(doc, chunk_chars) if cut else [doc]:
             items.append((doc_index, piece))
             size += len(piece)
@@ -286,8 +289,12 @@ def prepare_shards(
     progress: bool = True,
     overwrite: bool = False,
     chunk_chars: int = 1 << 18,
+    validation: Corpus | None = None,
 ) -> ShardInfo:
     """Tokenize ``corpus`` with ``tok`` into shards in ``out_dir`` (see the module docstring).
+
+    ``validation``: a corpus that is the ``val`` split (``corpus`` is then all ``train``, and
+    ``val_fraction`` must be 0).
 
     ``workers`` processes encode in parallel (0: in this process, with HuggingFace's own
     threads). A folder that already holds these shards (same corpus fingerprint, tokenizer
@@ -299,11 +306,14 @@ def prepare_shards(
         raise ConfigError(f"workers must be >= 0, got {workers}")
     if chunk_chars < 1:
         raise ConfigError(f"chunk_chars must be positive, got {chunk_chars}")
+    if validation is not None and val_fraction > 0:
+        raise ConfigError("with a validation corpus, val_fraction must be 0")
     out = Path(out_dir)
     key = {
         "version": VERSION,
         "tokenizer_hash": tokenizer_hash(tok),
         "corpus_fingerprint": corpus.fingerprint(),
+        "validation_fingerprint": validation.fingerprint() if validation is not None else None,
         "val_fraction": float(val_fraction),
         "seed": int(seed),
     }
@@ -339,7 +349,9 @@ def prepare_shards(
     tmp.mkdir()
     try:
         start = time.perf_counter()
-        meta = _build(corpus, tok, tmp, key, val_fraction, workers, seed, progress, chunk_chars)
+        meta = _build(
+            corpus, validation, tok, tmp, key, val_fraction, workers, seed, progress, chunk_chars
+        )
         meta["seconds"] = round(time.perf_counter() - start, 3)
         (out / META_FILE).unlink(missing_ok=True)
         for f in sorted(tmp.iterdir()):
@@ -354,6 +366,7 @@ def prepare_shards(
 
 def _build(
     corpus: Corpus,
+    validation: Corpus | None,
     tok: tokenizers.Tokenizer,
     tmp: Path,
     key: dict[str, Any],
@@ -390,15 +403,20 @@ def _build(
                 )
                 w.n_chars += int(chars[mask].sum())
 
-    def jobs() -> Iterator[tuple[list[Item], int]]:
-        for job, n_chars in _jobs(corpus, chunk_chars, cuts_are_lossless(tok)):
-            new = job[-1][0] + 1 - len(doc_split)
-            if new > 0:
-                doc_split.extend((rng.random(new) < val_fraction).tolist())
-            yield job, n_chars
+    def documents() -> Iterator[tuple[int, str]]:
+        """Every document with its index; its split is drawn (or fixed) as it comes."""
+        parts = [(corpus, None)] if validation is None else [(corpus, False), (validation, True)]
+        for source, is_val in parts:
+            for doc in source.documents():
+                doc_split.append(bool(rng.random() < val_fraction) if is_val is None else is_val)
+                yield len(doc_split) - 1, doc
 
+    def jobs() -> Iterator[tuple[list[Item], int]]:
+        yield from _jobs(documents(), chunk_chars, cuts_are_lossless(tok))
+
+    sizes = [c.total_bytes() for c in (corpus, validation) if c is not None]
     bar = tqdm(
-        total=corpus.total_bytes(),
+        total=None if None in sizes else sum(sizes),  # type: ignore[arg-type]
         unit="B",
         unit_scale=True,
         desc="tokenizing",
@@ -433,12 +451,14 @@ def _build(
 
     # Both splits get a document when there are two or more, and train is never empty.
     train, val = writers["train"], writers["val"]
-    if len(train.index()[0]) == 0 and len(val.index()[0]) > 0:
+    if validation is None and len(train.index()[0]) == 0 and len(val.index()[0]) > 0:
         _move_last(val, train)
     if val_fraction > 0 and len(val.index()[0]) == 0 and len(train.index()[0]) >= 2:
         _move_last(train, val)
     if train.n_tokens == 0:
         raise TriformError(f"the corpus gave no tokens: {corpus.name}")
+    if validation is not None and val.n_tokens == 0:
+        raise TriformError(f"the validation corpus gave no tokens: {validation.name}")
 
     counts = {name: w.finish(tmp, name) for name, w in writers.items()}
     save_tokenizer(tok, tmp / "tokenizer.json")
@@ -452,7 +472,13 @@ def _build(
         "separator": "none stored; readers add separators and framing",
         "special_tokens": SpecialTokens.from_tokenizer(tok).to_dict(),
         "corpus": corpus.name,
-        "skipped": [{"source": s, "reason": r} for s, r in corpus.skipped],
+        "validation": validation.name if validation is not None else None,
+        "skipped": [
+            {"source": s, "reason": r}
+            for c in (corpus, validation)
+            if c is not None
+            for s, r in c.skipped
+        ],
         "splits": counts,
         "workers": workers,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
