@@ -45,3 +45,11 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(row, dict):
             raise TriformError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
         yield number, row
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The non-blank lines of a text file (``-``: standard input), one item each (prompts,
+    texts to embed)."""
+    if str(path) != "-" and not Path(path).is_file():
+        raise TriformError(f"input file not found: {path}")
+    return [line for line in read_text(path).split("\n") if line.strip()]
