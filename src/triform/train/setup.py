@@ -129,6 +129,7 @@ def prepare_data(config: RunConfig, tokenizer: tokenizers.Tokenizer, out_dir: Pa
             shards_dir,
             validation=load_validation(config),
             val_fraction=config.data.val_fraction or 0.0,
+            progress=config.train.progress,
             workers=config.data.workers,
             seed=config.train.seed,
         )
