@@ -211,6 +211,6 @@ def test_python_api_reads_files(tmp_path, char_gpt2):
     path = tmp_path / "a.txt"
     path.write_text(TEXT, encoding="utf-8")
     model = _tiny("gpt2-tiny", char_gpt2, max_positions=32)
-    result = perplexity(model, char_gpt2, [path, os.fspath(path)], max_length=16)
+    result = perplexity(model, char_gpt2, [path, os.fspath(path)], max_length=16, progress=True)
     assert result.texts == 2 and result.tokens == 2 * (len(TEXT) - 1)
     assert result.files == [str(path), str(path)]

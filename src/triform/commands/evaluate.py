@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from triform.errors import TriformError
 
@@ -75,6 +76,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         stride=args.stride,
         batch_size=args.batch_size,
+        progress=sys.stderr.isatty(),
     )
     if args.json:
         print(json.dumps({"model": args.model, **result.to_dict()}))

@@ -24,7 +24,7 @@ of the text, which compare across tokenizers.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,16 @@ def _finish(method: str, tokens: int, nll: float, texts: Sequence[str], **extra:
     return Perplexity(method, tokens, nll, chars, size, len(texts), **extra)
 
 
+def _batches(total: int, batch_size: int, progress: bool, unit: str) -> Iterator[int]:
+    """The start of each batch of ``total`` items, with a progress bar when asked."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, unit=f" {unit}", disable=not progress, leave=False) as bar:
+        for start in range(0, total, batch_size):
+            yield start
+            bar.update(min(batch_size, total - start))
+
+
 def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
     """The windows over ``n_tokens`` tokens: ``(begin, end, first scored token)`` each, with
     global token indices. Each window scores the tokens the previous one did not reach, but
@@ -150,11 +160,14 @@ def decoder_perplexity(
     *,
     max_length: int | None = None,
     stride: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = 4,
+    progress: bool = False,
 ) -> Perplexity:
     """Sliding-window perplexity of a decoder on ``texts`` (see the module docstring).
 
-    ``max_length`` defaults to the model's positions, ``stride`` to half of ``max_length``.
+    ``max_length`` defaults to the model's positions, ``stride`` to half of ``max_length``;
+    ``batch_size`` windows go through the model together (their logits, batch x max_length
+    x vocabulary floats, bound the memory). ``progress`` shows a bar on standard error.
     """
     if model.config.form != "decoder":
         raise TriformError(f"sliding-window perplexity needs a decoder, not {model.config.form}")
@@ -172,7 +185,7 @@ def decoder_perplexity(
     model.eval()
     total, count = 0.0, 0
     pad_id = _pad_id(model)
-    for start in range(0, len(rows), batch_size):
+    for start in _batches(len(rows), batch_size, progress, "windows"):
         ids, mask = pad_rows(rows[start : start + batch_size], pad_id)  # (B, L)
         ids, mask = ids.to(model.device), mask.to(model.device)
         logits = model(ids, attention_mask=mask).logits[:, :-1]  # (B, L-1, V): next tokens
@@ -206,6 +219,7 @@ def pseudo_perplexity(
     *,
     max_length: int | None = None,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> Perplexity:
     """Masked-LM pseudo-perplexity of an encoder on ``texts`` (Salazar et al., 2020).
 
@@ -241,7 +255,7 @@ def pseudo_perplexity(
     pad_id = _pad_id(model)
     use_types = bool(model.config.type_vocab_size)
     total = 0.0
-    for start in range(0, len(copies), batch_size):
+    for start in _batches(len(copies), batch_size, progress, "tokens"):
         batch = copies[start : start + batch_size]
         ids, mask = pad_rows([windows[w] for w, _ in batch], pad_id)  # (B, L)
         where = torch.tensor([p for _, p in batch])  # (B,)
@@ -264,6 +278,7 @@ def seq2seq_perplexity(
     pairs: Sequence[tuple[str, str]],
     *,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> Perplexity:
     """Perplexity of an encoder-decoder on the targets of ``(source, target)`` pairs, both
     framed by the tokenizer as in ``seq2seq`` training and cut to the model's positions."""
@@ -283,7 +298,7 @@ def seq2seq_perplexity(
     start_id = start_id if start_id is not None else pad_id
     model.eval()
     total, count = 0.0, 0
-    for begin in range(0, len(pairs), batch_size):
+    for begin in _batches(len(pairs), batch_size, progress, "pairs"):
         batch = corpus.collate(torch.arange(begin, min(begin + batch_size, len(pairs))), pad_id)
         batch = {k: v.to(model.device) for k, v in batch.items()}
         labels = batch["target_ids"].masked_fill(batch["target_mask"] == 0, -100)  # (B, T)
@@ -326,6 +341,7 @@ def perplexity(
     max_length: int | None = None,
     stride: int | None = None,
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> Perplexity:
     """Perplexity of ``model`` on ``files``, by the method of its form (module docstring):
     text files for decoders and encoders (read exactly, UTF-8), pair files (TSV or JSONL)
@@ -333,7 +349,9 @@ def perplexity(
     if not files:
         raise TriformError("no files to evaluate")
     form = model.config.form
-    options: dict[str, Any] = {} if batch_size is None else {"batch_size": batch_size}
+    options: dict[str, Any] = {"progress": progress}
+    if batch_size is not None:
+        options["batch_size"] = batch_size
     if form == "encoder-decoder":
         if max_length is not None or stride is not None:
             raise TriformError("max_length and stride are for decoders and encoders")
