@@ -91,6 +91,10 @@ def test_pretrain_validates_on_the_given_files(tmp_path, capsys):
     val = ShardSet(run / "data", "val")
     assert val.decode(val.document(0)) == VAL
     assert json.loads((run / "data" / "meta.json").read_text())["splits"]["train"]["documents"] == 1
+    # the run folder evaluates on the same file: pretrain -> evaluate perplexity
+    assert main(["evaluate", "perplexity", str(run), str(tmp_path / "val.txt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tokens"] == len(VAL) - 1 and result["max_length"] == 32
     # without validation files, val_fraction = 0 is refused with one line
     assert main(["pretrain", "--set", "data.val_fraction=0", "--set", "train.steps=1"]) == 2
     assert "data.validation" in capsys.readouterr().err
