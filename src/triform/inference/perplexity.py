@@ -12,8 +12,8 @@
   a JSONL with ``source`` and ``target``), framed as in ``seq2seq`` training.
 - **encoders with a masked-LM head**: pseudo-perplexity (Salazar et al., 2020, "Masked
   Language Model Scoring"): every token is masked once, with the rest of its window as
-  context, and scored by the model's probability of the original token. All the masked
-  copies of a window go through the model together, ``batch_size`` copies per forward.
+  context, and scored by the model's probability of the original token. The masked copies
+  are batched, ``batch_size`` of them (from one window or several) per forward.
 
 Every text is one token stream (no special tokens for decoders; its first token has no
 context and is not scored). Results sum over all texts: ``tokens`` scored, total ``nll`` in
