@@ -11,7 +11,7 @@ import pytest
 
 from triform.cli import main
 from triform.data import Corpus
-from triform.data.shards import ShardSet, prepare_shards, token_dtype
+from triform.data.shards import ShardSet, cuts_are_lossless, prepare_shards, token_dtype
 from triform.errors import ConfigError, TriformError
 from triform.tokenizers import save_tokenizer, train_tokenizer
 
@@ -329,3 +329,20 @@ def test_shakespeare_folder_to_shards(tmp_path):
     assert train.n_docs == val.n_docs == 1 and train.n_tokens > 30_000
     text = train.decode(train.document(0)[:200].tolist())
     assert "by William Shakespeare" in text
+
+
+@pytest.mark.parametrize("kind", ["char", "byte-bpe", "wordpiece", "bpe", "unigram"])
+def test_every_kind_cuts_long_documents_without_changing_ids(tmp_path, kind):
+    text = "".join(LOSSLESS) * 3
+    tok = train_tokenizer([text] * 3, kind=kind, vocab_size=300 if kind == "byte-bpe" else 160)
+    assert cuts_are_lossless(tok)
+    corpus = Corpus.from_texts([text])
+    prepare_shards(
+        corpus, tok, tmp_path, val_fraction=0.0, workers=0, progress=False, chunk_chars=40
+    )
+    shards = ShardSet(tmp_path)
+    assert shards.document(0).tolist() == tok.encode(text, add_special_tokens=False).ids
+    sentences = [shards.sentence(j).tolist() for j in range(shards.n_sents)]
+    assert [i for s in sentences for i in s] == shards.document(0).tolist()
+    if kind in ("char", "byte-bpe"):
+        assert shards.decode(shards.document(0)) == text
