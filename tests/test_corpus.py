@@ -20,14 +20,15 @@ def _write(path, text: str | bytes) -> None:
         path.write_text(text, encoding="utf-8")
 
 
-def test_text_file_documents_and_lines(tmp_path):
-    _write(tmp_path / "a.txt", "First line.  \r\n\n   indented line\n\nlast\n")
+def test_text_file_documents_keep_every_character(tmp_path):
+    text = "First line.  \r\n\n   indented\tline\n \t\nsame doc\n\n\nlast \n"
+    _write(tmp_path / "a.txt", text)
     docs = list(Corpus.from_paths(tmp_path / "a.txt").documents())
-    assert docs == [["First line.", "   indented line", "last"]]  # one doc per file
+    assert docs == [text.replace("\r\n", "\n")]  # one doc per file, exactly
     docs = list(Corpus.from_paths(tmp_path / "a.txt", split_documents="blank-line").documents())
-    assert docs == [["First line."], ["   indented line"], ["last"]]
+    assert docs == ["First line.  \n", "   indented\tline\n", "same doc\n", "last \n"]
     docs = list(Corpus.from_paths(str(tmp_path / "a.txt"), split_documents="line").documents())
-    assert len(docs) == 3
+    assert docs == ["First line.  ", "   indented\tline", "same doc", "last "]
 
 
 def test_folder_glob_order_and_formats(tmp_path):
@@ -44,12 +45,12 @@ def test_folder_glob_order_and_formats(tmp_path):
         fh.write(json.dumps({"body": "from gzipped jsonl"}) + "\n")
     corpus = Corpus.from_paths([tmp_path / "b", str(tmp_path / "*.gz")])
     docs = list(corpus.documents())
-    assert docs == [["alpha"], ["one", "two"], ["three"], ["zed"], ["gz text", "second"]]
+    assert docs == ["alpha", "one\ntwo", "three", "zed", "gz text\n\nsecond"]
     assert len(corpus.skipped) == 2  # bad records of m.jsonl, d.jsonl.gz lacks "text"
     docs = list(Corpus.from_paths(tmp_path / "d.jsonl.gz", text_field="body").documents())
-    assert docs == [["from gzipped jsonl"]]
+    assert docs == ["from gzipped jsonl"]
     again = list(Corpus.from_paths([tmp_path / "b", str(tmp_path / "*.gz")]).documents())
-    assert again == [["alpha"], ["one", "two"], ["three"], ["zed"], ["gz text", "second"]]
+    assert again == ["alpha", "one\ntwo", "three", "zed", "gz text\n\nsecond"]
 
 
 def test_missing_and_empty_inputs(tmp_path):
@@ -74,7 +75,7 @@ def test_binary_and_non_utf8_files_are_skipped_with_a_warning(tmp_path, caplog):
     _write(tmp_path / "broken.txt.gz", b"\x1f\x8b\x08\x00garbage")
     with caplog.at_level(logging.WARNING, logger="triform.data"):
         corpus = Corpus.from_paths(tmp_path)
-        assert list(corpus.documents()) == [["fine text"]]
+        assert list(corpus.documents()) == ["fine text"]
     assert sorted(reason.split(" ")[0] for _, reason in corpus.skipped) == [
         "binary",
         "cannot",
@@ -90,15 +91,17 @@ def test_late_decode_error_keeps_the_good_part(tmp_path):
     _write(tmp_path / "late.txt", good.encode() + b"bad \xff byte\n")
     corpus = Corpus.from_paths(tmp_path / "late.txt")
     docs = list(corpus.documents())
-    assert len(corpus.skipped) == 1 and len(docs) == 1 and docs[0][0] == "ok line"
+    assert len(corpus.skipped) == 1 and len(docs) == 1 and docs[0].startswith("ok line\nok")
 
 
 def test_texts_pieces_and_fingerprint(tmp_path):
-    _write(tmp_path / "a.txt", "\n".join(f"line {i}" for i in range(100)))
+    text = "".join(f"line {i}  \n\n" for i in range(100))
+    _write(tmp_path / "a.txt", text)
     corpus = Corpus.from_paths(tmp_path / "a.txt")
     pieces = list(corpus.texts(max_chars=100))
-    assert all(len(p) <= 110 for p in pieces) and len(pieces) > 5
-    assert "\n".join(pieces) == "\n".join(f"line {i}" for i in range(100))
+    assert all(len(p) <= 100 for p in pieces) and len(pieces) > 5
+    assert "".join(pieces) == text  # cut before line breaks, nothing lost
+    assert all(p.startswith("line") for p in pieces[:1]) and pieces[1].startswith("  \n\nline")
     before = corpus.fingerprint()
     assert Corpus.from_paths(tmp_path / "a.txt").fingerprint() == before
     _write(tmp_path / "a.txt", "changed")
@@ -106,8 +109,10 @@ def test_texts_pieces_and_fingerprint(tmp_path):
 
 
 def test_in_memory_corpus_and_max_bytes():
-    corpus = Corpus.from_texts(["a b\nc", ["x", "", "y"]])
-    assert list(corpus.documents()) == [["a b", "c"], ["x", "y"]]
+    corpus = Corpus.from_texts(["a b\nc\n", ["x", "", "y"], " \n\t"])
+    assert list(corpus.documents()) == ["a b\nc\n", "x\n\ny"]
+    paragraphs = Corpus.from_texts(["a\n\n b\n  \nc"], split_documents="blank-line")
+    assert list(paragraphs.documents()) == ["a\n", " b\n", "c"]
     capped = Corpus.from_texts(["x" * 100] * 10)
     capped.max_bytes = 250
     assert len(list(capped.documents())) == 3
@@ -118,17 +123,17 @@ def test_default_corpus_is_deterministic_and_big_enough():
     assert corpus.total_bytes() > 5_000_000
     first = [doc for _, doc in zip(range(100), corpus.documents(), strict=False)]
     again = [doc for _, doc in zip(range(100), default_corpus().documents(), strict=False)]
-    assert first == again and all(doc and all(doc) for doc in first)
+    assert first == again and all(doc.strip() for doc in first)
     small = list(default_corpus(max_bytes=200_000).documents())
-    size = sum(len(line) + 1 for doc in small for line in doc)
+    size = sum(len(doc) for doc in small)
     assert 200_000 <= size < 1_000_000
-    assert any("def " in line for doc in small for line in doc)  # stdlib sources are in
+    assert any("def " in doc and "\n\n" in doc for doc in small)  # blank lines kept
     with pytest.raises(ConfigError):
         default_corpus(parts=("wikipedia",))
 
 
 def test_default_corpus_docstrings_part():
     docs = list(default_corpus(parts=("docstrings",), max_bytes=50_000).documents())
-    lines = [line for doc in docs for line in doc]
+    lines = [line for doc in docs for line in doc.splitlines()]
     assert any(line.startswith("Return ") for line in lines)
     assert not any(line.startswith("import ") for line in lines)  # prose, not module code

@@ -210,7 +210,8 @@ def test_a_missing_model_folder_is_a_one_line_error(
     texts.write_text("a\n")
     args = ["features", str(tmp_path / "nope"), "--input", str(texts), "--out", "x.npy"]
     assert main(args) == 2
-    assert "not a triform run folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model folder not found" in err and len(err.strip().splitlines()) == 1
 
 
 # -- a real checkpoint ---------------------------------------------------------------------

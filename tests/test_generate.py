@@ -4,7 +4,9 @@ tokens and lengths; ``triform generate`` on a HuggingFace folder."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -316,16 +318,21 @@ def test_the_command_on_a_huggingface_folder(
     folder = str(_hf_folder(tmp_path, kind))
     base = ["generate", folder, "--prompt", "the fox", "--prompt", "a", "--max-new-tokens", "6"]
     base += ["--min-new-tokens", "3"]  # the random BART would end at once
-    assert main([*base, "--greedy"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and all(len(line) >= 3 for line in lines), lines
+    assert main([*base, "--greedy", "--format", "jsonl"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["prompt"], r["rank"]) for r in rows] == [("the fox", 1), ("a", 1)]
+    assert all(len(r["text"]) >= 3 and isinstance(r["score"], float) for r in rows), rows
     if kind == "gpt2":  # a decoder prints prompt + continuation
-        assert lines[0].startswith("the fox") and lines[1].startswith("a")
+        assert rows[0]["text"].startswith("the fox") and rows[1]["text"].startswith("a")
+    assert main([*base, "--greedy"]) == 0  # several outputs: each under a header line
+    out = capsys.readouterr().out
+    assert re.findall(r"^--- prompt (\d) \(score -?[\d.]+\) ---$", out, re.M) == ["1", "2"]
+    assert rows[0]["text"] in out and rows[1]["text"] in out
     assert main([*base, "--num-beams", "3", "--num-return-sequences", "2"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line[:4] for line in lines] == ["[1] ", "[2] ", "[1] ", "[2] "]
+    headers = re.findall(r"^--- prompt (\d), output (\d) ", capsys.readouterr().out, re.M)
+    assert headers == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
     assert main([*base, "--seed", "3", "--top-k", "5", "--temperature", "1.5"]) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert capsys.readouterr().out.count("--- prompt") == 2
 
 
 def test_the_command_stops_at_tokens_and_texts(tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -345,14 +352,14 @@ def test_the_command_stops_at_tokens_and_texts(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_stop_values_split_into_tokens_and_texts() -> None:
-    from triform.commands.generate import _cut, stop_tokens
+    from triform.inference.completions import cut_at_stops, stop_tokens
     from triform.tokenizers import train_tokenizer
 
     tokenizer = train_tokenizer(["abc abc"], kind="char", vocab_size=VOCAB, family="gpt2")
     ids, texts = stop_tokens(tokenizer, ["b", "ca"], eos_id=0)
     assert ids == [0, tokenizer.token_to_id("b")] and texts == ["ca"]
     assert stop_tokens(tokenizer, ["x\\ny"], eos_id=None) == ([], ["x\ny"])  # \n: newline
-    assert _cut("abcab", ["ca", "x"]) == "ab" and _cut("abc", []) == "abc"
+    assert cut_at_stops("abcab", ["ca", "x"]) == "ab" and cut_at_stops("abc", []) == "abc"
 
 
 @pytest.mark.parametrize(
@@ -372,3 +379,25 @@ def test_bad_command_input_is_a_one_line_error(
     assert main(["generate", folder, "--prompt", "a", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_complete_from_python(tmp_path: Path) -> None:
+    from triform.inference import complete, load_model
+
+    model, tokenizer = load_model(_hf_folder(tmp_path, "gpt2"))
+    prompts = ["the fox", "a"]
+    beams = complete(
+        model, tokenizer, prompts, max_new_tokens=4, num_beams=2, num_return_sequences=2
+    )
+    assert [(c.prompt, c.rank) for c in beams] == [
+        ("the fox", 1),
+        ("the fox", 2),
+        ("a", 1),
+        ("a", 2),
+    ]
+    assert beams[0].score >= beams[1].score and beams[0].text.startswith("the fox")
+    # left padding in a batch changes nothing
+    alone = complete(model, tokenizer, prompts, max_new_tokens=5, batch_size=1)
+    together = complete(model, tokenizer, prompts, max_new_tokens=5, batch_size=2)
+    assert [c.text for c in alone] == [c.text for c in together]
+    assert together[1].to_dict() == {**vars(together[1])}

@@ -75,6 +75,13 @@ def test_evaluate_picks_the_most_likely_option(monkeypatch: pytest.MonkeyPatch) 
     result = evaluate_icl(model, tokenizer, POOL, shots=[0, 2], scoring="loglik")
     assert result.accuracy == {0: 0.5, 2: 0.5}
     assert set(result.predictions[2]) == {"yes"}
+    first = result.records[2][0]  # what was asked, and how each option scored
+    assert first["scores"] == {"yes": 0.0, "no": -5.0} and first["prediction"] == "yes"
+    assert (
+        first["prompt"].endswith(POOL[0].input + "\nAnswer: ")
+        and first["prompt"].count("Answer") == 3
+    )
+    assert [r["correct"] for r in result.records[2]] == [e.answer == "yes" for e in POOL]
 
 
 def test_read_examples_checks_lines(tmp_path: Path) -> None:
@@ -131,7 +138,11 @@ def test_command_runs_on_a_pretrained_run(tmp_path: Path, capsys: pytest.Capture
     ]
     assert main(args) == 0
     assert "shots" in capsys.readouterr().out
-    assert set(json.loads(out.read_text())["accuracy"]) == {"0", "1"}
+    saved = json.loads(out.read_text())
+    assert set(saved["accuracy"]) == {"0", "1"}
+    record = saved["examples"]["1"][0]
+    assert record["prompt"].endswith("Answer: ") and set(record["scores"]) == {"yes", "no"}
+    assert record["prediction"] == saved["predictions"]["1"][0]
     assert main([*args[:-2], "--scoring", "generate", "--max-new-tokens", "3"]) == 0
     assert main(["evaluate", "icl", str(run), "--task", str(task), "--shots", "0"]) == 2
     assert "needs 'options'" in capsys.readouterr().err

@@ -142,7 +142,7 @@ def test_generate_from_a_pretrained_run(
         (["pretrain", "--set", "model.preset=gpt9"], "unknown preset"),
         (["pretrain", "--set", "objective.name=mlm"], "trains an encoder model"),
         (["pretrain", "--set", "bogus.x=1"], "unknown section [bogus]"),
-        (["generate", "/nonexistent/run"], "not a triform run folder"),
+        (["generate", "/nonexistent/run"], "model folder not found"),
     ],
 )
 def test_bad_input_is_a_one_line_error(

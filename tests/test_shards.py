@@ -11,7 +11,7 @@ import pytest
 
 from triform.cli import main
 from triform.data import Corpus
-from triform.data.shards import ShardSet, prepare_shards, token_dtype
+from triform.data.shards import ShardSet, cuts_are_lossless, prepare_shards, token_dtype
 from triform.errors import ConfigError, TriformError
 from triform.tokenizers import save_tokenizer, train_tokenizer
 
@@ -77,14 +77,15 @@ def test_layout_documents_and_sentences(tmp_path, corpus_dir, wordpiece):
             match = next(
                 doc
                 for doc in docs
-                if wordpiece.decode(wordpiece.encode("\n".join(doc), add_special_tokens=False).ids)
-                == text
+                if wordpiece.decode(wordpiece.encode(doc, add_special_tokens=False).ids) == text
             )
-            # The document is what the tokenizer gives for its text, line by line.
-            assert ids == wordpiece.encode("\n".join(match), add_special_tokens=False).ids
+            # The document is what the tokenizer gives for its text; sentences are its lines.
+            assert ids == wordpiece.encode(match, add_special_tokens=False).ids
             first, last = shards.doc_sent_offsets[d], shards.doc_sent_offsets[d + 1]
             sentences = [shards.sentence(j).tolist() for j in range(first, last)]
-            expected = [wordpiece.encode(line, add_special_tokens=False).ids for line in match]
+            expected = [
+                wordpiece.encode(line, add_special_tokens=False).ids for line in match.splitlines()
+            ]
             assert sentences == expected
     assert seen == len(docs)
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
@@ -100,8 +101,63 @@ def test_byte_level_newlines_end_their_sentence(tmp_path, corpus_dir, byte_bpe):
         for j in range(shards.doc_sent_offsets[0], shards.doc_sent_offsets[1])
     ]
     assert "".join(sentences) == doc  # lossless, newlines kept
-    assert all(s.endswith("\n") for s in sentences[:-1])
-    assert all(s.startswith("Doc") for s in sentences)
+    assert sentences[0].startswith("Doc") and sentences[-1].endswith(".\n")
+    assert all(s.startswith("\nDoc") for s in sentences[1:])  # a line break leads its line
+
+
+LOSSLESS = (
+    "Title\tline  \n\n\n    indented code:\n\tif x:  \n\t\treturn 1\n   \n"
+    "last line, trailing spaces   \n\n",
+    "  second document starts indented\n\ttab\n",
+    "no final newline\n\n\n\nafter three blank lines \t",
+)
+
+
+@pytest.mark.parametrize("kind", ["char", "byte-bpe"])
+def test_shards_decode_back_to_the_exact_text(tmp_path, kind):
+    for i, text in enumerate(LOSSLESS):
+        (tmp_path / f"d{i}.txt").write_text(text, encoding="utf-8")
+    corpus = Corpus.from_paths(sorted(tmp_path.glob("d*.txt")))
+    tok = train_tokenizer(corpus, kind=kind, vocab_size=300 if kind == "byte-bpe" else 60)
+    for chunk_chars in (1 << 18, 12):  # whole documents, and cut in pieces
+        out = tmp_path / f"s{chunk_chars}"
+        prepare_shards(
+            corpus, tok, out, val_fraction=0.0, workers=0, progress=False, chunk_chars=chunk_chars
+        )
+        shards = ShardSet(out)
+        assert [shards.decode(shards.document(d)) for d in range(shards.n_docs)] == list(LOSSLESS)
+        for d, text in enumerate(LOSSLESS):
+            ids = shards.document(d).tolist()
+            assert ids == tok.encode(text, add_special_tokens=False).ids
+            first, last = shards.doc_sent_offsets[d], shards.doc_sent_offsets[d + 1]
+            sentences = [shards.decode(shards.sentence(j)) for j in range(first, last)]
+            assert "".join(sentences) == text
+            assert [s.strip() for s in sentences] == [
+                ln.strip() for ln in text.splitlines() if ln.strip()
+            ]
+    # blank-line documents keep everything inside a paragraph, the blank lines are boundaries
+    paragraphs = Corpus.from_paths(tmp_path / "d0.txt", split_documents="blank-line")
+    prepare_shards(paragraphs, tok, tmp_path / "p", val_fraction=0.0, workers=0, progress=False)
+    shards = ShardSet(tmp_path / "p")
+    decoded = [shards.decode(shards.document(d)) for d in range(shards.n_docs)]
+    assert decoded == [
+        "Title\tline  \n",
+        "    indented code:\n\tif x:  \n\t\treturn 1\n",
+        "last line, trailing spaces   \n",
+    ]
+
+
+def test_old_shard_versions_are_prepared_again(tmp_path, byte_bpe):
+    corpus = Corpus.from_texts(["a b\n\n", "c\n"])
+    prepare_shards(corpus, byte_bpe, tmp_path, workers=0, progress=False)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["version"] = 1
+    del meta["key"]["version"]
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TriformError, match="format version 1"):
+        ShardSet(tmp_path)
+    assert not prepare_shards(corpus, byte_bpe, tmp_path, workers=0, progress=False).reused
+    assert ShardSet(tmp_path).n_tokens > 0
 
 
 def test_workers_give_identical_shards(tmp_path, corpus_dir, byte_bpe):
@@ -273,3 +329,20 @@ def test_shakespeare_folder_to_shards(tmp_path):
     assert train.n_docs == val.n_docs == 1 and train.n_tokens > 30_000
     text = train.decode(train.document(0)[:200].tolist())
     assert "by William Shakespeare" in text
+
+
+@pytest.mark.parametrize("kind", ["char", "byte-bpe", "wordpiece", "bpe", "unigram"])
+def test_every_kind_cuts_long_documents_without_changing_ids(tmp_path, kind):
+    text = "".join(LOSSLESS) * 3
+    tok = train_tokenizer([text] * 3, kind=kind, vocab_size=300 if kind == "byte-bpe" else 160)
+    assert cuts_are_lossless(tok)
+    corpus = Corpus.from_texts([text])
+    prepare_shards(
+        corpus, tok, tmp_path, val_fraction=0.0, workers=0, progress=False, chunk_chars=40
+    )
+    shards = ShardSet(tmp_path)
+    assert shards.document(0).tolist() == tok.encode(text, add_special_tokens=False).ids
+    sentences = [shards.sentence(j).tolist() for j in range(shards.n_sents)]
+    assert [i for s in sentences for i in s] == shards.document(0).tolist()
+    if kind in ("char", "byte-bpe"):
+        assert shards.decode(shards.document(0)) == text

@@ -24,9 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument(
         "--val-fraction",
         type=float,
-        default=0.01,
         metavar="F",
-        help="share of documents held out for validation (default: 0.01)",
+        help="share of documents held out for validation (default: 0.01; 0 with --validation)",
+    )
+    prepare.add_argument(
+        "--validation",
+        nargs="+",
+        metavar="PATH",
+        help="files, folders or globs that are the validation split (the corpus is all train)",
     )
     prepare.add_argument(
         "--workers",
@@ -50,16 +55,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from triform.data import Corpus
     from triform.data.shards import prepare_shards
     from triform.tokenizers import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     corpus = corpus_from_args(args)
+    validation = None
+    if args.validation:
+        validation = Corpus.from_paths(
+            args.validation, text_field=args.text_field, split_documents=args.split_documents
+        )
+    default_fraction = 0.0 if validation is not None else 0.01
     info = prepare_shards(
         corpus,
         tok,
         args.out,
-        val_fraction=args.val_fraction,
+        validation=validation,
+        val_fraction=default_fraction if args.val_fraction is None else args.val_fraction,
         workers=args.workers,
         seed=args.seed,
         overwrite=args.overwrite,

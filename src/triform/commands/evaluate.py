@@ -1,14 +1,19 @@
-"""``triform evaluate icl MODEL_DIR --task task.jsonl``: zero-, one- and few-shot accuracy."""
+"""``triform evaluate icl MODEL_DIR --task task.jsonl``: zero-, one- and few-shot accuracy;
+``triform evaluate perplexity MODEL_DIR FILE...``: perplexity on text (or source/target pairs)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 from triform.errors import TriformError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("evaluate", help="evaluate a model (in-context learning)")
+    parser = subparsers.add_parser(
+        "evaluate", help="evaluate a model (perplexity, in-context learning)"
+    )
     kinds = parser.add_subparsers(dest="evaluation", metavar="KIND", required=True)
     icl = kinds.add_parser(
         "icl", help="zero-, one- and few-shot accuracy of a decoder or encoder-decoder"
@@ -32,6 +37,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     icl.add_argument("--seed", type=int, default=0)
     icl.add_argument("--out", help="write accuracies and predictions as JSON")
     icl.set_defaults(func=run_icl)
+
+    ppl = kinds.add_parser(
+        "perplexity",
+        help="perplexity on text: sliding window (decoders), source/target pairs "
+        "(encoder-decoders), masked-LM pseudo-perplexity (encoders)",
+    )
+    ppl.add_argument("model", help="a run folder, a `triform convert` folder or an HF folder")
+    ppl.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="UTF-8 text files ('-': standard input); for encoder-decoders TSV "
+        "(source<TAB>target) or JSONL (source, target) files",
+    )
+    ppl.add_argument(
+        "--max-length", type=int, help="tokens per window (default: the model's positions)"
+    )
+    ppl.add_argument(
+        "--stride", type=int, help="decoders: tokens between window starts (default: half)"
+    )
+    ppl.add_argument(
+        "--batch-size", type=int, help="windows (decoders), pairs or masked copies per forward"
+    )
+    ppl.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    ppl.set_defaults(func=run_perplexity)
+
+
+def run_perplexity(args: argparse.Namespace) -> int:
+    from triform.inference import load_model
+    from triform.inference.perplexity import perplexity
+
+    model, tokenizer = load_model(args.model)
+    result = perplexity(
+        model,
+        tokenizer,
+        args.files,
+        max_length=args.max_length,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        progress=sys.stderr.isatty(),
+    )
+    if args.json:
+        print(json.dumps({"model": args.model, **result.to_dict()}))
+        return 0
+    window = (
+        f", windows of {result.max_length}" + (f", stride {result.stride}" if result.stride else "")
+        if result.max_length
+        else ""
+    )
+    print(f"{result.method}: {result.tokens} tokens in {result.texts} text(s){window}")
+    print(f"perplexity     {result.perplexity:.4f}")
+    print(f"nll per token  {result.mean_nll:.4f} nats")
+    if result.bits_per_byte is not None:
+        print(f"bits per byte  {result.bits_per_byte:.4f}")
+        print(f"bits per char  {result.bits_per_char:.4f}")
+    return 0
 
 
 def run_icl(args: argparse.Namespace) -> int:

@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from triform.commands.generate import load_model_folder, read_lines
+    from triform.inference import load_model
     from triform.inference.features import extract_features, save_features
+    from triform.textio import read_lines
 
     if not args.out.endswith((".npy", ".safetensors")):
         raise TriformError(f"--out must end in .npy or .safetensors, not {args.out}")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     texts = read_lines(args.input)
     if not texts:
         raise TriformError(f"{args.input} holds no text")
-    model, tokenizer = load_model_folder(args.model_dir)
+    model, tokenizer = load_model(args.model_dir)
     features = extract_features(
         model,
         tokenizer,

@@ -11,7 +11,7 @@
 This package imports neither torch nor the readers, so worker processes start fast.
 """
 
-from triform.data.corpus import Corpus, text_lines
+from triform.data.corpus import Corpus, cut_text, sentence_starts
 from triform.data.default_corpus import default_corpus
 
-__all__ = ["Corpus", "default_corpus", "text_lines"]
+__all__ = ["Corpus", "cut_text", "default_corpus", "sentence_starts"]

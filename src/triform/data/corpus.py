@@ -1,15 +1,20 @@
 """Corpora: documents of text read from ``.txt`` / ``.jsonl`` files (gzipped or not), folders and
 globs, or given in memory.
 
-A *document* is a ``list[str]`` of its non-empty lines, trailing whitespace removed and leading
-indentation kept. Lines are the sentence unit that NSP/SOP use inside a document. Documents
-are separated
+A *document* is a ``str`` that keeps every character of the text as written: blank lines,
+indentation, tabs, trailing spaces and the final newline (line endings are read as ``\n``, a
+UTF-8 byte-order mark is dropped). Documents are separated
 
 - ``split_documents="file"``: one document per text file (the default);
-- ``"blank-line"``: by one or more blank lines (BERT's pretraining text format);
-- ``"line"``: one document per line.
+- ``"blank-line"``: by one or more blank (empty or whitespace-only) lines, BERT's pretraining
+  text format: the blank lines are the boundary, everything between them is kept;
+- ``"line"``: one document per line (without its line break).
 
-A JSONL record is always one document: its ``text_field`` string, split into lines.
+A JSONL record is always one document: its ``text_field`` string, exactly. A document with no
+visible character (empty or whitespace only) is left out.
+
+Sentences (the unit of NSP/SOP) are the lines of a document, found by :func:`sentence_starts`
+when the text is tokenized; they never change the text or its tokens.
 
 Iteration is deterministic: the entries in the order given, each folder or glob in sorted
 path order. Bad input never crashes deep inside: a missing path or a glob that matches nothing
@@ -29,6 +34,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +56,7 @@ class Source(Protocol):
 
     name: str
 
-    def documents(self, skips: SkipLog) -> Iterator[list[str]]: ...
+    def documents(self, skips: SkipLog) -> Iterator[str]: ...
 
     def fingerprint(self) -> str: ...
 
@@ -71,26 +77,97 @@ class SkipLog:
         self.entries.append((name, reason))
 
 
-def text_lines(text: str) -> list[str]:
-    """The non-empty lines of ``text``, trailing whitespace removed."""
-    return [line for line in (raw.rstrip() for raw in text.splitlines()) if line]
+def has_text(text: str) -> bool:
+    """Whether ``text`` holds a visible (non-whitespace) character."""
+    return not text.isspace() and text != ""
 
 
-def _group(lines: Iterable[str], split: str) -> Iterator[list[str]]:
-    """Group raw lines (with or without newlines) into documents."""
+# A sentence boundary: the end of a line's visible text when a later line has visible text.
+_SENTENCE_END = re.compile(r"\S(?=[^\S\n]*\n\s*\S)")
+_VISIBLE = re.compile(r"\S")
+
+
+def sentence_starts(text: str) -> list[int]:
+    """Character offsets where the sentences (lines) of ``text`` start, the first one 0.
+
+    A sentence runs from the end of the previous line's visible text to the end of its own:
+    line breaks, blank lines and indentation lead the sentence that follows them (as a word
+    carries its leading space in byte-level BPE and SentencePiece), and trailing whitespace of
+    the text stays with the last sentence. Joined, the sentences are the text, exactly.
+    """
+    return [0, *(m.end() for m in _SENTENCE_END.finditer(text))]
+
+
+def cut_text(text: str, max_chars: int) -> list[str]:
+    """``text`` in pieces of about ``max_chars`` characters (a longer line stays whole) that
+    join back to ``text`` exactly, cut only at sentence boundaries (see
+    :func:`sentence_starts`): after a line's visible text, before the line break."""
+    if len(text) <= max_chars:
+        return [text]
+    pieces: list[str] = []
+    start = 0
+    while len(text) - start > max_chars:
+        cut = _boundary_before(text, start, start + max_chars)
+        if cut is None:
+            cut = _boundary_after(text, start, start + max_chars)
+        if cut is None:
+            break
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _boundary_at(text: str, newline: int, low: int) -> int | None:
+    """The sentence boundary before the line break at ``newline``: after the last visible
+    character before it (if that is past ``low`` and visible text follows the break)."""
+    cut = newline
+    while cut > low and text[cut - 1].isspace():
+        cut -= 1
+    if cut <= low or _VISIBLE.search(text, newline) is None:
+        return None
+    return cut
+
+
+def _boundary_before(text: str, low: int, high: int) -> int | None:
+    newline = text.rfind("\n", low, high + 1)
+    while newline > low:
+        cut = _boundary_at(text, newline, low)
+        if cut is not None:
+            return cut
+        newline = text.rfind("\n", low, newline)
+    return None
+
+
+def _boundary_after(text: str, low: int, after: int) -> int | None:
+    newline = text.find("\n", after)
+    while newline != -1:
+        cut = _boundary_at(text, newline, low)
+        if cut is not None:
+            return cut
+        newline = text.find("\n", newline + 1)
+    return None
+
+
+def _group(lines: Iterable[str], split: str) -> Iterator[str]:
+    """Group lines (each with its line break, the last maybe without) into documents."""
+    if split == "file":
+        text = "".join(lines)
+        if has_text(text):
+            yield text
+        return
     doc: list[str] = []
-    for raw in lines:
-        line = raw.rstrip()
+    for line in lines:
         if split == "line":
-            if line:
-                yield [line]
-        elif line:
+            if has_text(line):
+                yield line.removesuffix("\n")
+        elif has_text(line):
             doc.append(line)
-        elif split == "blank-line" and doc:
-            yield doc
+        elif doc:
+            yield "".join(doc)
             doc = []
     if doc:
-        yield doc
+        yield "".join(doc)
 
 
 @dataclass
@@ -140,7 +217,7 @@ class FileSource:
         except (OSError, EOFError) as err:
             skips.skip(self.name, f"read error after line {line_no} ({type(err).__name__})")
 
-    def documents(self, skips: SkipLog) -> Iterator[list[str]]:
+    def documents(self, skips: SkipLog) -> Iterator[str]:
         reason = self._sniff()
         if reason is not None:
             skips.skip(self.name, reason)
@@ -161,9 +238,8 @@ class FileSource:
             if not isinstance(value, str):
                 bad += 1
                 continue
-            doc = text_lines(value)
-            if doc:
-                yield doc
+            if has_text(value):
+                yield value
         if bad:
             reason = f"{bad} JSONL record(s) without a string field {self.text_field!r}"
             skips.skip(self.name, reason)
@@ -179,16 +255,16 @@ class FileSource:
 
 @dataclass
 class TextsSource:
-    """Documents given in memory: each item a text (split into lines) or a list of lines."""
+    """Documents given in memory: each item a text, or a list of lines (joined by ``\n``)."""
 
     items: Sequence[str | Sequence[str]]
     split: str = "file"
     name: str = "<texts>"
 
-    def documents(self, skips: SkipLog) -> Iterator[list[str]]:
+    def documents(self, skips: SkipLog) -> Iterator[str]:
         for item in self.items:
-            lines = item.splitlines() if isinstance(item, str) else list(item)
-            yield from _group(lines, self.split)
+            text = item if isinstance(item, str) else "\n".join(item)
+            yield from _group(text.splitlines(keepends=True), self.split)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -249,7 +325,7 @@ def resolve_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 class Corpus:
-    """An ordered collection of sources that yields documents (lists of lines).
+    """An ordered collection of sources that yields documents (strings, kept exactly).
 
     >>> corpus = Corpus.from_paths(["books/", "extra/*.jsonl.gz"], split_documents="blank-line")
     >>> for doc in corpus.documents(): ...
@@ -304,15 +380,15 @@ class Corpus:
     def from_texts(
         cls, texts: Sequence[str | Sequence[str]], *, split_documents: SplitMode | str = "file"
     ) -> Corpus:
-        """A corpus held in memory: each item is one document's text (or its list of lines),
-        further split by ``split_documents`` like a file."""
+        """A corpus held in memory: each item is one document's text (or its list of lines,
+        joined by ``\n``), further split by ``split_documents`` like a file."""
         if split_documents not in SPLIT_MODES:
             raise ConfigError(
                 f"split_documents must be one of {', '.join(SPLIT_MODES)}, got {split_documents!r}"
             )
         return cls([TextsSource(list(texts), split_documents)])
 
-    def documents(self) -> Iterator[list[str]]:
+    def documents(self) -> Iterator[str]:
         """Every document, in order; raises :class:`TriformError` at the end if there was none."""
         skips = SkipLog(self.on_error)
         self.skipped = skips.entries
@@ -323,7 +399,7 @@ class Corpus:
                 count += 1
                 yield doc
                 if self.max_bytes is not None:
-                    total += sum(len(line) + 1 for line in doc)
+                    total += len(doc)
                     if total >= self.max_bytes:
                         return
         if count == 0:
@@ -333,19 +409,10 @@ class Corpus:
             )
 
     def texts(self, max_chars: int = 1 << 20) -> Iterator[str]:
-        """Each document as one string (lines joined by newlines), long ones in pieces of at
-        most about ``max_chars`` characters cut at line ends: the input for tokenizer training."""
+        """Each document as one string, long ones in pieces of about ``max_chars`` characters
+        cut at line ends (see :func:`cut_text`): the input for tokenizer training."""
         for doc in self.documents():
-            piece: list[str] = []
-            size = 0
-            for line in doc:
-                if piece and size + len(line) > max_chars:
-                    yield "\n".join(piece)
-                    piece, size = [], 0
-                piece.append(line)
-                size += len(line) + 1
-            if piece:
-                yield "\n".join(piece)
+            yield from cut_text(doc, max_chars)
 
     def fingerprint(self) -> str:
         """A hash that changes when any source (path, size, modification time, reading

@@ -9,7 +9,10 @@ Parts (in this order):
   test suites, codec tables, ``site-packages`` and ``idlelib`` left out), one document per
   module (~10 MB of Python code with its docstrings and comments);
 - ``"docstrings"`` (not in the default): only the docstrings of those modules, one document
-  per module, each docstring's lines as sentences (~1.7 MB of English; parsing takes seconds).
+  per module, the docstrings separated by blank lines (~1.7 MB of English; parsing takes
+  seconds).
+
+Every text is kept as written (blank lines and indentation included).
 
 The exact text depends on the Python version; the corpus fingerprint records it, so shards
 are rebuilt when Python changes. Deterministic: topics sorted by name, files by path.
@@ -26,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from triform.data.corpus import Corpus, SkipLog, text_lines
+from triform.data.corpus import Corpus, SkipLog, has_text
 from triform.errors import ConfigError, TriformError
 
 PARTS: tuple[str, ...] = ("topics", "sources", "docstrings")
@@ -78,12 +81,11 @@ class PydocTopicsSource:
             return {}
         return topics
 
-    def documents(self, skips: SkipLog) -> Iterator[list[str]]:
+    def documents(self, skips: SkipLog) -> Iterator[str]:
         topics = self._topics()
         for key in sorted(topics):
-            doc = text_lines(topics[key])
-            if doc:
-                yield doc
+            if has_text(topics[key]):
+                yield topics[key]
 
     def fingerprint(self) -> str:
         return f"pydoc-topics:{sys.version}:{len(self._topics())}"
@@ -102,29 +104,30 @@ class StdlibSource:
     def name(self) -> str:
         return f"<stdlib {'docstrings' if self.docstrings else 'sources'} in {stdlib_dir()}>"
 
-    def documents(self, skips: SkipLog) -> Iterator[list[str]]:
+    def documents(self, skips: SkipLog) -> Iterator[str]:
         for path in stdlib_files():
             text = _read_utf8(path)
             if text is None:
                 continue
-            doc = self._docstring_lines(text) if self.docstrings else text_lines(text)
-            if doc:
+            doc = self._docstrings(text) if self.docstrings else text
+            if has_text(doc):
                 yield doc
 
     @staticmethod
-    def _docstring_lines(source: str) -> list[str]:
+    def _docstrings(source: str) -> str:
+        """The module's docstrings (cleaned of their indentation), a blank line between two."""
         try:
             tree = ast.parse(source)
         except (SyntaxError, ValueError):
-            return []
-        lines: list[str] = []
+            return ""
+        found: list[str] = []
         kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
         for node in ast.walk(tree):
             if isinstance(node, kinds):
                 doc = ast.get_docstring(node)
-                if doc:
-                    lines.extend(text_lines(doc))
-        return lines
+                if doc and has_text(doc):
+                    found.append(doc.strip("\n"))
+        return "\n\n".join(found) + "\n" if found else ""
 
     def fingerprint(self) -> str:
         files = stdlib_files()

@@ -17,15 +17,20 @@ Layout of a shard folder (one set of files per split, ``train`` and ``val``)::
 No separator or special token is stored: the readers (:mod:`triform.data.readers`) add the
 family's separators and framing at read time, so one shard set serves every objective.
 
-Each document is tokenized as one text (its lines joined by newlines), so the ids are what
-the tokenizer gives for the document (a very long one is cut in pieces at line ends, joined so
-that nothing is lost); a token belongs to the line in which its last character lies (a
-newline token ends the line before it).
+Each document is tokenized as one text, exactly as the corpus gives it (every character kept,
+see :mod:`triform.data.corpus`), so the ids are what the tokenizer gives for the document and
+decode back to it where the tokenizer is lossless (char, byte-level BPE). A very long
+document is cut into pieces at sentence boundaries where the tokenizer gives the same ids
+for the pieces as for the whole (checked once per tokenizer; otherwise it is encoded whole).
+Sentences are the lines of a document (:func:`~triform.data.corpus.sentence_starts`: a line
+break and the blank lines and indentation after it lead the next sentence); a token belongs
+to the sentence in which it starts.
 
 Documents go to ``val`` with probability ``val_fraction`` (a seeded draw per document, in
 corpus order); when that leaves a split empty, one document is moved so that both have one
-(if there are two or more documents). Re-running with the same corpus (paths, sizes, times),
-tokenizer and options is a no-op.
+(if there are two or more documents). With a ``validation`` corpus, the corpus is all
+``train`` and the validation corpus all ``val``. Re-running with the same corpus (paths,
+sizes, times), tokenizer and options is a no-op.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import shutil
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,21 +53,22 @@ from typing import Any
 import numpy as np
 import tokenizers
 
-from triform.data.corpus import Corpus
+from triform.data.corpus import Corpus, cut_text, sentence_starts
 from triform.errors import ConfigError, TriformError
 from triform.tokenizers import SpecialTokens, load_tokenizer, save_tokenizer, tokenizer_hash
 
 log = logging.getLogger("triform.data")
 
 FORMAT = "triform-shards"
-VERSION = 1
+# 2: documents keep every character (blank lines, trailing whitespace, final newline) and
+# sentences start at line breaks. Shards of another version are prepared again.
+VERSION = 2
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
 _SUFFIXES = (".bin", ".docs.npy", ".sents.npy", ".doc_sents.npy")
 
-# An encoding job is a list of items (doc index, lines, tail): a document, or a piece of a
-# long one; ``tail`` is appended to a piece that the next piece continues (see _piece_tail).
-Item = tuple[int, list[str], str]
+# An encoding job is a list of items (doc index, text): a document, or a piece of a long one.
+Item = tuple[int, str]
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -85,16 +91,15 @@ def _init_worker(tok_json: str) -> None:
 def encode_items(
     tok: tokenizers.Tokenizer, items: list[Item]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Encode each item's lines as one text (joined by newlines, no special tokens).
+    """Encode each item's text (no special tokens) and find its sentences.
 
     Returns ``ids`` (T,) uint32 of all items concatenated, ``item_tokens`` (I,) int64,
     ``sent_lens`` (S,) int64 token count of each non-empty sentence in order, and
     ``item_sents`` (I,) int64 sentences per item.
     """
-    texts = ["\n".join(lines) + tail for _, lines, tail in items]
-    encodings = tok.encode_batch(texts, add_special_tokens=False)
+    encodings = tok.encode_batch([text for _, text in items], add_special_tokens=False)
     ids, item_tokens, sent_lens, item_sents = [], [], [], []
-    for (_, lines, _), enc in zip(items, encodings, strict=True):
+    for (_, text), enc in zip(items, encodings, strict=True):
         n = len(enc.ids)
         item_tokens.append(n)
         if n == 0:
@@ -103,12 +108,10 @@ def encode_items(
         ids.append(np.asarray(enc.ids, dtype=np.uint32))
         flat = itertools.chain.from_iterable(enc.offsets)  # faster than np.asarray on tuples
         offsets = np.fromiter(flat, dtype=np.int64, count=2 * n).reshape(n, 2)  # char spans
-        line_starts = np.zeros(len(lines), dtype=np.int64)
-        np.cumsum([len(line) + 1 for line in lines[:-1]], out=line_starts[1:])
-        last_char = np.maximum(offsets[:, 1] - 1, offsets[:, 0])  # (n,)
-        line_of = np.searchsorted(line_starts, last_char, side="right") - 1
-        line_of = np.maximum.accumulate(np.clip(line_of, 0, len(lines) - 1))
-        counts = np.bincount(line_of, minlength=len(lines))
+        starts = np.asarray(sentence_starts(text), dtype=np.int64)  # (S_item,)
+        sent_of = np.searchsorted(starts, offsets[:, 0], side="right") - 1  # (n,)
+        sent_of = np.maximum.accumulate(np.clip(sent_of, 0, len(starts) - 1))
+        counts = np.bincount(sent_of, minlength=len(starts))
         counts = counts[counts > 0]
         sent_lens.append(counts)
         item_sents.append(len(counts))
@@ -129,39 +132,31 @@ def _encode_job(items: list[Item]) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 # ---------------------------------------------------------------------------------------
 # Main side: cut the corpus into jobs, write what comes back.
 # ---------------------------------------------------------------------------------------
-def _piece_tail(tok: tokenizers.Tokenizer) -> str:
-    """What ends a piece of a long document so that the pieces' ids concatenate to the ids
-    of the whole: the newline for tokenizers that keep it (byte-level, char), nothing for
-    those that turn it into a word boundary (Metaspace kinds)."""
-    whole = tok.encode("ab cd\nef gh", add_special_tokens=False).ids
-    head = tok.encode("ab cd\n", add_special_tokens=False).ids
-    tail = tok.encode("ef gh", add_special_tokens=False).ids
-    return "\n" if head + tail == whole else ""
+_PROBE = "ab cd  \n\n\tef, gh.\nij\n  \n   kl mn\n\n"
 
 
-def _jobs(corpus: Corpus, chunk_chars: int, tail: str) -> Iterator[tuple[list[Item], int]]:
-    """(items, characters) jobs of about ``chunk_chars``; long documents are cut into pieces
-    at line ends (pieces keep their document index)."""
+def cuts_are_lossless(tok: tokenizers.Tokenizer) -> bool:
+    """Whether cutting a text at its sentence boundaries and encoding the pieces gives the ids
+    of the whole text (true for the char, byte-level, WordPiece and Metaspace pipelines)."""
+    whole = tok.encode(_PROBE, add_special_tokens=False).ids
+    pieces = [tok.encode(p, add_special_tokens=False).ids for p in cut_text(_PROBE, 1)]
+    return list(itertools.chain.from_iterable(pieces)) == whole
+
+
+def _jobs(
+    documents: Iterable[tuple[int, str]], chunk_chars: int, cut: bool
+) -> Iterator[tuple[list[Item], int]]:
+    """(items, characters) jobs of about ``chunk_chars`` from (index, document) pairs; long
+    documents are cut into pieces (which keep their document index) when ``cut``."""
     items: list[Item] = []
     size = 0
-    for doc_index, doc in enumerate(corpus.documents()):
-        piece: list[str] = []
-        piece_size = 0
-        for line in doc:
-            if piece and piece_size + len(line) > chunk_chars:
-                items.append((doc_index, piece, tail))
-                size += piece_size
-                piece, piece_size = [], 0
-                if size >= chunk_chars:
-                    yield items, size
-                    items, size = [], 0
-            piece.append(line)
-            piece_size += len(line) + 1
-        items.append((doc_index, piece, ""))
-        size += piece_size
-        if size >= chunk_chars:
-            yield items, size
-            items, size = [], 0
+    for doc_index, doc in documents:
+        for piece in cut_text(doc, chunk_chars) if cut else [doc]:
+            items.append((doc_index, piece))
+            size += len(piece)
+            if size >= chunk_chars:
+                yield items, size
+                items, size = [], 0
     if items:
         yield items, size
 
@@ -294,8 +289,12 @@ def prepare_shards(
     progress: bool = True,
     overwrite: bool = False,
     chunk_chars: int = 1 << 18,
+    validation: Corpus | None = None,
 ) -> ShardInfo:
     """Tokenize ``corpus`` with ``tok`` into shards in ``out_dir`` (see the module docstring).
+
+    ``validation``: a corpus that is the ``val`` split (``corpus`` is then all ``train``, and
+    ``val_fraction`` must be 0).
 
     ``workers`` processes encode in parallel (0: in this process, with HuggingFace's own
     threads). A folder that already holds these shards (same corpus fingerprint, tokenizer
@@ -307,10 +306,14 @@ def prepare_shards(
         raise ConfigError(f"workers must be >= 0, got {workers}")
     if chunk_chars < 1:
         raise ConfigError(f"chunk_chars must be positive, got {chunk_chars}")
+    if validation is not None and val_fraction > 0:
+        raise ConfigError("with a validation corpus, val_fraction must be 0")
     out = Path(out_dir)
     key = {
+        "version": VERSION,
         "tokenizer_hash": tokenizer_hash(tok),
         "corpus_fingerprint": corpus.fingerprint(),
+        "validation_fingerprint": validation.fingerprint() if validation is not None else None,
         "val_fraction": float(val_fraction),
         "seed": int(seed),
     }
@@ -322,6 +325,13 @@ def prepare_shards(
             log.info("shards in %s are up to date; nothing to do", out)
             return ShardInfo(out, old, reused=True, seconds=0.0)
         log.warning("shards in %s are incomplete; preparing them again", out)
+    elif old is not None and old.get("version") != VERSION:
+        log.warning(
+            "shards in %s have format version %s (this triform writes %d); preparing them again",
+            out,
+            old.get("version"),
+            VERSION,
+        )
     elif old is not None:
         if not overwrite and old.get("key", {}).get("tokenizer_hash") != key["tokenizer_hash"]:
             raise TriformError(
@@ -339,7 +349,9 @@ def prepare_shards(
     tmp.mkdir()
     try:
         start = time.perf_counter()
-        meta = _build(corpus, tok, tmp, key, val_fraction, workers, seed, progress, chunk_chars)
+        meta = _build(
+            corpus, validation, tok, tmp, key, val_fraction, workers, seed, progress, chunk_chars
+        )
         meta["seconds"] = round(time.perf_counter() - start, 3)
         (out / META_FILE).unlink(missing_ok=True)
         for f in sorted(tmp.iterdir()):
@@ -354,6 +366,7 @@ def prepare_shards(
 
 def _build(
     corpus: Corpus,
+    validation: Corpus | None,
     tok: tokenizers.Tokenizer,
     tmp: Path,
     key: dict[str, Any],
@@ -376,11 +389,7 @@ def _build(
         docs = np.fromiter((item[0] for item in job), dtype=np.int64, count=len(job))
         first = int(docs[0])  # a job's documents are consecutive
         is_val = np.asarray(doc_split[first : int(docs[-1]) + 1], dtype=bool)[docs - first]
-        chars = np.fromiter(
-            (sum(map(len, lines)) + len(lines) for _, lines, _ in job),
-            dtype=np.int64,
-            count=len(job),
-        )  # (I,)
+        chars = np.fromiter((len(text) for _, text in job), dtype=np.int64, count=len(job))
         tok_val = np.repeat(is_val, item_tokens)
         sent_val = np.repeat(is_val, item_sents)
         for name, mask, t_mask, s_mask in (
@@ -394,15 +403,20 @@ def _build(
                 )
                 w.n_chars += int(chars[mask].sum())
 
-    def jobs() -> Iterator[tuple[list[Item], int]]:
-        for job, n_chars in _jobs(corpus, chunk_chars, _piece_tail(tok)):
-            new = job[-1][0] + 1 - len(doc_split)
-            if new > 0:
-                doc_split.extend((rng.random(new) < val_fraction).tolist())
-            yield job, n_chars
+    def documents() -> Iterator[tuple[int, str]]:
+        """Every document with its index; its split is drawn (or fixed) as it comes."""
+        parts = [(corpus, None)] if validation is None else [(corpus, False), (validation, True)]
+        for source, is_val in parts:
+            for doc in source.documents():
+                doc_split.append(bool(rng.random() < val_fraction) if is_val is None else is_val)
+                yield len(doc_split) - 1, doc
 
+    def jobs() -> Iterator[tuple[list[Item], int]]:
+        yield from _jobs(documents(), chunk_chars, cuts_are_lossless(tok))
+
+    sizes = [c.total_bytes() for c in (corpus, validation) if c is not None]
     bar = tqdm(
-        total=corpus.total_bytes(),
+        total=None if None in sizes else sum(sizes),  # type: ignore[arg-type]
         unit="B",
         unit_scale=True,
         desc="tokenizing",
@@ -437,12 +451,14 @@ def _build(
 
     # Both splits get a document when there are two or more, and train is never empty.
     train, val = writers["train"], writers["val"]
-    if len(train.index()[0]) == 0 and len(val.index()[0]) > 0:
+    if validation is None and len(train.index()[0]) == 0 and len(val.index()[0]) > 0:
         _move_last(val, train)
     if val_fraction > 0 and len(val.index()[0]) == 0 and len(train.index()[0]) >= 2:
         _move_last(train, val)
     if train.n_tokens == 0:
         raise TriformError(f"the corpus gave no tokens: {corpus.name}")
+    if validation is not None and val.n_tokens == 0:
+        raise TriformError(f"the validation corpus gave no tokens: {validation.name}")
 
     counts = {name: w.finish(tmp, name) for name, w in writers.items()}
     save_tokenizer(tok, tmp / "tokenizer.json")
@@ -456,7 +472,13 @@ def _build(
         "separator": "none stored; readers add separators and framing",
         "special_tokens": SpecialTokens.from_tokenizer(tok).to_dict(),
         "corpus": corpus.name,
-        "skipped": [{"source": s, "reason": r} for s, r in corpus.skipped],
+        "validation": validation.name if validation is not None else None,
+        "skipped": [
+            {"source": s, "reason": r}
+            for c in (corpus, validation)
+            if c is not None
+            for s, r in c.skipped
+        ],
         "splits": counts,
         "workers": workers,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -494,6 +516,11 @@ class ShardSet:
         if meta is None:
             raise TriformError(
                 f"no shards in {self.path} (no {META_FILE}); run `triform data prepare` first"
+            )
+        if meta.get("version") != VERSION:
+            raise TriformError(
+                f"shards in {self.path} have format version {meta.get('version')} (this triform "
+                f"reads {VERSION}); prepare them again (`triform data prepare --overwrite`)"
             )
         if split not in meta["splits"]:
             raise TriformError(

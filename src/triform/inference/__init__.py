@@ -1,18 +1,24 @@
-"""Running trained models: generation, feature extraction, in-context learning and
-attention maps."""
+"""Running trained models: generation, feature extraction, perplexity, in-context learning
+and attention maps."""
 
 from triform.inference.attention import AttentionMaps, PositionMap, attention
+from triform.inference.completions import Completion, complete
 from triform.inference.features import extract_features, save_features
 from triform.inference.generate import GenerateOutput, generate
+from triform.inference.perplexity import Perplexity, perplexity
 from triform.runs import load_model
 
 __all__ = [
     "AttentionMaps",
+    "Completion",
+    "GenerateOutput",
+    "Perplexity",
     "PositionMap",
     "attention",
-    "GenerateOutput",
+    "complete",
     "extract_features",
     "generate",
     "load_model",
+    "perplexity",
     "save_features",
 ]

@@ -31,6 +31,7 @@ import torch
 
 from triform.errors import TriformError
 from triform.models import DecoderModel, EncoderDecoderModel, EncoderModel, TransformerModel
+from triform.tensors import pad_rows
 
 LAYERS = (
     "last",
@@ -179,15 +180,8 @@ def _pad(
     encodings: Sequence[tokenizers.Encoding], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad encodings: ids, token types and mask, each (B, L)."""
-    width = max(1, max(len(e.ids) for e in encodings))
-    ids = torch.full((len(encodings), width), pad_id, dtype=torch.long)
-    types = torch.zeros_like(ids)
-    mask = torch.zeros_like(ids)
-    for i, e in enumerate(encodings):
-        n = len(e.ids)
-        ids[i, :n] = torch.tensor(e.ids, dtype=torch.long)
-        types[i, :n] = torch.tensor(e.type_ids, dtype=torch.long)
-        mask[i, :n] = 1
+    ids, mask = pad_rows([e.ids for e in encodings], pad_id)
+    types, _ = pad_rows([e.type_ids for e in encodings], 0)
     return ids.to(device), types.to(device), mask.to(device)
 
 

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from triform.errors import TriformError
 from triform.models import EncoderDecoderModel, TransformerModel
+from triform.tensors import pad_rows
+from triform.textio import read_jsonl
 
 Scoring = Literal["loglik", "loglik-norm", "generate"]
 DEFAULT_TEMPLATE = "{input}\nAnswer: {answer}"
@@ -49,14 +51,8 @@ def read_examples(path: str | Path, options: Sequence[str] | None = None) -> lis
     if not path.is_file():
         raise TriformError(f"task file not found: {path}")
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TriformError(f"{path}:{number}: not JSON: {err.msg}") from None
-        if not isinstance(row, dict) or "input" not in row or "answer" not in row:
+    for number, row in read_jsonl(path):
+        if "input" not in row or "answer" not in row:
             raise TriformError(f"{path}:{number}: each line needs 'input' and 'answer'")
         row_options = [str(o) for o in row.get("options", options or [])]
         answer = row["answer"]
@@ -119,12 +115,12 @@ def continuation_logprobs(
         sources = [c[-config.max_positions :] or [pad_id] for c in contexts]
         start = config.decoder_start_token_id if config.decoder_start_token_id is not None else 0
         decoder_rows = [[start, *c[:-1]] for c in continuations]
-        source, source_mask = _pad(sources, pad_id)
-        decoder_ids, _ = _pad(decoder_rows, pad_id)
+        source, source_mask = pad_rows(sources, pad_id)
+        decoder_ids, _ = pad_rows(decoder_rows, pad_id)
         logits = model(
             source.to(device), source_mask.to(device), decoder_input_ids=decoder_ids.to(device)
         ).logits  # (N, T, V)
-        labels, _ = _pad(continuations, -100)  # position t predicts continuation token t
+        labels, _ = pad_rows(continuations, -100)  # position t predicts continuation token t
     else:
         rows = []
         for context, continuation in zip(contexts, continuations, strict=True):
@@ -132,7 +128,7 @@ def continuation_logprobs(
             if room < 1:
                 raise TriformError("an answer option is longer than the model's positions")
             rows.append([*context[len(context) - min(room, len(context)) :], *continuation])
-        ids, mask = _pad(rows, pad_id)
+        ids, mask = pad_rows(rows, pad_id)
         labels = torch.full_like(ids, -100)
         for i, (row, continuation) in enumerate(zip(rows, continuations, strict=True)):
             labels[i, len(row) - len(continuation) : len(row)] = torch.tensor(continuation)
@@ -145,24 +141,17 @@ def continuation_logprobs(
     return (picked * counted).sum(-1).cpu(), counted.sum(-1).cpu()
 
 
-def _pad(rows: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad rows of ids: (N, width) ids and the (N, width) mask of real tokens."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), value, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
 @dataclass
 class ICLResult:
-    """Accuracy per number of shots, with the predictions behind it."""
+    """Accuracy per number of shots, with the predictions behind it and, per example, a
+    record of what was asked and how it was scored: ``prompt``, ``answer``, ``prediction``,
+    ``correct`` and ``scores`` (option -> score; ``loglik-norm``: per token) or, for
+    ``generate``, the ``generated`` text."""
 
     accuracy: dict[int, float]
     predictions: dict[int, list[str]]
     scoring: str
+    records: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def evaluate_icl(
@@ -191,29 +180,38 @@ def evaluate_icl(
         raise TriformError("in-context learning needs a decoder or an encoder-decoder model")
     pool = list(pool) if pool is not None else list(examples)
     model.eval()
-    accuracy, predictions = {}, {}
+    accuracy, predictions, records = {}, {}, {}
     for k in shots:
-        guesses = []
+        guesses, rows = [], []
         for index, example in enumerate(examples):
             demos = draw_demonstrations(pool, k, seed, index, exclude=example)
             prompt = build_prompt(template, demos, example, separator)
+            row: dict[str, Any] = {"prompt": prompt, "answer": example.answer}
             if scoring == "generate":
-                guesses.append(_generate_answer(model, tokenizer, prompt, max_new_tokens))
+                guess = _generate_answer(model, tokenizer, prompt, max_new_tokens)
             else:
-                guesses.append(_best_option(model, tokenizer, prompt, example, scoring, batch_size))
-        correct = sum(g.strip() == e.answer.strip() for g, e in zip(guesses, examples, strict=True))
-        accuracy[k] = correct / len(examples)
+                scores = _option_scores(model, tokenizer, prompt, example, scoring, batch_size)
+                guess = example.options[max(range(len(scores)), key=scores.__getitem__)]
+                row["scores"] = dict(zip(example.options, scores, strict=True))
+            row["prediction"] = guess
+            row["correct"] = guess.strip() == example.answer.strip()
+            guesses.append(guess)
+            rows.append(row)
+        accuracy[k] = sum(r["correct"] for r in rows) / len(examples)
         predictions[k] = guesses
-    return ICLResult(accuracy, predictions, scoring)
+        records[k] = rows
+    return ICLResult(accuracy, predictions, scoring, records)
 
 
 def _encode(tokenizer: tokenizers.Tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False).ids
 
 
-def _best_option(
+def _option_scores(
     model, tokenizer, prompt: str, example: Example, scoring: str, batch_size: int
-) -> str:
+) -> list[float]:
+    """The score of each option as the continuation of ``prompt``: its summed log-probability
+    (``loglik``) or that divided by its number of tokens (``loglik-norm``)."""
     if not example.options:
         raise TriformError("option scoring needs 'options' for every example (or --options)")
     contexts, continuations = [], []
@@ -231,7 +229,7 @@ def _best_option(
             pad_id,
         )
         scores.append(total / count if scoring == "loglik-norm" else total)
-    return example.options[int(torch.cat(scores).argmax())]
+    return torch.cat(scores).tolist()
 
 
 def _generate_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
@@ -248,11 +246,13 @@ def _generate_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
 
 
 def save_result(result: ICLResult, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """Write the accuracies (and predictions) as JSON."""
+    """Write the accuracies, the predictions and the per-example records (prompts, option
+    scores) as JSON."""
     data = {
         "scoring": result.scoring,
         "accuracy": result.accuracy,
         "predictions": result.predictions,
+        "examples": result.records,
         **(extra or {}),
     }
     Path(path).write_text(json.dumps(data, indent=2))

@@ -81,8 +81,6 @@ OBJECTIVES: dict[str, type[Objective]] = {
     )
 }
 
-SENTENCE_END_MARKS = (".", "!", "?")
-
 
 def objective_class(options: Any) -> type[Objective]:
     """The class registered under ``options["name"]`` (``options``: an ``[objective]`` table)."""
@@ -126,17 +124,13 @@ def build_task(
 def context_from_tokenizer(tokenizer: Any) -> dict[str, Any]:
     """The ids objectives take from a ``tokenizers.Tokenizer``: ``vocab_size``, ``pad_id``,
     ``mask_id``, ``cls_id``, ``sep_id``, ``bos_id``, ``eos_id``, ``special_ids`` (every special
-    id), ``sentinel_ids`` (T5), ``sentence_end_ids`` (tokens that are ".", "!" or "?" after
-    removing a word-boundary marker), and the ``tokenizer`` itself (whole-word masking)."""
+    id), ``sentinel_ids`` (T5), ``sentence_end_ids`` (tokens that end a sentence, such as ".",
+    "?!" or '."': :func:`triform.tokenizers.sentences.sentence_end_ids`), and the
+    ``tokenizer`` itself (whole-word masking)."""
+    from triform.tokenizers.sentences import sentence_end_ids
     from triform.tokenizers.specials import SpecialTokens
 
     special = SpecialTokens.from_tokenizer(tokenizer)
-    vocab = tokenizer.get_vocab(with_added_tokens=True)
-    ends = sorted(
-        index
-        for token, index in vocab.items()
-        if token.removeprefix("Ġ").removeprefix("▁").removeprefix("##") in SENTENCE_END_MARKS
-    )
     return {
         "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
         "pad_id": special.pad_id,
@@ -147,7 +141,7 @@ def context_from_tokenizer(tokenizer: Any) -> dict[str, Any]:
         "eos_id": special.eos_id if special.eos_id is not None else special.sep_id,
         "special_ids": special.all_special_ids,
         "sentinel_ids": list(special.sentinel_ids),
-        "sentence_end_ids": ends,
+        "sentence_end_ids": sentence_end_ids(tokenizer),
         "tokenizer": tokenizer,
     }
 

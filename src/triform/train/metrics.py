@@ -42,6 +42,13 @@ def _number(value: Any) -> float | int | str | None:
     return value if math.isfinite(value) else None
 
 
+def _shown(values: Mapping[str, Any]) -> str:
+    """``name value, ...`` of a record, floats to four significant digits."""
+    return ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
+    )
+
+
 def _si(value: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
@@ -146,6 +153,8 @@ class MetricsLogger:
                 if isinstance(value, (int, float)):
                     self._writer.add_scalar(f"{split}/{name}", value, step)
         if self._bar is None:
+            if split != "train":  # no bar: validation lines still reach the console
+                print(f"step {step} {split}: {_shown(values)}", flush=True)
             return
         if split == "train":
             self._bar.update(max(0, min(step, self.total_steps) - self._bar.n))
@@ -158,10 +167,7 @@ class MetricsLogger:
                 postfix["tok/s"] = _si(values["tokens_per_s"])
             self._bar.set_postfix(postfix, refresh=True)
         else:
-            shown = ", ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()
-            )
-            self._bar.write(f"step {step} {split}: {shown}")
+            self._bar.write(f"step {step} {split}: {_shown(values)}")
 
     def text(self, step: int, tag: str, text: str) -> None:
         """Record a piece of text (a generated sample, say) at ``step``."""

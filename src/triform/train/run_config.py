@@ -3,7 +3,7 @@
 ```toml
 [model]       preset = "gpt2-tiny", then any ModelConfig field to override
 [tokenizer]   path = "tokenizer.json"  or  kind / vocab_size / family to train one
-[data]        corpus, seq_len, val_fraction, ...
+[data]        corpus, seq_len, validation or val_fraction, ...
 [objective]   name = "causal-lm" | "mlm" | ... and that objective's own keys
 [train]       steps, batch_size, eval/checkpoint cadence, device, precision, ...
 [optim]       AdamW settings      [schedule]  warm-up and decay
@@ -16,6 +16,7 @@ with ``--set`` and ``train.out_dir`` are relative to the working directory.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,8 @@ from triform.errors import ConfigError
 from triform.objectives import objective_class
 from triform.train.optim import OptimConfig
 from triform.train.schedules import ScheduleConfig
+
+log = logging.getLogger("triform.train")
 
 SECTIONS = ("model", "tokenizer", "data", "objective", "train", "optim", "schedule")
 
@@ -51,7 +54,9 @@ class DataSection:
     split_documents: Literal["file", "blank-line"] = "file"
     if_missing: Literal["error", "default"] = "error"  # corpus absent: fail, or use the default
     shards_dir: str | None = None  # default: <out_dir>/data
-    val_fraction: float = 0.05
+    # the validation set: these files (then val_fraction defaults to 0), or a share of corpus
+    validation: list[str] | str | None = None
+    val_fraction: float | None = None  # default: 0.05 of the documents, 0 with validation
     workers: int = 2
     seq_len: int = 128
     target_len: int = 64  # encoder-decoder objectives: decoder length (span corruption sets it)
@@ -130,6 +135,7 @@ def load_run_config(
 INPUT_PATHS = (
     ("tokenizer", "path"),
     ("data", "corpus"),
+    ("data", "validation"),
     ("data", "shards_dir"),
     ("data", "sources"),
 )
@@ -170,12 +176,15 @@ def build_run_config(tree: dict[str, Any], source: Path | None = None) -> RunCon
     kind = objective_class(objective)
     if model.form != kind.form:
         raise ConfigError(
-            f"objective {kind.name} trains {_a(kind.form)} model, but model "
-            f"{preset or model.family} is {_a(model.form)} model"
+            f"objective {kind.name} trains {_article(kind.form)} model, but model "
+            f"{preset or model.family} is {_article(model.form)} model"
         )
 
     if isinstance(data.corpus, str):
         data.corpus = [data.corpus]
+    if isinstance(data.validation, str):
+        data.validation = [data.validation]
+    _validate_data(data)
     _validate(train, data)
     raw = {**tree, "model": {**model.to_dict()}, "tokenizer": vars(tokenizer), "data": vars(data)}
     raw["train"], raw["objective"] = vars(train), objective
@@ -184,9 +193,34 @@ def build_run_config(tree: dict[str, Any], source: Path | None = None) -> RunCon
     return run
 
 
-def _a(word: str) -> str:
-    """``word`` with its indefinite article: "an encoder", "a decoder"."""
-    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+def _article(word: str) -> str:
+    """``word`` with "a" or "an" before it ("an encoder", "a decoder")."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
+def _validate_data(data: DataSection) -> None:
+    """The validation set: ``data.validation`` files or a ``data.val_fraction`` share."""
+    if data.validation is not None:
+        if data.sources is not None:
+            raise ConfigError(
+                "data.validation is for corpus runs; seq2seq holds out data.val_fraction "
+                "of data.sources"
+            )
+        if not data.validation:
+            raise ConfigError("data.validation must name at least one file")
+        if data.val_fraction:
+            log.warning(
+                "data.val_fraction = %s is not used: data.validation is the validation set",
+                data.val_fraction,
+            )
+        data.val_fraction = 0.0
+    elif data.val_fraction is None:
+        data.val_fraction = 0.05
+    elif data.val_fraction == 0 and data.sources is None:
+        raise ConfigError(
+            "data.val_fraction = 0 leaves no validation set: name validation files "
+            "(data.validation) or hold out a share of the corpus"
+        )
 
 
 def _validate(train: TrainSection, data: DataSection) -> None:
@@ -205,7 +239,7 @@ def _validate(train: TrainSection, data: DataSection) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
-    if not 0.0 <= data.val_fraction < 1.0:
+    if data.val_fraction is None or not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
     if train.max_minutes is not None and train.max_minutes <= 0:
         raise ConfigError("train.max_minutes must be positive")

@@ -46,6 +46,17 @@ def tokenizer_family(model_family: str) -> str:
     return TOKENIZER_FAMILY_FALLBACK.get(model_family, "gpt2")
 
 
+def load_validation(config: RunConfig) -> Corpus | None:
+    """The run's validation corpus (``data.validation``), or None to hold out a share."""
+    if config.data.validation is None:
+        return None
+    return Corpus.from_paths(
+        config.data.validation,
+        text_field=config.data.text_field,
+        split_documents=config.data.split_documents,
+    )
+
+
 def load_corpus(config: RunConfig) -> Corpus:
     """The run's corpus: the embedded default or the configured paths."""
     paths = config.data.corpus
@@ -145,7 +156,8 @@ def resolve_model_config(config: RunConfig, tokenizer: tokenizers.Tokenizer) -> 
 
 
 def prepare_data(config: RunConfig, tokenizer: tokenizers.Tokenizer, out_dir: Path):
-    """Tokenize the corpus into shards once; returns (train, val) shard sets.
+    """Tokenize the corpus (and ``data.validation``) into shards once; returns (train, val)
+    shard sets.
 
     Sequence-to-sequence runs read their TSV directly and return ``None``.
     """
@@ -157,7 +169,9 @@ def prepare_data(config: RunConfig, tokenizer: tokenizers.Tokenizer, out_dir: Pa
             load_corpus(config),
             tokenizer,
             shards_dir,
-            val_fraction=config.data.val_fraction,
+            validation=load_validation(config),
+            val_fraction=config.data.val_fraction or 0.0,
+            progress=config.train.progress,
             workers=config.data.workers,
             seed=config.train.seed,
         )
