@@ -325,8 +325,9 @@ def test_sweep_fit_and_plan_end_to_end(
     (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     capsys.readouterr()
     assert main(["scaling", "sweep", str(config), "--no-progress"]) == 0
-    ran = [line for line in capsys.readouterr().out.splitlines() if ": loss " in line]
-    assert len(ran) == 1 and ran[0].startswith(json.loads(lines[-1])["id"])
+    out_lines = capsys.readouterr().out.splitlines()
+    ran = [line for line in out_lines if ": loss " in line and not line.startswith("step ")]
+    assert len(ran) == 1 and ran[0].startswith(json.loads(lines[-1])["id"]), ran
     assert len(read_results(out)) == 6
 
     args = ["scaling", "fit", str(out / "results.jsonl"), "--json", "--bootstrap", "4"]
