@@ -25,10 +25,18 @@ from triform.data.objectives import (
     read_pairs,
     share_embeddings,
 )
-from triform.data.readers import CausalWindows, DocumentSequences, PackedSequences, SentencePairs
+from triform.data.readers import (
+    CausalWindows,
+    DocumentSequences,
+    PackedSequences,
+    SentencePairs,
+    check_rank,
+    rank_slice,
+)
 from triform.errors import ConfigError, TriformError
 from triform.models import TransformerModel, build_model
 from triform.tokenizers import SpecialTokens
+from triform.train.distributed import all_reduce_sums, rank, world_size
 from triform.train.precision import autocast_context
 
 # Keys of [objective] that configure the task around the objective, not the objective itself.
@@ -103,7 +111,8 @@ class Task:
     def evaluate(
         self, model: nn.Module, device: torch.device, precision: str, max_batches: int
     ) -> dict[str, float]:
-        """Mean loss and metrics over the first ``max_batches`` fixed validation batches."""
+        """Mean loss and metrics over the first ``max_batches`` fixed validation batches
+        (row-weighted; each rank evaluates its share of every batch, sums all-reduced)."""
         model.eval()
         totals: dict[str, float] = {}
         count = 0
@@ -113,9 +122,11 @@ class Task:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast_context(precision, device):
                 loss, parts = self.loss(model, batch, generator)
+            rows = len(batch["input_ids"])
             for key, value in {"loss": loss, **parts}.items():
-                totals[key] = totals.get(key, 0.0) + float(value)
-            count += 1
+                totals[key] = totals.get(key, 0.0) + float(value) * rows
+            count += rows
+        totals, count = all_reduce_sums(totals, count)
         metrics = {key: value / max(count, 1) for key, value in totals.items()}
         lm_loss = metrics.get("mlm_loss", metrics.get("generator_loss", metrics.get("loss")))
         if lm_loss is not None and self.name != "rtd":
@@ -132,15 +143,29 @@ class Task:
         return {"bos_id": s.bos_id, "eos_id": s.eos_id}
 
 
+def micro_batch(run) -> int:
+    """Rows of one micro-batch over all ranks: ``train.batch_size / train.grad_accum``
+    (each reader hands this rank ``1 / world`` of them)."""
+    return run.train.batch_size // run.train.grad_accum
+
+
 def shard_readers(task: Task, shards, reader_class, seq_len: int, **options) -> tuple[Any, Any]:
-    """The (shuffled train, fixed validation) readers of ``reader_class`` over the shards."""
+    """The (shuffled train, fixed validation) readers of ``reader_class`` over the shards,
+    each reading this rank's share of every global micro-batch."""
     train_shards, val_shards = shards
     if val_shards.n_tokens == 0:
         raise TriformError("the validation split is empty; raise data.val_fraction")
     run = task.run
     return tuple(
         reader_class(
-            split, seq_len, run.train.batch_size, run.train.seed, shuffle=shuffle, **options
+            split,
+            seq_len,
+            micro_batch(run),
+            run.train.seed,
+            shuffle=shuffle,
+            rank=rank(),
+            world=world_size(),
+            **options,
         )
         for split, shuffle in ((train_shards, True), (val_shards, False))
     )
@@ -268,14 +293,17 @@ class Seq2SeqTask(Task):
         limit = run.data.seq_len
         train = ParallelCorpus.from_pairs(pairs[:-held_out], self.tokenizer, limit, limit)
         val = ParallelCorpus.from_pairs(pairs[-held_out:], self.tokenizer, limit, limit)
+        size, where = micro_batch(run), {"rank": rank(), "world": world_size()}
         return (
-            _PairReader(train, run.train.batch_size, run.train.seed, self.special, True),
-            _PairReader(val, run.train.batch_size, run.train.seed, self.special, False),
+            _PairReader(train, size, run.train.seed, self.special, True, **where),
+            _PairReader(val, size, run.train.seed, self.special, False, **where),
         )
 
 
 class _PairReader:
-    """Length-bucketed batches of a :class:`ParallelCorpus`, a function of (seed, step)."""
+    """Length-bucketed batches of a :class:`ParallelCorpus`, a function of (seed, step,
+    rank, world): rank ``rank`` collates its contiguous share of each global batch.
+    Training drops each epoch's short last batch, so every rank always has rows."""
 
     def __init__(
         self,
@@ -284,24 +312,34 @@ class _PairReader:
         seed: int,
         special: SpecialTokens,
         shuffle: bool,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
+        check_rank(batch_size, rank, world)
         self.corpus, self.batch_size, self.seed, self.shuffle = corpus, batch_size, seed, shuffle
+        self.rank, self.world = rank, world
         self.pad_id = special.pad_id if special.pad_id is not None else 0
         self._epoch, self._rows = -1, []
         self.num_batches = len(self._epoch_rows(0))
+        if self.num_batches == 0:
+            raise TriformError(
+                f"{len(corpus)} pairs are fewer than one batch of {batch_size}; "
+                "lower train.batch_size"
+            )
 
     def _epoch_rows(self, epoch: int) -> list[torch.Tensor]:
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-            self._rows = self.corpus.batch_rows(
-                self.batch_size, generator if self.shuffle else None
+            rows = self.corpus.batch_rows(
+                self.batch_size, generator if self.shuffle else None, drop_last=self.shuffle
             )
+            self._rows = [r for r in rows if len(r) >= self.world]  # a row for every rank
             self._epoch = epoch
         return self._rows
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         rows = self._epoch_rows(step // self.num_batches)[step % self.num_batches]
-        return self.corpus.collate(rows, self.pad_id)
+        return self.corpus.collate(rows[rank_slice(len(rows), self.rank, self.world)], self.pad_id)
 
 
 TASKS: dict[str, type[Task]] = {
