@@ -47,11 +47,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TriformError as err:
-        print(f"triform: error: {err}", file=sys.stderr)
-        return 2
+        if "torch" not in sys.modules:  # nothing distributed can have run
+            print(f"triform: error: {err}", file=sys.stderr)
+            return 2
+        return _report(err)
+    except RuntimeError as err:  # under torchrun: a collective that lost its peer
+        if "torch" not in sys.modules:
+            raise
+        return _report(err)
     except KeyboardInterrupt:
         print("triform: interrupted", file=sys.stderr)
         return 130
+
+
+def _report(err: Exception) -> int:
+    """One line on stderr for ``err`` (in a multi-process run: from the rank that has
+    something to say), and the exit status."""
+    from triform.train.distributed import error_line
+
+    report = error_line(err)
+    if report is None:
+        raise err
+    line, status = report
+    if line is not None:
+        print(f"triform: error: {line}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -15,12 +15,18 @@ from pathlib import Path
 
 import torch
 
-from triform.errors import TriformError
+from triform.errors import ConfigError, TriformError
 from triform.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from triform.train.distributed import (
+    all_reduce_sums,
+    checkpoint_blocks,
     gradient_sync,
     init_distributed,
+    is_fsdp,
     is_main_process,
+    rank,
+    split_batch,
+    world_size,
     wrap_model,
 )
 from triform.train.metrics import MetricsLogger
@@ -57,18 +63,41 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    """The objective's random stream for one micro-batch: a function of (seed, step) only,
-    so a resumed run draws exactly the same masks and spans."""
+def step_generator(seed: int, step: int, micro: int, rank: int = 0) -> torch.Generator:
+    """The objective's random stream for one rank's micro-batch: a function of (seed, step,
+    micro, rank) only, so a resumed run draws exactly the same masks and spans, and ranks
+    draw independent ones for their different rows."""
     generator = torch.Generator(device="cpu")
-    generator.manual_seed((seed * 1_000_003 + step * 1009 + micro) % (2**63 - 1))
+    generator.manual_seed(
+        (seed * 1_000_003 + step * 1009 + micro + rank * 999_983_011) % (2**63 - 1)
+    )
     return generator
+
+
+def data_position(step: int, batch_size: int) -> dict[str, int]:
+    """Where the data stream stands after ``step`` optimizer steps, in global samples (the
+    same on any number of processes)."""
+    return {"samples": step * batch_size, "batch_size": batch_size}
+
+
+def _check_data_position(saved, step: int, batch_size: int) -> None:
+    """A resumed run must read the data where the checkpoint stopped: refuse a changed
+    global batch (which would move every later step's rows)."""
+    if not isinstance(saved, dict) or "samples" not in saved:
+        return  # checkpoints from before data positions were saved: step is the position
+    if saved["samples"] != step * batch_size:
+        raise ConfigError(
+            f"the checkpoint at step {step} has read {saved['samples']} samples with "
+            f"train.batch_size {saved.get('batch_size')}; resume with that global batch size, "
+            f"not {batch_size}"
+        )
 
 
 def pretrain(config: RunConfig, resume: str | Path | None = None) -> PretrainResult:
     """Run (or resume) the pretraining described by ``config``."""
     train = config.train
     init_distributed()
+    split_batch(train.batch_size, train.grad_accum)  # refuse an uneven split before any work
     device = pick_device(train.device)
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -81,10 +110,18 @@ def pretrain(config: RunConfig, resume: str | Path | None = None) -> PretrainRes
     shards = prepare_data(config, tokenizer, out_dir)
     task = build_task(config, model_config, tokenizer, shards)
     model = task.build_model().to(device)
-    (out_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-    (out_dir / "model.json").write_text(json.dumps(model_config.to_dict(), indent=2))
+    if is_main_process():
+        (out_dir / "run.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+        (out_dir / "model.json").write_text(json.dumps(model_config.to_dict(), indent=2))
 
-    wrapped = wrap_model(model, train.parallel, find_unused_parameters=task.unused_parameters)
+    if train.activation_checkpointing:
+        checkpoint_blocks(model)  # before sharding, so FSDP wraps the checkpointed blocks
+    wrapped = wrap_model(
+        model,
+        train.parallel,
+        find_unused_parameters=task.unused_parameters,
+        param_dtype=torch.bfloat16 if train.fsdp_param_dtype == "bf16" else None,
+    )
     optimizer = build_optimizer(wrapped, config.optim)  # after wrapping: FSDP shards params
     scheduler = build_scheduler(optimizer, config.schedule, train.steps)
     precision = resolve_precision(train.precision, device)
@@ -92,6 +129,7 @@ def pretrain(config: RunConfig, resume: str | Path | None = None) -> PretrainRes
     if resume is not None:  # last, so the restored RNG state is the next thing used
         state = load_checkpoint(resume, wrapped, optimizer, scheduler)
         start_step = state.step
+        _check_data_position(state.data_position, start_step, train.batch_size)
         if is_main_process():
             print(f"resumed from step {start_step}")
     if train.compile:
@@ -108,14 +146,22 @@ def pretrain(config: RunConfig, resume: str | Path | None = None) -> PretrainRes
     if is_main_process():
         print(
             f"{model_config.family} {model_config.form}: {model.num_parameters():,} parameters, "
-            f"objective {task.name}, {train.steps} steps of {train.batch_size}x"
-            f"{train.grad_accum} sequences on {device} ({precision})"
+            f"objective {task.name}, {train.steps} steps of {train.batch_size} sequences "
+            f"({_split_text(train.batch_size, train.grad_accum)}) on {device} ({precision})"
         )
     result = _run_steps(
         config, task, model, wrapped, optimizer, scheduler, logger, device, precision, start_step
     )
     logger.close()
     return result
+
+
+def _split_text(batch_size: int, grad_accum: int) -> str:
+    """How the global batch is split, e.g. ``2 processes x 2 micro-batches x 4``."""
+    world = world_size()
+    parts = [f"{world} processes"] if world > 1 else []
+    parts += [f"{grad_accum} micro-batches"] if grad_accum > 1 else []
+    return " x ".join([*parts, str(split_batch(batch_size, grad_accum))])
 
 
 def _run_steps(
@@ -144,7 +190,7 @@ def _run_steps(
     while step < train.steps:
         for micro in range(train.grad_accum):
             index = step * train.grad_accum + micro
-            draw = step_generator(train.seed, step, micro)
+            draw = step_generator(train.seed, step, micro, rank())
             batch = task.train_batch(index, draw)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with gradient_sync(wrapped, micro == train.grad_accum - 1):
@@ -165,11 +211,14 @@ def _run_steps(
         step += 1
 
         if step % train.log_every == 0 or step == train.steps:
-            last_loss = (running_loss / running_count).item()  # the only sync of the step
-            if not math.isfinite(last_loss):
-                raise TriformError(f"loss became {last_loss} at step {step}; lower optim.lr")
+            local = (running_loss / running_count).item()  # the only sync of the step
+            # The global batch's loss and token count: one collective at logging steps.
+            sums, ranks = all_reduce_sums({"loss": local, "tokens": window_tokens}, 1)
+            last_loss = sums["loss"] / ranks
+            if not math.isfinite(last_loss):  # the same on every rank: all stop together
+                raise ConfigError(f"loss became {last_loss} at step {step}; lower optim.lr")
             now = time.perf_counter()
-            rate = window_tokens / max(now - window_start, 1e-9)
+            rate = sums["tokens"] / max(now - window_start, 1e-9)
             logger.log(
                 step,
                 {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate},
@@ -181,15 +230,18 @@ def _run_steps(
         out_of_time = train.max_minutes is not None and (
             time.perf_counter() - started > 60 * train.max_minutes
         )
+        if train.max_minutes is not None:  # every rank stops at the same step
+            out_of_time = all_reduce_sums({}, float(out_of_time))[1] > 0
         if step % train.eval_every == 0 or step == train.steps or out_of_time:
             val_metrics = task.evaluate(wrapped, device, precision, train.eval_batches)
             logger.log(step, val_metrics, split="val")
-            if task.can_sample:
+            # Rank 0 samples; under FSDP every rank must run the (collective) forward passes.
+            if task.can_sample and (is_main_process() or is_fsdp(model)):
                 sample = task.sample(model, device, train.sample_tokens, train.sample_prompt)
                 logger.text(step, "sample", sample)
             wrapped.train()
         if step % train.checkpoint_every == 0 or step == train.steps or out_of_time:
-            checkpoint = save_checkpoint(  # every rank: FSDP gathers the weights
+            checkpoint = save_checkpoint(  # every rank: FSDP saves its shards
                 out_dir,
                 step,
                 model,
@@ -197,10 +249,12 @@ def _run_steps(
                 scheduler,
                 extra={"val": val_metrics, "train_loss": last_loss},
                 keep_last=train.keep_last,
+                data_position=data_position(step, train.batch_size),
             )
         if out_of_time:
             break
     elapsed = time.perf_counter() - started
+    total_tokens = all_reduce_sums({}, total_tokens)[1]  # every rank's tokens
     return PretrainResult(
         out_dir,
         step,
