@@ -233,7 +233,9 @@ def _run_steps(
         if train.max_minutes is not None:  # every rank stops at the same step
             out_of_time = all_reduce_sums({}, float(out_of_time))[1] > 0
         if step % train.eval_every == 0 or step == train.steps or out_of_time:
-            val_metrics = task.evaluate(wrapped, device, precision, train.eval_batches)
+            # eval_batches counts global batches; the readers serve micro-batches
+            batches = train.eval_batches * train.grad_accum
+            val_metrics = task.evaluate(wrapped, device, precision, batches)
             logger.log(step, val_metrics, split="val")
             # Rank 0 samples; under FSDP every rank must run the (collective) forward passes.
             if task.can_sample and (is_main_process() or is_fsdp(model)):

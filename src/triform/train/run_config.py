@@ -79,7 +79,7 @@ class TrainSection:
     grad_accum: int = 1  # micro-batches per step: each rank reads batch_size / world / grad_accum
     max_minutes: float | None = None  # stop (and checkpoint) when this budget is spent
     eval_every: int = 100
-    eval_batches: int = 8
+    eval_batches: int = 8  # validation batches of batch_size sequences each
     log_every: int = 10
     checkpoint_every: int = 500
     keep_last: int = 3
