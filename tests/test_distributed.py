@@ -266,3 +266,47 @@ def test_the_global_batch_must_split_evenly(config: Path, tmp_path: Path, capsys
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "train.batch_size 6" in err and len(err.splitlines()) == 1
+
+
+def test_grad_accum_splits_the_global_batch(config: Path, one_process: Path, tmp_path: Path):
+    """Two micro-batches of 4 on one process train like one batch of 8 (and like two
+    processes of 4 each): ``grad_accum`` splits the global batch, it does not grow it."""
+    assert main(_args(config, tmp_path, "train.grad_accum=2")) == 0
+    _assert_same_losses(tmp_path, one_process, range(1, STEPS + 1))
+
+
+def test_resume_refuses_a_changed_global_batch(config: Path, one_process: Path, tmp_path, capsys):
+    run = _resume_copy(one_process, tmp_path / "run", 5)
+    assert main(_args(config, run, "train.batch_size=4", resume=run)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "read 40 samples with train.batch_size 8" in err and len(err.splitlines()) == 1
+
+
+def test_seq2seq_pair_reader_shares_partition_each_batch():
+    from triform.data.objectives import ParallelCorpus
+    from triform.tokenizers import SpecialTokens
+    from triform.train.tasks import _PairReader
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 12, (2, 53), generator=generator).tolist()
+    corpus = ParallelCorpus(
+        [list(range(1, n + 1)) for n in lengths[0]], [[7] * n for n in lengths[1]]
+    )
+    special = SpecialTokens(pad_id=0)
+
+    def rows(batch: dict) -> list[tuple]:
+        pairs = zip(*(batch[k] for k in ("input_ids", "attention_mask")), strict=True)
+        source = [tuple(r[m.bool()].tolist()) for r, m in pairs]
+        pairs = zip(*(batch[k] for k in ("target_ids", "target_mask")), strict=True)
+        target = [tuple(r[m.bool()].tolist()) for r, m in pairs]
+        return list(zip(source, target, strict=True))
+
+    for shuffle in (True, False):
+        whole = _PairReader(corpus, 6, 3, special, shuffle)
+        halves = [_PairReader(corpus, 6, 3, special, shuffle, rank=r, world=2) for r in (0, 1)]
+        assert whole.num_batches == halves[0].num_batches
+        for step in (0, 3, whole.num_batches + 1):  # the last: the next epoch
+            parts = [rows(h.batch(step)) for h in halves]
+            assert parts[0] and parts[1] and parts[0] + parts[1] == rows(whole.batch(step))
+    with pytest.raises(ConfigError, match="does not split over 4 processes"):
+        _PairReader(corpus, 6, 3, special, True, rank=0, world=4)
