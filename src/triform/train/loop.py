@@ -63,14 +63,18 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def step_seed(seed: int, step: int, micro: int = 0, rank: int = 0, stream: int = 0) -> int:
+    """A seed that is a function of (seed, step, micro-batch, rank, stream) only."""
+    mixed = seed * 1_000_003 + step * 1009 + micro + rank * 999_983_011 + stream * 7_919_000_009
+    return mixed % (2**63 - 1)
+
+
 def step_generator(seed: int, step: int, micro: int, rank: int = 0) -> torch.Generator:
     """The objective's random stream for one rank's micro-batch: a function of (seed, step,
     micro, rank) only, so a resumed run draws exactly the same masks and spans, and ranks
     draw independent ones for their different rows."""
     generator = torch.Generator(device="cpu")
-    generator.manual_seed(
-        (seed * 1_000_003 + step * 1009 + micro + rank * 999_983_011) % (2**63 - 1)
-    )
+    generator.manual_seed(step_seed(seed, step, micro, rank))
     return generator
 
 
@@ -188,6 +192,9 @@ def _run_steps(
     scaler = grad_scaler(precision, device)
     wrapped.train()
     while step < train.steps:
+        # Dropout draws from the global RNG: seeded per (step, rank), so that ranks drop
+        # different units and a run resumed on any number of processes draws the same.
+        torch.manual_seed(step_seed(train.seed, step, rank=rank(), stream=1))
         for micro in range(train.grad_accum):
             index = step * train.grad_accum + micro
             draw = step_generator(train.seed, step, micro, rank())
