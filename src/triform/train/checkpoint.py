@@ -390,9 +390,11 @@ def save_checkpoint(
     saved are this process's. ``keep_last`` (None or 0 = all) prunes older checkpoints
     after the new one is in place. Saving the same step again replaces that checkpoint.
 
-    Only rank 0 writes. Without FSDP it may be called on rank 0 alone (no collective, no
-    barrier). Under FSDP2 every rank must call it (the full state is gathered) and it
-    returns once rank 0 has finished writing.
+    Without FSDP only rank 0 writes, and it may be called on rank 0 alone (no collective,
+    no barrier). Under FSDP2 every rank must call it: each writes its shards of weights and
+    optimizer state to ``sharded/`` (``torch.distributed.checkpoint``), the weights alone are
+    gathered for the ``model.safetensors`` export, and it returns once rank 0 has renamed
+    the folder into place.
     """
     model = unwrap_model(model)
     final = Path(run_dir) / CHECKPOINTS / step_dir_name(step)
