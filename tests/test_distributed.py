@@ -147,8 +147,13 @@ def _worker(rank: int, world: int, port: int, args: list[str], logs: str, fail_a
 def _launch(args: list[str], logs: Path, fail_at: int = -1, world: int = 2) -> list[dict]:
     """Run the CLI on ``world`` processes; per rank: exit status, stdout and stderr."""
     logs.mkdir(parents=True, exist_ok=True)
+    # fork: the ranks share the imported modules (a spawn re-imports torch, seconds each)
     context = mp.start_processes(
-        _worker, (world, _free_port(), args, str(logs), fail_at), nprocs=world, join=False
+        _worker,
+        (world, _free_port(), args, str(logs), fail_at),
+        nprocs=world,
+        join=False,
+        start_method="fork",
     )
     for _ in range(120):  # a hang fails the test instead of blocking the suite
         if context.join(timeout=1):

@@ -544,7 +544,10 @@ def test_ddp_and_fsdp_on_two_cpu_processes(tmp_path):
 
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("gloo backend not available")
-    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    # fork: the workers share the imported modules (a spawn re-imports torch, seconds each)
+    mp.start_processes(
+        _dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork"
+    )
     results = torch.load(tmp_path / "results.pt", weights_only=True)
 
     torch.manual_seed(0)
