@@ -315,3 +315,27 @@ def test_seq2seq_pair_reader_shares_partition_each_batch():
             assert parts[0] and parts[1] and parts[0] + parts[1] == rows(whole.batch(step))
     with pytest.raises(ConfigError, match="does not split over 4 processes"):
         _PairReader(corpus, 6, 3, special, True, rank=0, world=4)
+
+
+def test_activation_checkpointing_and_bf16_fsdp_parameters(
+    config: Path, one_process: Path, tmp_path: Path
+) -> None:
+    """``train.activation_checkpointing`` trains exactly as without it; with FSDP's bf16
+    parameters (fp32 reductions and master weights) the losses stay close to fp32."""
+    exact = tmp_path / "checkpointed"
+    assert main(_args(config, exact, "train.activation_checkpointing=true")) == 0
+    _assert_same_losses(exact, one_process, range(1, STEPS + 1))
+
+    mixed = tmp_path / "bf16"
+    args = _args(
+        config,
+        mixed,
+        'train.parallel="fsdp"',
+        'train.fsdp_param_dtype="bf16"',
+        "train.activation_checkpointing=true",
+    )
+    assert [r["rc"] for r in _launch(args, tmp_path / "logs")] == [0, 0]
+    got, expected = _losses(mixed, "train"), _losses(one_process, "train")
+    assert got.keys() == expected.keys()
+    for step, loss in got.items():
+        assert loss != expected[step] and loss == pytest.approx(expected[step], rel=2e-2)
