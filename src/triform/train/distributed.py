@@ -245,6 +245,11 @@ def wrap_model(
         raise ConfigError(
             f"train.parallel must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}"
         )
+    if strategy == "none" and world_size() > 1:
+        raise ConfigError(
+            f"train.parallel 'none' on {world_size()} processes would train {world_size()} "
+            "separate models; use 'auto', 'ddp' or 'fsdp' under torchrun"
+        )
     if strategy == "none" or not is_distributed():
         return model
     if strategy == "auto":
