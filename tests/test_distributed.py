@@ -339,3 +339,13 @@ def test_activation_checkpointing_and_bf16_fsdp_parameters(
     assert got.keys() == expected.keys()
     for step, loss in got.items():
         assert loss != expected[step] and loss == pytest.approx(expected[step], rel=2e-2)
+
+
+def test_no_parallelism_on_several_processes_is_refused(monkeypatch):
+    from torch import nn
+
+    from triform.train.distributed import wrap_model
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="'none' on 2 processes would train 2 separate"):
+        wrap_model(nn.Linear(2, 2), "none")
