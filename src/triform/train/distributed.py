@@ -142,7 +142,8 @@ def all_reduce_sums(sums: dict[str, float], count: float) -> tuple[dict[str, flo
     values = torch.tensor([sums[n] for n in names] + [count], dtype=torch.float64, device=device)
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     *totals, total = values.tolist()
-    return dict(zip(names, totals, strict=True)), total
+    reduced = dict(zip(names, totals, strict=True))
+    return {name: reduced[name] for name in sums}, total  # the caller's order
 
 
 _PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe")
