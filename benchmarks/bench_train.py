@@ -535,9 +535,7 @@ def curve_table(metrics_path: str) -> str:
     train = [r for r in records if r["split"] == "train"]
     first = train[0]
     run = json.loads((path.parent / "run.json").read_text())
-    tokens_per_step = (
-        run["train"]["batch_size"] * run["data"]["seq_len"] * run["train"].get("grad_accum", 1)
-    )
+    tokens_per_step = run["train"]["batch_size"] * run["data"]["seq_len"]  # the global batch
     start = first["time"] - first["step"] * tokens_per_step / first["tokens_per_s"]
     lines = [
         "| step | seconds | val loss | val accuracy | train loss | train tokens/s |",

@@ -48,3 +48,14 @@ def test_model_flops_counts_the_tied_head():
     body = model.num_parameters(non_embedding=True) + 100 * 768  # + the tied head
     expected = 2 * (6 * body * 8 + 12 * 768 * 8 * 8)
     assert bench_train.model_flops_per_step(model, batch) == expected
+
+
+def test_scaling_benchmark_config_is_valid(tmp_path):
+    """bench_scaling_cpu.py's run (measured on an idle machine, not here) is a valid config."""
+    import bench_scaling_cpu
+    from triform.train.run_config import load_run_config
+
+    args = bench_scaling_cpu.parse_args(["--tiny"])
+    flat = bench_scaling_cpu._overrides(args, tmp_path, tmp_path / "out")
+    config = load_run_config(None, flat[1::2])
+    assert config.train.batch_size == args.batch and config.train.parallel == "ddp"

@@ -196,3 +196,41 @@ def test_readers_are_fast(shards):
     for step in range(20):
         reader.batch(step)
     assert (time.perf_counter() - start) < 1.0
+
+
+READER_KINDS = {
+    "causal": lambda s, **kw: CausalWindows(s, 16, 6, 3, **kw),
+    "packed": lambda s, **kw: PackedSequences(
+        s, 16, 6, 3, cls_id=s.special.cls_id, sep_id=s.special.sep_id, **kw
+    ),
+    "documents": lambda s, **kw: DocumentSequences(
+        s, 24, 6, 3, cls_id=s.special.cls_id, sep_id=s.special.sep_id, **kw
+    ),
+    "nsp": lambda s, **kw: SentencePairs(s, 32, 6, 3, mode="nsp", short_seq_prob=0.3, **kw),
+    "sop": lambda s, **kw: SentencePairs(s, 32, 6, 3, mode="sop", **kw),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(READER_KINDS))
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shares_partition_the_global_batch(shards, kind, world):
+    """Rank r of w reads its contiguous share of the global batch: the shares are disjoint
+    and, in rank order, equal the batch one process reads (every key, any step)."""
+    make = READER_KINDS[kind]
+    whole = make(shards)
+    ranks = [make(shards, rank=r, world=world) for r in range(world)]
+    for step in (0, 1, 7, 40):  # 40: past an epoch end for the smaller splits
+        expected = whole.batch(step)
+        parts = [reader.batch(step) for reader in ranks]
+        assert all(len(p["input_ids"]) == 6 // world for p in parts)
+        for key, value in expected.items():
+            assert torch.equal(torch.cat([p[key] for p in parts]), value), (key, step)
+        items = [whole.order.rows(step)[0][reader.share] for reader in ranks]
+        assert len(set(np.concatenate(items).tolist())) == 6  # disjoint rows
+
+
+def test_rank_share_errors(shards):
+    with pytest.raises(ConfigError, match="6 rows does not split over 4 processes"):
+        CausalWindows(shards, 16, 6, rank=1, world=4)
+    with pytest.raises(ConfigError, match="rank must be in"):
+        CausalWindows(shards, 16, 6, rank=2, world=2)

@@ -23,6 +23,7 @@ from triform.runs import latest_checkpoint, list_checkpoints
 from triform.runtime.distributed import (
     all_reduce_mean,
     barrier,
+    checkpoint_blocks,
     gradient_sync,
     init_distributed,
     is_main_process,
@@ -508,6 +509,26 @@ def _dist_worker(rank_: int, world: int, port: int, out_dir: str) -> None:
             results["fsdp_resumed"] = _full_state_dict(fresh)
         else:
             results[strategy] = _full_state_dict(model)
+
+    # FSDP2 with activation checkpointing applied before sharding, in fp32 and with bf16
+    # parameters for compute (fp32 reductions and master weights): the first step's loss.
+    ids = batches[0, 0]
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        torch.manual_seed(0)
+        model = tiny()
+        checkpoint_blocks(model)
+        wrapped = wrap_model(model, "fsdp", param_dtype=dtype)
+        optimizer = build_optimizer(wrapped, OptimConfig(lr=1e-3))
+        loss = lm_loss(wrapped, ids)
+        loss.backward()
+        optimizer.step()
+        results[f"checkpointed_{name}_loss"] = loss.detach()
+        results[f"checkpointed_{name}_dtypes"] = {p.dtype for p in model.parameters()}
+        results[f"checkpointed_{name}_grad"] = all(
+            p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters()
+        )
+    torch.manual_seed(0)
+    results["rank_loss"] = lm_loss(tiny(), ids).detach()  # this rank's rows, no FSDP
     if rank_ == 0:
         torch.save(results, Path(out_dir) / "results.pt")
     shutdown_distributed()
@@ -522,7 +543,10 @@ def test_ddp_and_fsdp_on_two_cpu_processes(tmp_path):
 
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("gloo backend not available")
-    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    # fork: the workers share the imported modules (a spawn re-imports torch, seconds each)
+    mp.start_processes(
+        _dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork"
+    )
     results = torch.load(tmp_path / "results.pt", weights_only=True)
 
     torch.manual_seed(0)
@@ -548,3 +572,30 @@ def test_ddp_and_fsdp_on_two_cpu_processes(tmp_path):
         assert torch.equal(restored_state[key], value), key
     for key, value in results["fsdp_after"].items():
         assert torch.equal(value, results["fsdp_resumed"][key]), key
+    # Checkpointed blocks under FSDP recompute the same loss; bf16 compute is close, not
+    # equal; parameters and gradients stay fp32 either way.
+    exact, bf16 = results["checkpointed_fp32_loss"], results["checkpointed_bf16_loss"]
+    torch.testing.assert_close(exact, results["rank_loss"], rtol=1e-6, atol=0)
+    assert bf16 != exact and abs(bf16 - exact) / exact < 2e-2
+    for name in ("fp32", "bf16"):
+        assert results[f"checkpointed_{name}_dtypes"] == {torch.float32}
+        assert results[f"checkpointed_{name}_grad"]
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (2, 16))
+    plain, checkpointed = tiny(), tiny()
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpoint_blocks(checkpointed) == 2 and checkpoint_blocks(checkpointed) == 0
+    losses = []
+    for model in (plain, checkpointed):
+        loss = lm_loss(model, ids)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=0)
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
+    assert plain.state_dict().keys() == checkpointed.state_dict().keys()
+    with torch.no_grad():  # generation: no recomputation needed, same output
+        torch.testing.assert_close(plain(ids).logits, checkpointed(ids).logits)

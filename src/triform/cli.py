@@ -51,8 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TriformError as err:
-        print(f"triform: error: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", 2)
+        if "torch" not in sys.modules:  # nothing distributed can have run
+            print(f"triform: error: {err}", file=sys.stderr)
+            return getattr(err, "exit_code", 2)
+        return _report(err)
+    except RuntimeError as err:  # under torchrun: a collective that lost its peer
+        if "torch" not in sys.modules:
+            raise
+        return _report(err)
     except BrokenPipeError:
         # the reader went away (``triform ... | head``): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -73,6 +79,20 @@ def describe_os_error(err: OSError) -> str:
     reason = err.strerror or type(err).__name__
     paths = [p for p in (err.filename, err.filename2) if p is not None]
     return f"{reason}: {' -> '.join(map(str, paths))}" if paths else f"{reason} ({err})"
+
+
+def _report(err: Exception) -> int:
+    """One line on stderr for ``err`` (in a multi-process run: from the rank that has
+    something to say), and the exit status."""
+    from triform.runtime.distributed import error_line
+
+    report = error_line(err)
+    if report is None:
+        raise err
+    line, status = report
+    if line is not None:
+        print(f"triform: error: {line}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -74,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
         raise TriformError(f"config file not found: {args.config}")
     defaults = DEFAULT_RUN if args.config is None else None
     config = load_run_config(args.config, args.overrides, defaults=defaults)
+    from triform.runtime.distributed import is_main_process, shutdown_distributed
+
     result = pretrain(config, resume=args.resume, force=args.force)
+    shutdown_distributed()  # under torchrun: leave the process group before exiting
+    if not is_main_process():  # rank 0 alone reports
+        return 0
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.val_metrics.items())
     print(f"done: {result.steps} steps, train loss {result.train_loss:.4f}; validation: {summary}")
     if result.sample is not None:

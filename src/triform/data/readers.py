@@ -1,13 +1,19 @@
 """Batch readers: turn a :class:`~triform.data.shards.ShardSet` into the batches each
 objective needs, by vectorised numpy gathers straight from the memory map.
 
-Every reader is a pure function of ``(seed, step)``: ``reader.batch(step)`` returns the same
-batch whenever it is asked, so a run resumed at step ``k`` sees exactly the data it would have
-seen. Readers that walk the data in windows or chunks go through it in epochs: epoch ``e`` is a
+Every reader is a pure function of ``(seed, step, rank, world)``: ``reader.batch(step)``
+returns the same batch whenever it is asked, so a run resumed at step ``k`` sees exactly the
+data it would have seen. ``batch_size`` is the *global* batch: the rows of batch ``step`` are
+fixed by ``(seed, step)`` alone, and a reader built with ``rank=r, world=w`` returns only its
+contiguous share ``[r * B / w, (r + 1) * B / w)`` of them. The shares of all ranks are disjoint
+and together are the batch one process reads, so the same config trains on the same data on
+any number of processes.
+
+Readers that walk the data in windows or chunks go through it in epochs: epoch ``e`` is a
 seeded permutation (``shuffle=False``: the natural order, for evaluation) and a batch that
 crosses an epoch end takes its last rows from the next epoch.
 
-Layouts (``B`` = batch size, all tensors ``torch.int64``):
+Layouts (``B`` = this rank's rows, ``batch_size / world``; all tensors ``torch.int64``):
 
 - :class:`CausalWindows`: ``{"input_ids": (B, seq_len + 1)}``: contiguous windows of the
   split's token stream, documents joined by ``separator_id`` (GPT-2: ``<|endoftext|>`` after
@@ -46,6 +52,24 @@ def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def rank_slice(n: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s contiguous share of ``n`` rows split over ``world`` processes
+    (shares differ by at most one row when ``world`` does not divide ``n``)."""
+    return slice(n * rank // world, n * (rank + 1) // world)
+
+
+def check_rank(batch_size: int, rank: int, world: int) -> None:
+    """Raise :class:`ConfigError` unless ``0 <= rank < world`` and ``world`` divides the
+    global ``batch_size``."""
+    _check_positive(world=world)
+    if not 0 <= rank < world:
+        raise ConfigError(f"rank must be in [0, {world}), got {rank}")
+    if batch_size % world:
+        raise ConfigError(
+            f"a global batch of {batch_size} rows does not split over {world} processes"
+        )
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -91,11 +115,15 @@ class _EpochOrder:
                 self._perms.popitem(last=False)
         return self._perms[epoch]
 
-    def rows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(items, epochs), each (B,) int64, for batch ``step``."""
+    def rows(
+        self, step: int, start: int = 0, count: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(items, epochs), each (count,) int64: rows ``start .. start + count`` of global
+        batch ``step`` (default: the whole batch)."""
         if step < 0:
             raise ConfigError(f"step must be >= 0, got {step}")
-        g = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)  # (B,)
+        count = self.batch_size - start if count is None else count
+        g = step * self.batch_size + start + np.arange(count, dtype=np.int64)  # (count,)
         epochs, pos = np.divmod(g, self.n)
         items = np.empty_like(pos)
         for e in np.unique(epochs):
@@ -105,20 +133,35 @@ class _EpochOrder:
 
 
 class _Reader:
-    """Shared parts: sizes, the epoch order, iteration over one epoch."""
+    """Shared parts: sizes, this rank's share, the epoch order, iteration over one epoch."""
 
     salt = 0  # distinguishes the random streams of different readers
 
     def __init__(
-        self, shards: ShardSet, seq_len: int, batch_size: int, seed: int, shuffle: bool
+        self,
+        shards: ShardSet,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         _check_positive(seq_len=seq_len, batch_size=batch_size)
+        check_rank(batch_size, rank, world)
         self.shards = shards
         self.seq_len = int(seq_len)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size)  # global: all ranks together
+        self.rank, self.world = int(rank), int(world)
+        self.share = rank_slice(self.batch_size, self.rank, self.world)
+        self.rows_per_rank = self.batch_size // self.world
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
         self.tokens = shards.tokens  # (N,) memmap
+
+    def _local_rows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(items, epochs), each (rows_per_rank,): this rank's share of batch ``step``."""
+        return self.order.rows(step, self.share.start, self.rows_per_rank)
 
     def _order(self, n_items: int) -> _EpochOrder:
         return _EpochOrder(n_items, self.batch_size, self.seed, self.salt, self.shuffle)
@@ -158,8 +201,10 @@ class _Stream(_Reader):
         seed: int,
         shuffle: bool,
         separator_id: int | None | Auto,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
-        super().__init__(shards, seq_len, batch_size, seed, shuffle)
+        super().__init__(shards, seq_len, batch_size, seed, shuffle, rank, world)
         if separator_id == "auto":
             sp = shards.special
             separator_id = sp.eos_id if sp.eos_id is not None else sp.sep_id
@@ -200,8 +245,8 @@ class _Stream(_Reader):
         self.order = self._order(self.n_windows)
 
     def _window_starts(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Stream start of each row's window and the window's index, both (B,)."""
-        items, epochs = self.order.rows(step)
+        """Stream start of each of this rank's rows' window and the window's index, (B,)."""
+        items, epochs = self._local_rows(step)
         shift = np.zeros_like(items)
         if self.shuffle and self._slack:
             for e in np.unique(epochs).tolist():  # one or two epochs per batch
@@ -232,8 +277,10 @@ class CausalWindows(_Stream):
         *,
         separator_id: int | None | Auto = "auto",
         shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
-        super().__init__(shards, seq_len, batch_size, seed, shuffle, separator_id)
+        super().__init__(shards, seq_len, batch_size, seed, shuffle, separator_id, rank, world)
         self._windows(width=self.seq_len + 1, stride=self.seq_len)
 
     @property
@@ -269,8 +316,10 @@ class PackedSequences(_Stream):
         cls_id: int | None = None,
         sep_id: int | None = None,
         shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
-        super().__init__(shards, seq_len, batch_size, seed, shuffle, separator_id)
+        super().__init__(shards, seq_len, batch_size, seed, shuffle, separator_id, rank, world)
         self.prefix, self.suffix = _frame(bos_id, eos_id, cls_id, sep_id)
         self.content_len = self.seq_len - len(self.prefix) - len(self.suffix)
         if self.content_len < 1:
@@ -284,7 +333,7 @@ class PackedSequences(_Stream):
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         starts, items = self._window_starts(step)
         pos = starts[:, None] + np.arange(self.content_len)  # (B, C)
-        ids = np.empty((self.batch_size, self.seq_len), dtype=np.int64)
+        ids = np.empty((len(starts), self.seq_len), dtype=np.int64)
         p = len(self.prefix)
         ids[:, p : p + self.content_len] = self.gather(pos)
         if self.prefix:
@@ -293,7 +342,7 @@ class PackedSequences(_Stream):
             ids[:, -1] = self.suffix[0]
         return {
             "input_ids": torch.from_numpy(ids),
-            "attention_mask": torch.ones(self.batch_size, self.seq_len, dtype=torch.int64),
+            "attention_mask": torch.ones(len(starts), self.seq_len, dtype=torch.int64),
             "example_ids": torch.from_numpy(items.astype(np.int64)),  # static masking
         }
 
@@ -323,8 +372,10 @@ class DocumentSequences(_Reader):
         pad_id: int | Auto = "auto",
         min_tokens: int = 1,
         shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
-        super().__init__(shards, seq_len, batch_size, seed, shuffle)
+        super().__init__(shards, seq_len, batch_size, seed, shuffle, rank, world)
         _check_positive(min_tokens=min_tokens)
         self.prefix, self.suffix = _frame(bos_id, eos_id, cls_id, sep_id)
         self.content_len = self.seq_len - len(self.prefix) - len(self.suffix)
@@ -360,14 +411,14 @@ class DocumentSequences(_Reader):
         return int(self.chunk_lens.sum())
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        items, _ = self.order.rows(step)
+        items, _ = self._local_rows(step)
         starts, lens = self.chunk_starts[items], self.chunk_lens[items]  # (B,)
         col = np.arange(self.content_len)
         valid = col[None, :] < lens[:, None]  # (B, C)
         pos = np.where(valid, starts[:, None] + col, 0)
         content = np.where(valid, self.tokens[pos], self.pad_id)
-        rows = np.arange(self.batch_size)
-        ids = np.full((self.batch_size, self.seq_len), self.pad_id, dtype=np.int64)
+        rows = np.arange(len(items))
+        ids = np.full((len(items), self.seq_len), self.pad_id, dtype=np.int64)
         p = len(self.prefix)
         ids[:, p : p + self.content_len] = content
         if self.prefix:
@@ -410,8 +461,10 @@ class SentencePairs(_Reader):
         special: SpecialTokens | None = None,
         short_seq_prob: float = 0.0,
         shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
-        super().__init__(shards, seq_len, batch_size, seed, shuffle)
+        super().__init__(shards, seq_len, batch_size, seed, shuffle, rank, world)
         if mode not in ("nsp", "sop"):
             raise ConfigError(f"mode must be 'nsp' or 'sop', got {mode!r}")
         if self.seq_len < 5:
@@ -459,6 +512,8 @@ class SentencePairs(_Reader):
         return start, np.minimum(self.cs[k], start + budget) - start
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
+        # The spans are drawn for the whole global batch (cheap (B_global,) vectors, so each
+        # row's draw is the same on any world size); only this rank's rows are gathered.
         b = self.batch_size
         items, _ = self.order.rows(step)
         rng = _rng(self.seed, self.salt, step)
@@ -488,8 +543,9 @@ class SentencePairs(_Reader):
             l2 = np.where(flip, a_len, b_len)
         else:
             s1, l1, s2, l2 = a_start, a_len, b_start, b_len
-        batch = self._assemble(s1, l1, s2, l2, flip)
-        batch["example_ids"] = torch.from_numpy(items.astype(np.int64))  # static masking
+        mine = self.share
+        batch = self._assemble(s1[mine], l1[mine], s2[mine], l2[mine], flip[mine])
+        batch["example_ids"] = torch.from_numpy(items[mine].astype(np.int64))  # static masking
         return batch
 
     def _other_doc_sentences(self, doc: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -518,7 +574,7 @@ class SentencePairs(_Reader):
             in1, s1[:, None] + pos - 1, np.where(in2, s2[:, None] + pos - second_start, 0)
         )
         ids = np.where(in1 | in2, self.tokens[src], self.pad_id).astype(np.int64)
-        rows = np.arange(self.batch_size)
+        rows = np.arange(len(s1))
         ids[:, 0] = self.cls_id
         ids[rows, 1 + l1] = self.sep_id
         ids[rows, 2 + l1 + l2] = self.sep_id

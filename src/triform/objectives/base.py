@@ -32,6 +32,7 @@ from triform.config import ModelConfig, check_types, from_dict
 from triform.errors import ConfigError, TriformError
 from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
 from triform.objectives.ops import Batch
+from triform.runtime.distributed import all_reduce_sums, rank, world_size
 from triform.runtime.precision import autocast_context
 
 if TYPE_CHECKING:
@@ -177,17 +178,32 @@ class RunData:
         return cls(run, tokenizer, SpecialTokens.from_tokenizer(tokenizer), shards)
 
     def shard_readers(self, reader_class: type, seq_len: int, **options: Any) -> tuple[Any, Any]:
-        """The (shuffled train, fixed validation) readers of ``reader_class`` over the shards."""
+        """The (shuffled train, fixed validation) readers of ``reader_class`` over the shards,
+        each reading this rank's share of every global micro-batch."""
         if self.shards is None:
             raise TriformError("this objective reads tokenized shards, but the run has none")
         train_shards, val_shards = self.shards
         if val_shards.n_tokens == 0:
             raise TriformError("the validation split is empty; raise data.val_fraction")
-        train = self.run.train
         return tuple(
-            reader_class(split, seq_len, train.batch_size, train.seed, shuffle=shuffle, **options)
+            reader_class(
+                split,
+                seq_len,
+                self.micro_batch,
+                self.run.train.seed,
+                shuffle=shuffle,
+                rank=rank(),
+                world=world_size(),
+                **options,
+            )
             for split, shuffle in ((train_shards, True), (val_shards, False))
         )
+
+    @property
+    def micro_batch(self) -> int:
+        """Rows of one micro-batch over all ranks: ``train.batch_size / train.grad_accum``
+        (each reader hands this rank ``1 / world`` of them)."""
+        return self.run.train.batch_size // self.run.train.grad_accum
 
     def framing(self) -> dict[str, int | None]:
         """The ids that frame a sequence: ``[CLS] ... [SEP]`` or ``<s> ... </s>``."""
@@ -238,7 +254,8 @@ class PretrainingTask:
         max_batches: int,
     ) -> dict[str, float]:
         """Mean loss and metrics over the first ``max_batches`` fixed validation batches
-        (the same masks at every evaluation), forward passes in ``precision``."""
+        (the same masks at every evaluation), forward passes in ``precision``; row-weighted,
+        each rank evaluating its share of every batch, the sums all-reduced."""
         model.eval()
         totals: dict[str, float] = {}
         count = 0
@@ -248,9 +265,11 @@ class PretrainingTask:
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast_context(precision, device):
                 loss, parts = self.loss(model, batch, generator)
+            rows = len(batch["input_ids"])
             for key, value in {"loss": loss, **parts}.items():
-                totals[key] = totals.get(key, 0.0) + float(value)
-            count += 1
+                totals[key] = totals.get(key, 0.0) + float(value) * rows
+            count += rows
+        totals, count = all_reduce_sums(totals, count)
         metrics = {key: value / max(count, 1) for key, value in totals.items()}
         source = self.objective.perplexity_of
         if source is not None and source in metrics:

@@ -31,10 +31,12 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from triform.data.readers import check_rank, rank_slice
 from triform.errors import ConfigError, TriformError
 from triform.nn.losses import IGNORE_INDEX
 from triform.objectives.base import Objective, RunData, check_config, check_fraction, require
 from triform.objectives.ops import Batch, shift_right
+from triform.runtime.distributed import rank, world_size
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -150,10 +152,12 @@ class Seq2Seq(Objective):
         return tuple(
             PairBatches(
                 ParallelCorpus.from_pairs(split, data.tokenizer, *limits),
-                run.train.batch_size,
+                data.micro_batch,
                 run.train.seed,
                 pad_id,
                 shuffle,
+                rank=rank(),
+                world=world_size(),
             )
             for split, shuffle in ((pairs[:-held_out], True), (pairs[-held_out:], False))
         )
@@ -323,26 +327,42 @@ class ParallelCorpus:
 
 
 class PairBatches:
-    """Length-bucketed batches of a :class:`ParallelCorpus`, a pure function of (seed, step):
-    the reader of :class:`Seq2Seq` runs."""
+    """Length-bucketed batches of a :class:`ParallelCorpus`, a pure function of (seed, step,
+    rank, world): the reader of :class:`Seq2Seq` runs. Rank ``rank`` collates its contiguous
+    share of each global batch; training drops each epoch's short last batch, so every rank
+    always has rows."""
 
     def __init__(
-        self, corpus: ParallelCorpus, batch_size: int, seed: int, pad_id: int, shuffle: bool
+        self,
+        corpus: ParallelCorpus,
+        batch_size: int,
+        seed: int,
+        pad_id: int,
+        shuffle: bool,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
+        check_rank(batch_size, rank, world)
         self.corpus, self.batch_size, self.seed, self.shuffle = corpus, batch_size, seed, shuffle
-        self.pad_id = pad_id
+        self.pad_id, self.rank, self.world = pad_id, rank, world
         self._epoch, self._rows = -1, []
         self.num_batches = len(self._epoch_rows(0))
+        if self.num_batches == 0:
+            raise TriformError(
+                f"{len(corpus)} pairs are fewer than one batch of {batch_size}; "
+                "lower train.batch_size"
+            )
 
     def _epoch_rows(self, epoch: int) -> list[torch.Tensor]:
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-            self._rows = self.corpus.batch_rows(
-                self.batch_size, generator if self.shuffle else None
+            rows = self.corpus.batch_rows(
+                self.batch_size, generator if self.shuffle else None, drop_last=self.shuffle
             )
+            self._rows = [r for r in rows if len(r) >= self.world]  # a row for every rank
             self._epoch = epoch
         return self._rows
 
     def batch(self, step: int) -> Batch:
         rows = self._epoch_rows(step // self.num_batches)[step % self.num_batches]
-        return self.corpus.collate(rows, self.pad_id)
+        return self.corpus.collate(rows[rank_slice(len(rows), self.rank, self.world)], self.pad_id)

@@ -10,11 +10,15 @@ of this module.
     model = build_model(cfg).to(device)
     model = wrap_model(model, "fsdp")          # FSDP2: shard each block, then the root
     optimizer = build_optimizer(model, optim)  # after fully_shard: it must see DTensors
+
+A config describes the global batch; :func:`split_batch` gives each rank its share, and the
+readers (:mod:`triform.data.readers`) read only that share.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -132,6 +136,62 @@ def all_reduce_mean(value: torch.Tensor | float) -> torch.Tensor | float:
     return tensor.item() / dist.get_world_size()
 
 
+def split_batch(batch_size: int, grad_accum: int = 1, world: int | None = None) -> int:
+    """Rows each rank reads per micro-batch: the global ``batch_size`` split over ``world``
+    processes (default: this run's) and ``grad_accum`` micro-batches. A one-line
+    :class:`ConfigError` naming the numbers when it does not divide evenly."""
+    world = world_size() if world is None else world
+    parts = world * grad_accum
+    if batch_size % parts:
+        raise ConfigError(
+            f"train.batch_size {batch_size} (the global batch) does not split over "
+            f"{world} process(es) x {grad_accum} accumulation step(s): make it a multiple "
+            f"of {parts}"
+        )
+    return batch_size // parts
+
+
+def all_reduce_sums(sums: dict[str, float], count: float) -> tuple[dict[str, float], float]:
+    """``sums`` (name -> number) and ``count`` summed over all processes (one collective;
+    every rank must pass the same names). Unchanged in a single process."""
+    if not is_distributed():
+        return dict(sums), count
+    names = sorted(sums)
+    device = torch.device("cuda", local_rank()) if dist.get_backend() == "nccl" else "cpu"
+    values = torch.tensor([sums[n] for n in names] + [count], dtype=torch.float64, device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    *totals, total = values.tolist()
+    reduced = dict(zip(names, totals, strict=True))
+    return {name: reduced[name] for name in sums}, total  # the caller's order
+
+
+_PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe")
+
+
+def error_line(err: BaseException) -> tuple[str | None, int] | None:
+    """How this process reports ``err`` when a command fails: (the one line to print, or
+    ``None`` to stay quiet; the exit status). ``None`` for an error to handle as usual.
+
+    A :class:`TriformError` is printed by the rank that raised it (``rank N:`` in front on
+    other ranks than 0); a :class:`ConfigError` only by rank 0, since every rank reads the
+    same config and raises it alike. When another process has died, a pending collective
+    fails: rank 0 says so in one line, the other ranks stay quiet.
+    """
+    multi = world_size() > 1
+    where = f"rank {rank()}: " if multi and rank() != 0 else ""
+    if isinstance(err, TriformError):
+        quiet = multi and rank() != 0 and isinstance(err, ConfigError)
+        return (None if quiet else f"{where}{err}"), getattr(err, "exit_code", 2)
+    distributed_error = getattr(dist, "DistError", ())
+    lost = isinstance(err, distributed_error) or (
+        isinstance(err, RuntimeError) and any(s in str(err).lower() for s in _PEER_LOST)
+    )
+    if multi and is_distributed() and lost:
+        line = "another process stopped (its error is above); stopping" if not where else None
+        return line, 1
+    return None
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain model inside ``torch.compile`` and DDP wrappers (FSDP2 shards in place,
     so a ``fully_shard``-ed model is its own plain model)."""
@@ -156,6 +216,33 @@ def _block_lists(model: nn.Module) -> Iterator[nn.ModuleList]:
             yield layers
 
 
+def _all_block_lists(model: nn.Module) -> Iterator[nn.ModuleList]:
+    for module in model.modules():
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, nn.ModuleList):
+            yield layers
+
+
+def _recompute(forward, *args, **kwargs):
+    if not torch.is_grad_enabled():  # evaluation and generation: nothing to save
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def checkpoint_blocks(model: nn.Module) -> int:
+    """Activation checkpointing from outside the model: every block of every stack keeps
+    only its inputs in the forward pass and recomputes the rest in the backward pass
+    (``torch.utils.checkpoint``, non-reentrant). Parameter names are unchanged. Apply it
+    before :func:`wrap_model`. Returns the number of blocks wrapped."""
+    count = 0
+    for layers in _all_block_lists(model):
+        for block in layers:
+            if not isinstance(block.forward, functools.partial):  # idempotent
+                block.forward = functools.partial(_recompute, block.forward)
+                count += 1
+    return count
+
+
 def wrap_model(
     model: nn.Module,
     strategy: Strategy = "auto",
@@ -177,6 +264,11 @@ def wrap_model(
     if strategy not in STRATEGIES:
         raise ConfigError(
             f"train.parallel must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}"
+        )
+    if strategy == "none" and world_size() > 1:
+        raise ConfigError(
+            f"train.parallel 'none' on {world_size()} processes would train {world_size()} "
+            "separate models; use 'auto', 'ddp' or 'fsdp' under torchrun"
         )
     if strategy == "none" or not is_distributed():
         return model

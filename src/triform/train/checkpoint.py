@@ -3,10 +3,17 @@
 A run folder holds ``checkpoints/step-000123/`` folders, each with
 
 - ``model.safetensors``  the weights (tied tensors stored once, under their first name)
-- ``optimizer.pt``       the optimizer state (tensors and plain numbers)
+- ``optimizer.pt``       the optimizer state, keyed by parameter name (tensors and numbers)
 - ``trainer.pt``         scheduler, RNG states (torch, CUDA, numpy, python), step, data
                          position and the caller's ``extra`` dict
 - ``trainer_state.json`` the same step / data position / extra, for people
+
+Under FSDP2 the training state is saved sharded instead: ``sharded/`` is a
+``torch.distributed.checkpoint`` folder in which every rank writes its own shards of the
+weights and the optimizer state (nothing is gathered on one rank), and ``model.safetensors``
+is a full export of the weights alone, for ``generate``, ``convert`` and fine-tuning. A
+sharded checkpoint loads on any number of processes, with or without FSDP, and an unsharded
+one into an FSDP model; so a run can continue on another world size.
 
 A checkpoint is built in a hidden ``.tmp-step-000123-<pid>`` folder next to the others,
 fsynced, then renamed into place, so a crash mid-save leaves the previous checkpoint
@@ -14,9 +21,9 @@ intact and never a half-written ``step-*`` folder. Older folders beyond ``keep_l
 deleted only after the new one is in place. ``.pt`` files are read with
 ``torch.load(weights_only=True)``.
 
-Under FSDP2, call :func:`save_checkpoint` and :func:`load_checkpoint` on every rank (the
-full state is gathered collectively; rank 0 writes). Otherwise calling them on rank 0
-alone is enough for saving.
+Under FSDP2, call :func:`save_checkpoint` and :func:`load_checkpoint` on every rank (all
+ranks write their shards; the run folder must be on a file system every node sees).
+Otherwise calling them on rank 0 alone is enough for saving.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +50,7 @@ from triform.runs import (
     CHECKPOINTS,
     STATE_JSON,
     WEIGHTS,
+    check_fits,
     fsync,
     list_checkpoints,
     read_weights,
@@ -56,6 +65,7 @@ from triform.runtime.distributed import barrier, is_fsdp, is_main_process, unwra
 FORMAT = 1
 OPTIMIZER = "optimizer.pt"
 TRAINER = "trainer.pt"
+SHARDED = "sharded"
 
 
 @dataclass
@@ -211,17 +221,12 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
-    if is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-        )
+def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state keyed by parameter name ("fqn"), so that it loads into the same
+    model under any wrapping (plain, DDP, FSDP2)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_optimizer_state_dict(model, optimizer, options=options)
-        return {"format": "fqn", "state_dict": state} if is_main_process() else None
-    return {"format": "plain", "state_dict": optimizer.state_dict()}
+    return {"format": "fqn", "state_dict": get_optimizer_state_dict(model, optimizer)}
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -261,49 +266,92 @@ def save_checkpoint(
     saved are this process's. ``keep_last`` (None or 0 = all) prunes older checkpoints
     after the new one is in place. Saving the same step again replaces that checkpoint.
 
-    Only rank 0 writes. Without FSDP it may be called on rank 0 alone (no collective, no
-    barrier). Under FSDP2 every rank must call it (the full state is gathered) and it
-    returns once rank 0 has finished writing.
+    Without FSDP only rank 0 writes, and it may be called on rank 0 alone (no collective,
+    no barrier). Under FSDP2 every rank must call it: each writes its shards of weights and
+    optimizer state to ``sharded/`` (``torch.distributed.checkpoint``), the weights alone are
+    gathered for the ``model.safetensors`` export, and it returns once rank 0 has renamed
+    the folder into place.
     """
     model = unwrap_model(model)
     final = Path(run_dir) / CHECKPOINTS / step_dir_name(step)
-    fsdp = is_fsdp(model)
-    # Collective parts first: every FSDP rank gathers, only rank 0 gets the result.
-    weights = _full_state_dict(model)
-    optim_state = _optimizer_state(model, optimizer) if optimizer is not None else None
-    try:
-        if is_main_process():
-            assert weights is not None
-            trainer = {
-                "format": FORMAT,
-                "step": int(step),
-                "data_position": _plain(data_position),
-                "extra": _plain(dict(extra or {})),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "rng": rng_state(),
-            }
-            _write_checkpoint(final, weights, optim_state, trainer)
-            _prune(final.parent, keep_last, final)
-    finally:
-        if fsdp:
-            barrier()
+    trainer = {
+        "format": FORMAT,
+        "step": int(step),
+        "data_position": _plain(data_position),
+        "extra": _plain(dict(extra or {})),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_state(),
+    }
+    if is_fsdp(model):
+        _save_sharded(final, model, optimizer, trainer, keep_last)
+        return final
+    if is_main_process():
+        weights = _full_state_dict(model)
+        assert weights is not None
+        optim_state = _optimizer_state(model, optimizer) if optimizer is not None else None
+        _write_checkpoint(
+            final, lambda tmp, step: _write_full(tmp, weights, optim_state, step), trainer
+        )
+        _prune(final.parent, keep_last, final)
     return final
 
 
-def _write_checkpoint(
-    final: Path, weights: dict[str, torch.Tensor], optim_state: dict | None, trainer: dict
+def _write_full(
+    tmp: Path, weights: dict[str, torch.Tensor], optim_state: dict | None, step: int
 ) -> None:
-    """Build the folder under a hidden temporary name, fsync it, rename it to ``final``."""
+    write_weights(weights, tmp / WEIGHTS, {"step": str(step)})
+    if optim_state is not None:
+        _save(optim_state, tmp / OPTIMIZER)
+
+
+def _save_sharded(
+    final: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    trainer: dict,
+    keep_last: int | None,
+) -> None:
+    """FSDP2: every rank writes its shards into one temporary folder (a name all ranks
+    agree on), rank 0 adds the weights export and the trainer state and renames it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    root = final.parent
+    tmp = root / f".tmp-{final.name}-sharded"
+    if is_main_process():
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    try:
+        model_state, optim_state = get_state_dict(model, [optimizer] if optimizer else [])
+        state = {"model": model_state}
+        if optimizer is not None:
+            state["optimizer"] = optim_state
+        dcp.save(state, checkpoint_id=str(tmp / SHARDED))  # collective; files fsynced
+        weights = _full_state_dict(model)  # the export for generate / convert (collective)
+        if is_main_process():
+            assert weights is not None
+            _write_checkpoint(
+                final, lambda t, step: _write_full(t, weights, None, step), trainer, tmp
+            )
+            _prune(root, keep_last, final)
+    finally:
+        barrier()
+
+
+def _write_checkpoint(final: Path, write_tensors, trainer: dict, tmp: Path | None = None) -> None:
+    """Build the folder under a hidden temporary name (``tmp``, else a new one), with
+    ``write_tensors(tmp, step)`` and the trainer state, fsync it, rename it to ``final``."""
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
-    tmp = root / f".tmp-{final.name}-{pid}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if tmp is None:
+        tmp = root / f".tmp-{final.name}-{pid}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     try:
-        write_weights(weights, tmp / WEIGHTS, {"step": str(trainer["step"])})
-        if optim_state is not None:
-            _save(optim_state, tmp / OPTIMIZER)
+        write_tensors(tmp, trainer["step"])
         _save(trainer, tmp / TRAINER)
         summary = {
             "format": FORMAT,
@@ -342,26 +390,49 @@ def _load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, path: Pa
     saved = _torch_load(path)
     kind, state = saved.get("format"), saved.get("state_dict")
     fsdp = is_fsdp(model)
-    if (kind == "fqn") != fsdp:
-        raise TriformError(
-            f"{path}: optimizer state saved {'with' if kind == 'fqn' else 'without'} FSDP "
-            f"cannot be resumed {'with' if fsdp else 'without'} it"
-        )
+    if kind != "fqn" and fsdp:
+        raise TriformError(f"{path}: an optimizer state saved by index cannot be resumed with FSDP")
     try:
-        if fsdp:
+        if kind == "fqn":
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 set_optimizer_state_dict,
             )
 
-            options = StateDictOptions(full_state_dict=True)
+            # The file holds full tensors: FSDP takes its shards of them.
+            options = StateDictOptions(full_state_dict=fsdp)
             set_optimizer_state_dict(model, optimizer, state, options=options)
-        else:
+        else:  # older checkpoints: the optimizer's own state dict
             optimizer.load_state_dict(state)
     except (ValueError, KeyError, RuntimeError) as err:
         raise TriformError(
             f"{path}: optimizer state does not fit this optimizer: {str(err).splitlines()[0]}"
         ) from None
+
+
+def _load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Read a sharded (FSDP2) checkpoint into ``model`` and ``optimizer`` on any number of
+    processes, each reading the parts of the saved shards it holds now."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    optimizers = [optimizer] if optimizer is not None else []
+    model_state, optim_state = get_state_dict(model, optimizers)
+    state = {"model": model_state}
+    if optimizer is not None:
+        state["optimizer"] = optim_state
+    try:
+        with warnings.catch_warnings():  # one process reading a sharded checkpoint: intended
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load")
+            dcp.load(state, checkpoint_id=str(path))
+    except Exception as err:  # a damaged or foreign folder: DCP raises several types
+        raise TriformError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+    set_state_dict(
+        model,
+        optimizers,
+        model_state_dict=state["model"],
+        optim_state_dict=state.get("optimizer", {}),
+    )
 
 
 def load_checkpoint(
@@ -383,10 +454,14 @@ def load_checkpoint(
     """
     folder = resolve_checkpoint(path)
     model = unwrap_model(model)
-    load_weights(model, folder / WEIGHTS)
     trainer = _torch_load(folder / TRAINER)
-    if optimizer is not None:
-        _load_optimizer(model, optimizer, folder / OPTIMIZER)
+    if (folder / SHARDED).is_dir():
+        check_fits(model, folder / WEIGHTS)  # the export names every tensor: check first
+        _load_sharded(folder / SHARDED, model, optimizer)
+    else:
+        load_weights(model, folder / WEIGHTS)  # also checks that the checkpoint fits
+        if optimizer is not None:
+            _load_optimizer(model, optimizer, folder / OPTIMIZER)
     if scheduler is not None:
         if trainer.get("scheduler") is None:
             raise TriformError(f"{folder} has no scheduler state")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from triform.errors import ConfigError
 from triform.objectives import PretrainingTask, RunData, build_objective_for_run
 from triform.runs import (
     RunLock,
@@ -26,10 +27,16 @@ from triform.runs import (
 )
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
+    all_reduce_sums,
     any_rank,
+    checkpoint_blocks,
     gradient_sync,
     init_distributed,
+    is_fsdp,
     is_main_process,
+    rank,
+    split_batch,
+    world_size,
     wrap_model,
 )
 from triform.runtime.memory import check_model_fits
@@ -65,12 +72,38 @@ class PretrainResult:
     sample: str | None = None
 
 
-def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
-    """The objective's random stream for one micro-batch: a function of (seed, step) only,
-    so a resumed run draws exactly the same masks and spans."""
+def step_seed(seed: int, step: int, micro: int = 0, rank: int = 0, stream: int = 0) -> int:
+    """A seed that is a function of (seed, step, micro-batch, rank, stream) only."""
+    mixed = seed * 1_000_003 + step * 1009 + micro + rank * 999_983_011 + stream * 7_919_000_009
+    return mixed % (2**63 - 1)
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int = 0) -> torch.Generator:
+    """The objective's random stream for one rank's micro-batch: a function of (seed, step,
+    micro, rank) only, so a resumed run draws exactly the same masks and spans, and ranks
+    draw independent ones for their different rows."""
     generator = torch.Generator(device="cpu")
-    generator.manual_seed((seed * 1_000_003 + step * 1009 + micro) % (2**63 - 1))
+    generator.manual_seed(step_seed(seed, step, micro, rank))
     return generator
+
+
+def data_position(step: int, batch_size: int) -> dict[str, int]:
+    """Where the data stream stands after ``step`` optimizer steps, in global samples (the
+    same on any number of processes)."""
+    return {"samples": step * batch_size, "batch_size": batch_size}
+
+
+def _check_data_position(saved, step: int, batch_size: int) -> None:
+    """A resumed run must read the data where the checkpoint stopped: refuse a changed
+    global batch (which would move every later step's rows)."""
+    if not isinstance(saved, dict) or "samples" not in saved:
+        return  # checkpoints from before data positions were saved: step is the position
+    if saved["samples"] != step * batch_size:
+        raise ConfigError(
+            f"the checkpoint at step {step} has read {saved['samples']} samples with "
+            f"train.batch_size {saved.get('batch_size')}; resume with that global batch size, "
+            f"not {batch_size}"
+        )
 
 
 def pretrain(
@@ -86,6 +119,7 @@ def pretrain(
     """
     train = config.train
     init_distributed()
+    split_batch(train.batch_size, train.grad_accum)  # refuse an uneven split before any work
     device = pick_device(train.device)
     precision = resolve_precision(train.precision, device)
     if train.threads:
@@ -114,13 +148,21 @@ def pretrain(
         if is_main_process():
             write_run_metadata(out_dir, config.to_dict(), model_config, model)
 
-        wrapped = wrap_model(model, train.parallel, find_unused_parameters=task.unused_parameters)
+        if train.activation_checkpointing:
+            checkpoint_blocks(model)  # before sharding, so FSDP wraps the checkpointed blocks
+        wrapped = wrap_model(
+            model,
+            train.parallel,
+            find_unused_parameters=task.unused_parameters,
+            param_dtype=torch.bfloat16 if train.fsdp_param_dtype == "bf16" else None,
+        )
         optimizer = build_optimizer(wrapped, config.optim)  # after wrapping: FSDP shards params
         scheduler = build_scheduler(optimizer, config.schedule, train.steps)
         start_step, resumed = 0, None
         if resume_from is not None:  # last, so the restored RNG state is the next thing used
             resumed = load_checkpoint(resume_from, wrapped, optimizer, scheduler)
             start_step = resumed.step
+            _check_data_position(resumed.data_position, start_step, train.batch_size)
             if is_main_process():
                 print(f"resumed from step {start_step}")
         if start_step >= train.steps:
@@ -139,8 +181,9 @@ def pretrain(
         if is_main_process():
             print(
                 f"{model_config.family} {model_config.form}: {model.num_parameters():,} "
-                f"parameters, objective {task.name}, {train.steps} steps of "
-                f"{train.batch_size}x{train.grad_accum} sequences on {device} ({precision})"
+                f"parameters, objective {task.name}, {train.steps} steps of {train.batch_size} "
+                f"sequences ({_split_text(train.batch_size, train.grad_accum)}) on {device} "
+                f"({precision})"
             )
         try:
             with StopSignals() as signals:
@@ -159,6 +202,14 @@ def pretrain(
                 )
         finally:
             logger.close()
+
+
+def _split_text(batch_size: int, grad_accum: int) -> str:
+    """How the global batch is split, e.g. ``2 processes x 2 micro-batches x 4``."""
+    world = world_size()
+    parts = [f"{world} processes"] if world > 1 else []
+    parts += [f"{grad_accum} micro-batches"] if grad_accum > 1 else []
+    return " x ".join([*parts, str(split_batch(batch_size, grad_accum))])
 
 
 def _already_finished(out_dir: Path, state, steps: int) -> PretrainResult:
@@ -204,9 +255,12 @@ def _run_steps(
     )
     wrapped.train()
     while step < train.steps:
+        # Dropout draws from the global RNG: seeded per (step, rank), so that ranks drop
+        # different units and a run resumed on any number of processes draws the same.
+        torch.manual_seed(step_seed(train.seed, step, rank=rank(), stream=1))
         for micro in range(train.grad_accum):
             index = step * train.grad_accum + micro
-            draw = step_generator(train.seed, step, micro)
+            draw = step_generator(train.seed, step, micro, rank())
             batch = task.train_batch(index, draw)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with gradient_sync(wrapped, micro == train.grad_accum - 1):
@@ -225,15 +279,20 @@ def _run_steps(
         out_of_time = train.max_minutes is not None and (
             time.perf_counter() - started > 60 * train.max_minutes
         )
+        if train.max_minutes is not None:  # every rank stops at the same step
+            out_of_time = all_reduce_sums({}, float(out_of_time))[1] > 0
         logging = step % train.log_every == 0 or step == train.steps
         evaluating = step % train.eval_every == 0 or step == train.steps or out_of_time
         saving = step % train.checkpoint_every == 0 or step == train.steps or out_of_time
         if logging or evaluating or saving:
             finish_step.check()  # the one host sync of such a step; none on the others
         if logging:
-            last_loss = (running_loss / running_count).item()
+            local = (running_loss / running_count).item()
+            # The global batch's loss and token count: one collective at logging steps.
+            sums, ranks = all_reduce_sums({"loss": local, "tokens": window_tokens}, 1)
+            last_loss = sums["loss"] / ranks
             now = time.perf_counter()
-            rate = window_tokens / max(now - window_start, 1e-9)
+            rate = sums["tokens"] / max(now - window_start, 1e-9)
             logger.log(
                 step,
                 {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate},
@@ -243,9 +302,13 @@ def _run_steps(
             running_count, window_start, window_tokens = 0, now, 0
 
         if evaluating:
-            val_metrics = task.evaluate(wrapped, device, precision, train.eval_batches)
+            # eval_batches counts global batches; the readers serve micro-batches
+            batches = train.eval_batches * train.grad_accum
+            val_metrics = task.evaluate(wrapped, device, precision, batches)
             logger.log(step, val_metrics, split="val")
-            if task.can_sample and train.sample_tokens > 0:
+            # Rank 0 samples; under FSDP every rank must run the (collective) forward passes.
+            sampling = task.can_sample and (is_main_process() or is_fsdp(model))
+            if sampling and train.sample_tokens > 0:
                 sample = task.sample(model, device, train.sample_tokens, train.sample_prompt)
                 logger.text(step, "sample", sample)
             wrapped.train()
@@ -253,7 +316,7 @@ def _run_steps(
         if stopping and not saving:
             finish_step.check()
         if saving or stopping:
-            checkpoint = save_checkpoint(  # every rank: FSDP gathers the weights
+            checkpoint = save_checkpoint(  # every rank: FSDP saves its shards
                 out_dir,
                 step,
                 model,
@@ -261,11 +324,13 @@ def _run_steps(
                 scheduler,
                 extra={"val": val_metrics, "train_loss": last_loss},
                 keep_last=train.keep_last,
+                data_position=data_position(step, train.batch_size),
             )
         if stopping:
             raise Interrupted(signals.received or signal.SIGTERM, step, checkpoint, out_dir)
         if out_of_time:
             break
+    total_tokens = all_reduce_sums({}, total_tokens)[1]  # every rank's tokens
     elapsed = time.perf_counter() - started
     return PretrainResult(
         out_dir,

@@ -69,11 +69,11 @@ class TrainSection:
 
     out_dir: str = "runs/pretrain"
     steps: int = 1000
-    batch_size: int = 16
-    grad_accum: int = 1
+    batch_size: int = 16  # the global batch: sequences per optimizer step, all processes
+    grad_accum: int = 1  # micro-batches per step: each rank reads batch_size / world / grad_accum
     max_minutes: float | None = None  # stop (and checkpoint) when this budget is spent
     eval_every: int = 100
-    eval_batches: int = 8
+    eval_batches: int = 8  # validation batches of batch_size sequences each
     log_every: int = 10
     checkpoint_every: int = 500
     keep_last: int = 3
@@ -84,7 +84,9 @@ class TrainSection:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: DDP under torchrun
-    threads: int | None = None  # torch intra-op threads on CPU
+    activation_checkpointing: bool = False  # recompute each block in the backward pass
+    fsdp_param_dtype: Literal["fp32", "bf16"] = "fp32"  # FSDP: compute dtype (fp32 reductions)
+    threads: int | None = None  # torch intra-op threads on CPU (per process)
     progress: bool = True
     tensorboard: bool = True
 
@@ -243,3 +245,8 @@ def _validate(train: TrainSection, data: DataSection) -> None:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
     if train.max_minutes is not None and train.max_minutes <= 0:
         raise ConfigError("train.max_minutes must be positive")
+    if train.batch_size % train.grad_accum:
+        raise ConfigError(
+            f"train.batch_size {train.batch_size} (the global batch) does not split into "
+            f"{train.grad_accum} accumulation steps (train.grad_accum)"
+        )

@@ -15,12 +15,13 @@ import math
 import torch
 from torch import nn
 
-from triform.errors import TriformError
+from triform.errors import ConfigError
 from triform.train.optim import clip_gradients
 
 
-class NonFiniteError(TriformError):
-    """Training produced a NaN or infinite loss or gradient norm."""
+class NonFiniteError(ConfigError):
+    """Training produced a NaN or infinite loss or gradient norm. A config error (the
+    learning rate, mostly): under several processes every rank sees it and rank 0 reports."""
 
 
 class OptimizerStep:
