@@ -29,6 +29,7 @@ def test_registry_names():
         "denoising",
         "rtd",
         "seq2seq",
+        "span-mlm",
     }
     for name, cls in OBJECTIVES.items():
         assert cls.name == name

@@ -14,6 +14,7 @@ mlm-sop            :class:`SentenceOrderPrediction`    ALBERT
 span-corruption    :class:`SpanCorruption`             T5
 denoising          :class:`Denoising`                  BART
 rtd                :class:`ReplacedTokenDetection`     ELECTRA
+span-mlm           :class:`SpanMLM`                    SpanBERT (span masking + boundary objective)
 seq2seq            :class:`Seq2Seq`                    Transformer (parallel text)
 =================  ==================================  =========================================
 
@@ -60,6 +61,7 @@ from triform.objectives.seq2seq import (
     label_smoothed_cross_entropy,
     read_pairs,
 )
+from triform.objectives.span_bert import SpanBertModel, SpanMaskingConfig, SpanMLM
 from triform.objectives.span_corruption import (
     SpanCorruption,
     SpanCorruptionConfig,
@@ -78,6 +80,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
         Denoising,
         ReplacedTokenDetection,
         Seq2Seq,
+        SpanMLM,
     )
 }
 
@@ -171,8 +174,11 @@ __all__ = [
     "SentencePairConfig",
     "Seq2Seq",
     "Seq2SeqConfig",
+    "SpanBertModel",
     "SpanCorruption",
     "SpanCorruptionConfig",
+    "SpanMLM",
+    "SpanMaskingConfig",
     "build_objective",
     "build_task",
     "objective_class",
