@@ -63,7 +63,9 @@ def test_span_lengths_follow_the_truncated_geometric():
 
 def test_budget_whole_words_and_span_lengths_on_a_large_batch():
     ids, word_start = framed(512, 256)
-    out = objective()({"input_ids": ids, "word_start": word_start}, torch.Generator().manual_seed(0))
+    out = objective()(
+        {"input_ids": ids, "word_start": word_start}, torch.Generator().manual_seed(0)
+    )
     selected = out["labels"] != -100
     candidates = ids.size(1) - 2
     budget = round(0.15 * candidates)
@@ -97,7 +99,9 @@ def test_tokens_are_words_without_whole_word():
 
 def test_replacement_is_decided_per_span():
     ids, word_start = framed(1024, 128, seed=2)
-    out = objective()({"input_ids": ids, "word_start": word_start}, torch.Generator().manual_seed(1))
+    out = objective()(
+        {"input_ids": ids, "word_start": word_start}, torch.Generator().manual_seed(1)
+    )
     selected = out["labels"] != -100
     kinds = {"mask": 0, "random": 0, "kept": 0}
     same = replaced = 0
@@ -123,7 +127,9 @@ def test_replacement_is_decided_per_span():
 
 def test_boundaries_are_the_tokens_just_outside_each_span():
     ids, word_start = framed(64, 96, seed=3)
-    out = objective()({"input_ids": ids, "word_start": word_start}, torch.Generator().manual_seed(2))
+    out = objective()(
+        {"input_ids": ids, "word_start": word_start}, torch.Generator().manual_seed(2)
+    )
     selected = out["labels"] != -100
     found = runs(selected)
     assert found
@@ -236,6 +242,4 @@ def test_bad_settings_are_one_line_errors():
         from triform.tokenizers import train_tokenizer
 
         chars = train_tokenizer(["abc def"] * 10, kind="char", vocab_size=50, family="bert")
-        build_objective(
-            {"name": "span-mlm"}, **triform.objectives.context_from_tokenizer(chars)
-        )
+        build_objective({"name": "span-mlm"}, **triform.objectives.context_from_tokenizer(chars))
