@@ -17,3 +17,24 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def save_model_folder():
+    """A function writing ``model`` and ``tokenizer`` as a model folder (``model.json``,
+    ``model.safetensors``, ``tokenizer.json``: what ``triform convert`` writes) and
+    returning its path as a string."""
+    import json
+    from pathlib import Path
+
+    from triform.tokenizers import save_tokenizer
+    from triform.train.checkpoint import save_weights
+
+    def save(folder: Path, model: torch.nn.Module, tokenizer) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.json").write_text(json.dumps(model.config.to_dict()))
+        save_weights(model, folder / "model.safetensors")
+        save_tokenizer(tokenizer, folder / "tokenizer.json")
+        return str(folder)
+
+    return save

@@ -64,3 +64,23 @@ def load_model(folder: str | Path) -> tuple[TransformerModel, tokenizers.Tokeniz
         f"{folder} is neither a triform run folder (model.json) nor a HuggingFace "
         "checkpoint folder (config.json)"
     )
+
+
+def load_model_config(folder: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` of what :func:`load_model` would load from ``folder``, read
+    without the weights (for a HuggingFace folder: its ``config.json`` for the class it
+    names)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TriformError(f"model folder not found: {folder}")
+    if (folder / "model.json").is_file():
+        return _model_config(folder)
+    if (folder / "config.json").is_file():
+        from triform.interop import hf
+
+        hf_config = hf.read_config(folder)
+        architectures = hf_config.get("architectures") or []
+        if architectures:
+            return hf.config_from_hf(hf_config, architectures[0])
+        return hf.load(folder).config  # the class follows from the weights
+    return load_model(folder)[0].config  # raises the one-line error for other folders

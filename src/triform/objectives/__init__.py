@@ -15,6 +15,7 @@ span-corruption    :class:`SpanCorruption`             T5
 denoising          :class:`Denoising`                  BART
 rtd                :class:`ReplacedTokenDetection`     ELECTRA
 span-mlm           :class:`SpanMLM`                    SpanBERT (span masking + boundary objective)
+distill            :class:`Distillation`               DistilBERT (a student learns from a teacher)
 seq2seq            :class:`Seq2Seq`                    Transformer (parallel text)
 =================  ==================================  =========================================
 
@@ -36,6 +37,7 @@ from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
 from triform.objectives.base import MODEL_KEYS, Objective, PretrainingTask, RunData
 from triform.objectives.causal_lm import CausalLM, CausalLMConfig, pack_documents
 from triform.objectives.denoising import Denoising, DenoisingConfig
+from triform.objectives.distill import Distillation, DistillConfig, distillation_loss
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig, continuation_table
 from triform.objectives.ops import hash_uniform, shift_right
 from triform.objectives.replaced_token import (
@@ -81,6 +83,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
         ReplacedTokenDetection,
         Seq2Seq,
         SpanMLM,
+        Distillation,
     )
 }
 
@@ -162,6 +165,8 @@ __all__ = [
     "RunData",
     "CausalLMConfig",
     "Denoising",
+    "DistillConfig",
+    "Distillation",
     "DenoisingConfig",
     "MaskedLM",
     "MaskedLMConfig",
@@ -185,6 +190,7 @@ __all__ = [
     "context_from_tokenizer",
     "continuation_table",
     "corrupted_lengths",
+    "distillation_loss",
     "electra_loss",
     "generator_config",
     "hash_uniform",

@@ -74,7 +74,6 @@ class MaskedLMConfig:
     def __post_init__(self) -> None:
         check_config(self)
         require(self, "vocab_size", "the size of the tokenizer's vocabulary")
-        require(self, "mask_id", "the tokenizer's mask token")
         if self.vocab_size <= 0:
             raise ConfigError(f"objective.vocab_size must be positive, got {self.vocab_size}")
         check_fraction(self, "mask_prob", "mask_token_prob", "random_token_prob")
@@ -143,6 +142,7 @@ class MaskedLM(Objective):
 
     def __init__(self, config: MaskedLMConfig, *, is_continuation: torch.Tensor | None = None):
         super().__init__(config)
+        require(config, "mask_id", "the tokenizer's mask token")
         self.is_special = id_table(
             config.vocab_size, [*config.special_ids, config.pad_id, config.mask_id]
         )  # (V,)
