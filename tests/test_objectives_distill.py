@@ -125,6 +125,19 @@ def test_loss_parts():
     assert torch.allclose(
         loss, 5 * parts["kl_loss"] + 2 * parts["ce_loss"] + parts["cosine_loss"], atol=1e-5
     )
+    everywhere = distillation_loss(
+        outputs(student, hidden_s),
+        outputs(teacher, hidden_t),
+        labels,
+        attention,
+        2.0,
+        1,
+        0,
+        0,
+        True,
+    )[1]["kl_loss"]
+    soft = F.log_softmax(student[real] / 2, -1), F.softmax(teacher[real] / 2, -1)
+    assert torch.allclose(everywhere, F.kl_div(*soft, reduction="batchmean") * 4, atol=1e-5)
     same, same_parts = distillation_loss(
         outputs(student, hidden_s), outputs(student, hidden_s), labels, attention, 2.0, 1, 0, 1
     )

@@ -9,8 +9,9 @@ runs in eval mode without gradients on the same batch as the student. The loss i
   + gamma * (1 - cos(student hidden, teacher hidden))                (last hidden states)
 
 with temperature ``T`` = 2. The KL is averaged over the predicted positions (the masked
-tokens of an encoder, every next-token target of a decoder), the cosine over the real
-tokens. The defaults ``alpha = 5``, ``beta = 2``, ``gamma = 1`` are DistilBERT's training
+tokens of an encoder, every next-token target of a decoder; ``kl_positions = "all"``: every
+real token, as DistilBERT's code does without ``--restrict_ce_to_mask``), the cosine over
+the real tokens. The defaults ``alpha = 5``, ``beta = 2``, ``gamma = 1`` are DistilBERT's training
 command (``--alpha_ce 5.0 --alpha_mlm 2.0 --alpha_cos 1.0``, ``--temperature 2.0``).
 
 - An encoder teacher is distilled with dynamic masking (the :class:`MaskedLM` keys
@@ -88,6 +89,7 @@ class DistillConfig(MaskedLMConfig):
     alpha: float = 5.0  # soft-target KL
     beta: float = 2.0  # cross entropy on the true tokens
     gamma: float = 1.0  # cosine between last hidden states
+    kl_positions: Literal["masked", "all"] = "masked"  # the predicted tokens, or every real one
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -155,10 +157,12 @@ def distillation_loss(
     alpha: float = 5.0,
     beta: float = 2.0,
     gamma: float = 1.0,
+    kl_on_all_tokens: bool = False,
 ) -> Step:
     """DistilBERT's loss from student and teacher outputs (``.logits`` (B, L, V) or None,
     ``.last_hidden_state`` (B, L, H)); ``labels`` (B, L) mark the predicted positions (-100
-    elsewhere), ``attention_mask`` (B, L) the real tokens. A term whose weight is 0 is
+    elsewhere), ``attention_mask`` (B, L) the real tokens; the KL is over the predicted
+    positions, or every real token with ``kl_on_all_tokens``. A term whose weight is 0 is
     skipped when its inputs are missing. Returns ``(loss, {"kl_loss", "ce_loss",
     "cosine_loss"})`` with the parts that could be computed."""
     parts: dict[str, torch.Tensor] = {}
@@ -172,7 +176,7 @@ def distillation_loss(
     if alpha > 0:
         if student.logits is None or teacher.logits is None:
             raise TriformError("objective.alpha: soft targets need both models' vocabulary heads")
-        predicted = labels != IGNORE_INDEX  # (B, L)
+        predicted = attention_mask.bool() if kl_on_all_tokens else labels != IGNORE_INDEX
         mine = student.logits[predicted].float() / temperature  # (N, V)
         theirs = teacher.logits[predicted].float() / temperature  # (N, V)
         kl = F.kl_div(
@@ -309,14 +313,15 @@ class Distillation(Objective):
     # -- the loss -------------------------------------------------------------------------
     def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
         """Student forward, teacher forward (no gradient), :func:`distillation_loss`."""
+        c = self.config
         inputs = self.model_inputs(batch)
-        student = model(**inputs)
+        # vocabulary scores only when a term uses them (hidden-state distillation skips them)
+        student = model(**inputs, compute_logits=c.alpha > 0 or c.beta > 0)
         device = batch["input_ids"].device
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
         with torch.no_grad():
-            teacher = self.teacher(**inputs, compute_logits=self.config.alpha > 0)
-        c = self.config
+            teacher = self.teacher(**inputs, compute_logits=c.alpha > 0)
         loss, parts = distillation_loss(
             student,
             teacher,
@@ -326,6 +331,7 @@ class Distillation(Objective):
             c.alpha,
             c.beta,
             c.gamma,
+            c.kl_positions == "all",
         )
         parts.update(token_accuracy(student, batch))
         return loss, parts
