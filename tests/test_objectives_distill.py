@@ -87,8 +87,13 @@ def test_teacher_layers_need_the_teachers_shape(teacher):
     wide = objective.teacher.config.replace(num_layers=2, hidden_size=64, ffn_size=128)
     with pytest.raises(ConfigError, match="hidden_size is 64, the teacher's 32"):
         objective.build_model(wide)
-    random = distill(teacher, init="random").build_model(wide)  # any shape afresh
+    with pytest.raises(ConfigError, match="objective.gamma: .* teacher's hidden size"):
+        distill(teacher, init="random").build_model(wide)
+    random = distill(teacher, init="random", gamma=0.0).build_model(wide)  # any shape afresh
     assert random.config.hidden_size == 64
+    decoder = triform.presets.get("gpt2-tiny", vocab_size=V)
+    with pytest.raises(ConfigError, match="the teacher's form"):
+        distill(teacher, init="random", gamma=0.0).build_model(decoder)
     with pytest.raises(ConfigError, match="teacher_layers"):
         init_from_teacher(tiny("bert-tiny", 2), objective.teacher, [0, 7])
 

@@ -295,6 +295,18 @@ class Distillation(Objective):
         """The student: from the teacher's layers (``init = "teacher-layers"``) or afresh."""
         from triform.models import build_model
 
+        teacher = self.teacher.config
+        if config.form != teacher.form:
+            raise ConfigError(
+                f"[model]: the student must have the teacher's form ({teacher.form}), "
+                f"got {_a(config.form)} model"
+            )
+        width_differs = config.hidden_size != teacher.hidden_size  # (teacher-layers: an error)
+        if self.config.init == "random" and self.config.gamma > 0 and width_differs:
+            raise ConfigError(
+                f"objective.gamma: the cosine loss needs the teacher's hidden size "
+                f"({teacher.hidden_size}), the student has {config.hidden_size}; set gamma = 0"
+            )
         student = build_model(config)
         if self.config.init == "teacher-layers":
             init_from_teacher(student, self.teacher, self.config.teacher_layers)
@@ -349,3 +361,7 @@ class Distillation(Objective):
         prompt: str,
     ) -> str:
         return self.inner.sample(model, tokenizer, device, tokens, prompt)
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"

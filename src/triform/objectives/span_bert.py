@@ -222,14 +222,16 @@ class SpanMLM(MaskedLM):
         word = start.long().cumsum(1) - 1  # (B, L) word index of each candidate token
         words = start.sum(1, keepdim=True)  # (B, 1)
         budget = torch.round(candidate.sum(1).double() * c.mask_prob).long()  # (B,)
-        draws = int(budget.max()) + 1 if budget.numel() else 1  # ample: a draw adds >= 1 mostly
+        # one draw more than the largest budget: each draw adds at least one token unless it
+        # lands wholly on masked words (rare), so the budget is reached
+        draws = int(budget.max()) + 1 if budget.numel() else 1
         shape = (ids.size(0), draws)
         lengths = sample_span_lengths(
             uniform(shape, generator, ids.device), c.geometric_p, c.max_span
         )
         first = (uniform(shape, generator, ids.device) * words).long()  # (B, K) first word
         first = torch.minimum(first, (words - 1).clamp(min=0))
-        # covered[b, k, t]: token t lies in draw k; union over draws 0..k, and its token count
+        # covered[b, k, t]: token t lies in draw k; union[b, k]: in one of draws 0..k
         w = word.unsqueeze(1)  # (B, 1, L)
         covered = (w >= first.unsqueeze(2)) & (w < (first + lengths).unsqueeze(2))
         covered &= candidate.unsqueeze(1)  # (B, K, L)
