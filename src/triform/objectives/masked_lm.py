@@ -15,7 +15,8 @@ with ``[MASK]``, 10% with a random token and leave 10% unchanged; predict the or
 - ``whole_word=True`` selects words rather than pieces: all pieces of a word are selected
   together (the 80/10/10 choice is then made per piece, as Google's BERT does). Word starts come
   from a batch key ``word_start`` (B, L) bool, or from an ``is_continuation`` (V,) table of
-  WordPiece continuation ids (``##`` pieces, see :func:`continuation_table`).
+  the ids that continue a word, read from the tokenizer's word markers (WordPiece ``##``,
+  byte-level BPE ``Ġ``, SentencePiece ``▁``; see :func:`continuation_table`).
 - Random replacements are drawn uniformly from the non-special ids of the vocabulary
   (HuggingFace draws from the whole vocabulary, special tokens included).
 
