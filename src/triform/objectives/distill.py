@@ -298,8 +298,8 @@ class Distillation(Objective):
         teacher = self.teacher.config
         if config.form != teacher.form:
             raise ConfigError(
-                f"[model]: the student must have the teacher's form ({teacher.form}), "
-                f"got {_a(config.form)} model"
+                f"[model]: the student's form ({config.form}) must be the teacher's form "
+                f"({teacher.form})"
             )
         width_differs = config.hidden_size != teacher.hidden_size  # (teacher-layers: an error)
         if self.config.init == "random" and self.config.gamma > 0 and width_differs:
@@ -361,7 +361,3 @@ class Distillation(Objective):
         prompt: str,
     ) -> str:
         return self.inner.sample(model, tokenizer, device, tokens, prompt)
-
-
-def _a(word: str) -> str:
-    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
