@@ -27,3 +27,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def save_model_folder():
+    """A function writing ``model`` and ``tokenizer`` as a model folder (``model.json``,
+    ``model.safetensors``, ``tokenizer.json``: what ``triform convert`` writes) and
+    returning its path as a string."""
+    import json
+    from pathlib import Path
+
+    from triform.runs import save_weights
+    from triform.tokenizers import save_tokenizer
+
+    def save(folder: Path, model: torch.nn.Module, tokenizer) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.json").write_text(json.dumps(model.config.to_dict()))
+        save_weights(model, folder / "model.safetensors")
+        save_tokenizer(tokenizer, folder / "tokenizer.json")
+        return str(folder)
+
+    return save

@@ -1,5 +1,5 @@
-"""Smoke runs of the training benchmarks (benchmarks/bench_train.py, bench_matmul.py) in a
-tiny mode, so that they keep working as the core changes."""
+"""Smoke runs of the benchmarks (benchmarks/bench_train.py, bench_matmul.py,
+bench_distill.py) in a tiny mode, so that they keep working as the core changes."""
 
 from __future__ import annotations
 
@@ -59,3 +59,43 @@ def test_scaling_benchmark_config_is_valid(tmp_path):
     flat = bench_scaling_cpu._overrides(args, tmp_path, tmp_path / "out")
     config = load_run_config(None, flat[1::2])
     assert config.train.batch_size == args.batch and config.train.parallel == "ddp"
+
+
+def test_bench_distill_tiny(tmp_path, save_model_folder):
+    """The distillation benchmark end to end on a tiny random teacher and a few passages."""
+    import torch
+
+    import bench_distill
+    import triform
+    from triform.tokenizers import train_tokenizer
+
+    data = tmp_path / "plays"
+    data.mkdir()
+    line = "Now is the winter of our discontent made glorious summer by this sun of York\n"
+    for i, name in enumerate([*bench_distill.HELD_OUT, "one.txt", "two.txt"]):
+        (data / name).write_text((f"{i} " + line) * 120)
+    texts = [p.read_text() for p in data.iterdir()]
+    tokenizer = train_tokenizer(texts, kind="wordpiece", vocab_size=120, family="bert")
+    torch.manual_seed(0)
+    config = triform.presets.get(
+        "bert-tiny",
+        vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
+        hidden_size=32,
+        num_layers=6,
+        num_heads=2,
+        ffn_size=64,
+        encoder_head="none",  # a bare encoder, as MiniLM
+    )
+    teacher = save_model_folder(tmp_path / "teacher", triform.build_model(config), tokenizer)
+    figures = bench_distill.main(
+        ["--work", str(tmp_path / "work"), "--teacher", teacher, "--data", str(data),
+         "--steps", "3", "--batch-size", "2", "--seq-len", "32", "--passages", "8"]
+    )  # fmt: skip
+    assert figures["teacher_layers_copied"] == [0, 2, 4]
+    assert (
+        figures["parameters"]["student_non_embedding"]
+        < figures["parameters"]["teacher_non_embedding"]
+    )
+    assert figures["texts_per_s"]["teacher"] > 0 and figures["texts_per_s"]["student"] > 0
+    assert -1 <= figures["mean_cosine_to_teacher"]["before"] <= 1
+    assert (tmp_path / "work" / "results.json").is_file()

@@ -29,18 +29,40 @@ def test_registry_names():
         "denoising",
         "rtd",
         "seq2seq",
+        "span-mlm",
+        "distill",
     }
     for name, cls in OBJECTIVES.items():
         assert cls.name == name
         assert issubclass(cls, Objective)
 
 
+@pytest.fixture(scope="module")
+def required(tmp_path_factory, save_model_folder) -> dict[str, dict]:
+    """The keys some objectives cannot do without: distillation's teacher (a tiny random
+    BERT over the context's 1,200 ids)."""
+    from tokenizers import Tokenizer, models
+
+    import triform
+
+    teacher = triform.build_model(
+        triform.presets.get(
+            "bert-tiny", vocab_size=1200, hidden_size=16, num_layers=2, num_heads=2, ffn_size=32
+        )
+    )
+    vocab = {f"t{i}": i for i in range(1200)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t1"))
+    folder = save_model_folder(tmp_path_factory.mktemp("teacher"), teacher, tokenizer)
+    return {"distill": {"teacher": folder}}
+
+
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
-def test_every_objective_builds_and_rejects_unknown_keys(name):
-    objective = build_objective({"name": name}, **CONTEXT)
+def test_every_objective_builds_and_rejects_unknown_keys(name, required):
+    options = {"name": name, **required.get(name, {})}
+    objective = build_objective(options, **CONTEXT)
     assert isinstance(objective, OBJECTIVES[name])
     with pytest.raises(ConfigError, match=r"^unknown key objective\.bogus$"):
-        build_objective({"name": name, "bogus": 1}, **CONTEXT)
+        build_objective({**options, "bogus": 1}, **CONTEXT)
 
 
 @pytest.mark.parametrize(

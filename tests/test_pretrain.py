@@ -64,13 +64,39 @@ def pairs(corpus: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def _run(config: Path, out: Path, corpus: str, pairs: str, *extra: str) -> int:
+@pytest.fixture(scope="module")
+def teacher(corpus: str, tmp_path_factory: pytest.TempPathFactory, save_model_folder) -> str:
+    """For the distillation config: a random RoBERTa of TINY's width and twice its depth,
+    with a byte-level BPE trained on the corpus, as a model folder."""
+    import torch
+
+    from triform import build_model, presets
+    from triform.tokenizers import train_tokenizer
+
+    texts = [p.read_text() for p in sorted(Path(corpus).iterdir())]
+    tokenizer = train_tokenizer(texts, kind="byte-bpe", vocab_size=600, family="roberta")
+    torch.manual_seed(0)
+    config = presets.get(
+        "roberta-base",
+        vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
+        hidden_size=64,
+        num_layers=4,
+        num_heads=4,
+        ffn_size=128,
+        max_positions=130,
+    )
+    return save_model_folder(tmp_path_factory.mktemp("teacher"), build_model(config), tokenizer)
+
+
+def _run(config: Path, out: Path, corpus: str, pairs: str, *extra: str, teacher: str = "") -> int:
     args = ["pretrain", str(config)]
     data = (
         [f"data.sources={json.dumps(pairs)}"]
         if "seq2seq" in config.name
         else [f"data.corpus={json.dumps(corpus)}"]
     )
+    if "distill" in config.name:
+        data.append(f"objective.teacher={json.dumps(teacher)}")
     for item in [*TINY, *data, f"train.out_dir={json.dumps(str(out))}", *extra]:
         args += ["--set", item]
     return main(args)
@@ -78,12 +104,13 @@ def _run(config: Path, out: Path, corpus: str, pairs: str, *extra: str) -> int:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_trains_and_the_loss_falls(
-    config: Path, corpus: str, pairs: str, tmp_path: Path
+    config: Path, corpus: str, pairs: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     extra = ["train.steps=16", "train.eval_every=16", "train.checkpoint_every=16"]
     if "t5" in config.name:
         extra.append("model.head_dim=16")
-    assert _run(config, tmp_path, corpus, pairs, *extra) == 0
+    teacher = request.getfixturevalue("teacher") if "distill" in config.name else ""
+    assert _run(config, tmp_path, corpus, pairs, *extra, teacher=teacher) == 0
     losses = [r["loss"] for r in read_metrics(tmp_path, split="train")]
     assert len(losses) == 16 and all(math.isfinite(x) for x in losses)
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses

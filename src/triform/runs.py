@@ -442,6 +442,24 @@ def _run_part(folder: Path, part: str | None) -> tuple[ModelConfig, str, dict[st
     return ModelConfig.from_dict(entry["config"]), entry["prefix"], entry.get("shared", {})
 
 
+def read_model_config_of(folder: str | Path, part: str | None = None) -> ModelConfig:
+    """The config of the model :func:`read_model` would load from ``folder``, read without
+    the weights (a HuggingFace folder: its ``config.json`` for the class it names)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TriformError(f"model folder not found: {folder}")
+    if (folder / MODEL_JSON).is_file():
+        return _run_part(folder, part)[0]
+    if (folder / HF_CONFIG).is_file():
+        from triform.interop import hf
+
+        hf_config = hf.read_config(folder)
+        architectures = hf_config.get("architectures") or []
+        if architectures:
+            return hf.config_from_hf(hf_config, architectures[0])
+    return read_model(folder, part).config  # the class follows from the weights, or an error
+
+
 def read_model(folder: str | Path, part: str | None = None) -> nn.Module:
     """The model (eval mode, on the CPU) of a run folder (its latest checkpoint), a model
     folder or a HuggingFace checkpoint folder; see the module docstring. ``part`` picks one

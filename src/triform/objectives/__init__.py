@@ -14,6 +14,8 @@ mlm-sop            :class:`SentenceOrderPrediction`    ALBERT
 span-corruption    :class:`SpanCorruption`             T5
 denoising          :class:`Denoising`                  BART
 rtd                :class:`ReplacedTokenDetection`     ELECTRA
+span-mlm           :class:`SpanMLM`                    SpanBERT (span masking + boundary objective)
+distill            :class:`Distillation`               DistilBERT (a student learns from a teacher)
 seq2seq            :class:`Seq2Seq`                    Transformer (parallel text)
 =================  ==================================  =========================================
 
@@ -35,6 +37,7 @@ from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
 from triform.objectives.base import MODEL_KEYS, Objective, PretrainingTask, RunData
 from triform.objectives.causal_lm import CausalLM, CausalLMConfig, pack_documents
 from triform.objectives.denoising import Denoising, DenoisingConfig
+from triform.objectives.distill import Distillation, DistillConfig, distillation_loss
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig, continuation_table
 from triform.objectives.ops import hash_uniform, shift_right
 from triform.objectives.replaced_token import (
@@ -60,6 +63,7 @@ from triform.objectives.seq2seq import (
     label_smoothed_cross_entropy,
     read_pairs,
 )
+from triform.objectives.span_bert import SpanBertModel, SpanMaskingConfig, SpanMLM
 from triform.objectives.span_corruption import (
     SpanCorruption,
     SpanCorruptionConfig,
@@ -78,6 +82,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
         Denoising,
         ReplacedTokenDetection,
         Seq2Seq,
+        SpanMLM,
+        Distillation,
     )
 }
 
@@ -157,6 +163,8 @@ __all__ = [
     "RunData",
     "CausalLMConfig",
     "Denoising",
+    "DistillConfig",
+    "Distillation",
     "DenoisingConfig",
     "MaskedLM",
     "MaskedLMConfig",
@@ -169,8 +177,11 @@ __all__ = [
     "SentencePairConfig",
     "Seq2Seq",
     "Seq2SeqConfig",
+    "SpanBertModel",
     "SpanCorruption",
     "SpanCorruptionConfig",
+    "SpanMLM",
+    "SpanMaskingConfig",
     "build_objective",
     "build_objective_for_run",
     "build_task",
@@ -178,6 +189,7 @@ __all__ = [
     "context_from_tokenizer",
     "continuation_table",
     "corrupted_lengths",
+    "distillation_loss",
     "electra_loss",
     "generator_config",
     "hash_uniform",

@@ -64,6 +64,7 @@ class Objective:
     name: ClassVar[str]
     config_class: ClassVar[type]
     form: ClassVar[str]  # the model form trained: "encoder", "decoder" or "encoder-decoder"
+    input_paths: ClassVar[tuple[str, ...]] = ()  # keys that are paths (resolved like the run's)
     perplexity_of: ClassVar[str | None] = "loss"  # the loss part perplexity is exp of
     generative: ClassVar[bool] = False  # the trainer prints a sample at each evaluation
 
@@ -82,6 +83,19 @@ class Objective:
         return cls(make_config(cls.config_class, options, context))
 
     # -- the run around it (class-level: known before a tokenizer exists) ------------------
+    @classmethod
+    def trains(cls, form: str) -> bool:
+        """Whether this objective can train a model of ``form`` (default: ``form`` only)."""
+        return form == cls.form
+
+    @classmethod
+    def run_defaults(cls, options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Defaults this objective sets in other sections of the run, ``{section: {key:
+        value}}``, under the user's keys; ``[model]`` defaults apply only when the user names
+        no preset (a preset is a whole base of its own). ``options`` is the ``[objective]``
+        table. E.g. distillation takes the teacher's tokenizer and shape."""
+        return {}
+
     @classmethod
     def check_run(cls, run: Any) -> None:
         """Raise :class:`ConfigError` when the run config cannot feed this objective."""

@@ -15,7 +15,8 @@ with ``[MASK]``, 10% with a random token and leave 10% unchanged; predict the or
 - ``whole_word=True`` selects words rather than pieces: all pieces of a word are selected
   together (the 80/10/10 choice is then made per piece, as Google's BERT does). Word starts come
   from a batch key ``word_start`` (B, L) bool, or from an ``is_continuation`` (V,) table of
-  WordPiece continuation ids (``##`` pieces, see :func:`continuation_table`).
+  the ids that continue a word, read from the tokenizer's word markers (WordPiece ``##``,
+  byte-level BPE ``Ġ``, SentencePiece ``▁``; see :func:`continuation_table`).
 - Random replacements are drawn uniformly from the non-special ids of the vocabulary
   (HuggingFace draws from the whole vocabulary, special tokens included).
 
@@ -74,7 +75,6 @@ class MaskedLMConfig:
     def __post_init__(self) -> None:
         check_config(self)
         require(self, "vocab_size", "the size of the tokenizer's vocabulary")
-        require(self, "mask_id", "the tokenizer's mask token")
         if self.vocab_size <= 0:
             raise ConfigError(f"objective.vocab_size must be positive, got {self.vocab_size}")
         check_fraction(self, "mask_prob", "mask_token_prob", "random_token_prob")
@@ -86,14 +86,51 @@ class MaskedLMConfig:
         check_vocab_ids(self, self.vocab_size, "mask_id", "pad_id", "special_ids")
 
 
-def continuation_table(tokenizer: Any, prefix: str = "##") -> torch.Tensor:
-    """(V,) bool: True for the ids whose token starts with ``prefix`` (WordPiece's ``##``
-    pieces continue the previous word). ``tokenizer`` is a ``tokenizers.Tokenizer``."""
+# Word markers of subword vocabularies: WordPiece marks the pieces that continue a word;
+# byte-level BPE (GPT-2, RoBERTa) and SentencePiece (T5, ALBERT) mark the pieces that start one.
+CONTINUATION_MARKERS = ("##",)
+START_MARKERS = ("Ġ", "▁")
+# Byte-level BPE spells line breaks and tabs as these: a piece led by one starts a word too.
+BYTE_LEVEL_SPACES = ("Ċ", "ĉ", "č")
+
+
+def word_marker(tokenizer: Any) -> str | None:
+    """The word marker a ``tokenizers.Tokenizer``'s vocabulary uses - ``"##"``, ``"Ġ"`` or
+    ``"▁"``, whichever prefixes the most tokens - or ``None`` when it has none."""
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
+    counts = {
+        marker: sum(token.startswith(marker) and len(token) > len(marker) for token in vocab)
+        for marker in (*CONTINUATION_MARKERS, *START_MARKERS)
+    }
+    best = max(counts, key=counts.get)
+    return best if counts[best] else None
+
+
+def continuation_table(tokenizer: Any, marker: str | None = None) -> torch.Tensor:
+    """(V,) bool: True for the ids whose token continues the word before it.
+
+    ``marker`` (default: :func:`word_marker`) says how the vocabulary marks words: WordPiece's
+    ``"##"`` prefixes continuing pieces; byte-level BPE's ``"Ġ"`` and SentencePiece's ``"▁"``
+    prefix word-initial pieces, so every other piece continues a word (except special tokens,
+    and byte-level pieces led by a line break or tab, which start one). ``tokenizer`` is a
+    ``tokenizers.Tokenizer``; one without any marker (e.g. characters) is a
+    :class:`TriformError`.
+    """
+    marker = marker if marker is not None else word_marker(tokenizer)
+    if marker is None:
+        raise TriformError(
+            "the tokenizer marks no word boundaries (no ##, Ġ or ▁ pieces): whole-word "
+            "masking needs a WordPiece, byte-level BPE or SentencePiece vocabulary"
+        )
     size = tokenizer.get_vocab_size(with_added_tokens=True)
     table = torch.zeros(size, dtype=torch.bool)
+    special = {token.content for token in tokenizer.get_added_tokens_decoder().values()}
     for token, index in tokenizer.get_vocab(with_added_tokens=True).items():
-        if token.startswith(prefix) and len(token) > len(prefix):
-            table[index] = True
+        if marker in CONTINUATION_MARKERS:
+            table[index] = token.startswith(marker) and len(token) > len(marker)
+        else:
+            starts = token.startswith((marker, *BYTE_LEVEL_SPACES)) or token in special
+            table[index] = not starts
     return table
 
 
@@ -106,6 +143,7 @@ class MaskedLM(Objective):
 
     def __init__(self, config: MaskedLMConfig, *, is_continuation: torch.Tensor | None = None):
         super().__init__(config)
+        require(config, "mask_id", "the tokenizer's mask token")
         self.is_special = id_table(
             config.vocab_size, [*config.special_ids, config.pad_id, config.mask_id]
         )  # (V,)
@@ -163,13 +201,21 @@ class MaskedLM(Objective):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked input ids, labels), both (B, L), from uniform draws ``draw(stream)``."""
         selected = self.select(ids, attention_mask, draw, word_start)
-        kind = draw(1)  # (B, L): which replacement
+        return self.corrupt(ids, selected, draw(1), draw(2))
+
+    def corrupt(
+        self, ids: torch.Tensor, selected: torch.Tensor, kind: torch.Tensor, pick: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 80/10/10 replacement of the ``selected`` (B, L) positions of ``ids`` (B, L):
+        ``[MASK]`` where ``kind < mask_token_prob``, a random non-special token (chosen by
+        ``pick``) where ``kind`` falls in the next ``random_token_prob``, unchanged otherwise.
+        ``kind`` and ``pick`` are (B, L) uniform draws. Returns (masked ids, labels)."""
         c = self.config
         to_mask = selected & (kind < c.mask_token_prob)
         to_random = selected & ~to_mask & (kind < c.mask_token_prob + c.random_token_prob)
         table = self.replacement_ids.to(ids.device)
-        pick = (draw(2) * table.numel()).long().clamp(max=table.numel() - 1)
-        masked = torch.where(to_random, table[pick], ids)
+        index = (pick * table.numel()).long().clamp(max=table.numel() - 1)
+        masked = torch.where(to_random, table[index], ids)
         masked = masked.masked_fill(to_mask, c.mask_id)
         labels = ids.masked_fill(~selected, IGNORE_INDEX)
         return masked, labels

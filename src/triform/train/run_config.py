@@ -24,7 +24,7 @@ from typing import Any, Literal
 from triform import presets
 from triform.config import ModelConfig, apply_overrides, from_dict, load_toml
 from triform.errors import ConfigError
-from triform.objectives import objective_class
+from triform.objectives import OBJECTIVES, objective_class
 from triform.train.optim import OptimConfig
 from triform.train.schedules import ScheduleConfig
 
@@ -144,7 +144,11 @@ INPUT_PATHS = (
 
 
 def _resolve_input_paths(tree: dict[str, Any], base: Path) -> None:
-    for section, key in INPUT_PATHS:
+    paths = list(INPUT_PATHS)
+    objective = tree.get("objective")
+    if isinstance(objective, dict) and objective.get("name") in OBJECTIVES:
+        paths += [("objective", key) for key in OBJECTIVES[objective["name"]].input_paths]
+    for section, key in paths:
         table = tree.get(section)
         if not isinstance(table, dict) or key not in table:
             continue
@@ -161,6 +165,9 @@ def build_run_config(tree: dict[str, Any], source: Path | None = None) -> RunCon
     for key in tree:
         if key not in SECTIONS:
             raise ConfigError(f"unknown section [{key}]; expected one of {', '.join(SECTIONS)}")
+    objective = dict(tree.get("objective", {}))
+    kind = objective_class(objective)
+    tree = _with_defaults(tree, kind.run_defaults(objective))
     model_table = dict(tree.get("model", {}))
     preset = model_table.pop("preset", None)
     if preset is not None:
@@ -174,9 +181,7 @@ def build_run_config(tree: dict[str, Any], source: Path | None = None) -> RunCon
     train = from_dict(TrainSection, dict(tree.get("train", {})), "train")
     optim = from_dict(OptimConfig, dict(tree.get("optim", {})), "optim")
     schedule = from_dict(ScheduleConfig, dict(tree.get("schedule", {})), "schedule")
-    objective = dict(tree.get("objective", {}))
-    kind = objective_class(objective)
-    if model.form != kind.form:
+    if not kind.trains(model.form):
         raise ConfigError(
             f"objective {kind.name} trains {_article(kind.form)} model, but model "
             f"{preset or model.family} is {_article(model.form)} model"
@@ -223,6 +228,20 @@ def _validate_data(data: DataSection) -> None:
             "data.val_fraction = 0 leaves no validation set: name validation files "
             "(data.validation) or hold out a share of the corpus"
         )
+
+
+def _with_defaults(tree: dict[str, Any], defaults: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``tree`` with an objective's :meth:`~triform.objectives.Objective.run_defaults` under
+    the user's keys (``[model]`` defaults only when the user names no preset)."""
+    tree = dict(tree)
+    for section, values in defaults.items():
+        table = tree.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table, got {type(table).__name__}")
+        if section == "model" and "preset" in table:
+            continue
+        tree[section] = {**values, **table}
+    return tree
 
 
 def _validate(train: TrainSection, data: DataSection) -> None:
