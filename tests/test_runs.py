@@ -165,3 +165,27 @@ def test_weights_files_get_the_usual_permissions(tmp_path: Path) -> None:
         assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     finally:
         os.umask(mask)
+
+
+def test_spanbert_run_loads_as_its_encoder(electra_run: Path, tmp_path: Path) -> None:
+    """A SpanBERT run stores its encoder under model.* beside the SBO head: every loader
+    reads the encoder (the corpus of the ELECTRA fixture is reused)."""
+    corpus = electra_run.parent / "corpus"
+    out = tmp_path / "spanbert"
+    args = ["pretrain", str(Path(__file__).parents[1] / "configs" / "spanbert.toml")]
+    tiny = [t for t in TINY if not t.startswith(("objective.", "model.embedding_size"))]
+    paths = [f"data.corpus={json.dumps(str(corpus))}", f"train.out_dir={json.dumps(str(out))}"]
+    for item in [*tiny, *paths]:
+        args += ["--set", item]
+    assert main(args) == 0
+    encoder, _ = load_model(out)
+    stored = load_file(latest_checkpoint(out) / "model.safetensors")
+    assert any(key.startswith("sbo_head.") for key in stored)
+    for key, value in encoder.state_dict().items():
+        if f"model.{key}" in stored:  # (tied tensors are stored once)
+            assert torch.equal(value, stored[f"model.{key}"]), key
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one text\n")
+    assert (
+        main(["features", str(out), "--input", str(texts), "--out", str(tmp_path / "f.npy")]) == 0
+    )
