@@ -2,7 +2,8 @@
 weights and zero biases; all of them are trained at ``train.lr``.
 
 - :class:`SequenceHead`: a pooled representation -> class scores, a regression value or
-  (with one output) a multiple-choice score. Optionally dense + tanh first (RoBERTa, BART).
+  (with one output) a multiple-choice score. Optionally dense + tanh first (RoBERTa, BART;
+  dense + GELU for ELECTRA, as its paper's and transformers' classification head).
 - :class:`TokenHead`: every token -> tag scores (tagging).
 - :class:`SpanHead`: every token -> start and end scores (extractive QA).
 """
@@ -22,25 +23,36 @@ def init_head(module: nn.Module, std: float) -> None:
                 nn.init.zeros_(layer.bias)
 
 
-class SequenceHead(nn.Module):
-    """(B, H) -> (B, num_outputs): ``[dense -> tanh ->] dropout -> linear``.
+ACTIVATIONS = {"tanh": torch.tanh, "gelu": nn.functional.gelu}
 
-    ``transform`` adds the dense + tanh layer that RoBERTa's and BART's classification
-    heads have (BERT's pooler already did it; GPT's head is the linear layer alone).
+
+class SequenceHead(nn.Module):
+    """(B, H) -> (B, num_outputs): ``[dropout -> dense -> activation ->] dropout -> linear``.
+
+    ``transform`` adds the dense layer that RoBERTa's, BART's (tanh) and ELECTRA's (GELU)
+    classification heads have (BERT's pooler already did it; GPT's head is the linear layer
+    alone).
     """
 
     def __init__(
-        self, hidden_size: int, num_outputs: int, dropout: float, transform: bool, std: float
+        self,
+        hidden_size: int,
+        num_outputs: int,
+        dropout: float,
+        transform: bool,
+        std: float,
+        activation: str = "tanh",
     ) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden_size, hidden_size) if transform else None
+        self.activation = ACTIVATIONS[activation]
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, num_outputs)
         init_head(self, std)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         if self.dense is not None:
-            pooled = torch.tanh(self.dense(self.dropout(pooled)))
+            pooled = self.activation(self.dense(self.dropout(pooled)))
         return self.out(self.dropout(pooled))
 
 

@@ -182,7 +182,10 @@ class SequenceClassification(LabelledTask):
     def build_head(self, body: TransformerModel) -> nn.Module:
         transform = not uses_pooler(body, self.cfg.pooling) and not isinstance(body, DecoderModel)
         hidden = body.config.hidden_size
-        return SequenceHead(hidden, self.num_outputs, self.dropout, transform, self.init_std)
+        activation = "gelu" if body.config.family == "electra" else "tanh"  # as the papers
+        return SequenceHead(
+            hidden, self.num_outputs, self.dropout, transform, self.init_std, activation
+        )
 
     # -- data ----------------------------------------------------------------------------
     def _pair(self, rows: list[Row]) -> bool:

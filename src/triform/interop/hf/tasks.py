@@ -28,8 +28,8 @@ loading the folder back restores the task exactly. Text-to-text folders also get
   triform's head has its own dense + tanh on the first token, which is exported as the
   pooler. RoBERTa reads the first token through dense + tanh + ``out_proj``: triform's default
   head without a pooler. Other ``task.pooling`` choices are refused.
-* ``ElectraForSequenceClassification`` puts GELU after its dense layer where triform's head
-  has tanh: refused (ELECTRA tagging and QA export fine).
+* ``ElectraForSequenceClassification`` reads the first token through dense + GELU +
+  ``out_proj``: triform's default head for an ELECTRA body.
 * ``GPT2ForSequenceClassification``'s ``score`` layer has no bias. Its input is the final
   layer norm's output ``h = LN(x) * g + beta``, read by nothing else in that class, so the
   head bias ``b`` is folded into the norm: ``beta' = beta + W^+ b`` gives ``W h' = W h + b``
@@ -132,8 +132,14 @@ TASK_CLASSES: dict[str, dict[str, tuple[str, TaskHead] | str]] = {
         "span": ("RobertaForQuestionAnswering", _SPAN),
     },
     "electra": {
-        "sequence": "ElectraForSequenceClassification applies gelu after its dense layer "
-        "where triform's classification head applies tanh",
+        "sequence": (
+            "ElectraForSequenceClassification",
+            TaskHead(
+                "sequence",
+                (("dense", "classifier.dense"), ("out", "classifier.out_proj")),
+                pooling="first",
+            ),
+        ),
         "token": ("ElectraForTokenClassification", _TOKEN),
         "span": ("ElectraForQuestionAnswering", _SPAN),
     },
