@@ -8,6 +8,7 @@ import argparse
 import os
 from pathlib import Path
 
+from triform.commands import add_part_option
 from triform.errors import TriformError
 
 FORMATS = ("html", "npz")
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--format", choices=FORMATS, default=None, help="default: from --out's suffix, else html"
     )
+    add_part_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -57,9 +59,9 @@ def check_output(path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from triform.commands.generate import load_model_folder
     from triform.inference.attention import attention
     from triform.inference.attention_page import save_page
+    from triform.runs import load_model
 
     fmt = args.format or ("npz" if args.out.endswith(".npz") else "html")
     out = check_output(args.out)
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise TriformError("--text is empty")
     if args.max_tokens < 1:
         raise TriformError("--max-tokens must be positive")
-    model, tokenizer = load_model_folder(args.model_dir)
+    model, tokenizer = load_model(args.model_dir, args.part)
     maps = attention(
         model,
         tokenizer,

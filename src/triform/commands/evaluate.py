@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from triform.commands import add_part_option
 from triform.errors import TriformError
 
 
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     icl.add_argument("--max-new-tokens", type=int, default=16, help="for --scoring generate")
     icl.add_argument("--seed", type=int, default=0)
     icl.add_argument("--out", help="write accuracies and predictions as JSON")
+    add_part_option(icl)
     icl.set_defaults(func=run_icl)
 
     ppl = kinds.add_parser(
@@ -61,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, help="windows (decoders), pairs or masked copies per forward"
     )
     ppl.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_part_option(ppl)
     ppl.set_defaults(func=run_perplexity)
 
 
@@ -68,7 +71,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from triform.inference import load_model
     from triform.inference.perplexity import perplexity
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, args.part)
     result = perplexity(
         model,
         tokenizer,
@@ -114,7 +117,7 @@ def run_icl(args: argparse.Namespace) -> int:
             raise TriformError("--max-examples must be positive")
         examples = examples[: args.max_examples]
     pool = read_examples(args.pool, options) if args.pool else None
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, args.part)
     template = args.template.replace("\\n", "\n")  # a typed backslash-n is a newline
     result = evaluate_icl(
         model,

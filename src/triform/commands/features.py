@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from triform.commands import add_part_option
 from triform.errors import TriformError
 from triform.inference.features import LAYERS, POOLING
 
@@ -28,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--normalize", action="store_true", help="unit L2 norm per vector")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=None, help="tokens kept per text")
+    add_part_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     texts = read_lines(args.input)
     if not texts:
         raise TriformError(f"{args.input} holds no text")
-    model, tokenizer = load_model(args.model_dir)
+    model, tokenizer = load_model(args.model_dir, args.part)
     features = extract_features(
         model,
         tokenizer,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from triform.commands import add_part_option
 from triform.errors import TriformError
 
 
@@ -58,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="text: each output under a '--- prompt N ---' line when there are several; "
         "jsonl: one JSON object per output (prompt, text, rank, score)",
     )
+    add_part_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     _check(args)
     prompts = list(args.prompt) + (read_lines(args.input) if args.input else [])
-    model, tokenizer = load_model(args.run_dir)
+    model, tokenizer = load_model(args.run_dir, args.part)
     if model.config.form == "encoder":
         raise TriformError(f"{args.run_dir} holds an encoder-only model; it cannot generate")
     completions = complete(
