@@ -69,14 +69,14 @@ def test_resume_is_bit_identical(
     }
     common = {
         "epochs": 2,
-        "batch_size": 4,
+        "batch_size": 8,
         "grad_accum": 2,
         "eval_every": 2,
         "checkpoint_every": 3,
         "keep_last": 2,
     }
     one = finetune(make_config(tmp_path / "one", "", "", task, model=model, **common))
-    assert one.steps == 8  # 32 examples / (4 x 2) = 4 steps an epoch
+    assert one.steps == 8  # 32 examples / 8 = 4 steps an epoch (of 2 micro-batches of 4)
 
     config = write_toml(
         tmp_path / "ft.toml", make_config(tmp_path / "two", "", "", task, model=model, **common)
@@ -138,7 +138,7 @@ def test_grad_accum_equals_one_big_batch(tmp_path: Path, toks: dict[str, str]) -
     train = write_jsonl(tmp_path / "train.jsonl", keyword_rows(24, 0))
     task = {"kind": "classification", "train": train}
     weights = []
-    for name, batch, accum in (("big", 8, 1), ("accum", 4, 2), ("uneven", 3, 3)):
+    for name, batch, accum in (("big", 8, 1), ("accum", 8, 2), ("uneven", 9, 3)):
         result = finetune(
             make_config(
                 tmp_path / name,

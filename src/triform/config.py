@@ -209,6 +209,29 @@ def _describe(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation)).replace("NoneType", "none")
 
 
+@dataclass
+class LoopSection:
+    """The ``[train]`` keys every training loop shares (pretraining and fine-tuning), one
+    meaning each: where the run goes, how big a step is, how often it logs, evaluates and
+    checkpoints, and where and how it runs. Each loop's section adds its own keys and
+    defaults."""
+
+    out_dir: str = "runs/run"
+    steps: int | None = None
+    batch_size: int = 16  # sequences per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step (they split batch_size)
+    eval_every: int = 100
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_last: int = 3  # checkpoints kept (0: all)
+    seed: int = 0
+    device: str = "auto"  # auto = cuda if available, else cpu
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    threads: int | None = None  # torch intra-op threads on CPU (per process)
+    progress: bool = True
+    tensorboard: bool = True
+
+
 def check_types(instance: Any, section: str) -> None:
     """Check every field of a dataclass instance against its annotation."""
     hints = typing.get_type_hints(type(instance))

@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from triform.config import apply_overrides, from_dict, load_toml
+from triform.config import LoopSection, apply_overrides, from_dict, load_toml
 from triform.errors import ConfigError
+from triform.runtime.distributed import split_batch
 
 TaskKind = Literal[
     "classification",
@@ -145,19 +146,18 @@ class TaskSection:
 
 
 @dataclass
-class TrainSection:
+class TrainSection(LoopSection):
     """The loop. ``steps`` (when set) overrides ``epochs``. ``lr`` is the new head's
     learning rate, ``body_lr`` the pretrained body's (default: ``lr``). ``eval_every``: 0
-    evaluates after every epoch, N every N steps (and at the end). A step is ``grad_accum``
-    micro-batches of ``batch_size``. ``checkpoint_every`` / ``keep_last``: the resumable
-    checkpoints; ``early_stopping_*``: stop after that many evaluations without an
-    improvement of the metric by at least ``min_delta``; ``sampler = "balanced"`` draws every
-    class equally often (classification kinds)."""
+    evaluates after every epoch, N every N steps (and at the end). A step is ``batch_size``
+    examples in ``grad_accum`` micro-batches (as in pretraining). ``checkpoint_every`` /
+    ``keep_last``: the resumable checkpoints; ``early_stopping_*``: stop after that many
+    evaluations without an improvement of the metric by at least ``min_delta``;
+    ``sampler = "balanced"`` draws every class equally often (classification kinds). The keys
+    every loop shares are :class:`~triform.config.LoopSection`'s."""
 
     out_dir: str = "runs/finetune"
     epochs: int = 3
-    steps: int | None = None
-    batch_size: int = 16
     eval_batch_size: int | None = None
     lr: float = 5e-5
     body_lr: float | None = None
@@ -167,20 +167,12 @@ class TrainSection:
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     grad_clip: float = 1.0
     eval_every: int = 0
-    log_every: int = 10
-    grad_accum: int = 1  # micro-batches of batch_size per optimizer step
     checkpoint_every: int = 0  # 0: a resumable checkpoint after every epoch; N: every N steps
     keep_last: int = 1  # resumable checkpoints kept (0: all)
     early_stopping_patience: int | None = None  # evaluations without improvement, then stop
     early_stopping_min_delta: float = 0.0  # the least change of the metric that counts
     sampler: Literal["random", "balanced"] = "random"  # balanced: classes drawn equally often
     save_final: bool = True
-    seed: int = 0
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    threads: int | None = None
-    progress: bool = True
-    tensorboard: bool = True
 
 
 @dataclass
@@ -294,6 +286,7 @@ def _validate(model: ModelSection, task: TaskSection, train: TrainSection) -> No
     for key, value in {**positive, **optional_positive}.items():
         if value is not None and value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    split_batch(train.batch_size, train.grad_accum, world=1)  # micro-batches of equal size
     if task.max_length < 8:
         raise ConfigError(f"task.max_length must be at least 8, got {task.max_length}")
     if task.kind == "qa" and not 0 <= task.qa_stride < task.max_length // 2:

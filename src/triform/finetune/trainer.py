@@ -2,8 +2,8 @@
 
 The body learns at ``train.body_lr`` and the head at ``train.lr`` (AdamW, weight decay on
 weights only, as in pretraining); the learning rate warms up then decays linearly (or by
-cosine) to zero. A step is ``train.grad_accum`` micro-batches of ``train.batch_size``
-examples. The model is evaluated after every epoch (or every ``eval_every`` steps); the
+cosine) to zero. A step is ``train.batch_size`` examples in ``train.grad_accum``
+micro-batches. The model is evaluated after every epoch (or every ``eval_every`` steps); the
 best evaluation by ``task.metric`` is kept in ``best/`` and the last state in ``final/``;
 ``train.early_stopping_patience`` evaluations without an improvement of at least
 ``train.early_stopping_min_delta`` end the run early. A test file, when given, is
@@ -40,6 +40,7 @@ from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
 from triform.finetune.tasks.base import Feature, to_device
 from triform.runs import CHECKPOINTS, load_weights, resolve_checkpoint
 from triform.runtime.device import pick_device
+from triform.runtime.distributed import split_batch
 from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
 from triform.train.checkpoint import load_checkpoint, save_checkpoint
 from triform.train.metrics import MetricsLogger
@@ -166,7 +167,7 @@ class Finetuner:
         self.features = self.task.train_features(self.train_rows, train.seed, epoch=0)
         if not self.features:
             raise TriformError(f"{task_cfg.train}: no training examples")
-        self.per_epoch = math.ceil(len(self.features) / (train.batch_size * train.grad_accum))
+        self.per_epoch = math.ceil(len(self.features) / train.batch_size)
         self.total_steps = train.steps if train.steps is not None else train.epochs * self.per_epoch
         body_lr = train.body_lr if train.body_lr is not None else train.lr
         groups = param_groups(self.model, train.lr, body_lr, train.weight_decay)
@@ -213,13 +214,11 @@ class Finetuner:
         train = self.config.train
         features = self._epoch_features(epoch)
         order = self._order(epoch, features)
-        size = train.batch_size * train.grad_accum
+        size, micro = train.batch_size, split_batch(train.batch_size, train.grad_accum, world=1)
         steps = []
         for start in range(0, len(order), size):
             chunk = [features[i] for i in order[start : start + size]]
-            steps.append(
-                [chunk[m : m + train.batch_size] for m in range(0, len(chunk), train.batch_size)]
-            )
+            steps.append([chunk[m : m + micro] for m in range(0, len(chunk), micro)])
         return steps
 
     def _train_step(
@@ -324,7 +323,8 @@ class Finetuner:
             f"({self.model.body.num_parameters():,} + "
             f"{sum(p.numel() for p in self.model.head.parameters()):,} head parameters) for "
             f"{self.task.kind} on {len(self.train_rows)} examples: {self.total_steps} steps "
-            f"of {train.batch_size} x {train.grad_accum} on {self.device} ({self.precision})"
+            f"of {train.batch_size} ({train.grad_accum} micro-batches) on {self.device} "
+            f"({self.precision})"
         )
         started = time.perf_counter()
         scaler = grad_scaler(self.precision, self.device)

@@ -166,7 +166,7 @@ def make_plan(
     shape, shape_params = nearest_shape(
         n_opt, config.model, head_dim=head_dim, aspect_ratio=aspect_ratio
     )
-    per_step = config.train.batch_size * config.train.grad_accum * config.data.seq_len
+    per_step = config.train.batch_size * config.data.seq_len
     steps = max(1, round(d_opt / per_step))
     model = tree.setdefault("model", {})
     model.pop("head_dim", None)

@@ -17,10 +17,10 @@ warmup_fraction = 0.05                # warm-up steps as a fraction of each poin
 
 Every point is an ordinary pretraining run (:func:`triform.train.loop.pretrain`) of the base
 config with the point's model shape, ``train.steps`` = its budget in tokens over
-``batch_size × grad_accum × seq_len``, a learning-rate schedule sized to those steps, one
-evaluation at the end, and its own folder under ``points/``. All points share one tokenizer
-and one shard folder, so the corpus is tokenized once. A point whose id is already in
-``results.jsonl`` is skipped: a killed sweep resumes where it stopped.
+``batch_size × seq_len`` (``batch_size`` is the global batch), a learning-rate schedule sized
+to those steps, one evaluation at the end, and its own folder under ``points/``. All points
+share one tokenizer and one shard folder, so the corpus is tokenized once. A point whose id is
+already in ``results.jsonl`` is skipped: a killed sweep resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from triform.models import build_model
 from triform.scaling import toml_writer
 from triform.scaling.laws import flops_per_token, training_flops
 from triform.train.metrics import read_metrics
-from triform.train.run_config import RunConfig, _resolve_input_paths, build_run_config
+from triform.train.run_config import RunConfig, resolve_input_paths, build_run_config
 
 RESULTS_FILE = "results.jsonl"
 
@@ -106,7 +106,7 @@ class Sweep:
         self.out_dir = Path(section.out_dir)
         self.shapes = _shapes(section, self.config.model)
         train = self.config.train
-        self.tokens_per_step = train.batch_size * train.grad_accum * self.config.data.seq_len
+        self.tokens_per_step = train.batch_size * self.config.data.seq_len
         self.points = self._points()
 
     @property
@@ -255,7 +255,7 @@ def load_tree(path: str | Path, overrides: list[str] | None = None) -> dict[str,
     :func:`~triform.train.run_config.load_run_config` does) and ``overrides`` applied;
     a ``[sweep]`` section, if any, is kept."""
     tree = load_toml(path)
-    _resolve_input_paths(tree, Path(path).resolve().parent)
+    resolve_input_paths(tree, Path(path).resolve().parent)
     apply_overrides(tree, overrides or [])
     return tree
 
@@ -349,7 +349,7 @@ def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> d
         "params_total": build_model(model, device="meta").num_parameters(),
         "tokens": tokens,
         "steps": steps,
-        "batch_size": sweep.config.train.batch_size * sweep.config.train.grad_accum,
+        "batch_size": sweep.config.train.batch_size,
         "seq_len": seq_len,
         "flops": training_flops(point.params, tokens, model.num_layers, seq_len, width),
         "budget_kind": point.budget_kind,

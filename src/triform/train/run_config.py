@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from triform import presets
-from triform.config import ModelConfig, apply_overrides, from_dict, load_toml
+from triform.config import LoopSection, ModelConfig, apply_overrides, from_dict, load_toml
 from triform.errors import ConfigError
 from triform.objectives import OBJECTIVES, objective_class
 from triform.train.optim import OptimConfig
@@ -64,31 +64,22 @@ class DataSection:
 
 
 @dataclass
-class TrainSection:
-    """The loop: how long, how big, how often to evaluate, sample and checkpoint."""
+class TrainSection(LoopSection):
+    """The loop: how long, how big, how often to evaluate, sample and checkpoint (the keys
+    every loop shares are :class:`~triform.config.LoopSection`'s). ``batch_size`` is the
+    global batch: sequences per optimizer step over all processes, each rank reading
+    ``batch_size / world / grad_accum`` of them per micro-batch."""
 
     out_dir: str = "runs/pretrain"
     steps: int = 1000
-    batch_size: int = 16  # the global batch: sequences per optimizer step, all processes
-    grad_accum: int = 1  # micro-batches per step: each rank reads batch_size / world / grad_accum
     max_minutes: float | None = None  # stop (and checkpoint) when this budget is spent
-    eval_every: int = 100
     eval_batches: int = 8  # validation batches of batch_size sequences each
-    log_every: int = 10
-    checkpoint_every: int = 500
-    keep_last: int = 3
     sample_tokens: int = 64  # decoders print a sample of this many tokens at each eval
     sample_prompt: str = ""
-    seed: int = 0
-    device: str = "auto"  # auto = cuda if available, else cpu
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: DDP under torchrun
     activation_checkpointing: bool = False  # recompute each block in the backward pass
     fsdp_param_dtype: Literal["fp32", "bf16"] = "fp32"  # FSDP: compute dtype (fp32 reductions)
-    threads: int | None = None  # torch intra-op threads on CPU (per process)
-    progress: bool = True
-    tensorboard: bool = True
 
 
 @dataclass
@@ -128,7 +119,7 @@ def load_run_config(
     if path is not None:
         tree = load_toml(path)
         base = Path(path).resolve().parent
-        _resolve_input_paths(tree, base)
+        resolve_input_paths(tree, base)
     apply_overrides(tree, overrides or [])
     return build_run_config(tree, Path(path) if path else None)
 
@@ -143,7 +134,7 @@ INPUT_PATHS = (
 )
 
 
-def _resolve_input_paths(tree: dict[str, Any], base: Path) -> None:
+def resolve_input_paths(tree: dict[str, Any], base: Path) -> None:
     paths = list(INPUT_PATHS)
     objective = tree.get("objective")
     if isinstance(objective, dict) and objective.get("name") in OBJECTIVES:
