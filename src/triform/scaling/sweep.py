@@ -42,7 +42,7 @@ from triform.models import build_model
 from triform.scaling import toml_writer
 from triform.scaling.laws import flops_per_token, training_flops
 from triform.train.metrics import read_metrics
-from triform.train.run_config import RunConfig, resolve_input_paths, build_run_config
+from triform.train.run_config import RunConfig, build_run_config, resolve_input_paths
 
 RESULTS_FILE = "results.jsonl"
 

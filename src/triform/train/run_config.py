@@ -135,6 +135,8 @@ INPUT_PATHS = (
 
 
 def resolve_input_paths(tree: dict[str, Any], base: Path) -> None:
+    """Resolve, in place, the input paths of a run tree (and its objective's path keys)
+    against ``base``, the folder of the file they were written in."""
     paths = list(INPUT_PATHS)
     objective = tree.get("objective")
     if isinstance(objective, dict) and objective.get("name") in OBJECTIVES:
