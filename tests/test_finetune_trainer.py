@@ -270,8 +270,8 @@ def test_framing_matches_the_tokenizer(toks: dict[str, str]) -> None:
 
 
 def test_bpe_dropout_without_dropout_is_the_tokenizer(toks: dict[str, str]) -> None:
-    from triform.finetune.subwords import BPEDropout
     from triform.tokenizers import load_tokenizer
+    from triform.tokenizers.sampling import BPEDropout
 
     for family in ("gpt2", "bart"):  # byte-level BPE and SentencePiece-style BPE
         tok = load_tokenizer(toks[family])
@@ -318,10 +318,10 @@ def test_tagging_samples_each_word_as_in_running_text(toks: dict[str, str], fami
     (BPE-dropout 0, Unigram's Viterbi) that is exactly the running text's tokenization."""
     from triform.finetune.config import TaskSection
     from triform.finetune.data import Row
-    from triform.finetune.subwords import BPEDropout
     from triform.finetune.tasks import build_task
     from triform.presets import get
     from triform.tokenizers import SubwordSampler, load_tokenizer
+    from triform.tokenizers.sampling import BPEDropout
 
     tok = load_tokenizer(toks[family])
     spec = {"alpha": 0.5} if family == "t5" else {"dropout": 0.5}

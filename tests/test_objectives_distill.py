@@ -211,7 +211,7 @@ def test_bad_input_is_a_one_line_error(teacher, tmp_path):
         build_objective({"name": "distill", "teacher": teacher}, **{**CONTEXT, "vocab_size": 301})
     with pytest.raises(ConfigError, match="no model folder"):
         load_run_config(None, [], {"objective": {"name": "distill", "teacher": "nowhere"}})
-    with pytest.raises(TriformError, match="is neither a triform run folder"):
+    with pytest.raises(TriformError, match="is neither a triform run or model folder"):
         load_run_config(None, [], {"objective": {"name": "distill", "teacher": str(tmp_path)}})
 
 

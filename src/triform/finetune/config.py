@@ -39,6 +39,7 @@ from typing import Any, Literal
 from triform.config import LoopSection, apply_overrides, from_dict, load_toml
 from triform.errors import ConfigError
 from triform.runtime.distributed import split_batch
+from triform.tokenizers.sampling import check_sampling_spec
 
 TaskKind = Literal[
     "classification",
@@ -358,33 +359,11 @@ def _validate_classes(task: TaskSection, train: TrainSection) -> None:
         )
 
 
-SAMPLING_KEYS = {"alpha", "nbest_size", "dropout"}
-
-
 def _validate_sampling(task: TaskSection) -> None:
     sampling = task.subword_sampling
     if sampling is None:
         return
-    unknown = sorted(set(sampling) - SAMPLING_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key task.subword_sampling.{unknown[0]}; expected alpha and nbest_size "
-            "(Unigram sampling) or dropout (BPE-dropout)"
-        )
-    if "dropout" in sampling and ({"alpha", "nbest_size"} & set(sampling)):
-        raise ConfigError("task.subword_sampling: give alpha (Unigram) or dropout (BPE), not both")
-    if not sampling:
-        raise ConfigError("task.subword_sampling needs alpha (Unigram) or dropout (BPE)")
-    for key, value in sampling.items():
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or (key == "nbest_size" and not isinstance(value, int)):
-            kind = "an integer" if key == "nbest_size" else "a number"
-            raise ConfigError(f"task.subword_sampling.{key} must be {kind}, got {value!r}")
-    if "dropout" in sampling and not 0 < sampling["dropout"] < 1:
-        dropout = sampling["dropout"]
-        raise ConfigError(f"task.subword_sampling.dropout must be in (0, 1), got {dropout}")
-    if "alpha" in sampling and not sampling["alpha"] > 0:
-        raise ConfigError(f"task.subword_sampling.alpha must be > 0, got {sampling['alpha']}")
+    check_sampling_spec(sampling, "task.subword_sampling")
     if task.kind == "qa":
         raise ConfigError(
             "task.subword_sampling is not available for qa: answer spans are found through "

@@ -1,9 +1,8 @@
 """Training texts tokenized afresh every epoch (subword regularization), and the framing
 that puts special tokens around token ids produced outside the tokenizer.
 
-- Unigram sampling (Kudo, 2018): :class:`~triform.tokenizers.SubwordSampler`, seeded;
-- BPE-dropout (Provilkov et al., 2020): :class:`BPEDropout`, which applies a BPE tokenizer's
-  merges in rank order while dropping each candidate merge with probability ``dropout``.
+- Unigram sampling (Kudo, 2018) and BPE-dropout (Provilkov et al., 2020), seeded: the
+  samplers of :mod:`triform.tokenizers.sampling` (``make_sampler``).
 
 Both draw from a ``numpy`` generator seeded by ``(seed, epoch)`` (:func:`epoch_sampler`), so an
 epoch's encodings are a function of the run's seed and the epoch: a resumed run re-creates
@@ -12,92 +11,18 @@ them exactly. Evaluation and prediction never sample.
 
 from __future__ import annotations
 
-import json
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import tokenizers
 
-from triform.errors import ConfigError
-from triform.tokenizers import SubwordSampler
-
-
-class Sampler(Protocol):
-    def encode_batch(
-        self, texts: list[str], add_special_tokens: bool = True
-    ) -> list[list[int]]: ...
-
-
-class BPEDropout:
-    """Encode text with a BPE tokenizer's merges, each candidate merge dropped with
-    probability ``dropout`` at every step (seeded). ``dropout = 0`` gives the tokenizer's
-    own segmentation. Special tokens written in the text are not recognised."""
-
-    def __init__(self, tok: tokenizers.Tokenizer, dropout: float, seed: int) -> None:
-        model = json.loads(tok.to_str())["model"]
-        if model.get("type") != "BPE":
-            raise ConfigError(f"BPE-dropout needs a BPE tokenizer, this one is {model.get('type')}")
-        if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
-            raise ConfigError("BPE-dropout: tokenizers with subword prefixes are not supported")
-        self.tok = tok
-        self.dropout = float(dropout)
-        self.rng = np.random.default_rng(seed)
-        self.vocab: dict[str, int] = model["vocab"]
-        merges = [
-            tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]
-        ]
-        self.ranks = {pair: rank for rank, pair in enumerate(merges)}
-        self.unk = self.vocab.get(model["unk_token"]) if model.get("unk_token") else None
-
-    def _words(self, text: str) -> list[str]:
-        if self.tok.normalizer is not None:
-            text = self.tok.normalizer.normalize_str(text)
-        if self.tok.pre_tokenizer is None:
-            return [text] if text else []
-        return [w for w, _ in self.tok.pre_tokenizer.pre_tokenize_str(text) if w]
-
-    def _word(self, word: str) -> list[int]:
-        symbols = list(word)
-        while len(symbols) > 1:
-            candidates = [
-                (self.ranks[pair], i)
-                for i, pair in enumerate(zip(symbols, symbols[1:], strict=False))
-                if pair in self.ranks
-            ]
-            if self.dropout > 0:
-                keep = self.rng.random(len(candidates)) >= self.dropout
-                candidates = [c for c, k in zip(candidates, keep, strict=True) if k]
-            if not candidates:
-                break
-            _, i = min(candidates)
-            symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
-        ids: list[int] = []
-        for symbol in symbols:
-            if symbol in self.vocab:
-                ids.append(self.vocab[symbol])
-            elif self.unk is None:
-                raise ConfigError(f"BPE-dropout: {symbol!r} is not in the vocabulary")
-            elif not ids or ids[-1] != self.unk:
-                ids.append(self.unk)
-        return ids
-
-    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
-        """The ids of each text (without special tokens: frame them with :class:`Framing`)."""
-        if add_special_tokens:
-            raise ValueError("BPEDropout encodes without special tokens")
-        return [[i for word in self._words(t) for i in self._word(word)] for t in texts]
+from triform.tokenizers.sampling import Sampler, make_sampler
 
 
 def epoch_sampler(
     tokenizer: tokenizers.Tokenizer, spec: dict[str, Any], seed: int, epoch: int
 ) -> Sampler:
     """The sampler of ``task.subword_sampling`` for one epoch of a run seeded ``seed``."""
-    stream = (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1)
-    if "dropout" in spec:
-        return BPEDropout(tokenizer, spec["dropout"], stream)
-    return SubwordSampler(
-        tokenizer, alpha=spec.get("alpha", 0.1), nbest_size=spec.get("nbest_size", -1), seed=stream
-    )
+    return make_sampler(tokenizer, spec, (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1))
 
 
 class Framing:

@@ -199,7 +199,7 @@ class RunData:
         train_shards, val_shards = self.shards
         if val_shards.n_tokens == 0:
             raise TriformError("the validation split is empty; raise data.val_fraction")
-        return tuple(
+        train, val = (
             reader_class(
                 split,
                 seq_len,
@@ -211,6 +211,26 @@ class RunData:
                 **options,
             )
             for split, shuffle in ((train_shards, True), (val_shards, False))
+        )
+        spec = self.run.data.subword_sampling
+        if spec is not None:  # training windows segmented afresh, validation as stored
+            train = self._resampled(train, reader_class, spec)
+        return train, val
+
+    def _resampled(self, reader: Any, reader_class: type, spec: dict[str, Any]) -> Any:
+        from triform.data.readers import CausalWindows, PackedSequences
+        from triform.data.resampling import ResampledReader
+
+        if reader_class not in (CausalWindows, PackedSequences):
+            raise ConfigError(
+                f"data.subword_sampling: objective {self.run.objective.get('name')} reads "
+                f"{reader_class.__name__}; sampling works on packed windows (causal-lm, mlm, "
+                "rtd, span-mlm, span-corruption, distill)"
+            )
+        pad = self.special.pad_id if self.special.pad_id is not None else 0
+        specials = set(self.special.all_special_ids)
+        return ResampledReader(
+            reader, self.tokenizer, spec, self.run.train.seed, rank(), specials, pad
         )
 
     @property

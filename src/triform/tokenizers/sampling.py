@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import json
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import tokenizers
@@ -112,6 +113,10 @@ class SubwordSampler:
         self._suffix = probe.ids[len(mask) - tail :] if tail else []
 
     # -- public API ----------------------------------------------------------------------
+    def reseed(self, seed: int) -> None:
+        """Start the seeded engine's random stream afresh from ``seed``."""
+        self._rng = np.random.default_rng(seed)
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """The ids of one sampled segmentation of ``text`` (framed with the tokenizer's
         special tokens when ``add_special_tokens``)."""
@@ -265,4 +270,118 @@ def encode_with_sampling(
     For many texts build one :class:`SubwordSampler` instead (it caches word lattices)."""
     return SubwordSampler(tok, alpha=alpha, nbest_size=nbest, seed=seed).encode(
         text, add_special_tokens=add_special_tokens
+    )
+
+
+class Sampler(Protocol):
+    """A seeded subword sampler: :class:`SubwordSampler` or :class:`BPEDropout`."""
+
+    def encode_batch(
+        self, texts: list[str], add_special_tokens: bool = True
+    ) -> list[list[int]]: ...
+
+    def reseed(self, seed: int) -> None: ...
+
+
+class BPEDropout:
+    """Encode text with a BPE tokenizer's merges, each candidate merge dropped with
+    probability ``dropout`` at every step (seeded). ``dropout = 0`` gives the tokenizer's
+    own segmentation. Special tokens written in the text are not recognised."""
+
+    def __init__(self, tok: tokenizers.Tokenizer, dropout: float, seed: int) -> None:
+        model = json.loads(tok.to_str())["model"]
+        if model.get("type") != "BPE":
+            raise ConfigError(f"BPE-dropout needs a BPE tokenizer, this one is {model.get('type')}")
+        if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+            raise ConfigError("BPE-dropout: tokenizers with subword prefixes are not supported")
+        self.tok = tok
+        self.dropout = float(dropout)
+        self.rng = np.random.default_rng(seed)
+        self.vocab: dict[str, int] = model["vocab"]
+        merges = [
+            tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]
+        ]
+        self.ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.unk = self.vocab.get(model["unk_token"]) if model.get("unk_token") else None
+
+    def _words(self, text: str) -> list[str]:
+        if self.tok.normalizer is not None:
+            text = self.tok.normalizer.normalize_str(text)
+        if self.tok.pre_tokenizer is None:
+            return [text] if text else []
+        return [w for w, _ in self.tok.pre_tokenizer.pre_tokenize_str(text) if w]
+
+    def _word(self, word: str) -> list[int]:
+        symbols = list(word)
+        while len(symbols) > 1:
+            candidates = [
+                (self.ranks[pair], i)
+                for i, pair in enumerate(zip(symbols, symbols[1:], strict=False))
+                if pair in self.ranks
+            ]
+            if self.dropout > 0:
+                keep = self.rng.random(len(candidates)) >= self.dropout
+                candidates = [c for c, k in zip(candidates, keep, strict=True) if k]
+            if not candidates:
+                break
+            _, i = min(candidates)
+            symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+        ids: list[int] = []
+        for symbol in symbols:
+            if symbol in self.vocab:
+                ids.append(self.vocab[symbol])
+            elif self.unk is None:
+                raise ConfigError(f"BPE-dropout: {symbol!r} is not in the vocabulary")
+            elif not ids or ids[-1] != self.unk:
+                ids.append(self.unk)
+        return ids
+
+    def reseed(self, seed: int) -> None:
+        """Start the random stream afresh from ``seed``."""
+        self.rng = np.random.default_rng(seed)
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
+        """The ids of each text, without special tokens (see
+        :class:`triform.finetune.subwords.Framing` to frame them)."""
+        if add_special_tokens:
+            raise ValueError("BPEDropout encodes without special tokens")
+        return [[i for word in self._words(t) for i in self._word(word)] for t in texts]
+
+
+SAMPLING_KEYS = {"alpha", "nbest_size", "dropout"}
+
+
+def check_sampling_spec(spec: Any, setting: str) -> None:
+    """Validate a subword-sampling table (``{alpha, nbest_size}`` for Unigram sampling or
+    ``{dropout}`` for BPE-dropout); errors name ``setting`` (e.g. ``task.subword_sampling``)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{setting} must be a table, e.g. {{alpha = 0.1}} or {{dropout = 0.1}}")
+    unknown = sorted(set(spec) - SAMPLING_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {setting}.{unknown[0]}; expected alpha and nbest_size "
+            "(Unigram sampling) or dropout (BPE-dropout)"
+        )
+    if "dropout" in spec and ({"alpha", "nbest_size"} & set(spec)):
+        raise ConfigError(f"{setting}: give alpha (Unigram) or dropout (BPE), not both")
+    if not spec:
+        raise ConfigError(f"{setting} needs alpha (Unigram) or dropout (BPE)")
+    for key, value in spec.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (key == "nbest_size" and not isinstance(value, int)):
+            kind = "an integer" if key == "nbest_size" else "a number"
+            raise ConfigError(f"{setting}.{key} must be {kind}, got {value!r}")
+    if "dropout" in spec and not 0 < spec["dropout"] < 1:
+        raise ConfigError(f"{setting}.dropout must be in (0, 1), got {spec['dropout']}")
+    if "alpha" in spec and not spec["alpha"] > 0:
+        raise ConfigError(f"{setting}.alpha must be > 0, got {spec['alpha']}")
+
+
+def make_sampler(tokenizer: tokenizers.Tokenizer, spec: dict[str, Any], seed: int) -> Sampler:
+    """The seeded sampler a subword-sampling table asks for: BPE-dropout with ``dropout``,
+    else Unigram sampling (``alpha``, ``nbest_size``)."""
+    if "dropout" in spec:
+        return BPEDropout(tokenizer, spec["dropout"], seed)
+    return SubwordSampler(
+        tokenizer, alpha=spec.get("alpha", 0.1), nbest_size=spec.get("nbest_size", -1), seed=seed
     )

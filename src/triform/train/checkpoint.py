@@ -399,8 +399,10 @@ def _load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, path: Pa
                 set_optimizer_state_dict,
             )
 
-            # The file holds full tensors: FSDP takes its shards of them.
-            options = StateDictOptions(full_state_dict=fsdp)
+            # The file holds full tensors: FSDP takes its shards of them. Not strict: a
+            # parameter that never had a gradient (a head the loss does not use) has no
+            # state; the weights were checked against the model, strictly, before this.
+            options = StateDictOptions(full_state_dict=fsdp, strict=False)
             set_optimizer_state_dict(model, optimizer, state, options=options)
         else:  # older checkpoints: the optimizer's own state dict
             optimizer.load_state_dict(state)

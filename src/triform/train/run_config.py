@@ -25,6 +25,7 @@ from triform import presets
 from triform.config import LoopSection, ModelConfig, apply_overrides, from_dict, load_toml
 from triform.errors import ConfigError
 from triform.objectives import OBJECTIVES, objective_class
+from triform.tokenizers.sampling import check_sampling_spec
 from triform.train.optim import OptimConfig
 from triform.train.schedules import ScheduleConfig
 
@@ -61,6 +62,8 @@ class DataSection:
     seq_len: int = 128
     target_len: int = 64  # encoder-decoder objectives: decoder length (span corruption sets it)
     sources: str | None = None  # seq2seq: a TSV of source<TAB>target pairs instead of a corpus
+    # training windows segmented afresh: {alpha = 0.1} (Unigram) or {dropout = 0.1} (BPE)
+    subword_sampling: dict[str, Any] | None = None
 
 
 @dataclass
@@ -238,6 +241,8 @@ def _with_defaults(tree: dict[str, Any], defaults: dict[str, dict[str, Any]]) ->
 
 
 def _validate(train: TrainSection, data: DataSection) -> None:
+    if data.subword_sampling is not None:
+        check_sampling_spec(data.subword_sampling, "data.subword_sampling")
     positive = {
         "train.steps": train.steps,
         "train.batch_size": train.batch_size,
