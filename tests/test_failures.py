@@ -277,3 +277,39 @@ def test_absurd_model_sizes_are_refused_before_allocation(tmp_path: Path) -> Non
     write_json(folder / "model.json", huge.to_dict())
     with pytest.raises(TriformError, match="GiB free"):
         read_model(folder)
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path: Path, capsys) -> None:
+    """A folder, or a file in a missing folder, as --out: one line before anything runs."""
+    from triform import build_model
+    from triform.runs import save_weights
+    from triform.tokenizers import save_tokenizer, train_tokenizer
+
+    tokenizer = train_tokenizer(["hello world some text " * 20], kind="char", family="gpt2")
+    config = presets.get("gpt-tiny", vocab_size=tokenizer.get_vocab_size())
+    model = tmp_path / "model"
+    model.mkdir()
+    write_json(model / "model.json", config.to_dict())
+    save_weights(build_model(config), model / "model.safetensors")
+    save_tokenizer(tokenizer, model / "tokenizer.json")
+    task = tmp_path / "task.jsonl"
+    task.write_text(json.dumps({"input": "hello", "answer": "a", "options": ["a", "b"]}) + "\n")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("hello\n")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe bad \x80\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for args, message in [
+        (["evaluate", "icl", str(model), "--task", str(task), "--out", str(folder)], "is a folder"),
+        (["features", str(model), "--input", str(texts), "--out", str(folder / "x" / "f.npy")],
+         "does not exist"),
+        (["attention", str(model), "--text", "hi", "--out", str(folder)], "is a folder"),
+        (["features", str(model), "--input", str(bad), "--out", str(tmp_path / "f.npy")],
+         "not UTF-8"),
+        (["generate", str(model), "--input", str(bad)], "not UTF-8"),
+    ]:  # fmt: skip
+        assert main(args) == 2, args
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.err.count("\n") == 1, captured.err
+        assert "0  " not in captured.out  # (the ICL table is never printed first)

@@ -5,10 +5,9 @@ attention on one input, and the model's positional encodings, as one self-contai
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from triform.commands import add_part_option
+from triform.commands import add_part_option, check_output
 from triform.errors import TriformError
 
 FORMATS = ("html", "npz")
@@ -43,19 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_part_option(parser)
     parser.set_defaults(func=run)
-
-
-def check_output(path: str) -> Path:
-    """The output path, if a file can be written there (checked before any work)."""
-    out = Path(path)
-    if out.is_dir():
-        raise TriformError(f"--out {path} is a folder; give a file name")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise TriformError(f"--out {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise TriformError(f"--out {path} is not writable")
-    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from triform.commands import add_part_option
+from triform.commands import add_part_option, check_output
 from triform.errors import TriformError
 
 
@@ -110,6 +110,8 @@ def run_icl(args: argparse.Namespace) -> int:
         ) from None
     if any(k < 0 for k in shots):
         raise TriformError("--shots must not be negative")
+    if args.out:
+        check_output(args.out)
     options = [o.strip() for o in args.options.split(",")] if args.options else None
     examples = read_examples(args.task, options)
     if args.max_examples is not None:

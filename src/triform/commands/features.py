@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from triform.commands import add_part_option
+from triform.commands import add_part_option, check_output
 from triform.errors import TriformError
 from triform.inference.features import LAYERS, POOLING
 
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out.endswith((".npy", ".safetensors")):
         raise TriformError(f"--out must end in .npy or .safetensors, not {args.out}")
+    check_output(args.out)
     if args.batch_size < 1 or (args.max_length is not None and args.max_length < 1):
         raise TriformError("--batch-size and --max-length must be positive")
     texts = read_lines(args.input)

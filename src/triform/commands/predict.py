@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from triform.commands import check_output
 from triform.errors import TriformError
 from triform.finetune.data import FORMATS
 
@@ -47,20 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def check_output(path: str | None) -> None:
-    """Refuse an output path that cannot be written, before any work is done."""
-    if path is None:
-        return
-    out = Path(path)
-    if out.is_dir():
-        raise TriformError(f"--out {out} is a folder; give a file name")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise TriformError(f"--out {out}: folder {parent} does not exist")
-    if (out.exists() and not os.access(out, os.W_OK)) or not os.access(parent, os.W_OK):
-        raise TriformError(f"--out {out}: not writable")
-
-
 def run(args: argparse.Namespace) -> int:
     from triform.finetune import load_finetuned
     from triform.finetune.data import read_rows
@@ -68,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise TriformError(f"--batch-size must be positive, got {args.batch_size}")
-    check_output(args.out)
+    if args.out is not None:
+        check_output(args.out)
     rows = read_rows(args.input, args.format)
     finetuned = load_finetuned(args.run, device=pick_device(args.device))
     for column in COLUMNS:
