@@ -379,6 +379,6 @@ def test_an_unwritable_output_fails_before_loading_the_model(
 ) -> None:
     from triform.cli import main
 
-    monkeypatch.setattr("triform.commands.attention.os.access", lambda *args: False)
+    monkeypatch.setattr("triform.commands.os.access", lambda *args: False)
     code = main(["attention", "no/such/model", "--text", "x", "--out", f"{tmp_path}/p.html"])
-    assert code == 2 and "is not writable" in capsys.readouterr().err
+    assert code == 2 and "not writable" in capsys.readouterr().err
