@@ -41,7 +41,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise TriformError(f"{path}:{number}: not JSON: {err.msg}") from None
+            raise TriformError(f"{path}:{number}: malformed JSON: {err.msg}") from None
         if not isinstance(row, dict):
             raise TriformError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
         yield number, row

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from triform.errors import TriformError
+from triform.textio import read_jsonl, read_text
 
 FORMATS = ("auto", "csv", "tsv", "jsonl")
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -111,30 +112,12 @@ def read_rows(path: str | Path, fmt: str = "auto") -> list[Row]:
     if not path.is_file():
         raise TriformError(f"data file not found: {path}")
     kind = detect_format(path, fmt)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise TriformError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    rows = _read_jsonl(path, text) if kind == "jsonl" else _read_delimited(path, text, kind)
+    if kind == "jsonl":
+        rows = [Row(value, f"{path}:{number}") for number, value in read_jsonl(path)]
+    else:
+        rows = _read_delimited(path, read_text(path), kind)
     if not rows:
         raise TriformError(f"{path}: no rows")
-    return rows
-
-
-def _read_jsonl(path: Path, text: str) -> list[Row]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TriformError(f"{path}:{number}: malformed JSON: {err.msg}") from None
-        if not isinstance(value, dict):
-            raise TriformError(
-                f"{path}:{number}: expected a JSON object, got {type(value).__name__}"
-            )
-        rows.append(Row(value, f"{path}:{number}"))
     return rows
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from triform.errors import TriformError
 from triform.models import EncoderDecoderModel, TransformerModel
+from triform.nn.losses import IGNORE_INDEX
 from triform.tensors import pad_rows
 from triform.textio import read_jsonl
 
@@ -120,7 +121,9 @@ def continuation_logprobs(
         logits = model(
             source.to(device), source_mask.to(device), decoder_input_ids=decoder_ids.to(device)
         ).logits  # (N, T, V)
-        labels, _ = pad_rows(continuations, -100)  # position t predicts continuation token t
+        labels, _ = pad_rows(
+            continuations, IGNORE_INDEX
+        )  # position t predicts continuation token t
     else:
         rows = []
         for context, continuation in zip(contexts, continuations, strict=True):
@@ -129,13 +132,13 @@ def continuation_logprobs(
                 raise TriformError("an answer option is longer than the model's positions")
             rows.append([*context[len(context) - min(room, len(context)) :], *continuation])
         ids, mask = pad_rows(rows, pad_id)
-        labels = torch.full_like(ids, -100)
+        labels = torch.full_like(ids, IGNORE_INDEX)
         for i, (row, continuation) in enumerate(zip(rows, continuations, strict=True)):
             labels[i, len(row) - len(continuation) : len(row)] = torch.tensor(continuation)
         logits = model(ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
         labels = labels[:, 1:]  # logits at position t predict token t + 1
     labels = labels.to(device)
-    counted = labels != -100
+    counted = labels != IGNORE_INDEX
     logprobs = F.log_softmax(logits.float(), dim=-1)
     picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, T)
     return (picked * counted).sum(-1).cpu(), counted.sum(-1).cpu()

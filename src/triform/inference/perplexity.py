@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from triform.errors import TriformError
 from triform.models import TransformerModel
+from triform.nn.losses import IGNORE_INDEX
 from triform.tensors import pad_rows
 from triform.textio import read_jsonl, read_text
 from triform.tokenizers import SpecialTokens
@@ -301,7 +302,7 @@ def seq2seq_perplexity(
     for begin in _batches(len(pairs), batch_size, progress, "pairs"):
         batch = corpus.collate(torch.arange(begin, min(begin + batch_size, len(pairs))), pad_id)
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        labels = batch["target_ids"].masked_fill(batch["target_mask"] == 0, -100)  # (B, T)
+        labels = batch["target_ids"].masked_fill(batch["target_mask"] == 0, IGNORE_INDEX)  # (B, T)
         logits = model(
             batch["input_ids"],
             batch["attention_mask"],

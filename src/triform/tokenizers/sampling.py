@@ -42,6 +42,16 @@ def _unigram_model(tok: tokenizers.Tokenizer) -> dict:
     return model
 
 
+def words_of(tok: tokenizers.Tokenizer, text: str) -> list[str]:
+    """``text`` normalized and pre-tokenized by ``tok``'s own pipeline: the words a
+    segmentation model (Unigram, BPE) then splits into pieces."""
+    if tok.normalizer is not None:
+        text = tok.normalizer.normalize_str(text)
+    if tok.pre_tokenizer is None:
+        return [text] if text else []
+    return [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(text) if w]
+
+
 def _check(alpha: float, nbest_size: int) -> None:
     if not alpha > 0.0:
         raise ConfigError(f"sampling alpha must be > 0, got {alpha}")
@@ -138,11 +148,7 @@ class SubwordSampler:
 
     # -- the seeded engine ---------------------------------------------------------------
     def _words(self, text: str) -> list[str]:
-        if self.tok.normalizer is not None:
-            text = self.tok.normalizer.normalize_str(text)
-        if self.tok.pre_tokenizer is None:
-            return [text] if text else []
-        return [w for w, _ in self.tok.pre_tokenizer.pre_tokenize_str(text) if w]
+        return words_of(self.tok, text)
 
     def _lattice(self, word: str) -> _Lattice:
         lat = self._cache.get(word)
@@ -305,11 +311,7 @@ class BPEDropout:
         self.unk = self.vocab.get(model["unk_token"]) if model.get("unk_token") else None
 
     def _words(self, text: str) -> list[str]:
-        if self.tok.normalizer is not None:
-            text = self.tok.normalizer.normalize_str(text)
-        if self.tok.pre_tokenizer is None:
-            return [text] if text else []
-        return [w for w, _ in self.tok.pre_tokenizer.pre_tokenize_str(text) if w]
+        return words_of(self.tok, text)
 
     def _word(self, word: str) -> list[int]:
         symbols = list(word)

@@ -25,6 +25,7 @@ from triform.finetune.data import Row
 from triform.finetune.subwords import Framing, Sampler, epoch_sampler
 from triform.models import TransformerModel
 from triform.runtime.precision import autocast_context
+from triform.tensors import pad_rows
 from triform.tokenizers import SpecialTokens
 
 Feature = dict[str, Any]
@@ -63,24 +64,13 @@ def truncating(
     return copy
 
 
-def pad(sequences: Sequence[Sequence[int]], value: int, length: int | None = None) -> torch.Tensor:
-    """Right-pad lists of ints into a (B, L) long tensor."""
-    width = max([len(s) for s in sequences] + [length or 0, 1])
-    out = torch.full((len(sequences), width), value, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        out[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
-    return out
-
-
 def pad_inputs(features: Sequence[dict], pad_id: int, token_types: bool = True) -> dict:
     """The model inputs of a list of features: ``input_ids``, ``attention_mask`` and (for
     encoders) ``token_type_ids``, right-padded to the longest. Each (B, L)."""
-    batch = {
-        "input_ids": pad([f["input_ids"] for f in features], pad_id),
-        "attention_mask": pad([[1] * len(f["input_ids"]) for f in features], 0),
-    }
+    ids, mask = pad_rows([f["input_ids"] for f in features], pad_id)
+    batch = {"input_ids": ids, "attention_mask": mask}
     if token_types:
-        batch["token_type_ids"] = pad([f["token_type_ids"] for f in features], 0)
+        batch["token_type_ids"] = pad_rows([f["token_type_ids"] for f in features], 0)[0]
     return batch
 
 

@@ -28,7 +28,7 @@ from triform.finetune.tasks.base import (
     FinetuneModel,
     Task,
     label_order,
-    pad,
+    pad_inputs,
     truncate_pair,
     truncating,
 )
@@ -238,12 +238,7 @@ class SequenceClassification(LabelledTask):
         return self.label_set.of(row, self.cfg.label)  # type: ignore[union-attr]
 
     def collate(self, features: list[Feature]) -> Batch:
-        ids = pad([f["input_ids"] for f in features], self.pad_id)
-        batch = {
-            "input_ids": ids,
-            "attention_mask": pad([[1] * len(f["input_ids"]) for f in features], 0),
-            "token_type_ids": pad([f["token_type_ids"] for f in features], 0),
-        }
+        batch = pad_inputs(features, self.pad_id)
         if "label" in features[0]:
             dtype = torch.float32 if self.regression else torch.long
             batch["labels"] = torch.tensor([f["label"] for f in features], dtype=dtype)

@@ -40,9 +40,9 @@ from triform.finetune.tasks.base import (
 )
 from triform.finetune.tasks.classification import LabelledTask, LabelSet
 from triform.models import TransformerModel
+from triform.nn.losses import IGNORE_INDEX
 
 START, DELIM, EXTRACT = "<|start|>", "<|delim|>", "<|extract|>"
-IGNORE = -100
 
 
 def ensure_special_tokens(tokenizer: Any) -> tuple[int, int, int]:
@@ -154,7 +154,7 @@ class GPTTask(LabelledTask):
         length = max(len(s) for f in features for s in f["sequences"])
         ids = torch.full((len(features), count, length), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        lm_labels = torch.full_like(ids, IGNORE)
+        lm_labels = torch.full_like(ids, IGNORE_INDEX)
         choice_mask = torch.zeros((len(features), count), dtype=torch.bool)
         for b, feature in enumerate(features):
             sequences = feature["sequences"]
@@ -208,7 +208,7 @@ class GPTTask(LabelledTask):
         if with_lm:
             logits = out.logits[:, :-1].float()  # (B*K, L-1, V) predicts tokens 1..L-1
             targets = batch["lm_labels"].view(b * k, length)[:, 1:]
-            lm = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+            lm = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return scores, lm
 
     def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:

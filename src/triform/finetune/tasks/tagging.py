@@ -28,13 +28,12 @@ from triform.finetune.tasks.base import (
     Feature,
     FinetuneModel,
     Task,
-    pad,
     pad_inputs,
     truncating,
 )
 from triform.models import TransformerModel
-
-IGNORE = -100
+from triform.nn.losses import IGNORE_INDEX
+from triform.tensors import pad_rows
 
 
 def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
@@ -43,7 +42,7 @@ def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int
     targets, previous = [], None
     for word in word_ids:
         if word is None or word == previous:
-            targets.append(IGNORE)
+            targets.append(IGNORE_INDEX)
         else:
             targets.append(word_labels[word])
         previous = word
@@ -197,7 +196,7 @@ class Tagging(Task):
     def collate(self, features: list[Feature]) -> Batch:
         batch = pad_inputs(features, self.pad_id)
         if "labels" in features[0]:
-            batch["labels"] = pad([f["labels"] for f in features], IGNORE)
+            batch["labels"] = pad_rows([f["labels"] for f in features], IGNORE_INDEX)[0]
         return batch
 
     def input_row(self, item: Any) -> dict[str, Any]:
@@ -211,7 +210,9 @@ class Tagging(Task):
 
     def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
         logits = self.logits(model, batch).float()
-        return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+        return F.cross_entropy(
+            logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX
+        )
 
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
         """Per sequence: the best tag of every token and its probability."""

@@ -29,14 +29,13 @@ from triform.finetune.tasks.base import (
     Task,
     check_form,
     fit_length,
-    pad,
     pad_inputs,
     truncating,
 )
 from triform.inference.generate import generate
 from triform.models import TransformerModel
-
-IGNORE = -100
+from triform.nn.losses import IGNORE_INDEX
+from triform.tensors import pad_rows
 
 
 class TextToText(Task):
@@ -93,10 +92,9 @@ class TextToText(Task):
     def collate(self, features: list[Feature]) -> Batch:
         batch = pad_inputs(features, self.pad_id, token_types=False)
         if "labels" in features[0]:
-            batch["labels"] = pad([f["labels"] for f in features], IGNORE)
-            batch["decoder_input_ids"] = pad(
-                [f["decoder_input_ids"] for f in features], self.pad_id
-            )
+            batch["labels"] = pad_rows([f["labels"] for f in features], IGNORE_INDEX)[0]
+            decoder_inputs = [f["decoder_input_ids"] for f in features]
+            batch["decoder_input_ids"] = pad_rows(decoder_inputs, self.pad_id)[0]
         return batch
 
     def input_row(self, item: Any) -> dict[str, Any]:
@@ -110,7 +108,9 @@ class TextToText(Task):
             decoder_input_ids=batch["decoder_input_ids"],
         )  # right-padded targets: causal attention never looks at the padding
         logits = out.logits.float()  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+        return F.cross_entropy(
+            logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX
+        )
 
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
         sequences = generate(
