@@ -5,19 +5,16 @@ alone writes and prints, and an error on one rank ends the whole job with one li
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from launch import launch
 from triform.cli import main
-from triform.errors import ConfigError, TriformError
+from triform.errors import ConfigError
 from triform.runs import list_checkpoints
 from triform.runtime.distributed import split_batch
 from triform.train.metrics import read_metrics
@@ -105,73 +102,6 @@ def _args(config: Path, out: Path, *extra: str, resume: Path | None = None) -> l
     return args + (["--resume", str(resume)] if resume else [])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, args: list[str], logs: str, fail_at: int) -> None:
-    """One rank of a ``torchrun``-like launch: the CLI with its output kept per rank.
-    ``fail_at >= 0``: rank 1 raises at that batch index (a failure on one rank only)."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
-    if fail_at >= 0 and rank == 1:
-        from triform.objectives import PretrainingTask as Task
-
-        original = Task.train_batch
-
-        def failing(self, index, generator):
-            if index == fail_at:
-                raise TriformError("shard file vanished")
-            return original(self, index, generator)
-
-        Task.train_batch = failing
-    folder = Path(logs)
-    with (
-        open(folder / f"out{rank}", "w") as out,
-        open(folder / f"err{rank}", "w") as err,
-        redirect_stdout(out),
-        redirect_stderr(err),
-    ):
-        status = main(args)
-    (folder / f"rc{rank}").write_text(str(status))
-
-
-def _launch(args: list[str], logs: Path, fail_at: int = -1, world: int = 2) -> list[dict]:
-    """Run the CLI on ``world`` processes; per rank: exit status, stdout and stderr."""
-    logs.mkdir(parents=True, exist_ok=True)
-    # fork: the ranks share the imported modules (a spawn re-imports torch, seconds each)
-    context = mp.start_processes(
-        _worker,
-        (world, _free_port(), args, str(logs), fail_at),
-        nprocs=world,
-        join=False,
-        start_method="fork",
-    )
-    for _ in range(120):  # a hang fails the test instead of blocking the suite
-        if context.join(timeout=1):
-            break
-    else:
-        for process in context.processes:
-            process.kill()
-        pytest.fail("a rank did not finish")
-    return [
-        {
-            "rc": int((logs / f"rc{r}").read_text()),
-            "out": (logs / f"out{r}").read_text(),
-            "err": (logs / f"err{r}").read_text(),
-        }
-        for r in range(world)
-    ]
-
-
 def _losses(run: Path, split: str) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run, split=split)}
 
@@ -207,7 +137,7 @@ def test_ddp_on_two_processes_trains_like_one_and_resumes_on_one(
 ) -> None:
     out = tmp_path / "ddp"
     args = _args(config, out, 'train.parallel="ddp"', "train.tensorboard=true")
-    ranks = _launch(args, tmp_path / "logs")
+    ranks = launch(args, tmp_path / "logs")
     assert [r["rc"] for r in ranks] == [0, 0], ranks
     _assert_same_losses(out, one_process, range(1, STEPS + 1))
 
@@ -230,7 +160,7 @@ def test_fsdp_on_two_processes_trains_like_one_and_changes_world_size(
     config: Path, one_process: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "fsdp"
-    ranks = _launch(_args(config, out, 'train.parallel="fsdp"'), tmp_path / "logs")
+    ranks = launch(_args(config, out, 'train.parallel="fsdp"'), tmp_path / "logs")
     assert [r["rc"] for r in ranks] == [0, 0], ranks
     _assert_same_losses(out, one_process, range(1, STEPS + 1))
     step5 = list_checkpoints(out)[0]
@@ -247,13 +177,13 @@ def test_fsdp_on_two_processes_trains_like_one_and_changes_world_size(
     # 1 -> 2: a one-process checkpoint continues sharded on two processes.
     grown = _resume_copy(one_process, tmp_path / "one-to-two", 5)
     args = _args(config, grown, 'train.parallel="fsdp"', resume=grown)
-    assert [r["rc"] for r in _launch(args, tmp_path / "logs2")] == [0, 0]
+    assert [r["rc"] for r in launch(args, tmp_path / "logs2")] == [0, 0]
     _assert_same_losses(grown, one_process, range(6, STEPS + 1))
     assert (list_checkpoints(grown)[-1] / "sharded").is_dir()
 
 
 def test_an_error_on_one_rank_ends_the_job_in_one_line(config: Path, tmp_path: Path) -> None:
-    ranks = _launch(_args(config, tmp_path / "run"), tmp_path / "logs", fail_at=3)
+    ranks = launch(_args(config, tmp_path / "run"), tmp_path / "logs", fail_at=3)
     assert ranks[1]["rc"] == 2 and ranks[1]["err"].strip().splitlines() == [
         "triform: error: rank 1: shard file vanished"
     ], ranks[1]
@@ -331,7 +261,7 @@ def test_activation_checkpointing_and_bf16_fsdp_parameters(
         'train.fsdp_param_dtype="bf16"',
         "train.activation_checkpointing=true",
     )
-    assert [r["rc"] for r in _launch(args, tmp_path / "logs")] == [0, 0]
+    assert [r["rc"] for r in launch(args, tmp_path / "logs")] == [0, 0]
     got, expected = _losses(mixed, "train"), _losses(one_process, "train")
     assert got.keys() == expected.keys()
     for step, loss in got.items():

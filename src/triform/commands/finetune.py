@@ -32,7 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from triform.finetune import finetune
+    from triform.runtime.distributed import is_main_process, shutdown_distributed
 
     result = finetune(args.config, args.overrides, resume=args.resume)
-    print(result.summary())
+    shutdown_distributed()  # under torchrun: leave the process group before exiting
+    if is_main_process():  # rank 0 alone reports
+        print(result.summary())
     return 0

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from triform.data.readers import rank_slice
 from triform.errors import TriformError
 from triform.finetune.body import load_body
 from triform.finetune.config import FinetuneConfig, higher_is_better, load_finetune_config
@@ -38,9 +39,20 @@ from triform.finetune.metrics import format_metric
 from triform.finetune.saved import save_finetuned
 from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
 from triform.finetune.tasks.base import Feature, to_device
-from triform.runs import CHECKPOINTS, load_weights, resolve_checkpoint
+from triform.runs import CHECKPOINTS, load_weights, resolve_checkpoint, write_json
 from triform.runtime.device import pick_device
-from triform.runtime.distributed import split_batch
+from triform.runtime.distributed import (
+    all_reduce_sums,
+    barrier,
+    broadcast_object,
+    gradient_sync,
+    init_distributed,
+    is_main_process,
+    rank,
+    split_batch,
+    world_size,
+    wrap_model,
+)
 from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
 from triform.train.checkpoint import load_checkpoint, save_checkpoint
 from triform.train.metrics import MetricsLogger
@@ -142,6 +154,8 @@ class Finetuner:
     def __init__(self, config: FinetuneConfig, resume: str | Path | None = None) -> None:
         self.config = config
         train = config.train
+        init_distributed()  # under torchrun: one process per GPU (or CPU share)
+        self.rank, self.world = rank(), world_size()
         self.device = pick_device(train.device)
         self.precision = resolve_precision(train.precision, self.device)
         torch.manual_seed(train.seed)
@@ -164,6 +178,8 @@ class Finetuner:
         self.task.prepare_body(body)
         torch.manual_seed(train.seed)  # the head's init does not depend on how the body loaded
         self.model = FinetuneModel(body, self.task.build_head(body)).to(self.device)
+        # several processes: DDP (heads leave some body parameters without gradients)
+        self.wrapped = wrap_model(self.model, "auto", find_unused_parameters=True)
         self.features = self.task.train_features(self.train_rows, train.seed, epoch=0)
         if not self.features:
             raise TriformError(f"{task_cfg.train}: no training examples")
@@ -171,6 +187,7 @@ class Finetuner:
         self.total_steps = train.steps if train.steps is not None else train.epochs * self.per_epoch
         body_lr = train.body_lr if train.body_lr is not None else train.lr
         groups = param_groups(self.model, train.lr, body_lr, train.weight_decay)
+        split_batch(train.batch_size, train.grad_accum, self.world)  # an even split, or refuse
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optimizer = torch.optim.AdamW(groups, lr=train.lr, **fused)
         warmup = train.warmup_steps
@@ -209,35 +226,40 @@ class Finetuner:
             return draws.tolist()
         return torch.randperm(len(features), generator=generator).tolist()
 
-    def _steps(self, epoch: int) -> list[list[list[Feature]]]:
-        """The optimizer steps of one epoch, each a list of micro-batches."""
-        train = self.config.train
+    def _steps(self, epoch: int) -> list[list[Feature]]:
+        """The optimizer steps of one epoch: each the ``batch_size`` features of the global
+        batch (the same on every rank)."""
+        size = self.config.train.batch_size
         features = self._epoch_features(epoch)
         order = self._order(epoch, features)
-        size, micro = train.batch_size, split_batch(train.batch_size, train.grad_accum, world=1)
-        steps = []
-        for start in range(0, len(order), size):
-            chunk = [features[i] for i in order[start : start + size]]
-            steps.append([chunk[m : m + micro] for m in range(0, len(chunk), micro)])
-        return steps
+        return [[features[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
 
     def _train_step(
-        self, micro_batches: list[list[Feature]], finish_step: OptimizerStep, step: int
+        self, features: list[Feature], finish_step: OptimizerStep, step: int
     ) -> torch.Tensor:
-        """Optimizer step number ``step`` over the micro-batches; their loss, weighted by
-        size."""
-        scaler = finish_step.scaler
-        total = sum(len(m) for m in micro_batches)
+        """Optimizer step number ``step`` on one global batch: this rank's contiguous share
+        of it in ``grad_accum`` micro-batches, each weighted by its share of the global batch
+        (DDP averages the ranks' gradients, hence the factor ``world``). A rank whose share
+        of a short last batch is empty runs one example at weight 0, so that every rank takes
+        part in the gradient reduction. Returns the global batch's loss."""
+        train = self.config.train
+        mine = features[rank_slice(len(features), self.rank, self.world)]
+        weight = self.world / len(features)
+        if not mine:
+            mine, weight = features[:1], 0.0
+        micro = -(-len(mine) // train.grad_accum)
+        parts = [mine[m : m + micro] for m in range(0, len(mine), micro)]
         step_loss = torch.zeros((), device=self.device)
-        for features in micro_batches:
-            batch = to_device(self.task.collate(features), self.device)
-            with autocast_context(self.precision, self.device):
-                loss = self.task.loss(self.model, batch) * (len(features) / total)
-            scaler.scale(loss).backward()
+        for index, part in enumerate(parts):
+            batch = to_device(self.task.collate(part), self.device)
+            with gradient_sync(self.wrapped, index == len(parts) - 1):
+                with autocast_context(self.precision, self.device):
+                    loss = self.wrapped(self.task, batch) * (len(part) * weight)
+                finish_step.scaler.scale(loss).backward()
             step_loss += loss.detach()
         finish_step.watch(step_loss, step)
         finish_step(step)
-        return step_loss
+        return step_loss / self.world  # this rank's part of the global mean
 
     def _state(self, running: Any, count: int, last_loss: float) -> dict[str, Any]:
         """What a checkpoint keeps besides tensors: the evaluations so far."""
@@ -253,7 +275,10 @@ class Finetuner:
         }
 
     def _checkpoint(self, step: int, state: dict[str, Any]) -> None:
-        """A resumable checkpoint of ``step`` (atomic; the last ``keep_last`` kept)."""
+        """A resumable checkpoint of ``step`` (atomic; the last ``keep_last`` kept; rank 0
+        writes it)."""
+        if not is_main_process():
+            return
         position = {"epoch": step // self.per_epoch, "step": step % self.per_epoch}
         save_checkpoint(
             self.out_dir,
@@ -270,7 +295,7 @@ class Finetuner:
         """Restore the checkpoint (RNG states last); the step, running loss sum and count
         and the last logged loss."""
         assert self.checkpoint is not None
-        state = load_checkpoint(self.checkpoint, self.model, self.optimizer, self.scheduler)
+        state = load_checkpoint(self.checkpoint, self.wrapped, self.optimizer, self.scheduler)
         extra = state.extra
         self.validation = extra.get("validation") or {}
         self.best_score = extra.get("best_score", -math.inf)
@@ -288,7 +313,8 @@ class Finetuner:
                 f"{saved['epoch']}, with this config it is step {expected['step']} of epoch "
                 f"{expected['epoch']}; cannot resume exactly"
             )
-        print(f"resumed from step {state.step} of {self.out_dir}")
+        if is_main_process():
+            print(f"resumed from step {state.step} of {self.out_dir}")
         return (
             state.step,
             extra.get("running", 0.0),
@@ -302,43 +328,49 @@ class Finetuner:
 
     def run(self) -> FinetuneResult:
         cfg, train = self.config, self.config.train
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "finetune_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        main = is_main_process()
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.out_dir / "finetune_config.json", cfg.to_dict())
+            if self.checkpoint is None:
+                for stale in ("best", "final", CHECKPOINTS):  # an earlier run's must not pass
+                    shutil.rmtree(self.out_dir / stale, ignore_errors=True)
+        barrier()
         step, running, count, last_loss = 0, 0.0, 0, math.nan
         if self.checkpoint is not None:  # last, so the restored RNG state is the next used
             step, running, count, last_loss = self._resume()
-        else:
-            for stale in ("best", "final", CHECKPOINTS):  # an earlier run's must not pass
-                shutil.rmtree(self.out_dir / stale, ignore_errors=True)
         logger = MetricsLogger(
             self.out_dir,
             self.total_steps,
+            enabled=main,
             tensorboard=train.tensorboard,
             progress=train.progress,
             initial_step=step,
         )
         body = self.model.body
-        print(
-            f"fine-tuning {body.config.family} {body.config.form} "
-            f"({self.model.body.num_parameters():,} + "
-            f"{sum(p.numel() for p in self.model.head.parameters()):,} head parameters) for "
-            f"{self.task.kind} on {len(self.train_rows)} examples: {self.total_steps} steps "
-            f"of {train.batch_size} ({train.grad_accum} micro-batches) on {self.device} "
-            f"({self.precision})"
-        )
+        workers = f" x {self.world} processes" if self.world > 1 else ""
+        if main:
+            print(
+                f"fine-tuning {body.config.family} {body.config.form} "
+                f"({self.model.body.num_parameters():,} + "
+                f"{sum(p.numel() for p in self.model.head.parameters()):,} head parameters) "
+                f"for {self.task.kind} on {len(self.train_rows)} examples: {self.total_steps} "
+                f"steps of {train.batch_size} ({train.grad_accum} micro-batches{workers}) on "
+                f"{self.device} ({self.precision})"
+            )
         started = time.perf_counter()
         scaler = grad_scaler(self.precision, self.device)
         finish_step = OptimizerStep(
-            self.model, self.optimizer, self.scheduler, scaler, train.grad_clip, "lower train.lr"
+            self.wrapped, self.optimizer, self.scheduler, scaler, train.grad_clip, "lower train.lr"
         )
-        self.model.train()
+        self.wrapped.train()
         stopped = not self._patience_left()
         epoch, skip = divmod(step, self.per_epoch)
         while step < self.total_steps and not stopped:
             steps = self._steps(epoch)
-            for index, micro_batches in enumerate(steps[skip:], start=skip):
+            for index, features in enumerate(steps[skip:], start=skip):
                 step += 1
-                loss = self._train_step(micro_batches, finish_step, step)
+                loss = self._train_step(features, finish_step, step)
                 running += loss
                 count += 1
                 done = step >= self.total_steps
@@ -354,13 +386,14 @@ class Finetuner:
                 if step % train.log_every == 0 or done or evaluating or saving:
                     finish_step.check()  # nothing non-finite is logged, kept or saved
                 if step % train.log_every == 0 or done:
-                    last_loss = float(running) / count
+                    sums, _ = all_reduce_sums({"loss": float(running)}, 1)  # the ranks' parts
+                    last_loss = sums["loss"] / count
                     logger.log(step, {"loss": last_loss, "lr": self.scheduler.get_last_lr()[0]})
                     running, count = 0.0, 0
                 if evaluating:
                     self._evaluate_and_keep(step, logger)
                     stopped = not self._patience_left()
-                    if stopped:
+                    if stopped and main:
                         print(
                             f"early stopping at step {step}: validation {self.metric} has not "
                             f"improved for {self.bad_evaluations} evaluations"
@@ -372,10 +405,10 @@ class Finetuner:
             epoch, skip = epoch + 1, 0
         final_dir = None
         if train.save_final or self.best_dir is None:
-            final_dir = save_finetuned(
-                self.out_dir / "final", self.model, self.task, step=step, metrics=self.validation
-            )
-        test = self._predict_test(self.best_dir)
+            final_dir = self.out_dir / "final"
+            if main:
+                save_finetuned(final_dir, self.model, self.task, step=step, metrics=self.validation)
+        test = self._predict_test(self.best_dir) if main else None
         logger.close()
         result = FinetuneResult(
             self.out_dir,
@@ -391,16 +424,21 @@ class Finetuner:
             time.perf_counter() - started,
             stopped,
         )
-        (self.out_dir / "results.json").write_text(
-            json.dumps(_clean(result.to_dict()), indent=2, allow_nan=False)
-        )
+        if main:
+            (self.out_dir / "results.json").write_text(
+                json.dumps(_clean(result.to_dict()), indent=2, allow_nan=False)
+            )
+        barrier()  # the other ranks leave once rank 0 has written everything
         return result
 
     def _evaluate_and_keep(self, step: int, logger: MetricsLogger) -> None:
         """Evaluate on the validation rows; a new best by the chosen metric replaces
         ``best/``. An evaluation that does not beat the best by ``early_stopping_min_delta``
         counts towards early stopping."""
-        self.validation, _ = self._evaluate(self.val_rows)
+        # rank 0 evaluates (the plain model, alone); every rank takes its metrics, so that
+        # the best step and early stopping are decided alike everywhere
+        validation = self._evaluate(self.val_rows)[0] if is_main_process() else None
+        self.validation = broadcast_object(validation)
         logger.log(step, self.validation, split="val")
         score = _score(self.validation, self.metric)
         first = self.best_step is None
@@ -411,9 +449,11 @@ class Finetuner:
         if first or score > self.best_score:
             self.best_score, self.best_step = score, step
             self.best_value = self.validation.get(self.metric)
-            self.best_dir = save_finetuned(
-                self.out_dir / "best", self.model, self.task, step=step, metrics=self.validation
-            )
+            self.best_dir = self.out_dir / "best"
+            if is_main_process():
+                save_finetuned(
+                    self.best_dir, self.model, self.task, step=step, metrics=self.validation
+                )
 
     def _predict_test(self, best_dir: Path | None) -> dict[str, float] | None:
         """Predict the test file with the best model; its metrics when it has labels."""

@@ -42,6 +42,10 @@ class FinetuneModel(nn.Module):
         self.body = body
         self.head = head
 
+    def forward(self, task: Task, batch: Batch) -> torch.Tensor:
+        """``task``'s training loss on ``batch``: the one call a DDP wrapper makes."""
+        return task.loss(self, batch)
+
 
 def fit_length(max_length: int, config: ModelConfig) -> int:
     """``max_length``, capped by the model's position table (relative/rotary: no cap)."""
