@@ -339,6 +339,8 @@ def features_unit(init: str, source: list[str], args, data: Path, work: Path,
     import numpy as np
     import torch
 
+    from triform.runtime.device import pick_device
+
     sizes = args.sizes
     wanted = [(layers, n, seed) for layers in LAYERS for n in sizes
               for seed in (args.seeds if n != ALL else [0])]  # fmt: skip
@@ -362,7 +364,7 @@ def features_unit(init: str, source: list[str], args, data: Path, work: Path,
                 if model is None:
                     say(f"[features/{init}] extracting")
                     model, tokenizer = load_body(source, args)
-                    model.eval()
+                    model.to(pick_device("auto")).eval()
                 for name, array in layer_strategies(
                     model, tokenizer, split_texts, max_length
                 ).items():
@@ -439,6 +441,7 @@ def icl_unit(args, data: Path, runs: Path, results: Results) -> None:
 
     from triform.inference.icl import evaluate_icl, read_examples
     from triform.runs import load_model
+    from triform.runtime.device import pick_device
 
     todo = [s for s in args.icl_scoring if f"icl/{s}" not in results.done]
     if not todo:
@@ -446,6 +449,7 @@ def icl_unit(args, data: Path, runs: Path, results: Results) -> None:
     torch.set_num_threads(args.threads)
     run = runs / "gpt-pretrained"
     model, tokenizer = load_model(run)
+    model.to(pick_device("auto"))
     examples, pool = read_examples(data / "icl_test.jsonl"), read_examples(data / "icl_pool.jsonl")
     for scoring in todo:
         cmd = ["triform", "evaluate", "icl", str(run), "--task", str(data / "icl_test.jsonl"),
@@ -686,4 +690,10 @@ def main(argv: list[str] | None = None) -> Results:
 
 
 if __name__ == "__main__":
-    main()
+    from triform.errors import TriformError
+
+    try:
+        main()
+    except (TriformError, OSError, ValueError) as err:  # what is done so far stays recorded
+        print(f"bench_genre: {err}", file=sys.stderr)
+        sys.exit(2)

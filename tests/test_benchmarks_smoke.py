@@ -161,12 +161,18 @@ def test_bench_genre_tiny_end_to_end_and_resumes(tmp_path: Path, capsys):
     kept = [
         x
         for x in lines
-        if not json.loads(x)["unit"].startswith(("icl/", "finetune/bert-random/4/s1"))
+        if not json.loads(x)["unit"].startswith(
+            ("icl/", "finetune/bert-random/4/s1", "pretrain/gpt")
+        )
     ]
     (work / "results.jsonl").write_text("".join(x + "\n" for x in kept))
     resumed = bench_genre.main(args)
     redone = [r["unit"] for r in resumed.records[len(kept) :]]
-    assert sorted(redone) == ["finetune/bert-random/4/s1", "icl/loglik", "icl/loglik-norm"]
+    assert sorted(redone) == [
+        "finetune/bert-random/4/s1", "icl/loglik", "icl/loglik-norm", "pretrain/gpt"
+    ]  # fmt: skip
+    gpt = [r for r in (*records, *resumed.records) if r["unit"] == "pretrain/gpt"]
+    assert [r["steps"] for r in gpt] == [3, 3]  # the finished run is not trained again
 
 
 def check_cached_features(cache: Path, run: Path) -> None:
