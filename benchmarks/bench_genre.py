@@ -323,13 +323,13 @@ def read_rows(path: Path) -> tuple[list[str], list[str]]:
     return [r["text"] for r in rows], [r["label"] for r in rows]
 
 
-def load_body(source: list[str], args):
-    """The body and tokenizer an initialisation's ``--set`` items describe (no head)."""
-    from triform.finetune.body import load_body as load
+def finetune_config(source: list[str], args):
+    """The fine-tuning config of an initialisation (``--set`` items ``source``), as its
+    fine-tuning units see it."""
     from triform.finetune.config import load_finetune_config
 
-    config = load_finetune_config(FINETUNE, [*source, *args.finetune_set])
-    return load(config.model)
+    tiny = TINY_FINETUNE if args.tiny else []
+    return load_finetune_config(FINETUNE, [*source, *tiny, *args.finetune_set])
 
 
 def features_unit(init: str, source: list[str], args, data: Path, work: Path,
@@ -339,6 +339,7 @@ def features_unit(init: str, source: list[str], args, data: Path, work: Path,
     import numpy as np
     import torch
 
+    from triform.finetune.body import load_body
     from triform.runtime.device import pick_device
 
     sizes = args.sizes
@@ -352,7 +353,8 @@ def features_unit(init: str, source: list[str], args, data: Path, work: Path,
     cache = work / "features" / init
     cache.mkdir(parents=True, exist_ok=True)
     model = tokenizer = None
-    max_length = 40 if args.tiny else 192
+    config = finetune_config(source, args)
+    max_length = config.task.max_length  # what fine-tuning reads of each passage
     for layers in LAYERS:
         if all(units[(layers, n, s)] in results.done for n in sizes
                for s in (args.seeds if n != ALL else [0])):  # fmt: skip
@@ -363,7 +365,7 @@ def features_unit(init: str, source: list[str], args, data: Path, work: Path,
             if not path.is_file():
                 if model is None:
                     say(f"[features/{init}] extracting")
-                    model, tokenizer = load_body(source, args)
+                    model, tokenizer = load_body(config.model)
                     model.to(pick_device("auto")).eval()
                 for name, array in layer_strategies(
                     model, tokenizer, split_texts, max_length
@@ -620,7 +622,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--validation-per-class", type=int, default=100)
     p.add_argument("--test-per-class", type=int, default=300)
     p.add_argument("--icl-per-class", type=int, default=100)
-    p.add_argument("--icl-words", type=int, default=48)
+    p.add_argument("--icl-words", type=int, default=32)
     p.add_argument(
         "--pretrain-set",
         action="append",

@@ -146,7 +146,7 @@ def build(
     subsets: Sequence[int] = (16, 64, 256),
     subset_seeds: Sequence[int] = (0, 1, 2),
     icl_per_class: int = 100,
-    icl_words: int = 48,
+    icl_words: int = 32,
     max_plays: int | None = None,
 ) -> dict:
     """Write the task files into ``out``; returns what ``manifest.json`` holds."""
@@ -219,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--subsets", default="16,64,256", help="passages per genre of the subsets")
     p.add_argument("--subset-seeds", default="0,1,2")
     p.add_argument("--icl-per-class", type=int, default=100)
-    p.add_argument("--icl-words", type=int, default=48)
+    p.add_argument("--icl-words", type=int, default=32)
     p.add_argument("--max-plays", type=int, help="at most this many plays per genre and split")
     p.add_argument("--seed", type=int, default=0)
     return p
