@@ -289,7 +289,7 @@ def finetune_unit(init: str, source: list[str], n: int, seed: int, args, data: P
         return
     train = train_file(data, n, seed)
     rows = count_rows(train)
-    batch = 8 if args.tiny else 16
+    batch = finetune_config(source, args).train.batch_size
     steps = max(args.min_steps, math.ceil(args.epochs * rows / batch))
     out = runs / "finetune" / unit.removeprefix("finetune/").replace("/", "-")
     shutil.rmtree(out, ignore_errors=True)  # a run stopped half-way starts again
@@ -612,8 +612,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-minilm", dest="minilm", action="store_false", help="leave MiniLM out")
     p.add_argument("--no-features", dest="features", action="store_false")
     p.add_argument("--no-icl", dest="icl", action="store_false")
-    p.add_argument("--epochs", type=float, default=3.0, help="fine-tuning epochs ...")
-    p.add_argument("--min-steps", type=int, default=150, help="... but at least this many steps")
+    p.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs ...")
+    p.add_argument("--min-steps", type=int, default=100, help="... but at least this many steps")
     p.add_argument("--evals", type=int, default=6, help="validations per fine-tuning run")
     p.add_argument("--shots", default="0,1,4,8")
     p.add_argument("--icl-scoring", default="loglik,loglik-norm")
