@@ -190,3 +190,21 @@ def check_cached_features(cache: Path, run: Path) -> None:
                                   max_length=40)  # fmt: skip
         np.testing.assert_allclose(np.load(cache / f"{layers}-validation.npy"), direct,
                                    rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_pretraining_clock_leaves_out_the_wait_between_segments(tmp_path: Path):
+    """A pretraining run stopped and resumed an hour later has used only the minutes of its
+    two segments: the budget left and the loss curve's time axis both count those."""
+    import json
+
+    import bench_genre
+
+    (tmp_path / "bench_segments.json").write_text(json.dumps([1000.0, 5000.0]))
+    lines = [{"step": 10, "split": "val", "time": 1060.0, "loss": 5.0},
+             {"step": 20, "split": "val", "time": 1120.0, "loss": 4.0},  # killed after this
+             {"step": 30, "split": "val", "time": 5030.0, "loss": 3.5}]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    timed, spent = bench_genre.pretrain_clock(tmp_path)
+    assert [r["minutes"] for r in timed] == [1.0, 2.0, 2.5]
+    assert spent == 2.5
+    assert bench_genre.pretrain_clock(tmp_path / "absent") == ([], 0.0)
