@@ -507,13 +507,15 @@ def report(results: Results, args, manifest: dict) -> str:
              ""]  # fmt: skip
     pretrain = results.of("pretrain")
     if pretrain:
-        lines += ["| pretraining | steps | minutes | tokens/s | validation loss | "
-                  "validation accuracy |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        lines += ["| pretraining | steps | minutes (set-up included) | tokens/s | "
+                  "validation loss | validation accuracy |",
+                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for r in pretrain:
             val = r["val"] or {}
-            lines.append(f"| {r['family']} | {r['steps']} | {r['minutes']:.1f} | "
-                         f"{r['tokens_per_s'] or 0:,.0f} | {val.get('loss', float('nan')):.3f} | "
-                         f"{val.get('accuracy', float('nan')):.3f} |")  # fmt: skip
+            cells = [r["family"], r["steps"], f"{r['minutes']:.1f}",
+                     number(r["tokens_per_s"], ",.0f"), number(val.get("loss"), ".3f"),
+                     number(val.get("accuracy"), ".3f")]  # fmt: skip
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
         lines.append("")
     fine = grouped(results.of("finetune"), "init", "n")
     inits = sorted({init for init, _ in fine}, key=init_order)
@@ -549,6 +551,11 @@ def report(results: Results, args, manifest: dict) -> str:
                   + " | ".join("/".join(str(r["answers"][k][g]) for g in genre3_data.GENRES)
                                for k in shots) + " |", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def number(value: float | None, spec: str) -> str:
+    """``value`` formatted, or a dash when it was not measured."""
+    return "–" if value is None else format(value, spec)
 
 
 def init_order(init: str) -> tuple:
