@@ -137,7 +137,7 @@ def build_data(args: argparse.Namespace, data: Path, results: Results) -> dict:
     manifest_path = data / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if all(manifest.get(k) == v for k, v in settings.items()):
+        if all(manifest.get(k) == v for k, v in settings.items()) and (data / "pretrain").is_dir():
             return manifest
         if results.records:
             raise SystemExit(
@@ -168,7 +168,7 @@ def pretrain_clock(run: Path) -> tuple[list[dict], float]:
     return timed, before
 
 
-def pretrain_unit(family: Family, args, corpus: list[str], runs: Path, results: Results) -> None:
+def pretrain_unit(family: Family, args, corpus: Path, runs: Path, results: Results) -> None:
     """Pretrain ``family`` within its wall-time budget (resuming a stopped run)."""
     from triform.runs import latest_checkpoint
     from triform.train.loop import pretrain
@@ -216,8 +216,8 @@ def pretrain_unit(family: Family, args, corpus: list[str], runs: Path, results: 
     })  # fmt: skip
 
 
-def pretrain_overrides(family: Family, args, corpus: list[str], run: Path) -> list[str]:
-    overrides = [f"data.corpus={json.dumps(corpus)}", f"train.out_dir={run}",
+def pretrain_overrides(family: Family, args, corpus: Path, run: Path) -> list[str]:
+    overrides = [f"data.corpus={corpus}", f"train.out_dir={run}",
                  f"train.threads={args.threads}"]  # fmt: skip
     if args.tiny:
         overrides += TINY_PRETRAIN + (["model.head_dim=16"] if family.name == "t5" else [])
@@ -672,7 +672,7 @@ def main(argv: list[str] | None = None) -> Results:
     results = Results(work / "results.jsonl")
     started, before = time.perf_counter(), len(results.records)
     manifest = build_data(args, data, results)
-    corpus = json.loads((data / "pretrain_files.json").read_text())
+    corpus = data / "pretrain"  # links to every work but the test plays
     for name in args.families:
         pretrain_unit(FAMILIES[name], args, corpus, runs, results)
     sources = init_sources(args, runs)

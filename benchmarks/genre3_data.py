@@ -17,7 +17,8 @@ Writes into ``out`` (never into the project):
 - ``icl_test.jsonl``, ``icl_pool.jsonl``: in-context learning examples (``input``,
   ``answer``, ``options``) from the test and train passages, cut to their first
   ``icl_words`` words so that 8 demonstrations fit a small GPT's positions;
-- ``pretrain_files.json``: the pretraining corpus (absolute paths);
+- ``pretrain/``: the pretraining corpus, a folder of links to the works (what the configs'
+  ``data.corpus`` points at), and ``pretrain_files.json``, the same as a list of paths;
 - ``manifest.json``: every setting, the plays of each split and the row counts.
 
 The same arguments give byte-identical files.
@@ -33,6 +34,7 @@ import io
 import json
 import random
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -190,6 +192,12 @@ def build(
         corpus = sorted(p for plays in table["train"].values() for p in plays)
     files = [str((folder / f"{w}.txt").resolve()) for w in corpus]
     (out / "pretrain_files.json").write_text(json.dumps(files, indent=1) + "\n", encoding="utf-8")
+    links = out / "pretrain"
+    if links.exists():
+        shutil.rmtree(links)
+    links.mkdir()
+    for path in files:
+        (links / Path(path).name).symlink_to(path)
     manifest = {
         "task": "genre3",
         "seed": seed,

@@ -74,6 +74,7 @@ def test_genre3_data_is_deterministic_balanced_and_split_by_play(tmp_path: Path)
     genre3_data.main(["--out", str(tmp_path / "c"), *args, "--seed", "1"])
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
+    names.remove("pretrain")  # the folder of links to the corpus
     for name in names:  # same seed: the same bytes
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert (tmp_path / "a" / "train.csv").read_bytes() != (
@@ -107,6 +108,8 @@ def test_genre3_data_is_deterministic_balanced_and_split_by_play(tmp_path: Path)
         Path(p).stem for p in json.loads((tmp_path / "a" / "pretrain_files.json").read_text())
     }
     assert len(corpus) == 42 - 9 and not corpus & plays["test"]
+    links = sorted((tmp_path / "a" / "pretrain").iterdir())
+    assert {p.stem for p in links} == corpus and all(p.resolve().is_file() for p in links)
     for line in (tmp_path / "a" / "icl_test.jsonl").read_text().splitlines():
         example = json.loads(line)
         assert len(example["input"].split()) == 6 and example["answer"] in example["options"]
