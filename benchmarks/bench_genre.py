@@ -91,9 +91,15 @@ class Results:
         self.path = path
         self.records: list[dict] = []
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
+            lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+            for number, line in enumerate(lines, 1):
+                try:
                     self.records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    if number < len(lines):
+                        raise ValueError(f"{path}:{number}: not a JSON line") from None
+                    # a line cut short when the bench was killed: that unit runs again
+                    path.write_text("".join(x + "\n" for x in lines[:-1]), encoding="utf-8")
         self.done = {r["unit"] for r in self.records}
 
     def add(self, record: dict) -> None:
@@ -665,8 +671,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Results:
     """Run (or continue) the benchmark; returns the results file's records."""
+    from triform.runs import RunLock
+
     args = parse_args(argv)
     work = Path(args.work)
+    with RunLock(work):  # one bench per folder: a second one is refused, naming the first
+        return run_bench(args, work)
+
+
+def run_bench(args: argparse.Namespace, work: Path) -> Results:
+    """Every unit not yet in WORK/results.jsonl, then the report."""
     data, runs = work / "data", work / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     results = Results(work / "results.jsonl")

@@ -122,6 +122,8 @@ def test_bench_genre_tiny_end_to_end_and_resumes(tmp_path: Path, capsys):
     import json
 
     import bench_genre
+    from triform.errors import TriformError
+    from triform.runs import RunLock
 
     pytest.importorskip("sklearn")
     work = tmp_path / "work"
@@ -168,7 +170,10 @@ def test_bench_genre_tiny_end_to_end_and_resumes(tmp_path: Path, capsys):
             ("icl/", "finetune/bert-random/4/s1", "pretrain/gpt")
         )
     ]
-    (work / "results.jsonl").write_text("".join(x + "\n" for x in kept))
+    # ... and the bench was killed while writing a line
+    (work / "results.jsonl").write_text("".join(x + "\n" for x in kept) + '{"unit": "icl/lo')
+    with RunLock(work), pytest.raises(TriformError, match="in use"):
+        bench_genre.main(args)  # one bench per folder
     resumed = bench_genre.main(args)
     redone = [r["unit"] for r in resumed.records[len(kept) :]]
     assert sorted(redone) == [
