@@ -36,19 +36,18 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import genre3_data  # noqa: E402
+from genre3_report import ALL, LAYERS, plot, report  # noqa: E402
 
 CONFIGS = HERE.parent / "configs" / "genre3"
 FINETUNE = CONFIGS / "finetune.toml"
-LAYERS = ("last", "second-to-last", "sum-last-four", "concat-last-four", "sum-all")
 ICL_TEMPLATE = "{input}\nGenre: {answer}"
-ALL = 0  # "all passages" in the sizes list
 
 
 @dataclass(frozen=True)
@@ -109,9 +108,6 @@ class Results:
             os.fsync(out.fileno())
         self.records.append(record)
         self.done.add(record["unit"])
-
-    def of(self, kind: str) -> list[dict]:
-        return [r for r in self.records if r["kind"] == kind]
 
 
 STARTED = time.perf_counter()
@@ -481,132 +477,6 @@ def icl_unit(args, data: Path, runs: Path, results: Results) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# The report: tables and plot
-# --------------------------------------------------------------------------------------
-
-
-def mean_spread(values: Sequence[float]) -> str:
-    """``0.512 ± 0.031`` (sample standard deviation; one value: just it)."""
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
-def grouped(records: list[dict], *keys: str) -> dict[tuple, list[float]]:
-    groups: dict[tuple, list[float]] = {}
-    for r in records:
-        if r.get("test_accuracy") is not None:
-            groups.setdefault(tuple(r[k] for k in keys), []).append(r["test_accuracy"])
-    return groups
-
-
-def size_label(n: int) -> str:
-    return "all" if n == ALL else str(n)
-
-
-def report(results: Results, args, manifest: dict) -> str:
-    """The Markdown tables of everything in the results file."""
-    sizes = args.sizes
-    train_per_class = manifest["per_class"]["train"]
-    lines = [f"Test accuracy on Genre-3 ({manifest['rows']['test']} test passages, chance "
-             f"0.333); mean ± standard deviation over seeds; 'all' = {train_per_class} per genre.",
-             ""]  # fmt: skip
-    pretrain = results.of("pretrain")
-    if pretrain:
-        lines += ["| pretraining | steps | minutes (set-up included) | tokens/s | "
-                  "validation loss | validation accuracy |",
-                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-        for r in pretrain:
-            val = r["val"] or {}
-            cells = [r["family"], r["steps"], f"{r['minutes']:.1f}",
-                     number(r["tokens_per_s"], ",.0f"), number(val.get("loss"), ".3f"),
-                     number(val.get("accuracy"), ".3f")]  # fmt: skip
-            lines.append("| " + " | ".join(map(str, cells)) + " |")
-        lines.append("")
-    fine = grouped(results.of("finetune"), "init", "n")
-    inits = sorted({init for init, _ in fine}, key=init_order)
-    if fine:
-        lines += ["Fine-tuning, passages per genre:", "",
-                  "| initialisation | " + " | ".join(size_label(n) for n in sizes) + " |",
-                  "| --- |" + " --- |" * len(sizes)]  # fmt: skip
-        for init in inits:
-            cells = [mean_spread(fine[(init, n)]) if (init, n) in fine else "–" for n in sizes]
-            lines.append(f"| {init} | " + " | ".join(cells) + " |")
-        lines.append("")
-    feats = grouped(results.of("features"), "init", "layers", "n")
-    if feats:
-        lines += ["Feature-based (logistic regression on frozen mean-pooled features) against "
-                  "fine-tuning, passages per genre:", "",
-                  "| initialisation | features | "
-                  + " | ".join(size_label(n) for n in sizes) + " |",
-                  "| --- | --- |" + " --- |" * len(sizes)]  # fmt: skip
-        for init in sorted({k[0] for k in feats}, key=init_order):
-            for layers in (*LAYERS, "fine-tuning"):
-                source = fine if layers == "fine-tuning" else feats
-                keys = [(init, n) if layers == "fine-tuning" else (init, layers, n) for n in sizes]
-                cells = [mean_spread(source[key]) if key in source else "–" for key in keys]
-                lines.append(f"| {init} | {layers} | " + " | ".join(cells) + " |")
-        lines.append("")
-    for r in results.of("icl"):
-        shots = list(r["accuracy"])
-        lines += [f"In-context learning of the pretrained GPT ({r['scoring']}, {r['examples']} "
-                  "test passages, balanced; chance 0.333):", "",
-                  "| shots | " + " | ".join(shots) + " |", "| --- |" + " --- |" * len(shots),
-                  "| accuracy | " + " | ".join(f"{r['accuracy'][k]:.3f}" for k in shots) + " |",
-                  "| answers (comedy/tragedy/history) | "
-                  + " | ".join("/".join(str(r["answers"][k][g]) for g in genre3_data.GENRES)
-                               for k in shots) + " |", ""]  # fmt: skip
-    return "\n".join(lines)
-
-
-def number(value: float | None, spec: str) -> str:
-    """``value`` formatted, or a dash when it was not measured."""
-    return "–" if value is None else format(value, spec)
-
-
-def init_order(init: str) -> tuple:
-    family, _, kind = init.partition("-")
-    return (family == "minilm", family, kind)
-
-
-def plot(results: Results, args, path: Path) -> None:
-    """Accuracy against passages per genre, one line per initialisation (error bars: the
-    spread over seeds); beside it the pretraining validation loss against minutes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fine = grouped(results.of("finetune"), "init", "n")
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    positions = {n: i for i, n in enumerate(args.sizes)}
-    for init in sorted({i for i, _ in fine}, key=init_order):
-        ns = [n for n in args.sizes if (init, n) in fine]
-        means = [statistics.mean(fine[(init, n)]) for n in ns]
-        spread = [statistics.stdev(fine[(init, n)]) if len(fine[(init, n)]) > 1 else 0 for n in ns]
-        style = "--" if init.endswith("random") else "-"
-        left.errorbar([positions[n] for n in ns], means, yerr=spread, label=init, linestyle=style,
-                      marker="o", capsize=3)  # fmt: skip
-    left.axhline(1 / 3, color="grey", linewidth=0.8, linestyle=":", label="chance")
-    left.set_xticks(range(len(args.sizes)), [size_label(n) for n in args.sizes])
-    left.set_xlabel("labelled passages per genre")
-    left.set_ylabel("test accuracy")
-    left.set_title("Genre-3: fine-tuning")
-    left.legend(fontsize=8)
-    for r in results.of("pretrain"):
-        if r["curve"]:
-            right.plot([p["minutes"] for p in r["curve"]], [p["loss"] for p in r["curve"]],
-                       marker=".", label=r["family"])  # fmt: skip
-    right.set_xlabel("minutes of pretraining")
-    right.set_ylabel("validation loss")
-    right.set_title("pretraining")
-    right.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-# --------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------
 
@@ -703,9 +573,9 @@ def run_bench(args: argparse.Namespace, work: Path) -> Results:
         steps.append(lambda: icl_unit(args, data, runs, results))
     for step in steps:
         step()
-    table = report(results, args, manifest)
+    table = report(results.records, args.sizes, manifest)
     (work / "results.md").write_text(table + "\n", encoding="utf-8")
-    plot(results, args, work / "curve.png")
+    plot(results.records, args.sizes, work / "curve.png")
     say(table)
     say(f"{len(results.records) - before} new units in {time.perf_counter() - started:.0f}s; "
         f"{work / 'results.jsonl'}, {work / 'results.md'}, {work / 'curve.png'}")  # fmt: skip

@@ -1,6 +1,7 @@
 """Smoke runs of the training benchmarks (benchmarks/bench_train.py, bench_matmul.py) in a
 tiny mode, so that they keep working as the core changes; and the Genre-3 transfer
-benchmark (benchmarks/genre3_data.py, bench_genre.py) end to end on its tiny configuration."""
+benchmark (benchmarks/genre3_data.py, bench_genre.py, genre3_report.py) end to end on its tiny
+configuration."""
 
 from __future__ import annotations
 
