@@ -151,3 +151,33 @@ def test_seq2seq_logits_at_labels_equal_full_logits() -> None:
     expected = label_smoothed_cross_entropy(output.logits, labels, 0.1)
     assert abs(loss.item() - expected.item()) < 1e-6
     assert torch.allclose(parts["accuracy"], token_accuracy(output, batch)["accuracy"])
+
+
+def test_preallocated_cache_equals_concatenating_cache() -> None:
+    """Decoding with the in-place cache (and an in-place beam reorder) gives the same logits
+    and the same cached keys/values as the concatenating one."""
+    from triform.nn.cache import KVCache
+
+    config = triform.presets.get("gpt2", **TINY, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = triform.build_model(config).eval()
+    g = torch.Generator().manual_seed(6)
+    prompt = torch.randint(0, 97, (3, 5), generator=g)
+    steps = torch.randint(0, 97, (4, 3, 1), generator=g)
+    order = torch.tensor([2, 0, 0])
+    caches = {"cat": KVCache.empty(2), "preallocated": KVCache.empty(2, capacity=9)}
+    logits = {}
+    with torch.no_grad():
+        for name, cache in caches.items():
+            outs = [model(prompt, past_key_values=cache, use_cache=True).logits]
+            for index, ids in enumerate(steps):
+                if index == 2:
+                    cache.reorder(order)
+                outs.append(model(ids, past_key_values=cache, use_cache=True).logits)
+            logits[name] = torch.cat(outs, dim=1)
+    assert caches["preallocated"].length == caches["cat"].length == 9
+    assert torch.allclose(logits["cat"], logits["preallocated"], atol=1e-6)
+    for a, b in zip(caches["cat"].self_kv, caches["preallocated"].self_kv, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="holds 9 positions"):
+        caches["preallocated"].append(0, *caches["cat"].self_kv[0])

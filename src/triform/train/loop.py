@@ -33,7 +33,12 @@ from triform.runtime.distributed import (
     wrap_model,
 )
 from triform.runtime.memory import check_model_fits
-from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
+from triform.runtime.precision import (
+    autocast_context,
+    grad_scaler,
+    precision_reason,
+    resolve_precision,
+)
 from triform.train.checkpoint import load_checkpoint, save_checkpoint
 from triform.train.interrupt import Interrupted, StopSignals
 from triform.train.metrics import MetricsLogger
@@ -140,7 +145,8 @@ def pretrain(
             print(
                 f"{model_config.family} {model_config.form}: {model.num_parameters():,} "
                 f"parameters, objective {task.name}, {train.steps} steps of "
-                f"{train.batch_size}x{train.grad_accum} sequences on {device} ({precision})"
+                f"{train.batch_size}x{train.grad_accum} sequences on {device} ({precision}"
+                + (f", {precision_reason(device)})" if train.precision == "auto" else ")")
             )
         try:
             with StopSignals() as signals:
