@@ -26,7 +26,8 @@ def test_bench_train_tiny_runs_both_sides():
 
     results = bench_train.main(
         ["--tiny", "--shapes", "t5-small", "--batch", "2", "--seq", "16", "--target-len", "8",
-         "--warmup", "1", "--steps", "1", "--repeats", "1", "--peak", "100", "--dropout", "0"]
+         "--warmup", "1", "--steps", "1", "--repeats", "1", "--peak", "100", "--dropout", "0",
+         "--precision", "fp32"]
     )  # fmt: skip
     assert [r.shape for r in results] == ["t5-small"]
     for r in results:
@@ -48,3 +49,16 @@ def test_model_flops_counts_the_tied_head():
     body = model.num_parameters(non_embedding=True) + 100 * 768  # + the tied head
     expected = 2 * (6 * body * 8 + 12 * 768 * 8 * 8)
     assert bench_train.model_flops_per_step(model, batch) == expected
+
+
+def test_bench_decode_quick_is_token_identical():
+    """The decoding benchmark on a tiny GPT-2: both sides produce the same tokens."""
+    pytest.importorskip("transformers")
+    import bench_decode
+
+    report = bench_decode.main(["--quick", "--threads", "1"])
+    assert [r["beams"] for r in report["results"]] == [1, 4]
+    for r in report["results"]:
+        assert r["identical"]
+        assert r["tokens_per_s"]["triform"] > 0 and r["tokens_per_s"]["transformers"] > 0
+    assert report["bound_tokens_per_s"] > 0
