@@ -137,7 +137,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_predictions):  # type: ignore[override]
-        saved = list(ctx.saved_tensors)
-        grad_hidden, grad_weight = saved[0] * grad_loss, saved[1] * grad_loss
-        grad_bias = saved[2] * grad_loss if ctx.has_bias else None
-        return grad_hidden, grad_weight, grad_bias, None, None
+        # scaled in place: the saved gradients are used once, and a (V, H) copy is memory
+        grads = [g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors]
+        grad_bias = grads[2] if ctx.has_bias else None
+        return grads[0], grads[1], grad_bias, None, None
