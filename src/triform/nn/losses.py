@@ -27,8 +27,8 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
-# Rows of logits one chunk of :func:`linear_cross_entropy` holds: 2**24 fp32 values (64 MiB).
-LOGITS_PER_CHUNK = 2**24
+# Rows of logits one chunk of :func:`linear_cross_entropy` holds: 2**25 fp32 values (128 MiB).
+LOGITS_PER_CHUNK = 2**25
 
 
 def linear_cross_entropy(
@@ -81,30 +81,42 @@ def _chunked_forward(
     count = counted.sum().clamp(min=1)
     total = hidden.new_zeros((), dtype=torch.float32)
     predictions = torch.empty_like(labels)
+    dtype = _matmul_dtype(hidden)  # cast the weight once, not once per chunk
+    w = weight.to(dtype)
+    b = bias.to(dtype) if bias is not None else None
     grad_hidden = torch.empty_like(hidden) if grads else None
-    grad_weight = torch.zeros_like(weight, dtype=torch.float32) if grads else None
-    grad_bias = torch.zeros_like(bias, dtype=torch.float32) if grads and bias is not None else None
+    grad_weight: torch.Tensor | None = None  # (V, H) fp32, from the first chunk on
+    grad_bias: torch.Tensor | None = None
     for start in range(0, rows, chunk_rows):
         stop = min(start + chunk_rows, rows)
-        h, y, keep = hidden[start:stop], labels[start:stop], counted[start:stop]
-        logits = F.linear(h, weight, bias).float()  # (n, V)
+        h, y, keep = hidden[start:stop].to(dtype), labels[start:stop], counted[start:stop]
+        logits = F.linear(h, w, b).float()  # (n, V)
         predictions[start:stop] = logits.argmax(-1)
         log_z = torch.logsumexp(logits, dim=-1)  # (n,)
         safe = y.clamp(min=0).unsqueeze(1)
         target = logits.gather(1, safe).squeeze(1)
         total = total + ((log_z - target) * keep).sum()
-        if grads:
-            # d(mean loss)/d logits = (softmax - onehot) / count, zero on ignored rows
-            g = logits.sub_(log_z.unsqueeze(1)).exp_()
-            g.scatter_add_(1, safe, -torch.ones_like(safe, dtype=g.dtype))
-            g.mul_((keep.to(g.dtype) / count).unsqueeze(1))  # (n, V)
-            gc = g.to(_matmul_dtype(h))
-            grad_hidden[start:stop] = (gc @ weight.to(gc.dtype)).to(hidden.dtype)  # (n, H)
-            grad_weight.add_(gc.t() @ h.to(gc.dtype))  # (V, H)
-            if grad_bias is not None:
-                grad_bias.add_(g.sum(0))
-    out_grads = ()
+        if not grads:
+            continue
+        # d(mean loss)/d logits = (softmax - onehot) / count, zero on ignored rows
+        g = logits.sub_(log_z.unsqueeze(1)).exp_()
+        g.scatter_add_(1, safe, -torch.ones_like(safe, dtype=g.dtype))
+        g.mul_((keep.to(g.dtype) / count).unsqueeze(1))  # (n, V)
+        gc = g.to(dtype)
+        grad_hidden[start:stop] = gc @ w  # (n, H)
+        if grad_weight is None:
+            grad_weight = (gc.t() @ h).float()  # (V, H)
+        elif dtype == torch.float32:
+            grad_weight.addmm_(gc.t(), h)  # in place: no (V, H) temporary
+        else:
+            grad_weight.add_(gc.t() @ h)
+        if bias is not None:
+            grad_bias = g.sum(0) if grad_bias is None else grad_bias.add_(g.sum(0))
+    out_grads: tuple[torch.Tensor | None, ...] = ()
     if grads:
+        if grad_weight is None:  # no rows at all
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+            grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
         out_grads = (
             grad_hidden,
             grad_weight.to(weight.dtype),
