@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from triform.runtime.precision import compute_dtype
+
 IGNORE_INDEX = -100
 
 
@@ -81,7 +83,7 @@ def _chunked_forward(
     count = counted.sum().clamp(min=1)
     total = hidden.new_zeros((), dtype=torch.float32)
     predictions = torch.empty_like(labels)
-    dtype = _matmul_dtype(hidden)  # cast the weight once, not once per chunk
+    dtype = compute_dtype(hidden)  # cast the weight once, not once per chunk
     w = weight.to(dtype)
     b = bias.to(dtype) if bias is not None else None
     grad_hidden = torch.empty_like(hidden) if grads else None
@@ -123,14 +125,6 @@ def _chunked_forward(
             grad_bias.to(bias.dtype) if grad_bias is not None else None,
         )
     return total, predictions, out_grads
-
-
-def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a matmul on ``x`` runs in: the autocast dtype when autocast is on."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

@@ -107,6 +107,14 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return precision
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on ``x`` produces: the autocast dtype when autocast is on."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 def autocast_context(precision: str, device: torch.device | str) -> AbstractContextManager:
     """The context to run forward passes (and losses) in: ``torch.autocast`` for bf16 or
     fp16, a no-op for fp32. ``precision`` should come from :func:`resolve_precision`."""
