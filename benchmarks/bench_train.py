@@ -1,8 +1,9 @@
 """Training throughput of triform against ``transformers`` on the same shapes and batches.
 
     python benchmarks/bench_train.py [--shapes gpt2 bert-base t5-small] [--batch 4] [--seq 128]
-        [--target-len 32] [--layers N] [--warmup 2] [--steps 1] [--repeats 12] [--dropout 0.1]
-        [--peak GFLOPS] [--profile] [--json out.json]
+        [--target-len 32] [--layers N] [--warmup 2] [--steps 1] [--repeats 8] [--dropout 0.1]
+        [--precision fp32 bf16] [--triform-loss fused|logits] [--optimizer fused|loop]
+        [--peak GFLOPS] [--peak-bf16 GFLOPS] [--profile] [--quick] [--json out.json]
 
 For each shape a triform model is built from the preset and converted with
 ``triform.interop.hf.to_hf`` into the ``transformers`` class of the same architecture
@@ -14,10 +15,18 @@ its fastest path on CPU.
 Each side lives in its own worker process (its own memory, measured separately); the parent
 tells them in turn to run ``--steps`` timed steps, alternating which goes first, ``--repeats``
 times, after ``--warmup`` untimed steps each; the figure is the median step time. A step is what
-a trainer does: forward, token cross entropy over the logits computed the same way on both
-sides (``F.cross_entropy``, labels -100 ignored), backward and ``torch.optim.AdamW.step``, in
-fp32 on CPU (bf16 autocast on CUDA). Both sides get the same inputs, attention masks included
-(all ones, as triform's objectives hand them to the model).
+each library's trainer does: forward, token cross entropy (labels -100 ignored), backward and
+``torch.optim.AdamW.step`` with the same hyper-parameters. The reference computes the logits
+of every position and ``F.cross_entropy`` over them; triform computes the loss as its
+objectives do (``--triform-loss fused``, the default: ``model(..., labels=...)``, the
+vocabulary projection only at the labelled positions and fused with the cross entropy in
+chunks; ``logits`` does it the reference's way). The optimizer is torch's fused AdamW on both
+sides (``--optimizer fused``: triform's default, and ``transformers.Trainer``'s since torch
+2.8) or the per-parameter loop (``loop``). Each ``--precision`` is run in turn: ``fp32``, or
+``bf16`` autocast on both sides (the default adds bf16 where the hardware has it natively:
+CUDA, or a CPU with AMX / AVX512-BF16). Both sides get the same inputs, attention masks
+included (all ones, as triform's objectives hand them to the model). ``--quick``: tiny models,
+one round, a smoke run of a few seconds.
 
 Model FLOPs (PaLM appendix B / Kaplan et al.) per step, ``B`` sequences of ``T`` tokens::
 
@@ -29,8 +38,9 @@ relative bias) are left out. For the encoder-decoder (source ``S``, target ``T``
 counts the tokens it sees: encoder weights and cross-attention key/value projections ``S``,
 decoder weights and the head ``T``; attention is ``12 * d_attn * B * (L_enc*S^2 +
 L_dec*(T^2 + T*S))``. MFU is that over the step time, divided by the machine's measured matmul
-peak (:mod:`bench_matmul`; measured before and after the runs, the higher taken, since on a
-shared virtual machine it drifts) unless ``--peak`` gives it.
+peak in the run's precision (:mod:`bench_matmul`; measured before and after the runs, the
+higher taken, since on a shared virtual machine it drifts) unless ``--peak`` (fp32) /
+``--peak-bf16`` give it.
 """
 
 from __future__ import annotations
@@ -221,6 +231,9 @@ class Job:
     device: str
     threads: int | None = None
     lr: float = 1e-4
+    precision: str = "fp32"
+    triform_loss: str = "fused"
+    optimizer: str = "fused"
 
 
 class _Trainer:
@@ -254,20 +267,22 @@ class _Trainer:
         self.model = model.to(self.device).train()
         self.batch = {k: v.to(self.device) for k, v in cpu_batch.items()}
         self.inputs = {k: v for k, v in self.batch.items() if k != "labels"}
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=job.lr, weight_decay=0.01)
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda"
-            else torch.autocast("cpu", enabled=False)
+        self.fused_loss = job.side == "triform" and job.triform_loss == "fused"
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=job.lr, weight_decay=0.01, fused=job.optimizer == "fused"
+        )
+        self.autocast = torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=job.precision == "bf16"
         )
         _release_free_memory()  # the conversion's leftovers: both sides start even
 
     def loss(self) -> torch.Tensor:
+        labels = self.batch["labels"]
         with self.autocast:
+            if self.fused_loss:  # triform's objectives: see the module docstring
+                return self.model(**self.inputs, labels=labels).loss
             logits = self.model(**self.inputs).logits
-        return F.cross_entropy(
-            logits.float().view(-1, self.vocab), self.batch["labels"].view(-1), ignore_index=-100
-        )
+        return F.cross_entropy(logits.float().view(-1, self.vocab), labels.view(-1))
 
     def eval_loss(self) -> float:
         """The loss in eval mode (no dropout), without training: the numerics check."""
@@ -386,6 +401,7 @@ class ShapeResult:
     """Figures of one shape, both sides."""
 
     shape: str
+    precision: str
     batch: str
     layers: str
     parameters: int
@@ -404,8 +420,10 @@ class ShapeResult:
     profiles: dict[str, str] = field(default_factory=dict)
 
 
-def bench_shape(shape: str, args: argparse.Namespace, peak_gflops: float) -> ShapeResult:
-    """Both sides of one shape, interleaved; medians of the timed steps."""
+def bench_shape(
+    shape: str, precision: str, args: argparse.Namespace, peak_gflops: float
+) -> ShapeResult:
+    """Both sides of one shape in one precision, interleaved; medians of the timed steps."""
     context = mp.get_context("spawn")
     config = model_config(shape, args.layers, args.dropout, args.tiny)
     target = args.target_len if config.form == "encoder-decoder" else args.seq
@@ -423,6 +441,9 @@ def bench_shape(shape: str, args: argparse.Namespace, peak_gflops: float) -> Sha
                 args.tiny,
                 args.device,
                 args.threads,
+                precision=precision,
+                triform_loss=args.triform_loss,
+                optimizer=args.optimizer,
             )
             sides[side] = _Side(job, context)
         counts = {s: sides[s].info["parameters"] for s in SIDES}
@@ -442,7 +463,7 @@ def bench_shape(shape: str, args: argparse.Namespace, peak_gflops: float) -> Sha
                     times[side].append(wall)
                     cpu[side].append(used)
             print(
-                f"  {shape} repeat {repeat + 1}/{args.repeats}: "
+                f"  {shape} {precision} repeat {repeat + 1}/{args.repeats}: "
                 + ", ".join(f"{s} {statistics.median(times[s]):.3f} s/step" for s in SIDES),
                 flush=True,
             )
@@ -463,6 +484,7 @@ def bench_shape(shape: str, args: argparse.Namespace, peak_gflops: float) -> Sha
         depth += f"+{config.decoder_layers}"
     return ShapeResult(
         shape=shape,
+        precision=precision,
         batch=(
             f"{args.batch}x{args.seq}"
             + (f" -> {target}" if config.form == "encoder-decoder" else "")
@@ -489,36 +511,39 @@ def _mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
-def report(results: list[ShapeResult], peak: float) -> str:
+def report(results: list[ShapeResult], peaks: dict[str, float]) -> str:
     """A markdown table of the results."""
     lines = [
-        "| shape | batch | layers | params | side | s/step | CPU s/step | tokens/s | MFU | "
-        "peak RSS MiB (start) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| shape | precision | batch | layers | params | side | s/step | CPU s/step | tokens/s | "
+        "MFU | peak memory MiB (start) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         for side in SIDES:
             m = r.memory[side]
+            peak = m.get("cuda_peak_mib", m.get("rss_peak_mib"))
             lines.append(
-                f"| {r.shape} | {r.batch} | {r.layers} | {r.parameters / 1e6:.1f}M | {side} | "
+                f"| {r.shape} | {r.precision} | {r.batch} | {r.layers} | "
+                f"{r.parameters / 1e6:.1f}M | {side} | "
                 f"{r.step_seconds[side]:.3f} | {r.cpu_seconds[side]:.2f} | "
                 f"{r.tokens_per_s[side]:,.0f} | "
-                f"{100 * r.mfu[side]:.1f}% | {_mib(m.get('rss_peak_mib'))} "
+                f"{100 * r.mfu[side]:.1f}% | {_mib(peak)} "
                 f"({_mib(m.get('rss_start_mib'))}) |"
             )
     lines.append("")
     lines.append(
-        "| shape | triform / transformers (tokens/s) | same, CPU time | steal | "
+        "| shape | precision | triform / transformers (tokens/s) | same, CPU time | steal | "
         "eval loss triform / transformers |"
     )
-    lines.append("| --- | --- | --- | --- | --- |")
+    lines.append("| --- | --- | --- | --- | --- | --- |")
     for r in results:
         cpu_ratio = r.cpu_seconds["transformers"] / r.cpu_seconds["triform"]
         lines.append(
-            f"| {r.shape} | {r.ratio:.3f} | {cpu_ratio:.3f} | {100 * r.steal_fraction:.1f}% | "
+            f"| {r.shape} | {r.precision} | {r.ratio:.3f} | {cpu_ratio:.3f} | "
+            f"{100 * r.steal_fraction:.1f}% | "
             f"{r.eval_loss['triform']:.5f} / {r.eval_loss['transformers']:.5f} |"
         )
-    lines.append(f"\nmatmul peak: {peak:.1f} GFLOP/s")
+    lines.append("\nmatmul peak: " + ", ".join(f"{p} {v:.1f} GFLOP/s" for p, v in peaks.items()))
     return "\n".join(lines)
 
 
@@ -566,18 +591,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dropout", type=float, help="override dropout (default: preset's)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per side per repeat")
-    parser.add_argument("--repeats", type=int, default=12, help="interleaved repeats")
-    parser.add_argument("--peak", type=float, help="matmul peak GFLOP/s (default: measure)")
+    parser.add_argument("--repeats", type=int, default=8, help="interleaved repeats")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        help="precisions to run (default: fp32, and bf16 where the hardware has it natively)",
+    )
+    parser.add_argument("--triform-loss", choices=["fused", "logits"], default="fused")
+    parser.add_argument("--optimizer", choices=["fused", "loop"], default="fused")
+    parser.add_argument("--peak", type=float, help="fp32 matmul peak GFLOP/s (default: measure)")
+    parser.add_argument("--peak-bf16", type=float, help="bf16 matmul peak GFLOP/s (ditto)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny models: a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny models, 1 round, 4x32 tokens: a smoke run"
+    )
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables")
     parser.add_argument("--profile-steps", type=int, default=2)
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument(
         "--curve", metavar="METRICS_JSONL", help="only print the validation curve of a run"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tiny, args.warmup, args.repeats = True, 1, 1
+        args.batch, args.seq, args.target_len = 4, 32, 8
+        args.peak, args.peak_bf16 = args.peak or 100.0, args.peak_bf16 or 100.0
+    if args.precision is None:
+        from triform.runtime.precision import auto_precision
+
+        native = auto_precision(args.device) == "bf16"
+        args.precision = ["fp32", "bf16"] if native else ["fp32"]
+    return args
 
 
 def main(argv: list[str] | None = None) -> list[ShapeResult]:
@@ -590,33 +637,40 @@ def main(argv: list[str] | None = None) -> list[ShapeResult]:
         f"{torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()}",
         flush=True,
     )
-    measured = args.peak is None
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    if measured:
-        args.peak = measure_peak(dtype=dtype, device=args.device, verbose=True)
-    print(f"matmul peak: {args.peak:.1f} GFLOP/s", flush=True)
+    # each precision's MFU is against the matmul peak in that precision
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    given = {"fp32": args.peak, "bf16": args.peak_bf16}
+    peaks: dict[str, float] = {}
+    for precision in args.precision:
+        peaks[precision] = given[precision] or measure_peak(
+            dtype=dtypes[precision], device=args.device, verbose=True
+        )
+        print(f"matmul peak {precision}: {peaks[precision]:.1f} GFLOP/s", flush=True)
     results = []
-    for shape in args.shapes:
-        result = bench_shape(shape, args, args.peak)
+    for shape, precision in [(s, p) for p in args.precision for s in args.shapes]:
+        result = bench_shape(shape, precision, args, peaks[precision])
         results.append(result)
         for side in SIDES:
             print(
-                f"  {shape:9s} {side:12s} {result.tokens_per_s[side]:9,.0f} tokens/s  "
-                f"MFU {100 * result.mfu[side]:5.1f}%  memory {result.memory[side]}",
+                f"  {shape:9s} {precision} {side:12s} {result.tokens_per_s[side]:9,.0f} tokens/s"
+                f"  MFU {100 * result.mfu[side]:5.1f}%  memory {result.memory[side]}",
                 flush=True,
             )
-        print(f"  {shape}: ratio triform/transformers {result.ratio:.3f}", flush=True)
+        print(f"  {shape} {precision}: ratio triform/transformers {result.ratio:.3f}", flush=True)
         for side, table in result.profiles.items():
             print(f"\n--- profile: {shape} {side} ---\n{table}", flush=True)
-    if measured:  # a shared machine's peak drifts: the best of before and after
-        after = measure_peak(dtype=dtype, device=args.device, verbose=True)
-        print(f"matmul peak after: {after:.1f} GFLOP/s", flush=True)
-        if after > args.peak:
+    for precision in args.precision:  # a shared machine's peak drifts: the best of two
+        if given[precision]:
+            continue
+        after = measure_peak(dtype=dtypes[precision], device=args.device, verbose=True)
+        print(f"matmul peak {precision} after: {after:.1f} GFLOP/s", flush=True)
+        if after > peaks[precision]:
             for r in results:
-                r.mfu = {s: m * args.peak / after for s, m in r.mfu.items()}
-            args.peak = after
+                if r.precision == precision:
+                    r.mfu = {s: m * peaks[precision] / after for s, m in r.mfu.items()}
+            peaks[precision] = after
     print()
-    print(report(results, args.peak))
+    print(report(results, peaks))
     print(f"load average at the end: {os.getloadavg()}")
     if args.json:
         with open(args.json, "w") as f:

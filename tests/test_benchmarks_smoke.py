@@ -29,7 +29,8 @@ def test_bench_train_tiny_runs_both_sides():
 
     results = bench_train.main(
         ["--tiny", "--shapes", "t5-small", "--batch", "2", "--seq", "16", "--target-len", "8",
-         "--warmup", "1", "--steps", "1", "--repeats", "1", "--peak", "100", "--dropout", "0"]
+         "--warmup", "1", "--steps", "1", "--repeats", "1", "--peak", "100", "--dropout", "0",
+         "--precision", "fp32"]
     )  # fmt: skip
     assert [r.shape for r in results] == ["t5-small"]
     for r in results:
@@ -268,3 +269,16 @@ def test_pretraining_clock_leaves_out_the_wait_between_segments(tmp_path: Path):
     assert [r["minutes"] for r in timed] == [1.0, 2.0, 2.5]
     assert spent == 2.5
     assert bench_genre.pretrain_clock(tmp_path / "absent") == ([], 0.0)
+
+
+def test_bench_decode_quick_is_token_identical():
+    """The decoding benchmark on a tiny GPT-2: both sides produce the same tokens."""
+    pytest.importorskip("transformers")
+    import bench_decode
+
+    report = bench_decode.main(["--quick", "--threads", "1"])
+    assert [r["beams"] for r in report["results"]] == [1, 4]
+    for r in report["results"]:
+        assert r["identical"]
+        assert r["tokens_per_s"]["triform"] > 0 and r["tokens_per_s"]["transformers"] > 0
+    assert report["bound_tokens_per_s"] > 0

@@ -8,7 +8,11 @@ from pathlib import Path
 from triform.errors import TriformError
 
 # `triform pretrain` with no config: a small GPT on the embedded default corpus, a few
-# minutes on two CPU cores, leaving a checkpoint `triform generate` can use.
+# minutes on two CPU cores, leaving a checkpoint `triform generate` can use. It runs with the
+# library's fast defaults: precision "auto" (bf16 autocast where the CPU or GPU has native
+# bf16), fused AdamW and the causal-LM loss fused with the vocabulary projection; not
+# torch.compile, which on CPU took longer to compile than it saved in 4 minutes
+# (BENCHMARKS.md, "Faster than the reference").
 DEFAULT_RUN = {
     "model": {
         "preset": "gpt2",

@@ -8,6 +8,11 @@ after it; ``reorder(index)`` keeps the rows beam search continues.
 Each input row may be repeated ``expand`` times (beams, or several samples per prompt),
 where ``transformers`` repeats it: decoders repeat the prompt before reading it,
 encoder-decoders encode once and repeat the encoder output.
+
+What a step does not do: the KV cache is preallocated for the whole output (one buffer per
+layer, written in place, reordered in place for beams), the decoder's attention mask is one
+preallocated buffer of which each step takes a longer view, and the vocabulary projection
+runs on the last position only (not on every prompt token).
 """
 
 from __future__ import annotations
@@ -43,34 +48,56 @@ class DecoderSteps(Steps):
     ``generate`` does), so every prompt continues from its own length."""
 
     def __init__(
-        self, model: DecoderModel, input_ids: torch.Tensor, mask: torch.Tensor, expand: int
+        self,
+        model: DecoderModel,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        expand: int,
+        max_new_tokens: int,
     ) -> None:
         self.model = model
         self.sequences = input_ids.repeat_interleave(expand, dim=0)  # (N, P)
-        self.mask = mask.long().repeat_interleave(expand, dim=0)  # (N, P), grows by one a step
+        rows, prompt = self.sequences.shape
+        capacity = prompt + max_new_tokens
+        # (N, P + new): the prompt's mask, then ones for the tokens to come
+        self._mask = mask.new_ones((rows, capacity), dtype=torch.long)
+        self._mask[:, :prompt] = mask.long().repeat_interleave(expand, dim=0)
+        self.mask = self._mask[:, :prompt]  # the positions read so far
         self.counted = self.mask.bool()
-        self.cache = KVCache.empty(model.config.num_layers)
+        self.cache = KVCache.empty(model.config.num_layers, capacity=max(capacity, 1))
+        self._real = self.mask.sum(-1, keepdim=True)  # (N, 1) real tokens read so far
 
-    def _run(self, ids: torch.Tensor) -> torch.Tensor:
+    def _run(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         out = self.model(
             ids,
             attention_mask=self.mask,
-            position_ids=make_position_ids(self.model.config, ids, attention_mask=self.mask),
+            position_ids=position_ids,
             past_key_values=self.cache,
             use_cache=True,
+            compute_logits=False,
         )
-        return out.logits[:, -1]
+        return self.model.lm_head(out.last_hidden_state[:, -1])  # (N, V)
 
     def first(self) -> torch.Tensor:
-        return self._run(self.sequences)
+        ids = self.sequences
+        return self._run(ids, make_position_ids(self.model.config, ids, attention_mask=self.mask))
 
     def next(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        return self._run(tokens[:, None])
+        self.mask = self._mask[:, : self.mask.shape[1] + 1]
+        ids = tokens[:, None]  # (N, 1)
+        config = self.model.config
+        if config.positions_from_padding:
+            positions = make_position_ids(config, ids, attention_mask=self.mask)
+        else:  # what make_position_ids gives the new token, without a cumsum over the mask
+            positions = self._real + config.position_offset  # (N, 1)
+        self._real = self._real + 1
+        return self._run(ids, positions)
 
     def reorder(self, index: torch.Tensor) -> None:
         self.cache.reorder(index)
-        self.mask = self.mask.index_select(0, index)
+        self._mask.copy_(self._mask.index_select(0, index))
+        self.mask = self._mask[:, : self.mask.shape[1]]
+        self._real = self._real.index_select(0, index)
 
 
 class Seq2SeqSteps(Steps):
@@ -84,6 +111,7 @@ class Seq2SeqSteps(Steps):
         mask: torch.Tensor,
         expand: int,
         start_id: int,
+        max_new_tokens: int,
     ) -> None:
         self.model = model
         encoded, _ = model.encode(input_ids, mask)  # (B, S, H)
@@ -92,7 +120,7 @@ class Seq2SeqSteps(Steps):
         rows = self.encoded.shape[0]
         self.sequences = torch.full((rows, 1), start_id, dtype=torch.long, device=mask.device)
         self.counted = torch.ones_like(self.sequences, dtype=torch.bool)
-        self.cache = KVCache.empty(model.config.decoder_layers)
+        self.cache = KVCache.empty(model.config.decoder_layers, capacity=1 + max_new_tokens)
 
     def _run(self, ids: torch.Tensor) -> torch.Tensor:
         out = self.model(
@@ -101,8 +129,9 @@ class Seq2SeqSteps(Steps):
             encoder_hidden_state=self.encoded,
             past_key_values=self.cache,
             use_cache=True,
+            compute_logits=False,
         )
-        return out.logits[:, -1]
+        return self.model.lm_head(out.last_hidden_state[:, -1])  # (N, V)
 
     def first(self) -> torch.Tensor:
         return self._run(self.sequences)
@@ -135,9 +164,8 @@ def start_steps(
                 f"{config.max_positions} positions"
             )
         start = config.decoder_start_token_id
-        return Seq2SeqSteps(
-            model, input_ids, attention_mask, expand, pad_id if start is None else start
-        )
+        start = pad_id if start is None else start
+        return Seq2SeqSteps(model, input_ids, attention_mask, expand, start, max_new_tokens)
     if isinstance(model, DecoderModel):
         longest = int(attention_mask.sum(-1).max()) if input_ids.numel() else 0
         if bounded and longest + max_new_tokens > config.max_positions:
@@ -145,5 +173,5 @@ def start_steps(
                 f"a prompt of {longest} tokens + max_new_tokens={max_new_tokens} is longer "
                 f"than the model's {config.max_positions} positions"
             )
-        return DecoderSteps(model, input_ids, attention_mask, expand)
+        return DecoderSteps(model, input_ids, attention_mask, expand, max_new_tokens)
     raise TriformError(f"{type(model).__name__} cannot generate: it has no decoder")

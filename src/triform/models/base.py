@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from triform.config import ModelConfig
+from triform.models.heads import LMHead
 from triform.nn.cache import KVCache
 from triform.nn.embeddings import Embeddings, make_position_ids
 from triform.nn.stack import Stack, StackOutput
@@ -96,6 +97,34 @@ def run_stack(
         output_hidden_states=output_hidden_states,
         output_attentions=output_attentions,
     )
+
+
+LMResult = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+
+
+def lm_head_outputs(
+    head: LMHead,
+    hidden: torch.Tensor,
+    *,
+    compute_logits: bool = True,
+    labels: torch.Tensor | None = None,
+    logits_at: torch.Tensor | None = None,
+) -> LMResult:
+    """``(logits, loss, predictions)`` of a language-modelling head on ``hidden`` (B, L, H).
+
+    - ``labels`` (B, L): the loss at the labelled positions fused with the vocabulary
+      projection (:meth:`LMHead.loss`); no logits are returned.
+    - ``logits_at`` (B, L) bool: logits (N, V) at those positions only.
+    - neither: logits (B, L, V), unless ``compute_logits`` is False.
+    """
+    if labels is not None:
+        if logits_at is not None:
+            raise ValueError("give labels or logits_at, not both")
+        loss, predictions = head.loss(hidden, labels)
+        return None, loss, predictions
+    if not compute_logits:
+        return None, None, None
+    return head(hidden, logits_at), None, None
 
 
 def _is_input_table(model: nn.Module, embedding: nn.Embedding) -> bool:

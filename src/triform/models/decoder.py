@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel, run_stack
+from triform.models.base import TransformerModel, lm_head_outputs, run_stack
 from triform.models.heads import LMHead
 from triform.models.outputs import DecoderOutput
 from triform.nn.cache import KVCache
@@ -34,12 +34,17 @@ class DecoderModel(TransformerModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         compute_logits: bool = True,
+        labels: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """input_ids: (B, L) new tokens; attention_mask: (B, past + L), 1 = real token.
 
         With ``use_cache`` the returned ``past_key_values`` holds every layer's keys and
         values; pass it back with the next tokens to decode incrementally.
         ``output_attentions`` returns every layer's attention probabilities (B, h, L, past + L).
+        ``labels`` (B, L) (-100 = not counted) returns the fused loss instead of logits;
+        ``logits_at`` (B, L) bool returns logits (N, V) at those positions only
+        (:func:`~triform.models.base.lm_head_outputs`).
         """
         out = run_stack(
             self.embeddings,
@@ -52,11 +57,19 @@ class DecoderModel(TransformerModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        logits = self.lm_head(out.last_hidden_state) if compute_logits else None
+        logits, loss, predictions = lm_head_outputs(
+            self.lm_head,
+            out.last_hidden_state,
+            compute_logits=compute_logits,
+            labels=labels,
+            logits_at=logits_at,
+        )
         return DecoderOutput(
             logits,
             out.last_hidden_state,
             out.hidden_states,
             out.cache if use_cache else None,
             out.attentions,
+            loss,
+            predictions,
         )

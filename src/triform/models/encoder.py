@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel, run_stack
+from triform.models.base import TransformerModel, lm_head_outputs, run_stack
 from triform.models.heads import LMHead, PairHead, Pooler, ReplacedTokenHead
 from triform.models.outputs import EncoderOutput
 from triform.nn.embeddings import Embeddings
@@ -44,12 +44,15 @@ class EncoderModel(TransformerModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         compute_logits: bool = True,
+        labels: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> EncoderOutput:
         """input_ids: (B, L); attention_mask: (B, L) with 1 for real tokens.
 
         ``compute_logits=False`` skips the heads (feature extraction, fine-tuning bodies);
         ``output_attentions`` returns every layer's attention probabilities (computed
-        explicitly, so slower: for looking inside, not for training).
+        explicitly, so slower: for looking inside, not for training). ``labels`` (B, L) and
+        ``logits_at`` (B, L) apply to a masked-LM head as in :meth:`DecoderModel.forward`.
         """
         out = run_stack(
             self.embeddings,
@@ -63,12 +66,28 @@ class EncoderModel(TransformerModel):
         )
         hidden = out.last_hidden_state
         pooled = self.pooler(hidden) if self.pooler is not None else None
-        logits = pair_logits = None
-        if compute_logits:
-            if self.lm_head is not None:
-                logits = self.lm_head(hidden)
-            elif self.rtd_head is not None:
-                logits = self.rtd_head(hidden)
-            if self.pair_head is not None:
-                pair_logits = self.pair_head(pooled)
-        return EncoderOutput(hidden, logits, pair_logits, pooled, out.hidden_states, out.attentions)
+        logits = pair_logits = loss = predictions = None
+        if (labels is not None or logits_at is not None) and self.lm_head is None:
+            raise ValueError("labels and logits_at need a masked-LM head (encoder_head='mlm')")
+        if self.lm_head is not None:
+            logits, loss, predictions = lm_head_outputs(
+                self.lm_head,
+                hidden,
+                compute_logits=compute_logits,
+                labels=labels,
+                logits_at=logits_at,
+            )
+        elif compute_logits and self.rtd_head is not None:
+            logits = self.rtd_head(hidden)
+        if compute_logits and self.pair_head is not None:
+            pair_logits = self.pair_head(pooled)
+        return EncoderOutput(
+            hidden,
+            logits,
+            pair_logits,
+            pooled,
+            out.hidden_states,
+            out.attentions,
+            loss,
+            predictions,
+        )

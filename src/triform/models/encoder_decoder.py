@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel, run_stack
+from triform.models.base import TransformerModel, lm_head_outputs, run_stack
 from triform.models.heads import LMHead
 from triform.models.outputs import Seq2SeqOutput
 from triform.nn.cache import KVCache
@@ -73,11 +73,14 @@ class EncoderDecoderModel(TransformerModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         compute_logits: bool = True,
+        labels: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> Seq2SeqOutput:
         """input_ids: (B, S) source; decoder_input_ids: (B, T) target so far, starting with
         the decoder start token. Pass ``encoder_hidden_state`` to skip re-encoding (and
         ``past_key_values`` to decode one step at a time). ``output_attentions`` returns the
-        attention probabilities of every layer: encoder, decoder and cross."""
+        attention probabilities of every layer: encoder, decoder and cross. ``labels`` (B, T)
+        and ``logits_at`` (B, T) as in :meth:`DecoderModel.forward`."""
         if decoder_input_ids is None:
             raise ValueError("decoder_input_ids is required")
         encoded = StackOutput(encoder_hidden_state)
@@ -99,7 +102,13 @@ class EncoderDecoderModel(TransformerModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        logits = self.lm_head(out.last_hidden_state) if compute_logits else None
+        logits, loss, predictions = lm_head_outputs(
+            self.lm_head,
+            out.last_hidden_state,
+            compute_logits=compute_logits,
+            labels=labels,
+            logits_at=logits_at,
+        )
         return Seq2SeqOutput(
             logits,
             out.last_hidden_state,
@@ -110,4 +119,6 @@ class EncoderDecoderModel(TransformerModel):
             encoded.attentions,
             out.attentions,
             out.cross_attentions,
+            loss,
+            predictions,
         )

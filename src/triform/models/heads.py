@@ -7,6 +7,7 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.nn.feedforward import activation_fn
+from triform.nn.losses import IGNORE_INDEX, linear_cross_entropy
 from triform.nn.norms import make_norm
 
 
@@ -32,12 +33,34 @@ class LMHead(nn.Module):
             self.decoder.weight = tied_embedding.weight
         self.output_scale = config.hidden_size**-0.5 if config.scale_tied_logits else 1.0
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, H) -> (B, L, V); with ``at`` (B, L) bool, only the selected positions:
+        (N, V), rows in row-major order of ``at`` (the transform and the vocabulary
+        projection then run on N rows instead of B * L)."""
+        if at is not None:
+            hidden = hidden[at]  # (N, H)
+        return self.decoder(self._prepare(hidden))
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean token cross entropy at the labelled positions (labels != -100) and the
+        argmax predictions there: ``(loss, (N,) predictions)``. Only labelled positions are
+        projected, in chunks, so that no (B, L, V) logits are ever held
+        (:func:`~triform.nn.losses.linear_cross_entropy`).
+
+        hidden: (B, L, H); labels: (B, L).
+        """
+        at = labels != IGNORE_INDEX  # (B, L)
+        selected = self._prepare(hidden[at])  # (N, H)
+        decoder = self.decoder
+        return linear_cross_entropy(selected, decoder.weight, decoder.bias, labels[at])
+
+    def _prepare(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., E): the transform and the output scale before the projection."""
         if self.transform is not None:
             hidden = self.transform(hidden)
         if self.output_scale != 1.0:
             hidden = hidden * self.output_scale
-        return self.decoder(hidden)
+        return hidden
 
 
 class Pooler(nn.Module):

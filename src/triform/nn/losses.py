@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from triform.runtime.precision import compute_dtype
+
 IGNORE_INDEX = -100
 
 
@@ -25,3 +27,123 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
         reduction="sum",
     )
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+# Rows of logits one chunk of :func:`linear_cross_entropy` holds: 2**25 fp32 values (128 MiB).
+LOGITS_PER_CHUNK = 2**25
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    chunk_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross entropy of ``hidden @ weight.T + bias`` against ``labels``, computed in
+    chunks of rows so that the (N, V) logits never exist whole.
+
+    hidden: (N, H); weight: (V, H); bias: (V,) or None; labels: (N,), ``IGNORE_INDEX`` rows
+    not counted. Returns ``(loss, predictions)``: the mean loss over counted rows (zero when
+    none counts) and the (N,) argmax of each row's logits (no gradient; for accuracy).
+    ``chunk_rows``: rows per chunk (default: ``LOGITS_PER_CHUNK // V``).
+
+    The same value as ``token_cross_entropy(F.linear(hidden, weight, bias), labels)``, with
+    the same matmul count: when a gradient is needed, each chunk's gradients with respect to
+    ``hidden``, ``weight`` and ``bias`` are computed in the forward pass from the chunk's
+    logits (the loss is a scalar, so backward only scales them), as in Liger-Kernel's fused
+    linear cross entropy. Under autocast the matmuls run in the autocast dtype and the
+    softmax in fp32.
+    """
+    if chunk_rows is None:
+        chunk_rows = max(1, LOGITS_PER_CHUNK // weight.shape[0])
+    needs_grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    if not needs_grad:
+        with torch.no_grad():
+            total, predictions, _ = _chunked_forward(hidden, weight, bias, labels, chunk_rows)
+        return total / (labels != IGNORE_INDEX).sum().clamp(min=1), predictions
+    loss, predictions = _LinearCrossEntropy.apply(hidden, weight, bias, labels, chunk_rows)
+    return loss, predictions
+
+
+def _chunked_forward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    chunk_rows: int,
+    grads: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]]:
+    """Summed loss, (N,) predictions and, with ``grads``, the gradients of the *mean* loss
+    with respect to (hidden, weight, bias)."""
+    rows = labels.shape[0]
+    counted = labels != IGNORE_INDEX  # (N,)
+    count = counted.sum().clamp(min=1)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    predictions = torch.empty_like(labels)
+    dtype = compute_dtype(hidden)  # cast the weight once, not once per chunk
+    w = weight.to(dtype)
+    b = bias.to(dtype) if bias is not None else None
+    grad_hidden = torch.empty_like(hidden) if grads else None
+    grad_weight: torch.Tensor | None = None  # (V, H) fp32, from the first chunk on
+    grad_bias: torch.Tensor | None = None
+    for start in range(0, rows, chunk_rows):
+        stop = min(start + chunk_rows, rows)
+        h, y, keep = hidden[start:stop].to(dtype), labels[start:stop], counted[start:stop]
+        logits = F.linear(h, w, b).float()  # (n, V)
+        predictions[start:stop] = logits.argmax(-1)
+        log_z = torch.logsumexp(logits, dim=-1)  # (n,)
+        safe = y.clamp(min=0).unsqueeze(1)
+        target = logits.gather(1, safe).squeeze(1)
+        total = total + ((log_z - target) * keep).sum()
+        if not grads:
+            continue
+        # d(mean loss)/d logits = (softmax - onehot) / count, zero on ignored rows
+        g = logits.sub_(log_z.unsqueeze(1)).exp_()
+        g.scatter_add_(1, safe, -torch.ones_like(safe, dtype=g.dtype))
+        g.mul_((keep.to(g.dtype) / count).unsqueeze(1))  # (n, V)
+        gc = g.to(dtype)
+        grad_hidden[start:stop] = gc @ w  # (n, H)
+        if grad_weight is None:
+            grad_weight = (gc.t() @ h).float()  # (V, H)
+        elif dtype == torch.float32:
+            grad_weight.addmm_(gc.t(), h)  # in place: no (V, H) temporary
+        else:
+            grad_weight.add_(gc.t() @ h)
+        if bias is not None:
+            grad_bias = g.sum(0) if grad_bias is None else grad_bias.add_(g.sum(0))
+    out_grads: tuple[torch.Tensor | None, ...] = ()
+    if grads:
+        if grad_weight is None:  # no rows at all
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+            grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
+        out_grads = (
+            grad_hidden,
+            grad_weight.to(weight.dtype),
+            grad_bias.to(bias.dtype) if grad_bias is not None else None,
+        )
+    return total, predictions, out_grads
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """:func:`linear_cross_entropy` with gradients computed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, chunk_rows):  # type: ignore[override]
+        total, predictions, grads = _chunked_forward(
+            hidden, weight, bias, labels, chunk_rows, grads=True
+        )
+        ctx.save_for_backward(*(g for g in grads if g is not None))
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(predictions)
+        count = (labels != IGNORE_INDEX).sum().clamp(min=1)
+        return total / count, predictions
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_predictions):  # type: ignore[override]
+        # scaled in place: the saved gradients are used once, and a (V, H) copy is memory
+        grads = [g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors]
+        grad_bias = grads[2] if ctx.has_bias else None
+        return grads[0], grads[1], grad_bias, None, None

@@ -14,14 +14,7 @@ from triform.nn.cache import KVCache
 from triform.nn.masks import AttentionMask, build_mask
 from triform.nn.norms import make_norm
 from triform.nn.positions import RelativePositionBias, RotaryEmbedding
-
-
-def mask_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype attention scores will have: the autocast dtype when autocast is on."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
+from triform.runtime.precision import compute_dtype
 
 
 @dataclass
@@ -86,7 +79,7 @@ class Stack(nn.Module):
                 causal=self.causal,
                 window=self.config.local_window if kind == "local" else None,
                 position_bias=bias,
-                dtype=mask_dtype(x),
+                dtype=compute_dtype(x),  # the dtype attention scores will have
                 device=x.device,
             )
             for kind in set(self.config.attention_pattern)
@@ -118,7 +111,7 @@ class Stack(nn.Module):
                 x.shape[1],
                 context.shape[1],
                 key_padding=context_padding_mask,
-                dtype=mask_dtype(x),
+                dtype=compute_dtype(x),  # the dtype attention scores will have
                 device=x.device,
             )
         rotary = None

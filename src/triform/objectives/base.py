@@ -67,6 +67,8 @@ class Objective:
     input_paths: ClassVar[tuple[str, ...]] = ()  # keys that are paths (resolved like the run's)
     perplexity_of: ClassVar[str | None] = "loss"  # the loss part perplexity is exp of
     generative: ClassVar[bool] = False  # the trainer prints a sample at each evaluation
+    # the loss reads logits and labels at labelled positions only (see :meth:`step`)
+    loss_at_labels: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -146,8 +148,27 @@ class Objective:
         return token_cross_entropy(output.logits, batch["labels"]), {}
 
     def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
-        """Forward ``model`` on ``batch``: the loss and its parts, with token accuracy."""
-        output = model(**self.model_inputs(batch))
+        """Forward ``model`` on ``batch``: the loss and its parts, with token accuracy.
+
+        The model does no more work than the loss needs: with the default :meth:`loss` (token
+        cross entropy over ``labels``) it computes the loss itself, fused with the vocabulary
+        projection at the labelled positions only (``model(..., labels=...)``: no logits
+        for unlabelled or padded positions, none kept whole); an objective whose own loss
+        reads logits and labels at the labelled positions only sets ``loss_at_labels`` and
+        gets logits there (``model(..., logits_at=...)``) and labels gathered to match.
+        """
+        inputs = self.model_inputs(batch)
+        labels = batch.get("labels")
+        if labels is not None and type(self).loss is Objective.loss:
+            output = model(**inputs, labels=labels)
+            counted = labels[labels != IGNORE_INDEX]  # (N,) in the order of the predictions
+            return output.loss, {"accuracy": prediction_accuracy(output.predictions, counted)}
+        if labels is not None and self.loss_at_labels:
+            at = labels != IGNORE_INDEX  # (B, L)
+            output = model(**inputs, logits_at=at)
+            batch = {**batch, "labels": labels[at]}  # (N,), matching logits (N, V)
+        else:
+            output = model(**inputs)
         loss, parts = self.loss(output, batch)
         parts.update(token_accuracy(output, batch))
         return loss, parts
@@ -165,13 +186,20 @@ class Objective:
 
 
 def token_accuracy(output: Any, batch: Batch) -> dict[str, torch.Tensor]:
-    """Token accuracy over the labelled positions (empty when the output has no token logits)."""
+    """Token accuracy over the labelled positions (empty when the output has no token
+    logits). Logits (..., V) and labels (...): (B, L, V) and (B, L), or (N, V) and (N,)."""
     labels = batch.get("labels")
-    if labels is None or output.logits is None or output.logits.dim() != 3:
+    logits = output.logits
+    if labels is None or logits is None or logits.dim() != labels.dim() + 1 or logits.dim() < 2:
         return {}
     counted = labels != IGNORE_INDEX
-    correct = (output.logits.argmax(-1) == labels) & counted
+    correct = (logits.argmax(-1) == labels) & counted
     return {"accuracy": correct.sum() / counted.sum().clamp(min=1)}
+
+
+def prediction_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Share of ``predictions`` (N,) equal to ``labels`` (N,) (zero when N is 0)."""
+    return (predictions == labels).sum() / max(labels.numel(), 1)
 
 
 @dataclasses.dataclass

@@ -67,7 +67,8 @@ class ReplacedTokenConfig(MaskedLMConfig):
 def sample_replacements(
     generator_logits: torch.Tensor, batch: Batch, generator: torch.Generator
 ) -> Batch:
-    """The discriminator's batch from the generator's logits (B, L, V) on an objective batch.
+    """The discriminator's batch from the generator's logits on an objective batch: (B, L, V),
+    or (N, V) at the selected positions only (row-major order, ``logits_at=selected``).
 
     At each selected position (``labels != -100``) a token is sampled from
     ``softmax(generator_logits)`` by inverse-CDF sampling with one uniform draw from
@@ -77,7 +78,8 @@ def sample_replacements(
     """
     original = batch["original_ids"]  # (B, L)
     selected = batch["labels"] != IGNORE_INDEX  # (B, L)
-    logits = generator_logits.detach()[selected].float()  # (N, V)
+    logits = generator_logits.detach()
+    logits = (logits[selected] if logits.dim() == 3 else logits).float()  # (N, V)
     cdf = logits.softmax(-1).cumsum(-1)  # (N, V)
     draw = uniform((logits.size(0), 1), generator, logits.device) * cdf[:, -1:]
     sampled = torch.searchsorted(cdf, draw, right=True).clamp(max=logits.size(-1) - 1)
@@ -101,7 +103,8 @@ def electra_loss(
     """ELECTRA's loss: generator MLM cross entropy + ``discriminator_weight`` x the mean
     binary cross entropy of the discriminator over real tokens.
 
-    generator_logits: (B, L, V); mlm_labels: (B, L) (-100 where not masked);
+    generator_logits: (B, L, V) with mlm_labels (B, L) (-100 where not masked), or (N, V)
+    with (N,) at the masked positions only;
     discriminator_logits: (B, L); rtd_labels: (B, L) of 0/1 (-100 on padding).
     Returns ``(loss, {"generator_loss", "discriminator_loss", "discriminator_accuracy"})``.
     """
@@ -162,13 +165,15 @@ class ReplacedTokenDetection(MaskedLM):
         batch: Batch,
         generator: torch.Generator,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Generator forward, sampling, discriminator forward and :func:`electra_loss`."""
-        generator_output = generator_model(**self.model_inputs(batch))
+        """Generator forward (its vocabulary projection at the masked positions only),
+        sampling, discriminator forward and :func:`electra_loss`."""
+        selected = batch["labels"] != IGNORE_INDEX  # (B, L)
+        generator_output = generator_model(**self.model_inputs(batch), logits_at=selected)
         discriminator_batch = sample_replacements(generator_output.logits, batch, generator)
         discriminator_output = discriminator_model(**self.model_inputs(discriminator_batch))
         return electra_loss(
-            generator_output.logits,
-            batch["labels"],
+            generator_output.logits,  # (N, V)
+            batch["labels"][selected],
             discriminator_output.logits,
             discriminator_batch["labels"],
             self.config.discriminator_weight,

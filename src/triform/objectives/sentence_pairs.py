@@ -96,8 +96,11 @@ class SentencePairObjective(MaskedLM):
         out["pair_labels"] = batch["pair_labels"]  # (B,)
         return out
 
+    loss_at_labels = True  # the MLM head runs at the masked positions only
+
     def loss(self, output: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``output.logits`` (B, L, V) and ``output.pair_logits`` (B, 2)."""
+        """``output.logits`` (B, L, V) with labels (B, L), or (N, V) with labels (N,) at the
+        masked positions, and ``output.pair_logits`` (B, 2)."""
         return pretraining_loss(
             output.logits, batch["labels"], output.pair_logits, batch["pair_labels"]
         )

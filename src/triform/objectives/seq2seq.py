@@ -181,8 +181,11 @@ class Seq2Seq(Objective):
             "labels": labels,
         }
 
+    loss_at_labels = True  # padded targets are never projected onto the vocabulary
+
     def loss(self, output: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Label-smoothed cross entropy; ``parts["nll_loss"]`` is the plain one (perplexity)."""
+        """Label-smoothed cross entropy; ``parts["nll_loss"]`` is the plain one (perplexity).
+        Logits (..., V) and labels (...) at every target position or at the labelled ones."""
         logits, labels = output.logits, batch["labels"]
         loss = label_smoothed_cross_entropy(
             logits, labels, self.config.label_smoothing, kind=self.config.smoothing

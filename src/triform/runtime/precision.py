@@ -1,14 +1,17 @@
 """Numeric precision of the forward pass: fp32, or bf16 / fp16 autocast.
 
-``"auto"`` picks bf16 autocast on a CUDA device that supports it and fp32 everywhere else;
-bf16 on CPU is used only when asked for. Weights and optimizer state stay fp32 either way.
-fp16 (CUDA only) needs loss scaling: use :func:`grad_scaler`.
+``"auto"`` picks bf16 autocast where the hardware does bf16 natively - a CUDA GPU of compute
+capability 8.0 (Ampere) or newer, a CPU with AMX or AVX512-BF16 instructions (detected at run
+time) - and fp32 everywhere else (:func:`precision_reason` says why). Weights and optimizer
+state stay fp32 either way. fp16 (CUDA only) needs loss scaling: use :func:`grad_scaler`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import torch
 
@@ -30,6 +33,59 @@ def bf16_supported(device: torch.device | str) -> bool:
     return kind == "cpu"
 
 
+# /proc/cpuinfo flags of native bf16 arithmetic, by name
+_CPU_BF16_FLAGS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512-BF16"}
+
+
+@functools.cache
+def cpu_bf16_feature() -> str | None:
+    """The CPU's native bf16 instruction set ("AMX" or "AVX512-BF16"), or None.
+
+    Read from the ``flags`` of ``/proc/cpuinfo`` (Linux); elsewhere from torch's dispatch
+    level (``torch.backends.cpu.get_cpu_capability()``), which names AMX but not AVX512-BF16.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = None
+    if text is not None:
+        flags: set[str] = set()
+        for line in text.splitlines():
+            if line.startswith("flags"):
+                flags.update(line.partition(":")[2].split())
+                break
+        for flag, name in _CPU_BF16_FLAGS.items():
+            if flag in flags:
+                return name
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    return "AMX" if "AMX" in capability.upper() else None
+
+
+def auto_precision(device: torch.device | str) -> str:
+    """What ``"auto"`` means on ``device``: "bf16" where bf16 is native, else "fp32"."""
+    kind = _device_type(device)
+    if kind == "cuda":
+        native = torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+        return "bf16" if native else "fp32"
+    if kind == "cpu":
+        return "bf16" if cpu_bf16_feature() is not None else "fp32"
+    return "fp32"
+
+
+def precision_reason(device: torch.device | str) -> str:
+    """Why ``"auto"`` chose what it did on ``device``, in a few words (for the run's log)."""
+    kind = _device_type(device)
+    if kind == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        native = "native bf16" if major >= 8 else "no native bf16"
+        return f"auto: CUDA compute capability {major}.{minor}, {native}"
+    if kind == "cpu":
+        feature = cpu_bf16_feature()
+        return f"auto: CPU has {feature}" if feature else "auto: CPU without native bf16"
+    return f"auto: {kind}"
+
+
 def resolve_precision(precision: str, device: torch.device | str) -> str:
     """Turn ``"auto" | "fp32" | "bf16" | "fp16"`` into the concrete choice for ``device``.
 
@@ -41,7 +97,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
         )
     kind = _device_type(device)
     if precision == "auto":
-        return "bf16" if kind == "cuda" and bf16_supported(device) else "fp32"
+        return auto_precision(device)
     if precision == "bf16" and kind not in ("cpu", "cuda"):
         raise TriformError(f"train.precision bf16 is not supported on {kind}")
     if precision == "bf16" and not bf16_supported(device):
@@ -49,6 +105,14 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if precision == "fp16" and kind != "cuda":
         raise TriformError(f"train.precision fp16 needs a CUDA device, not {kind}")
     return precision
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on ``x`` produces: the autocast dtype when autocast is on."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 def autocast_context(precision: str, device: torch.device | str) -> AbstractContextManager:

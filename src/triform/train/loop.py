@@ -40,7 +40,12 @@ from triform.runtime.distributed import (
     wrap_model,
 )
 from triform.runtime.memory import check_model_fits
-from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
+from triform.runtime.precision import (
+    autocast_context,
+    grad_scaler,
+    precision_reason,
+    resolve_precision,
+)
 from triform.train.checkpoint import load_checkpoint, save_checkpoint
 from triform.train.interrupt import Interrupted, StopSignals
 from triform.train.metrics import MetricsLogger
@@ -183,7 +188,8 @@ def pretrain(
                 f"{model_config.family} {model_config.form}: {model.num_parameters():,} "
                 f"parameters, objective {task.name}, {train.steps} steps of {train.batch_size} "
                 f"sequences ({_split_text(train.batch_size, train.grad_accum)}) on {device} "
-                f"({precision})"
+                f"({precision}"
+                + (f", {precision_reason(device)})" if train.precision == "auto" else ")")
             )
         try:
             with StopSignals() as signals:

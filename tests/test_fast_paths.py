@@ -1,0 +1,203 @@
+"""The shortcuts that make a training step cheaper than the reference's compute exactly what
+the plain computation does: the chunked vocabulary projection + cross entropy, logits at the
+labelled positions only, and the objectives' fused step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import triform
+from triform.nn.losses import IGNORE_INDEX, linear_cross_entropy, token_cross_entropy
+from triform.objectives import CausalLM, CausalLMConfig, MaskedLM, MaskedLMConfig
+from triform.objectives.base import token_accuracy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = {"hidden_size": 32, "num_heads": 2, "ffn_size": 64, "num_layers": 2, "vocab_size": 97}
+
+
+def _grads(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    grads = [torch.zeros_like(t) if t.grad is None else t.grad.clone() for t in tensors]
+    for t in tensors:
+        t.grad = None
+    return grads
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 64])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_cross_entropy_equals_full_logits(chunk_rows: int, with_bias: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    n, h, v = 37, 16, 101
+    hidden = torch.randn(n, h, generator=g, requires_grad=True)
+    weight = torch.randn(v, h, generator=g, requires_grad=True)
+    bias = torch.randn(v, generator=g, requires_grad=True) if with_bias else None
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels[::5] = IGNORE_INDEX
+    params = [hidden, weight] + ([bias] if with_bias else [])
+
+    loss, predictions = linear_cross_entropy(hidden, weight, bias, labels, chunk_rows)
+    (3.0 * loss).backward()  # a scale on the way back reaches every gradient
+    fused = _grads(*params)
+    logits = F.linear(hidden, weight, bias)
+    reference = token_cross_entropy(logits, labels)
+    (3.0 * reference).backward()
+    plain = _grads(*params)
+
+    assert torch.allclose(loss, reference, atol=1e-6, rtol=1e-6)
+    assert torch.equal(predictions, logits.argmax(-1))
+    for a, b in zip(fused, plain, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_linear_cross_entropy_without_labels_or_gradient() -> None:
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(5, 8, generator=g, requires_grad=True)
+    weight = torch.randn(11, 8, generator=g, requires_grad=True)
+    none_counted = torch.full((5,), IGNORE_INDEX)
+    loss, _ = linear_cross_entropy(hidden, weight, None, none_counted)
+    loss.backward()
+    assert loss.item() == 0.0 and not hidden.grad.any() and not weight.grad.any()
+    labels = torch.randint(0, 11, (5,), generator=g)
+    with torch.no_grad():
+        value, _ = linear_cross_entropy(hidden, weight, None, labels, chunk_rows=2)
+        expected = F.cross_entropy(F.linear(hidden, weight), labels)
+    assert not value.requires_grad
+    assert torch.allclose(value, expected, atol=1e-6)
+
+
+def test_lm_head_at_positions_equals_full_head() -> None:
+    """A BERT head (transform, bias, tied weights): rows of the full logits at the chosen
+    positions, and their gradients."""
+    config = triform.presets.get("bert-base", **TINY, encoder_head="mlm", pair_head="none")
+    torch.manual_seed(0)
+    model = triform.build_model(config)
+    hidden = torch.randn(3, 10, config.hidden_size, requires_grad=True)
+    at = torch.rand(3, 10, generator=torch.Generator().manual_seed(0)) < 0.3
+    picked = model.lm_head(hidden, at)
+    picked.square().sum().backward()
+    grads = _grads(hidden, model.lm_head.decoder.weight)
+    full = model.lm_head(hidden)[at]
+    full.square().sum().backward()
+    assert picked.shape == (int(at.sum()), config.vocab_size)
+    assert torch.allclose(picked, full, atol=1e-6)
+    for a, b in zip(grads, _grads(hidden, model.lm_head.decoder.weight), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def _step_and_full(objective, model, batch) -> tuple[tuple, tuple]:
+    """(loss, accuracy, grads) from the objective's step and from full logits."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss, parts = objective.step(model, batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    fast = (loss.detach(), parts["accuracy"], _grads(*params))
+    output = model(**objective.model_inputs(batch))
+    reference = token_cross_entropy(output.logits, batch["labels"])
+    reference.backward()
+    accuracy = token_accuracy(output, batch)["accuracy"]
+    return fast, (reference.detach(), accuracy, _grads(*params))
+
+
+def _assert_same(fast: tuple, plain: tuple) -> None:
+    assert abs(fast[0].item() - plain[0].item()) < 1e-6
+    assert torch.allclose(fast[1], plain[1])
+    for a, b in zip(fast[2], plain[2], strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_masked_lm_step_equals_full_logits_loss() -> None:
+    config = triform.presets.get("bert-base", **TINY, encoder_head="mlm", pair_head="none")
+    torch.manual_seed(0)
+    model = triform.build_model(config).eval()
+    objective = MaskedLM(MaskedLMConfig(vocab_size=97, mask_id=4, pad_id=0, special_ids=[0, 4]))
+    ids = torch.randint(5, 97, (4, 24), generator=torch.Generator().manual_seed(2))
+    ids[1, 15:] = 0
+    batch = objective({"input_ids": ids}, torch.Generator().manual_seed(3))
+    assert (batch["labels"] == IGNORE_INDEX).float().mean() > 0.5  # most positions skipped
+    _assert_same(*_step_and_full(objective, model, batch))
+
+
+def test_causal_lm_step_equals_full_logits_loss() -> None:
+    config = triform.presets.get("gpt2", **TINY, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = triform.build_model(config).eval()
+    objective = CausalLM(CausalLMConfig())
+    window = torch.randint(0, 97, (3, 17), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(window)
+    mask[2, 9:] = 0  # a short last window: padded targets are not counted
+    batch = objective({"input_ids": window, "attention_mask": mask})
+    _assert_same(*_step_and_full(objective, model, batch))
+
+
+def test_seq2seq_logits_at_labels_equal_full_logits() -> None:
+    """T5 (scaled tied logits) through the ``logits_at`` path of a label-smoothed loss."""
+    from triform.objectives.seq2seq import Seq2Seq, Seq2SeqConfig, label_smoothed_cross_entropy
+
+    config = triform.presets.get("t5-small", **TINY, head_dim=16)
+    torch.manual_seed(0)
+    model = triform.build_model(config).eval()
+    objective = Seq2Seq(Seq2SeqConfig(pad_id=0, eos_id=1))
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(2, 97, (3, 9), generator=g)
+    labels[0, 6:] = IGNORE_INDEX
+    batch = {
+        "input_ids": torch.randint(2, 97, (3, 11), generator=g),
+        "decoder_input_ids": torch.randint(2, 97, (3, 9), generator=g),
+        "labels": labels,
+    }
+    loss, parts = objective.step(model, batch, g)
+    output = model(**objective.model_inputs(batch))
+    expected = label_smoothed_cross_entropy(output.logits, labels, 0.1)
+    assert abs(loss.item() - expected.item()) < 1e-6
+    assert torch.allclose(parts["accuracy"], token_accuracy(output, batch)["accuracy"])
+
+
+def test_preallocated_cache_equals_concatenating_cache() -> None:
+    """Decoding with the in-place cache (and an in-place beam reorder) gives the same logits
+    and the same cached keys/values as the concatenating one."""
+    from triform.nn.cache import KVCache
+
+    config = triform.presets.get("gpt2", **TINY, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = triform.build_model(config).eval()
+    g = torch.Generator().manual_seed(6)
+    prompt = torch.randint(0, 97, (3, 5), generator=g)
+    steps = torch.randint(0, 97, (4, 3, 1), generator=g)
+    order = torch.tensor([2, 0, 0])
+    caches = {"cat": KVCache.empty(2), "preallocated": KVCache.empty(2, capacity=9)}
+    logits = {}
+    with torch.no_grad():
+        for name, cache in caches.items():
+            outs = [model(prompt, past_key_values=cache, use_cache=True).logits]
+            for index, ids in enumerate(steps):
+                if index == 2:
+                    cache.reorder(order)
+                outs.append(model(ids, past_key_values=cache, use_cache=True).logits)
+            logits[name] = torch.cat(outs, dim=1)
+    assert caches["preallocated"].length == caches["cat"].length == 9
+    assert torch.allclose(logits["cat"], logits["preallocated"], atol=1e-6)
+    for a, b in zip(caches["cat"].self_kv, caches["preallocated"].self_kv, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="holds 9 positions"):
+        caches["preallocated"].append(0, *caches["cat"].self_kv[0])
+
+
+def test_linear_cross_entropy_under_bf16_autocast() -> None:
+    """Under autocast the chunks run their matmuls in bf16 as the full projection does: the
+    same loss to bf16 rounding, fp32 gradients of the fp32 inputs."""
+    g = torch.Generator().manual_seed(7)
+    hidden = torch.randn(40, 32, generator=g, requires_grad=True)
+    weight = (0.1 * torch.randn(300, 32, generator=g)).requires_grad_()
+    labels = torch.randint(0, 300, (40,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = linear_cross_entropy(hidden, weight, None, labels, chunk_rows=16)
+        reference = token_cross_entropy(F.linear(hidden, weight), labels)
+    loss.backward()
+    fused = _grads(hidden, weight)
+    reference.backward()
+    plain = _grads(hidden, weight)
+    assert abs(loss.item() - reference.item()) < 1e-3 * reference.item()
+    for a, b in zip(fused, plain, strict=True):
+        assert a.dtype == torch.float32
+        assert torch.allclose(a, b, atol=1e-3, rtol=2e-2)
