@@ -197,7 +197,7 @@ def _wait_for(predicate, seconds: float = 120.0) -> None:
 
 
 def test_sigterm_saves_a_checkpoint_and_the_resume_is_exact(corpus: str, tmp_path: Path) -> None:
-    common = ["train.steps=12", "train.eval_every=1000", "train.checkpoint_every=1000"]
+    common = ["train.steps=80", "train.eval_every=1000", "train.checkpoint_every=1000"]
     whole = tmp_path / "whole"
     assert main(args_for(whole, corpus, *common)) == 0
 
