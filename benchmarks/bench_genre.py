@@ -306,11 +306,15 @@ def finetune_unit(init: str, source: list[str], n: int, seed: int, args, data: P
     say(f"[{unit}] {rows} rows, {steps} steps\n$ {shlex.join(cmd)}")
     result = finetune(FINETUNE, overrides)
     test = result.test or {}
+
+    def fraction(percent: float | None) -> float | None:  # fine-tuning reports percentages;
+        return None if percent is None else percent / 100  # the features and ICL fractions
+
     results.add({
         "unit": unit, "kind": "finetune", "init": init, "n": n, "seed": seed, "rows": rows,
         "steps": result.steps, "seconds": result.seconds, "best_step": result.best_step,
-        "validation_accuracy": (result.validation or {}).get("accuracy"),
-        "test_accuracy": test.get("accuracy"), "test_f1": test.get("f1"),
+        "validation_accuracy": fraction((result.validation or {}).get("accuracy")),
+        "test_accuracy": fraction(test.get("accuracy")), "test_f1": fraction(test.get("f1")),
         "command": shlex.join(cmd),
     })  # fmt: skip
     if not args.keep_finetuned:

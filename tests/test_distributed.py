@@ -67,6 +67,7 @@ sample_tokens = 8
 progress = false
 tensorboard = false
 threads = 1
+precision = "fp32"  # the comparisons are to 1e-5 (auto is bf16 on CPUs that have it)
 
 [optim]
 lr = 3e-3

@@ -90,6 +90,7 @@ log_every = 1
 progress = false
 tensorboard = false
 threads = 1
+precision = "fp32"
 """
     )
     return path

@@ -38,5 +38,5 @@ def test_readers(tmp_path):
     with pytest.raises(TriformError, match="r.jsonl:2: expected a JSON object"):
         list(read_jsonl(rows))
     rows.write_text("{oops\n")
-    with pytest.raises(TriformError, match="r.jsonl:1: not JSON"):
+    with pytest.raises(TriformError, match="r.jsonl:1: malformed JSON"):
         list(read_jsonl(rows))

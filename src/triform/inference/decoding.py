@@ -68,15 +68,17 @@ class DecoderSteps(Steps):
         self._real = self.mask.sum(-1, keepdim=True)  # (N, 1) real tokens read so far
 
     def _run(self, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        out = self.model(
+        last = torch.zeros_like(ids, dtype=torch.bool)  # (N, L): logits at the last position
+        last[:, -1] = True
+        out = self.model(  # the head runs inside the model's forward (as FSDP requires)
             ids,
             attention_mask=self.mask,
             position_ids=position_ids,
             past_key_values=self.cache,
             use_cache=True,
-            compute_logits=False,
+            logits_at=last,
         )
-        return self.model.lm_head(out.last_hidden_state[:, -1])  # (N, V)
+        return out.logits  # (N, V)
 
     def first(self) -> torch.Tensor:
         ids = self.sequences
