@@ -425,3 +425,20 @@ def test_the_shipped_shakespeare_sweep_has_six_sizes_by_three_budgets(tmp_path: 
     assert sweep.config.tokenizer.kind == "char" and sweep.config.data.if_missing == "default"
     for point in sweep.points:
         assert sweep.point_config(point).train.steps == point.steps
+
+
+def test_isoflop_budgets_whose_optimum_was_not_bracketed_are_left_out() -> None:
+    """A budget where the loss only rises with N has its optimum below the sizes tried: it
+    is named in ``left_out``, not extrapolated to a nonsense N_opt."""
+    params = np.array([1e4, 3e4, 1e5, 3e5, 1e6] * 2)
+    budget = np.repeat([1e12, 1e13], 5)
+    tokens = budget / (6 * params)
+    x = np.log(params)
+    rising = 2.0 + 0.02 * (x - x.min()) ** 2 + 0.05 * (x - x.min())  # vertex below the sizes
+    bowl = 2.0 + 0.05 * (x - np.log(1e5)) ** 2  # vertex at 1e5
+    loss = np.where(budget == 1e12, rising, bowl)
+    fit = fit_isoflops(budget, params, tokens, loss)
+    assert [c.flops for c in fit.curves] == [1e13]
+    assert fit.curves[0].n_opt == pytest.approx(1e5, rel=1e-6)
+    assert fit.left_out == ((1e12, "the optimum lies beyond the smallest size tried"),)
+    assert fit.a is None  # one budget left: no exponent

@@ -128,6 +128,8 @@ def analyse(
         isoflops = fit_isoflops(
             *(_column(iso_rows, k) for k in ("budget", "params", "tokens", "loss"))
         )
+        for flops, why in isoflops.left_out:
+            notes.append(f"IsoFLOP C={flops:.3g} left out: {why}")
         if not isoflops.curves:
             notes.append("no compute budget has 3+ model sizes with a minimum inside them")
             isoflops = None

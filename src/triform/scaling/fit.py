@@ -280,6 +280,7 @@ class IsoFlopFit:
     b: float | None
     k_n: float | None
     k_d: float | None
+    left_out: tuple[tuple[float, str], ...] = ()  # (budget, why) of budgets with no optimum
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -291,6 +292,7 @@ class IsoFlopFit:
                 {"flops": c.flops, "n_opt": c.n_opt, "d_opt": c.d_opt, "loss_opt": c.loss_opt}
                 for c in self.curves
             ],
+            "left_out": [{"flops": flops, "why": why} for flops, why in self.left_out],
         }
 
 
@@ -300,13 +302,15 @@ def fit_isoflops(budget: Any, params: Any, tokens: Any, loss: Any) -> IsoFlopFit
     Each budget with at least three model sizes gets a parabola of loss in ``log N``; its
     vertex is ``N_opt`` and the parabola in ``log D`` over the same points gives ``D_opt``
     (both read off the data, so no FLOPs convention enters). Budgets whose parabola opens
-    downwards (the optimum is outside the sizes tried) are left out. With two or more
+    downwards, or whose vertex lies outside the sizes tried (the loss still falls, or rises,
+    at the ends: the optimum was not bracketed), are left out and listed in ``left_out``
+    rather than extrapolated. With two or more
     budgets, ``a`` and ``b`` are the slopes of ``log N_opt`` and ``log D_opt`` in ``log C``.
     """
     budget, params, tokens, loss = (
         np.asarray(x, dtype=float) for x in (budget, params, tokens, loss)
     )
-    curves = []
+    curves, left_out = [], []
     for flops in np.unique(budget):
         mask = budget == flops
         if len(np.unique(params[mask])) < 3:
@@ -315,8 +319,13 @@ def fit_isoflops(budget: Any, params: Any, tokens: Any, loss: Any) -> IsoFlopFit
         c2, c1, c0 = np.polyfit(log_n, values, 2)
         d2, d1, _ = np.polyfit(log_d, values, 2)
         if c2 <= 0 or d2 <= 0:
+            left_out.append((float(flops), "the parabola opens downwards"))
             continue
         x_opt = -c1 / (2 * c2)
+        if not log_n.min() <= x_opt <= log_n.max():
+            side = "smallest" if x_opt < log_n.min() else "largest"
+            left_out.append((float(flops), f"the optimum lies beyond the {side} size tried"))
+            continue
         curves.append(
             IsoFlopCurve(
                 float(flops),
@@ -332,4 +341,4 @@ def fit_isoflops(budget: Any, params: Any, tokens: Any, loss: Any) -> IsoFlopFit
         a, log_kn = np.polyfit(log_c, np.log([c.n_opt for c in curves]), 1)
         b, log_kd = np.polyfit(log_c, np.log([c.d_opt for c in curves]), 1)
         a, b, k_n, k_d = float(a), float(b), float(np.exp(log_kn)), float(np.exp(log_kd))
-    return IsoFlopFit(curves, a, b, k_n, k_d)
+    return IsoFlopFit(curves, a, b, k_n, k_d, tuple(left_out))
