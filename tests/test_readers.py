@@ -234,3 +234,49 @@ def test_rank_share_errors(shards):
         CausalWindows(shards, 16, 6, rank=1, world=4)
     with pytest.raises(ConfigError, match="rank must be in"):
         CausalWindows(shards, 16, 6, rank=2, world=2)
+
+
+@pytest.fixture(scope="module")
+def word_shards(tmp_path_factory) -> tuple[ShardSet, np.ndarray]:
+    """Byte-level BPE shards of prose, and the vocabulary's word-start table."""
+    from triform.objectives.masked_lm import word_start_table
+
+    words = "the quick brown fox jumps over lazy dogs while unbelievable things happen"
+    texts = [" ".join(words.split()[(d + i) % 12] for i in range(300)) for d in range(6)]
+    tok = train_tokenizer(texts, kind="byte-bpe", vocab_size=300, family="bart")
+    out = tmp_path_factory.mktemp("word_shards")
+    corpus = Corpus.from_texts(texts)
+    prepare_shards(corpus, tok, out, val_fraction=0.2, workers=0, progress=False, seed=1)
+    return ShardSet(out, "train", tokenizer=tok), word_start_table(tok)
+
+
+def test_document_chunks_begin_at_word_starts(word_shards) -> None:
+    """BART's reader: a document's chunks after the first begin a word, none is longer than
+    the content length, and together they are the document, token for token."""
+    shards, starts = word_shards
+    plain = DocumentSequences(shards, 24, 4, bos_id=0, eos_id=2, shuffle=False)
+    aligned = DocumentSequences(shards, 24, 4, bos_id=0, eos_id=2, shuffle=False,
+                                word_starts=starts)  # fmt: skip
+    firsts = np.asarray(shards.doc_offsets[:-1])  # a document's first chunk starts it
+
+    def later(chunks: np.ndarray) -> np.ndarray:
+        return chunks[~np.isin(chunks, firsts)]
+
+    assert not starts[shards.tokens[later(plain.chunk_starts)]].all()  # mid-word without it
+    assert starts[shards.tokens[later(aligned.chunk_starts)]].all()
+    assert (aligned.chunk_lens <= aligned.content_len).all()
+    for d in range(shards.n_docs):
+        begin, end = shards.doc_offsets[d], shards.doc_offsets[d + 1]
+        inside = (aligned.chunk_starts >= begin) & (aligned.chunk_starts < end)
+        chunks = zip(aligned.chunk_starts[inside], aligned.chunk_lens[inside], strict=True)
+        pieces = [shards.tokens[s : s + n] for s, n in chunks]
+        assert np.array_equal(np.concatenate(pieces), shards.tokens[begin:end])
+
+
+def test_packed_windows_begin_at_word_starts(word_shards) -> None:
+    """T5's reader: every window's first token begins a word (moved back a few tokens)."""
+    shards, starts = word_shards
+    reader = PackedSequences(shards, 32, 8, separator_id=2, word_starts=starts)
+    for step in range(5):
+        first = reader.batch(step)["input_ids"][:, 0].numpy()
+        assert starts[first].all(), step

@@ -318,6 +318,7 @@ class PackedSequences(_Stream):
         shuffle: bool = True,
         rank: int = 0,
         world: int = 1,
+        word_starts: np.ndarray | None = None,
     ) -> None:
         super().__init__(shards, seq_len, batch_size, seed, shuffle, separator_id, rank, world)
         self.prefix, self.suffix = _frame(bos_id, eos_id, cls_id, sep_id)
@@ -325,6 +326,17 @@ class PackedSequences(_Stream):
         if self.content_len < 1:
             raise ConfigError(f"seq_len {seq_len} leaves no room for text after the framing")
         self._windows(width=self.content_len, stride=self.content_len)
+        self.word_starts = None if word_starts is None else np.asarray(word_starts, dtype=bool)
+
+    def _aligned(self, starts: np.ndarray) -> np.ndarray:
+        """Each window start moved back to the nearest word start at most ``ALIGN_BACK``
+        tokens before it (the window then repeats a few tokens of the one before), so that
+        no window begins inside a word; a start with no word start in reach stays."""
+        back = np.arange(ALIGN_BACK)  # (K,)
+        pos = np.maximum(starts[:, None] - back, 0)  # (B, K)
+        is_start = self.word_starts[np.minimum(self.gather(pos), len(self.word_starts) - 1)]
+        found = is_start.any(axis=1)
+        return np.where(found, starts - is_start.argmax(axis=1), starts)
 
     @property
     def tokens_per_epoch(self) -> int:
@@ -332,6 +344,8 @@ class PackedSequences(_Stream):
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         starts, items = self._window_starts(step)
+        if self.word_starts is not None:
+            starts = self._aligned(starts)
         pos = starts[:, None] + np.arange(self.content_len)  # (B, C)
         ids = np.empty((len(starts), self.seq_len), dtype=np.int64)
         p = len(self.prefix)
@@ -345,6 +359,34 @@ class PackedSequences(_Stream):
             "attention_mask": torch.ones(len(starts), self.seq_len, dtype=torch.int64),
             "example_ids": torch.from_numpy(items.astype(np.int64)),  # static masking
         }
+
+
+ALIGN_BACK = 16  # how far back a window start may move to reach a word start
+
+
+def _word_chunks(
+    tokens: np.ndarray, offsets: np.ndarray, size: int, word_starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Document chunks of at most ``size`` tokens that end where a word starts: each chunk
+    is cut at the last word start inside its ``size`` (or at ``size`` when a word is longer
+    than a chunk), so that every chunk after a document's first begins a word. Returns
+    (starts, lengths), each (n_chunks,)."""
+    is_start = word_starts[np.minimum(tokens, len(word_starts) - 1)]  # (N,) bool
+    cuts = np.flatnonzero(is_start)  # word-start positions, sorted
+    starts, lengths = [], []
+    for begin, end in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+        pos = begin
+        while pos < end:
+            limit = pos + size
+            if limit >= end:
+                cut = end
+            else:
+                i = int(np.searchsorted(cuts, limit, side="right")) - 1
+                cut = int(cuts[i]) if i >= 0 and cuts[i] > pos else limit
+            starts.append(pos)
+            lengths.append(cut - pos)
+            pos = cut
+    return np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
 
 
 class DocumentSequences(_Reader):
@@ -374,6 +416,7 @@ class DocumentSequences(_Reader):
         shuffle: bool = True,
         rank: int = 0,
         world: int = 1,
+        word_starts: np.ndarray | None = None,
     ) -> None:
         super().__init__(shards, seq_len, batch_size, seed, shuffle, rank, world)
         _check_positive(min_tokens=min_tokens)
@@ -394,6 +437,8 @@ class DocumentSequences(_Reader):
         k = np.arange(len(doc)) - np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks)
         starts = offsets[doc] + k * c
         lens = np.minimum(c, offsets[doc + 1] - starts)
+        if word_starts is not None:
+            starts, lens = _word_chunks(self.tokens, offsets, c, np.asarray(word_starts, bool))
         keep = lens >= min_tokens
         self.chunk_starts, self.chunk_lens = starts[keep], lens[keep]  # (n_chunks,) each
         if len(self.chunk_starts) == 0:

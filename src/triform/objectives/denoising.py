@@ -48,6 +48,7 @@ from triform.objectives.base import (
     check_vocab_ids,
     require,
 )
+from triform.objectives.masked_lm import word_start_table
 from triform.objectives.ops import (
     Batch,
     choose,
@@ -145,12 +146,14 @@ class Denoising(Objective):
         self.is_sentence_end = id_table(config.vocab_size, config.sentence_end_ids)
 
     def readers(self, data: RunData) -> tuple[DocumentSequences, DocumentSequences]:
-        """Spans of one document each, framed ``<s> ... </s>`` (sentences intact)."""
+        """Spans of one document each, framed ``<s> ... </s>``, cut where a word starts
+        (when the vocabulary marks words)."""
         return data.shard_readers(
             DocumentSequences,
             data.run.data.seq_len,
             bos_id=data.special.bos_id,
             eos_id=data.special.eos_id,
+            word_starts=word_start_table(data.tokenizer),
         )
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from triform.config import ModelConfig
@@ -132,6 +133,15 @@ def continuation_table(tokenizer: Any, marker: str | None = None) -> torch.Tenso
             starts = token.startswith((marker, *BYTE_LEVEL_SPACES)) or token in special
             table[index] = not starts
     return table
+
+
+def word_start_table(tokenizer: Any) -> np.ndarray | None:
+    """(V,) bool: True for the ids that begin a word (the complement of
+    :func:`continuation_table`), or ``None`` for a tokenizer that marks no word boundaries.
+    Readers use it so that no window begins inside a word."""
+    if word_marker(tokenizer) is None:
+        return None
+    return (~continuation_table(tokenizer)).numpy()
 
 
 class MaskedLM(Objective):

@@ -32,6 +32,7 @@ from triform.data.readers import PackedSequences
 from triform.errors import ConfigError, TriformError
 from triform.nn.losses import IGNORE_INDEX
 from triform.objectives.base import Objective, RunData, check_config, require
+from triform.objectives.masked_lm import word_start_table
 from triform.objectives.ops import Batch, compact, random_segmentation, shift_right, uniform
 
 
@@ -122,8 +123,13 @@ class SpanCorruption(Objective):
         self.sentinels = torch.tensor(config.sentinel_ids, dtype=torch.long)
 
     def readers(self, data: RunData) -> tuple[PackedSequences, PackedSequences]:
-        """Packed windows long enough that the corrupted input is ``data.seq_len`` long."""
-        return data.shard_readers(PackedSequences, self.source_length(data.run.data.seq_len))
+        """Packed windows long enough that the corrupted input is ``data.seq_len`` long, each
+        beginning at a word start (when the vocabulary marks words)."""
+        return data.shard_readers(
+            PackedSequences,
+            self.source_length(data.run.data.seq_len),
+            word_starts=word_start_table(data.tokenizer),
+        )
 
     def source_length(self, seq_len: int) -> int:
         return t5_span_lengths(seq_len, self.config.noise_density, self.config.mean_span_length)[0]
