@@ -48,3 +48,16 @@ def save_model_folder():
         return str(folder)
 
     return save
+
+
+@pytest.fixture(scope="session")
+def doc_corpus(tmp_path_factory: pytest.TempPathFactory):
+    """A small real corpus every Python has: six documents of six ``pydoc`` help topics each
+    (a folder of ``doc<i>.txt``), for tiny end-to-end pretraining runs."""
+    from pydoc_data.topics import topics
+
+    folder = tmp_path_factory.mktemp("doc_corpus")
+    texts = list(topics.values())
+    for i in range(6):
+        (folder / f"doc{i}.txt").write_text("\n".join(texts[i * 6 : (i + 1) * 6]))
+    return folder

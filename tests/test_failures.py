@@ -48,14 +48,8 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from pydoc_data.topics import topics
-
-    folder = tmp_path_factory.mktemp("corpus")
-    texts = list(topics.values())
-    for i in range(6):
-        (folder / f"doc{i}.txt").write_text("\n".join(texts[i * 6 : (i + 1) * 6]))
-    return str(folder)
+def corpus(doc_corpus: Path) -> str:
+    return str(doc_corpus)
 
 
 def args_for(out: Path, corpus: str, *extra: str) -> list[str]:

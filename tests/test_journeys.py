@@ -69,14 +69,8 @@ WORDS = [
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pydoc_data.topics import topics
-
-    folder = tmp_path_factory.mktemp("corpus")
-    texts = list(topics.values())
-    for i in range(6):
-        (folder / f"doc{i}.txt").write_text("\n".join(texts[i * 5 : (i + 1) * 5]))
-    return folder
+def corpus(doc_corpus: Path) -> Path:
+    return doc_corpus
 
 
 def _set(*items: str) -> list[str]:

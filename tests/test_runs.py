@@ -48,16 +48,9 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def electra_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pydoc_data.topics import topics
-
-    root = tmp_path_factory.mktemp("electra")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    texts = list(topics.values())
-    for i in range(6):
-        (corpus / f"doc{i}.txt").write_text("\n".join(texts[i * 8 : (i + 1) * 8]))
-    out = root / "run"
+def electra_run(tmp_path_factory: pytest.TempPathFactory, doc_corpus: Path) -> Path:
+    corpus = doc_corpus
+    out = tmp_path_factory.mktemp("electra") / "run"
     args = ["pretrain", str(Path(__file__).parents[1] / "configs" / "electra-rtd.toml")]
     for item in [
         *TINY,
@@ -167,10 +160,10 @@ def test_weights_files_get_the_usual_permissions(tmp_path: Path) -> None:
         os.umask(mask)
 
 
-def test_spanbert_run_loads_as_its_encoder(electra_run: Path, tmp_path: Path) -> None:
+def test_spanbert_run_loads_as_its_encoder(doc_corpus: Path, tmp_path: Path) -> None:
     """A SpanBERT run stores its encoder under model.* beside the SBO head: every loader
-    reads the encoder (the corpus of the ELECTRA fixture is reused)."""
-    corpus = electra_run.parent / "corpus"
+    reads the encoder."""
+    corpus = doc_corpus
     out = tmp_path / "spanbert"
     args = ["pretrain", str(Path(__file__).parents[1] / "configs" / "spanbert.toml")]
     tiny = [t for t in TINY if not t.startswith(("objective.", "model.embedding_size"))]
