@@ -307,3 +307,26 @@ def test_output_paths_are_checked_before_the_work(tmp_path: Path, capsys) -> Non
         captured = capsys.readouterr()
         assert message in captured.err and captured.err.count("\n") == 1, captured.err
         assert "0  " not in captured.out  # (the ICL table is never printed first)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"n_embd": 64_000_000}, "hidden_size = 64,000,000 is beyond any model"),
+        ({"n_layer": 1_000_000}, "num_layers = 1,000,000 is beyond any model"),
+        ({"n_embd": 1e9}, "hidden_size must be int"),
+    ],
+)
+def test_absurd_huggingface_configs_are_refused_before_allocation(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    from safetensors.torch import save_file
+
+    from triform.interop import hf
+
+    config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 100,
+              "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 2, **change}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(TriformError, match=message):
+        hf.load(tmp_path)
