@@ -5,7 +5,6 @@ and printing."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from launch import launch
+from test_finetune import family_tokenizers, keyword_rows, write_jsonl
 from triform.cli import main
-from triform.tokenizers import save_tokenizer, train_tokenizer
 from triform.train.metrics import read_metrics
 
 pytestmark = [
@@ -25,48 +24,19 @@ pytestmark = [
     ),
 ]
 
-WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "green",
-    "music",
-    "table",
-    "window",
-    "garden",
-    "silver",
-    "paper",
-    "candle",
-]
-
-
-def _rows(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = rng.choices(WORDS, k=5)
-        label = rng.choice(["yes", "no"])
-        if label == "yes":
-            words[rng.randrange(5)] = "zebra"
-        rows.append({"text": " ".join(words), "label": label})
-    return rows
-
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("ft")
-    tok = train_tokenizer([" ".join([*WORDS, "zebra"])] * 20, kind="wordpiece", vocab_size=80,
-                          family="bert")  # fmt: skip
-    save_tokenizer(tok, folder / "tokenizer.json")
-    for name, rows in (("train", _rows(36, 0)), ("dev", _rows(12, 1))):
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokenizer = family_tokenizers(folder)["bert"]
+    for name, rows in (("train", keyword_rows(36, 0)), ("dev", keyword_rows(12, 1))):
+        write_jsonl(folder / f"{name}.jsonl", rows)
     path = folder / "ft.toml"
     path.write_text(
         f"""
 [model]
 source = "preset:bert-tiny"
-tokenizer = "{folder}/tokenizer.json"
+tokenizer = "{tokenizer}"
 [model.overrides]
 hidden_size = 32
 num_layers = 2

@@ -6,13 +6,13 @@ predictions from the exported folder."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
 transformers = pytest.importorskip("transformers")
 
+from test_finetune import keyword_rows, write_jsonl  # noqa: E402
 from triform.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,19 +53,6 @@ JOURNEYS = {
     "t5": ("t5-span-corruption", ["model.head_dim=16"], "text-to-text", []),
     "bart": ("bart-denoising", ["model.max_positions=64"], "text-to-text", []),
 }
-WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "green",
-    "music",
-    "table",
-    "window",
-    "garden",
-    "silver",
-    "paper",
-]
 
 
 @pytest.fixture(scope="module")
@@ -78,21 +65,14 @@ def _set(*items: str) -> list[str]:
 
 
 def _task_files(folder: Path, kind: str) -> tuple[Path, Path]:
-    """Train and test files of a tiny task: keyword detection, or copying for text-to-text."""
-    rng = random.Random(0)
-    rows = []
-    for _ in range(40):
-        words = rng.choices(WORDS, k=4)
-        if kind == "classification":
-            label = rng.choice(["yes", "no"])
-            if label == "yes":
-                words[rng.randrange(4)] = "zebra"
-            rows.append({"text": " ".join(words), "label": label})
-        else:
-            rows.append({"source": " ".join(words), "target": " ".join(words[:2])})
+    """Train and test files of a tiny task: keyword detection, or copying two words of
+    four for text-to-text."""
+    rows = keyword_rows(40, 0)
+    if kind == "text-to-text":
+        rows = [{"source": r["text"], "target": " ".join(r["text"].split()[:2])} for r in rows]
     train, test = folder / "train.jsonl", folder / "test.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:32]))
-    test.write_text("".join(json.dumps(r) + "\n" for r in rows[32:]))
+    write_jsonl(train, rows[:32])
+    write_jsonl(test, rows[32:])
     return train, test
 
 
@@ -142,8 +122,12 @@ def test_pretrain_evaluate_finetune_predict_convert(
     rows = [json.loads(line) for line in test.read_text().splitlines()]
     if kind == "classification":
         classify = transformers.pipeline("text-classification", str(exported), device="cpu")
-        theirs = [r["label"] for r in classify([row["text"] for row in rows])]
-        assert theirs == [r["prediction"] for r in records]
+        # every label's score; truncated to task.max_length as triform's predict does
+        outputs = classify([row["text"] for row in rows], top_k=None, truncation=True)
+        for ours, theirs in zip(records, outputs, strict=True):
+            scores = {s["label"]: s["score"] for s in theirs}
+            assert scores == pytest.approx(ours["probabilities"], abs=1e-5)
+            assert theirs[0]["label"] == ours["prediction"] or ours["score"] < 0.5 + 1e-5
     else:
         config_json = json.loads((exported / "config.json").read_text())
         tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
