@@ -152,8 +152,11 @@ def test_grad_accum_equals_one_big_batch(tmp_path: Path, toks: dict[str, str]) -
             )
         )
         weights.append(load_file(result.final_dir / "model.safetensors"))
-    for key in weights[0]:  # 2 micro-batches of 4 = one batch of 8, up to rounding
-        torch.testing.assert_close(weights[1][key], weights[0][key], atol=2e-6, rtol=1e-5)
+    # 2 micro-batches of 4 = one batch of 8, up to rounding. Adam divides by sqrt(v), so the
+    # rounding of a near-zero gradient can move a weight by a visible fraction of lr: allow 1%
+    # of the 3 steps' reach (lr 1e-3); a micro-batch lost or counted twice moves weights ~lr.
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], atol=3e-5, rtol=1e-5)
     # 3 micro-batches of 3 = 9 examples a step: another batch, other weights
     assert not torch.allclose(weights[2]["head.out.weight"], weights[0]["head.out.weight"])
 
