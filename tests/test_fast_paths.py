@@ -201,3 +201,42 @@ def test_linear_cross_entropy_under_bf16_autocast() -> None:
     for a, b in zip(fused, plain, strict=True):
         assert a.dtype == torch.float32
         assert torch.allclose(a, b, atol=1e-3, rtol=2e-2)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linears_compute_what_the_linears_do(dtype: torch.dtype) -> None:
+    from triform.runtime.packed import packed_linears
+
+    torch.manual_seed(0)
+    model = triform.build_model(triform.presets.get("gpt2", **TINY)).eval().to(dtype)
+    ids = torch.randint(0, TINY["vocab_size"], (3, 9))
+    plain = model(ids).logits
+    with torch.no_grad():
+        reference = model(ids).logits
+        with packed_linears(model) as packed:
+            assert packed
+            linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+            assert all("forward" in m.__dict__ for m in linears)
+            with packed_linears(model) as inner:  # nested: the outer packing is reused
+                assert inner and all("forward" in m.__dict__ for m in linears)
+            assert all("forward" in m.__dict__ for m in linears)  # the inner exit kept them
+            logits = model(ids).logits
+            rows = model(ids[:1]).logits  # another row count, the same packing
+        assert not any("forward" in m.__dict__ for m in linears)  # restored on exit
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(logits, reference, **tolerance)
+    torch.testing.assert_close(rows, reference[:1], **tolerance)
+    assert torch.equal(model(ids).logits, plain)  # and the model computes as before
+
+
+def test_packed_linears_stay_out_of_training_and_autocast() -> None:
+    from triform.runtime.packed import packed_linears
+
+    model = triform.build_model(triform.presets.get("gpt2", **TINY))
+    with packed_linears(model) as packed:  # autograd on: the packed kernel has no backward
+        assert not packed
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16), packed_linears(model) as packed:
+        assert not packed
+    with torch.no_grad(), packed_linears(model.double()) as packed:  # no fp64 kernel
+        assert not packed

@@ -36,6 +36,7 @@ from triform.finetune.tasks import FinetuneModel, Task, build_task
 from triform.finetune.tasks.base import run_model
 from triform.models import build_model
 from triform.runs import load_weights, save_weights
+from triform.runtime.packed import packed_linears
 from triform.tokenizers import load_tokenizer, save_tokenizer
 
 FORMAT = 1
@@ -135,9 +136,10 @@ class Finetuned:
         """:meth:`predict` for rows of a data file (:func:`~triform.finetune.data.read_rows`)."""
         if not rows:
             return []
-        outputs, features, _ = run_model(
-            self.task, self.model, rows, batch_size, self.device, progress=progress
-        )
+        with torch.no_grad(), packed_linears(self.model):
+            outputs, features, _ = run_model(
+                self.task, self.model, rows, batch_size, self.device, progress=progress
+            )
         details = self.task.details(outputs, features, rows)
         return details if scores else [d["prediction"] for d in details]
 

@@ -22,6 +22,7 @@ import torch
 from triform.errors import TriformError
 from triform.inference.generate import generate
 from triform.models import TransformerModel
+from triform.runtime.packed import packed_inference
 from triform.tensors import pad_rows
 
 
@@ -87,6 +88,8 @@ def encode_prompts(
     return rows
 
 
+@torch.no_grad()
+@packed_inference  # packed once for every batch
 def complete(
     model: TransformerModel,
     tokenizer: tokenizers.Tokenizer,

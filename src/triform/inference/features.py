@@ -31,6 +31,7 @@ import torch
 
 from triform.errors import TriformError
 from triform.models import DecoderModel, EncoderDecoderModel, EncoderModel, TransformerModel
+from triform.runtime.packed import packed_inference
 from triform.tensors import pad_rows
 
 LAYERS = (
@@ -122,6 +123,7 @@ def _tokenize(
 
 
 @torch.no_grad()
+@packed_inference
 def extract_features(
     model: TransformerModel,
     tokenizer: tokenizers.Tokenizer,

@@ -21,6 +21,7 @@ from triform.inference.beam_search import EarlyStopping, beam_search
 from triform.inference.decoding import Steps, start_steps
 from triform.inference.logits import LogitsProcessing, as_token_ids, filter_logits
 from triform.models import TransformerModel
+from triform.runtime.packed import packed_linears
 
 __all__ = ["GenerateOutput", "filter_logits", "generate"]
 
@@ -100,21 +101,22 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        steps = start_steps(model, input_ids, attention_mask, expand, max_new_tokens, pad)
-        if num_beams > 1:
-            sequences, scores = beam_search(
-                steps,
-                processing,
-                num_beams=num_beams,
-                max_new_tokens=max_new_tokens,
-                length_penalty=length_penalty,
-                early_stopping=early_stopping,
-                num_return_sequences=num_return_sequences,
-                pad_id=pad,
-                generator=generator,
-            )
-        else:
-            sequences, scores = _decode(steps, processing, max_new_tokens, pad, generator)
+        with packed_linears(model):  # oneDNN's packed weights: the step is memory-bound
+            steps = start_steps(model, input_ids, attention_mask, expand, max_new_tokens, pad)
+            if num_beams > 1:
+                sequences, scores = beam_search(
+                    steps,
+                    processing,
+                    num_beams=num_beams,
+                    max_new_tokens=max_new_tokens,
+                    length_penalty=length_penalty,
+                    early_stopping=early_stopping,
+                    num_return_sequences=num_return_sequences,
+                    pad_id=pad,
+                    generator=generator,
+                )
+            else:
+                sequences, scores = _decode(steps, processing, max_new_tokens, pad, generator)
     finally:
         model.train(was_training)
     return GenerateOutput(sequences, scores) if return_scores else sequences

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from triform.errors import TriformError
 from triform.models import EncoderDecoderModel, TransformerModel
 from triform.nn.losses import IGNORE_INDEX
+from triform.runtime.packed import packed_inference
 from triform.tensors import pad_rows
 from triform.textio import read_jsonl
 
@@ -97,6 +98,7 @@ def _split_space(context: str, continuation: str) -> tuple[str, str]:
 
 
 @torch.no_grad()
+@packed_inference
 def continuation_logprobs(
     model: TransformerModel,
     contexts: Sequence[list[int]],

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from triform.errors import TriformError
 from triform.models import TransformerModel
 from triform.nn.losses import IGNORE_INDEX
+from triform.runtime.packed import packed_inference
 from triform.tensors import pad_rows
 from triform.textio import read_jsonl, read_text
 from triform.tokenizers import SpecialTokens
@@ -154,6 +155,7 @@ def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[i
 
 
 @torch.no_grad()
+@packed_inference
 def decoder_perplexity(
     model: TransformerModel,
     tokenizer: tokenizers.Tokenizer,
@@ -213,6 +215,7 @@ def _framing(tokenizer: tokenizers.Tokenizer) -> tuple[list[int], list[int]]:
 
 
 @torch.no_grad()
+@packed_inference
 def pseudo_perplexity(
     model: TransformerModel,
     tokenizer: tokenizers.Tokenizer,
@@ -273,6 +276,7 @@ def pseudo_perplexity(
 
 
 @torch.no_grad()
+@packed_inference
 def seq2seq_perplexity(
     model: TransformerModel,
     tokenizer: tokenizers.Tokenizer,
