@@ -204,8 +204,9 @@ def test_linear_cross_entropy_under_bf16_autocast() -> None:
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
+@pytest.mark.parametrize("reorder_fp32", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_packed_linears_compute_what_the_linears_do(dtype: torch.dtype) -> None:
+def test_packed_linears_compute_what_the_linears_do(dtype: torch.dtype, reorder_fp32: bool) -> None:
     from triform.runtime.packed import packed_linears
 
     torch.manual_seed(0)
@@ -214,7 +215,7 @@ def test_packed_linears_compute_what_the_linears_do(dtype: torch.dtype) -> None:
     plain = model(ids).logits
     with torch.no_grad():
         reference = model(ids).logits
-        with packed_linears(model) as packed:
+        with packed_linears(model, reorder_fp32) as packed:
             assert packed
             linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
             assert all("forward" in m.__dict__ for m in linears)

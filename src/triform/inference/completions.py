@@ -22,7 +22,6 @@ import torch
 from triform.errors import TriformError
 from triform.inference.generate import generate
 from triform.models import TransformerModel
-from triform.runtime.packed import packed_inference
 from triform.tensors import pad_rows
 
 
@@ -88,8 +87,6 @@ def encode_prompts(
     return rows
 
 
-@torch.no_grad()
-@packed_inference  # packed once for every batch
 def complete(
     model: TransformerModel,
     tokenizer: tokenizers.Tokenizer,

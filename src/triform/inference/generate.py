@@ -101,7 +101,8 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with packed_linears(model):  # oneDNN's packed weights: the step is memory-bound
+        # every step reads every weight: oneDNN's kernel streams them twice as fast on a CPU
+        with packed_linears(model, reorder_fp32=input_ids.shape[0] * expand > 1):
             steps = start_steps(model, input_ids, attention_mask, expand, max_new_tokens, pad)
             if num_beams > 1:
                 sequences, scores = beam_search(

@@ -1,15 +1,19 @@
-"""Prepacked CPU weights for inference: every ``nn.Linear`` through oneDNN.
+"""CPU inference through oneDNN: every ``nn.Linear`` with oneDNN's linear kernel.
 
 Decoding at batch 1 reads every weight once per token, so its matrix-vector products are
-bound by memory bandwidth. torch's default CPU linear (MKL, weight stored (out, in)) streams
-a weight at about a third of the bandwidth and on one thread only; the same product through
-oneDNN, with the weight reordered once into oneDNN's blocked layout (what inductor does for
-frozen CPU graphs), uses every thread and reaches about two thirds of it. Measured on a
-2-core AVX-512 machine (``benchmarks/bench_decode.py``, BENCHMARKS.md): 1.6x for one row,
-~2.9x for 2-4 rows (beams), still ~1.2x at 512 rows in fp32.
+bound by memory bandwidth. torch's default CPU linear for fp32 (MKL, weight stored
+(out, in)) streams a weight on one thread only, at about a third of the bandwidth; oneDNN's
+linear kernel, given the same weight, uses every thread. Measured on a 2-core AVX-512
+machine (BENCHMARKS.md, "Decoding"): 2.0x for one row, 2.2x for four (beams), 1.4x at 32
+rows and still 1.26x at 512 in fp32, the 50,257-wide GPT-2 vocabulary projection at
+31 GB/s against 13. fp32 weights are used as they are (no copy). For bf16 weights torch
+already calls oneDNN; there the gain comes from reordering each weight once into oneDNN's
+blocked layout (1.3x for one row, 1.9x for four), which costs a copy of the weights while
+the context is open. The same reordering pays in fp32 when a decoding step has several rows
+(beams, batches of prompts: 1.4x at four rows, on top of the 2.2x), and ``reorder_fp32``
+asks for it.
 
-The packed copy costs the weights' memory once more while the context is open, and the
-results differ from ``F.linear``'s by rounding only (another summation order).
+Results differ from ``F.linear``'s by rounding only (another summation order).
 """
 
 from __future__ import annotations
@@ -29,11 +33,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def can_pack(model: nn.Module) -> bool:
-    """Whether :func:`packed_linears` would pack ``model``: its weights are fp32 or bf16 on
-    the CPU, torch has oneDNN, neither autograd nor autocast is active (the packed product
-    has no backward, and autocast would change the input's dtype), and free memory holds a
-    copy of the weights."""
+def can_pack(model: nn.Module, reorder_fp32: bool = False) -> bool:
+    """Whether :func:`packed_linears` would route ``model``'s linears through oneDNN: its
+    weights are fp32 or bf16 on the CPU, torch has oneDNN, neither autograd nor autocast is
+    active (the kernel has no backward, and autocast would change the input's dtype), and
+    free memory holds the reordered copies."""
     weight = next((p for p in model.parameters()), None)
     return (
         weight is not None
@@ -43,25 +47,31 @@ def can_pack(model: nn.Module) -> bool:
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
-        and _room_for_a_copy(model)
+        and _room_for_copies(model, _copied(reorder_fp32))
     )
 
 
-def _room_for_a_copy(model: nn.Module) -> bool:
-    """Whether free memory holds the linear weights twice over (the copy, and a margin)."""
+def _copied(reorder_fp32: bool) -> tuple[torch.dtype, ...]:
+    """The weight dtypes reordered into a copy."""
+    return PACKABLE if reorder_fp32 else (torch.bfloat16,)
+
+
+def _room_for_copies(model: nn.Module, copied: tuple[torch.dtype, ...]) -> bool:
+    """Whether free memory holds the copied linear weights twice over (the copy, and a
+    margin)."""
     linear = {id(m.weight): m.weight for m in model.modules() if type(m) is nn.Linear}
-    needed = 2 * sum(w.numel() * w.element_size() for w in linear.values())
+    needed = 2 * sum(w.numel() * w.element_size() for w in linear.values() if w.dtype in copied)
     free = available_bytes("cpu")
     return free is None or free > needed
 
 
 @contextmanager
-def packed_linears(model: nn.Module) -> Iterator[bool]:
-    """Within the context, every ``nn.Linear`` of ``model`` computes with a packed copy of its
-    weight; yields whether it packed (see :func:`can_pack`). Nested contexts reuse the outer
-    one's packing. Leaving the context restores the modules and frees the copies. Tied
-    weights (the LM head and the token table) are packed once."""
-    if not can_pack(model):
+def packed_linears(model: nn.Module, reorder_fp32: bool = False) -> Iterator[bool]:
+    """Within the context, every ``nn.Linear`` of ``model`` computes through oneDNN (bf16
+    weights from a packed copy); yields whether it did (see :func:`can_pack`). Nested
+    contexts reuse the outer one's. Leaving the context restores the modules and frees the
+    copies. Tied weights (the LM head and the token table) are packed once."""
+    if not can_pack(model, reorder_fp32):
         yield False
         return
     swapped: list[nn.Linear] = []
@@ -75,13 +85,21 @@ def packed_linears(model: nn.Module) -> Iterator[bool]:
                 continue
             key = id(weight)
             if key not in packed:
-                packed[key] = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+                packed[key] = _kernel_weight(weight.detach(), _copied(reorder_fp32))
             module.forward = _PackedForward(module, packed[key])
             swapped.append(module)
         yield True
     finally:
         for module in swapped:
             del module.forward
+
+
+def _kernel_weight(weight: torch.Tensor, copied: tuple[torch.dtype, ...]) -> torch.Tensor:
+    """The weight as oneDNN's kernel takes it: reordered into its blocked layout (a copy),
+    or as it is."""
+    if weight.dtype in copied:
+        return torch.ops.mkldnn._reorder_linear_weight(weight)
+    return weight.contiguous()
 
 
 class _PackedForward:
