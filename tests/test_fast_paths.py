@@ -241,3 +241,16 @@ def test_packed_linears_stay_out_of_training_and_autocast() -> None:
         assert not packed
     with torch.no_grad(), packed_linears(model.double()) as packed:  # no fp64 kernel
         assert not packed
+
+
+def test_onednn_linear_is_f_linear_and_keeps_out_of_autograd() -> None:
+    from triform.runtime.packed import onednn_linear
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(5, 3, 16, generator=g), torch.randn(24, 16, generator=g), torch.randn(24)
+    torch.testing.assert_close(onednn_linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(onednn_linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-6)
+    w.requires_grad_()
+    out = onednn_linear(x, w, b)  # autograd wants this product: F.linear's, with its backward
+    out.sum().backward()
+    torch.testing.assert_close(w.grad, x.reshape(-1, 16).sum(0).expand(24, 16))
