@@ -82,7 +82,10 @@ def test_a_run_with_subword_sampling_trains_and_refuses_pair_readers(
     for item in [*base, f"train.out_dir={json.dumps(str(tmp_path / 'bert'))}"]:
         args += ["--set", item]
     assert main(["pretrain", str(root / "bert-mlm-nsp.toml"), *args]) == 2
-    assert "sampling works on packed windows" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "objective mlm-nsp does not read packed token windows" in err
+    assert "sampling works with causal-lm, distill, mlm, rtd, span-corruption, span-mlm" in err
+    assert not (tmp_path / "bert").exists()  # refused from the config: nothing written
     assert main(["pretrain", str(root / "roberta-mlm.toml"), "--set",
                  "data.subword_sampling={beta=1}"]) == 2  # fmt: skip
     assert "unknown key data.subword_sampling.beta" in capsys.readouterr().err

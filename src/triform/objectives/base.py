@@ -69,6 +69,8 @@ class Objective:
     generative: ClassVar[bool] = False  # the trainer prints a sample at each evaluation
     # the loss reads logits and labels at labelled positions only (see :meth:`step`)
     loss_at_labels: ClassVar[bool] = False
+    # reads packed token windows, which data.subword_sampling can segment afresh
+    resamplable: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -100,7 +102,16 @@ class Objective:
 
     @classmethod
     def check_run(cls, run: Any) -> None:
-        """Raise :class:`ConfigError` when the run config cannot feed this objective."""
+        """Raise :class:`ConfigError` when the run config cannot feed this objective
+        (called before anything is built; subclasses extend it)."""
+        if run.data.subword_sampling is not None and not cls.resamplable:
+            from triform.objectives import OBJECTIVES  # the registry imports this module
+
+            able = ", ".join(sorted(n for n, o in OBJECTIVES.items() if o.resamplable))
+            raise ConfigError(
+                f"data.subword_sampling: objective {cls.name} does not read packed token "
+                f"windows; sampling works with {able}"
+            )
 
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
@@ -242,19 +253,13 @@ class RunData:
         )
         spec = self.run.data.subword_sampling
         if spec is not None:  # training windows segmented afresh, validation as stored
-            train = self._resampled(train, reader_class, spec)
+            train = self._resampled(train, spec)
         return train, val
 
-    def _resampled(self, reader: Any, reader_class: type, spec: dict[str, Any]) -> Any:
-        from triform.data.readers import CausalWindows, PackedSequences
+    def _resampled(self, reader: Any, spec: dict[str, Any]) -> Any:
+        """``reader`` (packed windows: see ``Objective.resamplable``) segmented afresh."""
         from triform.data.resampling import ResampledReader
 
-        if reader_class not in (CausalWindows, PackedSequences):
-            raise ConfigError(
-                f"data.subword_sampling: objective {self.run.objective.get('name')} reads "
-                f"{reader_class.__name__}; sampling works on packed windows (causal-lm, mlm, "
-                "rtd, span-mlm, span-corruption, distill)"
-            )
         pad = self.special.pad_id if self.special.pad_id is not None else 0
         specials = set(self.special.all_special_ids)
         return ResampledReader(

@@ -67,6 +67,7 @@ class CausalLM(Objective):
     """Inputs and targets shifted by one; see the module docstring."""
 
     name = "causal-lm"
+    resamplable = True
     config_class = CausalLMConfig
     form = "decoder"
     generative = True

@@ -203,6 +203,7 @@ class Distillation(Objective):
     """DistilBERT-style knowledge distillation; see the module docstring."""
 
     name = "distill"
+    resamplable = True
     config_class = DistillConfig
     form = "encoder or decoder"  # the teacher's
     input_paths = ("teacher",)

@@ -148,6 +148,7 @@ class MaskedLM(Objective):
     """BERT/RoBERTa masked language modelling; see the module docstring."""
 
     name = "mlm"
+    resamplable = True
     config_class = MaskedLMConfig
     form = "encoder"
 

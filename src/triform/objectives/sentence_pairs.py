@@ -69,6 +69,7 @@ class SentencePairObjective(MaskedLM):
     config_class = SentencePairConfig
     task: ClassVar[str]  # the pair head and reader mode: "nsp" or "sop"
     perplexity_of = "mlm_loss"
+    resamplable = False  # sentence pairs, not packed windows
 
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:

@@ -135,6 +135,7 @@ class Seq2Seq(Objective):
 
     @classmethod
     def check_run(cls, run: Any) -> None:
+        super().check_run(run)
         if run.data.sources is None:
             raise ConfigError("objective seq2seq reads data.sources (a TSV of source<TAB>target)")
 

@@ -115,6 +115,7 @@ class SpanCorruption(Objective):
     """T5 span corruption; see the module docstring."""
 
     name = "span-corruption"
+    resamplable = True
     config_class = SpanCorruptionConfig
     form = "encoder-decoder"
 
