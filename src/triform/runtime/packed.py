@@ -45,6 +45,7 @@ def can_pack(model: nn.Module, reorder_fp32: bool = False) -> bool:
     weight = next((p for p in model.parameters()), None)
     return (
         weight is not None
+        and all(_plain(p) for p in model.parameters())
         and weight.device.type == "cpu"
         and weight.dtype in PACKABLE
         and _HAS_KERNEL
@@ -52,6 +53,12 @@ def can_pack(model: nn.Module, reorder_fp32: bool = False) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and _room_for_copies(model, _copied(reorder_fp32))
     )
+
+
+def _plain(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a plain tensor (or parameter): not a subclass such as the
+    DTensor shards of an FSDP model, which oneDNN's kernel cannot take."""
+    return type(tensor.data) is torch.Tensor
 
 
 def _copied(reorder_fp32: bool) -> tuple[torch.dtype, ...]:
@@ -129,8 +136,10 @@ def onednn_linear(
     if (
         x.dtype == weight.dtype == torch.float32
         and x.device.type == weight.device.type == "cpu"
-        and (bias is None or bias.dtype == torch.float32)
+        and (bias is None or (bias.dtype == torch.float32 and _plain(bias)))
         and weight.is_contiguous()
+        and _plain(x)
+        and _plain(weight)
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and _HAS_KERNEL
     ):
