@@ -12,6 +12,7 @@ import triform
 from triform.nn.losses import IGNORE_INDEX, linear_cross_entropy, token_cross_entropy
 from triform.objectives import CausalLM, CausalLMConfig, MaskedLM, MaskedLMConfig
 from triform.objectives.base import token_accuracy
+from triform.runtime.packed import onednn_linear, packed_linears
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -207,8 +208,6 @@ def test_linear_cross_entropy_under_bf16_autocast() -> None:
 @pytest.mark.parametrize("reorder_fp32", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_linears_compute_what_the_linears_do(dtype: torch.dtype, reorder_fp32: bool) -> None:
-    from triform.runtime.packed import packed_linears
-
     torch.manual_seed(0)
     model = triform.build_model(triform.presets.get("gpt2", **TINY)).eval().to(dtype)
     ids = torch.randint(0, TINY["vocab_size"], (3, 9))
@@ -232,8 +231,6 @@ def test_packed_linears_compute_what_the_linears_do(dtype: torch.dtype, reorder_
 
 
 def test_packed_linears_stay_out_of_training_and_autocast() -> None:
-    from triform.runtime.packed import packed_linears
-
     model = triform.build_model(triform.presets.get("gpt2", **TINY))
     with packed_linears(model) as packed:  # autograd on: the packed kernel has no backward
         assert not packed
@@ -244,8 +241,6 @@ def test_packed_linears_stay_out_of_training_and_autocast() -> None:
 
 
 def test_onednn_linear_is_f_linear_and_keeps_out_of_autograd() -> None:
-    from triform.runtime.packed import onednn_linear
-
     g = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(5, 3, 16, generator=g), torch.randn(24, 16, generator=g), torch.randn(24)
     torch.testing.assert_close(onednn_linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-6)
