@@ -4,11 +4,15 @@ labelled positions only, and the objectives' fused step."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import triform
+from triform.models.base import sparse_table_grad
+from triform.nn import Linear
 from triform.nn.losses import IGNORE_INDEX, linear_cross_entropy, token_cross_entropy
 from triform.objectives import CausalLM, CausalLMConfig, MaskedLM, MaskedLMConfig
 from triform.objectives.base import token_accuracy
@@ -240,12 +244,96 @@ def test_packed_linears_stay_out_of_training_and_autocast() -> None:
         assert not packed
 
 
-def test_onednn_linear_is_f_linear_and_keeps_out_of_autograd() -> None:
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("frozen_weight", [False, True])
+def test_onednn_linear_and_its_gradients_are_f_linears(
+    with_bias: bool, frozen_weight: bool
+) -> None:
+    """The training path (oneDNN forward and input gradient, a matmul for the weight's): the
+    values and every gradient of F.linear, on 3-D input; a frozen weight gets none."""
     g = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(5, 3, 16, generator=g), torch.randn(24, 16, generator=g), torch.randn(24)
-    torch.testing.assert_close(onednn_linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(onednn_linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-6)
-    w.requires_grad_()
-    out = onednn_linear(x, w, b)  # autograd wants this product: F.linear's, with its backward
-    out.sum().backward()
-    torch.testing.assert_close(w.grad, x.reshape(-1, 16).sum(0).expand(24, 16))
+    x = torch.randn(5, 3, 16, generator=g, requires_grad=True)
+    w = torch.randn(24, 16, generator=g, requires_grad=not frozen_weight)
+    b = torch.randn(24, generator=g, requires_grad=True) if with_bias else None
+    upstream = torch.randn(5, 3, 24, generator=g)
+    params = [t for t in (x, w, b) if t is not None and t.requires_grad]
+    out = onednn_linear(x, w, b)
+    out.backward(upstream)
+    fast = _grads(*params)
+    expected = F.linear(x, w, b)
+    expected.backward(upstream)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for a, ref in zip(fast, _grads(*params), strict=True):
+        torch.testing.assert_close(a, ref, rtol=1e-5, atol=1e-5)
+    assert w.grad is None
+    with torch.no_grad():  # and without autograd, the kernel alone
+        torch.testing.assert_close(onednn_linear(x, w, b), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_layers_without_autograd_are_f_linear_bit_for_bit() -> None:
+    """Inference forwards compute exactly what transformers does (the parity tests' 1e-5 on
+    real checkpoints); bf16 autocast goes through F.linear as well."""
+    layer = Linear(16, 24)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = layer(x), F.linear(x, layer.weight, layer.bias)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
+def _tied_table(model: torch.nn.Module) -> torch.Tensor:
+    table = model.lm_head.decoder.weight
+    assert any(m.weight is table for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return table
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "bert-base", "t5-small"])
+def test_tied_table_gradient_from_sparse_lookups_equals_the_dense_one(preset: str) -> None:
+    """With the head in the loss, the token lookups give the tied table sparse rows, added
+    into the head's dense gradient: the same gradient as dense lookups, dense, and fused
+    AdamW takes it. Without the head in the loss the hook makes it dense again."""
+    extra = {"bert-base": {"encoder_head": "mlm", "pair_head": "none"}, "t5-small": {}}
+    config = triform.presets.get(preset, **TINY, **extra.get(preset, {"bos_token_id": 0}))
+    torch.manual_seed(0)
+    model = triform.build_model(config).eval()  # no dropout: the two passes compare
+    table = _tied_table(model)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(2, 97, (3, 10), generator=g)
+    labels = torch.randint(2, 97, (3, 10), generator=g)
+    inputs = {"input_ids": ids}
+    if config.form == "encoder-decoder":
+        inputs["decoder_input_ids"] = torch.randint(2, 97, (3, 7), generator=g)
+        labels = labels[:, :7]
+    model(**inputs, labels=labels).loss.backward()
+    sparse_path = table.grad
+    table.grad = None
+    for module in model.modules():  # the dense path: every lookup through nn.Embedding
+        if isinstance(module, triform.nn.Embeddings):
+            module.forward = functools.partial(_dense_lookup, module)
+    token_cross_entropy(model(**inputs).logits, labels).backward()
+    assert not sparse_path.is_sparse
+    torch.testing.assert_close(sparse_path, table.grad, rtol=1e-5, atol=1e-7)
+    torch.optim.AdamW(model.parameters(), fused=True).step()
+
+    for module in model.modules():
+        module.__dict__.pop("forward", None)
+    table.grad = None
+    out = model(**inputs)  # the head runs, but only the hidden states reach the loss
+    out.last_hidden_state.sum().backward()
+    assert table.grad is not None and not table.grad.is_sparse
+
+
+def _dense_lookup(module, input_ids, position_ids=None, token_type_ids=None, sparse_grad=False):
+    return triform.nn.Embeddings.forward(module, input_ids, position_ids, token_type_ids)
+
+
+def test_untied_table_keeps_dense_lookups() -> None:
+    config = triform.presets.get("t5-small", **TINY, tie_embeddings=False)
+    model = triform.build_model(config)
+    assert not sparse_table_grad(model.decoder_embeddings, model.lm_head, True)
+    tied = triform.build_model(triform.presets.get("t5-small", **TINY))
+    assert sparse_table_grad(tied.decoder_embeddings, tied.lm_head, True)
+    assert not sparse_table_grad(tied.decoder_embeddings, tied.lm_head, False)
+    with torch.no_grad():
+        assert not sparse_table_grad(tied.decoder_embeddings, tied.lm_head, True)

@@ -596,11 +596,17 @@ def test_ddp_and_fsdp_on_two_cpu_processes(tmp_path):
         optimizer.zero_grad(set_to_none=True)
     expected = model.state_dict()
     del expected["lm_head.decoder.weight"]  # tied to the token table: saved once
+    # Each rank sums its half of the batch, so gradients differ from one process's by
+    # rounding, and Adam (dividing by sqrt(v)) can turn that into a visible fraction of lr on
+    # a near-zero gradient: tolerance 2.5 % of the two steps' reach (2 * lr). A data-parallel
+    # bug (a rank's gradient lost or not averaged) moves weights by ~lr.
     for strategy in ("ddp", "fsdp"):
         got = results[strategy]
         assert got.keys() == expected.keys()
         for key, value in expected.items():
-            torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5, msg=key)
+            torch.testing.assert_close(
+                got[key], value, rtol=1e-4, atol=5e-5, msg=f"{strategy} {key}"
+            )
     restored = tiny()
     load_checkpoint(tmp_path, restored)  # written by FSDP, read without it
     restored_state = restored.state_dict()

@@ -78,14 +78,16 @@ def run_stack(
     context_padding_mask: torch.Tensor | None = None,
     output_hidden_states: bool = False,
     output_attentions: bool = False,
+    sparse_table_grad: bool = False,
 ) -> StackOutput:
     """Token ids (B, L) -> embeddings -> ``stack``: the one pass every encoder and decoder
     (alone or as half of an encoder-decoder) makes. Positions continue after the cached ones.
-    ``context``: (B, S, H) encoder output for a decoder with cross-attention."""
+    ``context``: (B, S, H) encoder output for a decoder with cross-attention.
+    ``sparse_table_grad``: see :func:`sparse_table_grad`."""
     if position_ids is None:
         past_len = cache.length if cache is not None else 0
         position_ids = make_position_ids(stack.config, input_ids, past_len=past_len)
-    x = embeddings(input_ids, position_ids, token_type_ids)  # (B, L, H)
+    x = embeddings(input_ids, position_ids, token_type_ids, sparse_grad=sparse_table_grad)
     return stack(
         x,
         padding_mask=attention_mask,
@@ -96,6 +98,29 @@ def run_stack(
         position_ids=position_ids,
         output_hidden_states=output_hidden_states,
         output_attentions=output_attentions,
+    )
+
+
+def sparse_table_grad(embeddings: Embeddings, head: LMHead | None, head_runs: bool) -> bool:
+    """Whether the token lookup of ``embeddings`` gives its table a sparse gradient.
+
+    When the table is tied to the vocabulary projection of ``head`` and this forward runs that
+    head (``head_runs``), the projection gives the shared weight a dense (V, E) gradient in
+    the same backward, and autograd adds the lookup's sparse rows into it in place. The
+    default dense lookup gradient allocates and zeroes a second (V, E) tensor and adds it
+    whole: 154 MB for GPT-2, a few percent of a CPU training step, mostly page faults. Should
+    the head's output not reach the loss after all, the accumulated gradient is made dense
+    again (:func:`~triform.nn.embeddings.keep_gradient_dense`). Never for FSDP's DTensor
+    shards, nor under ``torch.compile``.
+    """
+    if not head_runs or head is None or not torch.is_grad_enabled():
+        return False
+    table = embeddings.token.weight
+    return (
+        head.decoder.weight is table
+        and table.requires_grad
+        and type(table.data) is torch.Tensor
+        and not torch.compiler.is_compiling()
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel, lm_head_outputs, run_stack
+from triform.models.base import TransformerModel, lm_head_outputs, run_stack, sparse_table_grad
 from triform.models.heads import LMHead
 from triform.models.outputs import DecoderOutput
 from triform.nn.cache import KVCache
@@ -56,6 +56,9 @@ class DecoderModel(TransformerModel):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            sparse_table_grad=sparse_table_grad(
+                self.embeddings, self.lm_head, compute_logits or labels is not None
+            ),
         )
         logits, loss, predictions = lm_head_outputs(
             self.lm_head,

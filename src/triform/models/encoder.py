@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel, lm_head_outputs, run_stack
+from triform.models.base import TransformerModel, lm_head_outputs, run_stack, sparse_table_grad
 from triform.models.heads import LMHead, PairHead, Pooler, ReplacedTokenHead
 from triform.models.outputs import EncoderOutput
 from triform.nn.embeddings import Embeddings
@@ -63,6 +63,9 @@ class EncoderModel(TransformerModel):
             position_ids=position_ids,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            sparse_table_grad=sparse_table_grad(
+                self.embeddings, self.lm_head, compute_logits or labels is not None
+            ),
         )
         hidden = out.last_hidden_state
         pooled = self.pooler(hidden) if self.pooler is not None else None

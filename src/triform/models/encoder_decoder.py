@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel, lm_head_outputs, run_stack
+from triform.models.base import TransformerModel, lm_head_outputs, run_stack, sparse_table_grad
 from triform.models.heads import LMHead
 from triform.models.outputs import Seq2SeqOutput
 from triform.nn.cache import KVCache
@@ -51,6 +51,7 @@ class EncoderDecoderModel(TransformerModel):
         attention_mask: torch.Tensor | None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        head_runs: bool = False,
     ) -> StackOutput:
         return run_stack(
             self.encoder_embeddings,
@@ -59,6 +60,7 @@ class EncoderDecoderModel(TransformerModel):
             attention_mask=attention_mask,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            sparse_table_grad=sparse_table_grad(self.encoder_embeddings, self.lm_head, head_runs),
         )
 
     def forward(
@@ -83,12 +85,13 @@ class EncoderDecoderModel(TransformerModel):
         and ``logits_at`` (B, T) as in :meth:`DecoderModel.forward`."""
         if decoder_input_ids is None:
             raise ValueError("decoder_input_ids is required")
+        head_runs = compute_logits or labels is not None  # as lm_head_outputs decides
         encoded = StackOutput(encoder_hidden_state)
         if encoder_hidden_state is None:
             if input_ids is None:
                 raise ValueError("input_ids or encoder_hidden_state is required")
             encoded = self._encode(
-                input_ids, attention_mask, output_hidden_states, output_attentions
+                input_ids, attention_mask, output_hidden_states, output_attentions, head_runs
             )
         out = run_stack(
             self.decoder_embeddings,
@@ -101,6 +104,7 @@ class EncoderDecoderModel(TransformerModel):
             context_padding_mask=attention_mask,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            sparse_table_grad=sparse_table_grad(self.decoder_embeddings, self.lm_head, head_runs),
         )
         logits, loss, predictions = lm_head_outputs(
             self.lm_head,

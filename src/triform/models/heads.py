@@ -7,6 +7,7 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.nn.feedforward import activation_fn
+from triform.nn.linear import Linear
 from triform.nn.losses import IGNORE_INDEX, linear_cross_entropy
 from triform.nn.norms import make_norm
 
@@ -24,11 +25,11 @@ class LMHead(nn.Module):
         self.transform = None
         if config.lm_head_transform:
             self.transform = nn.Sequential(
-                nn.Linear(config.hidden_size, size),
+                Linear(config.hidden_size, size),
                 _Activation(config.activation),
                 make_norm(config, size),
             )
-        self.decoder = nn.Linear(size, config.vocab_size, bias=config.lm_head_bias)
+        self.decoder = Linear(size, config.vocab_size, bias=config.lm_head_bias)
         if tied_embedding is not None:
             self.decoder.weight = tied_embedding.weight
         self.output_scale = config.hidden_size**-0.5 if config.scale_tied_logits else 1.0
@@ -68,7 +69,7 @@ class Pooler(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, L, H) -> (B, H)
         return torch.tanh(self.dense(hidden[:, 0]))
@@ -80,7 +81,7 @@ class PairHead(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.hidden_size, 2)
+        self.classifier = Linear(config.hidden_size, 2)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, 2)
         return self.classifier(self.dropout(pooled))
@@ -91,9 +92,9 @@ class ReplacedTokenHead(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.act = _Activation(config.activation)
-        self.prediction = nn.Linear(config.hidden_size, 1)
+        self.prediction = Linear(config.hidden_size, 1)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.prediction(self.act(self.dense(hidden))).squeeze(-1)

@@ -5,6 +5,7 @@ from triform.nn.blocks import Block
 from triform.nn.cache import KVCache
 from triform.nn.embeddings import Embeddings, make_position_ids
 from triform.nn.feedforward import FeedForward
+from triform.nn.linear import Linear
 from triform.nn.masks import AttentionMask, build_mask
 from triform.nn.norms import make_norm
 from triform.nn.positions import (
@@ -22,6 +23,7 @@ __all__ = [
     "Embeddings",
     "FeedForward",
     "KVCache",
+    "Linear",
     "RelativePositionBias",
     "RotaryEmbedding",
     "SinusoidalPositions",

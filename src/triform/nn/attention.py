@@ -13,6 +13,7 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.nn.cache import KVCache
+from triform.nn.linear import Linear
 from triform.nn.masks import AttentionMask, allowed_positions
 from triform.nn.positions import RotaryEmbedding
 
@@ -32,11 +33,11 @@ class Attention(nn.Module):
         hidden, bias = config.hidden_size, config.bias
         self.cross = cross
         if cross:
-            self.q = nn.Linear(hidden, inner, bias=bias)
-            self.kv = nn.Linear(hidden, 2 * inner, bias=bias)
+            self.q = Linear(hidden, inner, bias=bias)
+            self.kv = Linear(hidden, 2 * inner, bias=bias)
         else:
-            self.qkv = nn.Linear(hidden, 3 * inner, bias=bias)
-        self.out = nn.Linear(inner, hidden, bias=bias)
+            self.qkv = Linear(hidden, 3 * inner, bias=bias)
+        self.out = Linear(inner, hidden, bias=bias)
         self.scale = config.attention_scale
         self.dropout = config.attention_dropout
 

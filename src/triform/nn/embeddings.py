@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import TriformError
+from triform.nn.linear import Linear
 from triform.nn.norms import make_norm
 from triform.nn.positions import SinusoidalPositions
 
@@ -36,15 +38,23 @@ class Embeddings(nn.Module):
         self.scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
         self.norm = make_norm(config, size) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.dropout)
-        self.project = nn.Linear(size, config.hidden_size) if size != config.hidden_size else None
+        self.project = Linear(size, config.hidden_size) if size != config.hidden_size else None
 
     def forward(
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        sparse_grad: bool = False,
     ) -> torch.Tensor:  # (B, L) -> (B, L, H)
-        x = self.token(input_ids)
+        """``sparse_grad``: the token table's gradient from this lookup is sparse (the rows
+        looked up), for a table tied to a vocabulary projection in the same loss, whose
+        dense gradient it is then added into (:func:`~triform.models.base.sparse_table_grad`).
+        """
+        token = self.token
+        if sparse_grad:
+            keep_gradient_dense(token.weight)
+        x = F.embedding(input_ids, token.weight, token.padding_idx, sparse=sparse_grad)
         if self.scale != 1.0:
             x = x * self.scale
         if self.segment is not None:
@@ -57,6 +67,20 @@ class Embeddings(nn.Module):
             x = self.norm(x)
         x = self.dropout(x)
         return self.project(x) if self.project is not None else x
+
+
+def keep_gradient_dense(table: nn.Parameter) -> None:
+    """Make sure ``table.grad`` ends dense after each backward that reaches it: a hook, added
+    once, turns an accumulated sparse gradient (sparse lookups whose tied projection did not
+    reach the loss) dense before optimizers, clipping or DDP's reducer read it."""
+    hooks = table._post_accumulate_grad_hooks or {}
+    if not any(hook is _densify_gradient for hook in hooks.values()):
+        table.register_post_accumulate_grad_hook(_densify_gradient)
+
+
+def _densify_gradient(table: torch.Tensor) -> None:
+    if table.grad is not None and table.grad.is_sparse:
+        table.grad = table.grad.to_dense()
 
 
 def make_position_ids(

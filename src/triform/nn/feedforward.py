@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from triform.config import ModelConfig
+from triform.nn.linear import Linear
 
 _ACTIVATIONS = {
     "relu": F.relu,
@@ -29,9 +30,9 @@ class FeedForward(nn.Module):
         hidden, inner, bias = config.hidden_size, config.ffn_size, config.bias
         self.gated = config.activation.startswith("gated-")
         self.act = activation_fn(config.activation)
-        self.gate = nn.Linear(hidden, inner, bias=bias) if self.gated else None
-        self.up = nn.Linear(hidden, inner, bias=bias)
-        self.down = nn.Linear(inner, hidden, bias=bias)
+        self.gate = Linear(hidden, inner, bias=bias) if self.gated else None
+        self.up = Linear(hidden, inner, bias=bias)
+        self.down = Linear(inner, hidden, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, H) -> (B, L, H)
         if self.gate is not None:

@@ -94,17 +94,18 @@ def _chunked_forward(
         stop = min(start + chunk_rows, rows)
         h, y, keep = hidden[start:stop].to(dtype), labels[start:stop], counted[start:stop]
         logits = onednn_linear(h, w, b).float()  # (n, V); no autograd in here
-        predictions[start:stop] = logits.argmax(-1)
-        log_z = torch.logsumexp(logits, dim=-1)  # (n,)
+        top, predictions[start:stop] = logits.max(-1)  # (n,) each: one pass for both
         safe = y.clamp(min=0).unsqueeze(1)
         target = logits.gather(1, safe).squeeze(1)
-        total = total + ((log_z - target) * keep).sum()
+        # log-sum-exp in place: the (n, V) buffer becomes exp(logits - max), no temporary
+        sums = logits.sub_(top.unsqueeze(1)).exp_().sum(-1)  # (n,)
+        total = total + ((top + sums.log() - target) * keep).sum()
         if not grads:
             continue
         # d(mean loss)/d logits = (softmax - onehot) / count, zero on ignored rows
-        g = logits.sub_(log_z.unsqueeze(1)).exp_()
-        g.scatter_add_(1, safe, -torch.ones_like(safe, dtype=g.dtype))
-        g.mul_((keep.to(g.dtype) / count).unsqueeze(1))  # (n, V)
+        weight_of_row = keep.to(logits.dtype) / count  # (n,)
+        g = logits.mul_((weight_of_row / sums).unsqueeze(1))
+        g.scatter_add_(1, safe, -weight_of_row.unsqueeze(1))  # (n, V)
         gc = g.to(dtype)
         grad_hidden[start:stop] = gc @ w  # (n, H)
         if grad_weight is None:
