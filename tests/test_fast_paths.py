@@ -5,6 +5,7 @@ labelled positions only, and the objectives' fused step."""
 from __future__ import annotations
 
 import functools
+import shutil
 
 import pytest
 import torch
@@ -337,3 +338,23 @@ def test_untied_table_keeps_dense_lookups() -> None:
     assert not sparse_table_grad(tied.decoder_embeddings, tied.lm_head, False)
     with torch.no_grad():
         assert not sparse_table_grad(tied.decoder_embeddings, tied.lm_head, True)
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler"
+)
+def test_compiled_forward_has_no_graph_break() -> None:
+    """With a padding mask the CPU's "no padding after all" shortcut (a data-dependent check)
+    stays out of compiled graphs, and the oneDNN linears hand over to F.linear there."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = triform.build_model(triform.presets.get("gpt2", **TINY, bos_token_id=0)).eval()
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(model)
+    logits = compiled(ids, attention_mask=torch.ones_like(ids)).logits
+    logits.square().mean().backward()
+    assert not counters["graph_break"], list(counters["graph_break"])
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(ids).logits, rtol=1e-4, atol=1e-5)

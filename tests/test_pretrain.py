@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,30 @@ def test_every_config_trains_and_the_loss_falls(
     assert math.isfinite(val["loss"])
     assert latest_checkpoint(tmp_path) is not None
     assert (tmp_path / "loss_curve.png").is_file()
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler"
+)
+def test_compiled_run_trains_and_says_what_compiling_cost(
+    corpus: str, pairs: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``train.compile``: the model goes through torch.compile (no graph break in the
+    forward), the loss is finite, and the first line after the first step says how long it
+    took with compiling and where the compiled graphs are cached."""
+    config = ROOT / "configs" / "gpt-bpe-shakespeare.toml"
+    extra = [
+        "train.steps=3",
+        "train.eval_every=3",
+        "train.checkpoint_every=3",
+        "train.compile=true",
+    ]
+    assert _run(config, tmp_path, corpus, pairs, *extra) == 0
+    out = capsys.readouterr()
+    assert "compiling included (torch.compile; cache:" in out.out
+    assert "Graph break" not in out.err
+    losses = [r["loss"] for r in read_metrics(tmp_path, split="train")]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
 
 
 def test_resume_is_bit_identical(corpus: str, pairs: str, tmp_path: Path) -> None:

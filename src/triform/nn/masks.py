@@ -63,9 +63,15 @@ def build_mask(
 
     ``key_padding``: (B, Lk) with 1/True for real tokens. ``position_bias``: (1, H, Lq, Lk).
     """
-    if key_padding is not None and key_padding.device.type == "cpu" and bool(key_padding.all()):
+    if (
+        key_padding is not None
+        and key_padding.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and bool(key_padding.all())
+    ):
         key_padding = None  # no padding after all: keep the fast paths (free on CPU; on a GPU
-        # this check would be a host sync, so there the mask is simply applied)
+        # this check would be a host sync, and in a compiled graph a break: there the mask
+        # is simply applied)
     if key_padding is None and position_bias is None and window is None:
         if not causal or query_len == 1:  # a single new query may see every cached key
             return AttentionMask(None)

@@ -233,6 +233,14 @@ def _already_finished(out_dir: Path, state, steps: int) -> PretrainResult:
     )
 
 
+def _report_compile(seconds: float) -> None:
+    """The first step of a compiled model includes compiling it: say how long it took, and
+    where the compiled graphs are cached (a rerun of the same model reads them back)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    print(f"first step {seconds:.1f} s, compiling included (torch.compile; cache: {cache_dir()})")
+
+
 def _run_steps(
     config,
     task: PretrainingTask,
@@ -281,6 +289,8 @@ def _run_steps(
             total_tokens += tokens
         step += 1
         finish_step(step)
+        if train.compile and step == start_step + 1 and is_main_process():
+            _report_compile(time.perf_counter() - started)
 
         out_of_time = train.max_minutes is not None and (
             time.perf_counter() - started > 60 * train.max_minutes
