@@ -106,9 +106,10 @@ def sparse_table_grad(embeddings: Embeddings, head: LMHead | None, head_runs: bo
 
     When the table is tied to the vocabulary projection of ``head`` and this forward runs that
     head (``head_runs``), the projection gives the shared weight a dense (V, E) gradient in
-    the same backward, and autograd adds the lookup's sparse rows into it in place. The
-    default dense lookup gradient allocates and zeroes a second (V, E) tensor and adds it
-    whole: 154 MB for GPT-2, a few percent of a CPU training step, mostly page faults. Should
+    the same backward, and autograd adds the lookup's sparse rows to it. The default dense
+    lookup gradient would allocate and zero a second (V, E) tensor first: 154 MB for GPT-2,
+    up to a few percent of a CPU training step, mostly page faults. (torch 2.13's autograd
+    makes that addition out of place, one (V, E) copy; measured, not yet avoided.) Should
     the head's output not reach the loss after all, the accumulated gradient is made dense
     again (:func:`~triform.nn.embeddings.keep_gradient_dense`). Never for FSDP's DTensor
     shards, nor under ``torch.compile``.
