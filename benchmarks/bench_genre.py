@@ -125,7 +125,8 @@ def say(text: str) -> None:
 
 def build_data(args: argparse.Namespace, data: Path, results: Results) -> dict:
     """The Genre-3 files; rebuilt only when absent (the same settings give the same bytes).
-    Results made with other data settings are refused rather than mixed."""
+    Results made with other data settings are refused rather than mixed; a run may ask for
+    fewer subset sizes or seeds than the files were built with (each subset is its own file)."""
     settings = dict(TINY_DATA) if args.tiny else {
         "words": args.words,
         "per_class": {"train": args.train_per_class, "validation": args.validation_per_class,
@@ -139,7 +140,7 @@ def build_data(args: argparse.Namespace, data: Path, results: Results) -> dict:
     manifest_path = data / "manifest.json"
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if all(manifest.get(k) == v for k, v in settings.items()) and (data / "pretrain").is_dir():
+        if _covers(manifest, settings) and (data / "pretrain").is_dir():
             return manifest
         if results.records:
             raise SystemExit(
@@ -148,6 +149,16 @@ def build_data(args: argparse.Namespace, data: Path, results: Results) -> dict:
             )
     say(f"data: Genre-3 into {data}")
     return genre3_data.build(Path(args.data), data, seed=0, **settings)
+
+
+def _covers(manifest: dict, settings: dict) -> bool:
+    """Whether files built as ``manifest`` says hold what ``settings`` asks for: the same
+    passages, and at least its subset sizes and seeds."""
+    nested = ("subsets", "subset_seeds")
+    return all(
+        set(value) <= set(manifest.get(key) or ()) if key in nested else manifest.get(key) == value
+        for key, value in settings.items()
+    )
 
 
 def pretrain_clock(run: Path) -> tuple[list[dict], float]:

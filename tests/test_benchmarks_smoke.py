@@ -271,6 +271,17 @@ def test_pretraining_clock_leaves_out_the_wait_between_segments(tmp_path: Path):
     assert bench_genre.pretrain_clock(tmp_path / "absent") == ([], 0.0)
 
 
+def test_genre_data_serves_fewer_sizes_and_seeds_but_not_other_passages():
+    """A resumed bench may narrow --sizes / --seeds to what the files hold (a first MiniLM
+    ceiling on one seed); other passages (words, counts) are not the same data."""
+    import bench_genre
+
+    built = {"words": 128, "subsets": [16, 64, 256], "subset_seeds": [0, 1, 2], "max_plays": None}
+    assert bench_genre._covers(built, {**built, "subsets": [16], "subset_seeds": [0]})
+    assert not bench_genre._covers(built, {**built, "subset_seeds": [3]})
+    assert not bench_genre._covers(built, {**built, "words": 64})
+
+
 def test_bench_decode_quick_is_token_identical():
     """The decoding benchmark on a tiny GPT-2: both sides produce the same tokens."""
     pytest.importorskip("transformers")
