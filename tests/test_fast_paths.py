@@ -332,12 +332,14 @@ def _dense_lookup(module, input_ids, position_ids=None, token_type_ids=None, spa
 def test_untied_table_keeps_dense_lookups() -> None:
     config = triform.presets.get("t5-small", **TINY, tie_embeddings=False)
     model = triform.build_model(config)
-    assert not sparse_table_grad(model.decoder_embeddings, model.lm_head, True)
+    labels = torch.zeros(1, 3, dtype=torch.long)
+    assert not sparse_table_grad(model.decoder_embeddings, model.lm_head, True, labels)
     tied = triform.build_model(triform.presets.get("t5-small", **TINY))
-    assert sparse_table_grad(tied.decoder_embeddings, tied.lm_head, True)
-    assert not sparse_table_grad(tied.decoder_embeddings, tied.lm_head, False)
+    assert sparse_table_grad(tied.decoder_embeddings, tied.lm_head, True, None)
+    assert sparse_table_grad(tied.decoder_embeddings, tied.lm_head, False, labels)
+    assert not sparse_table_grad(tied.decoder_embeddings, tied.lm_head, False, None)
     with torch.no_grad():
-        assert not sparse_table_grad(tied.decoder_embeddings, tied.lm_head, True)
+        assert not sparse_table_grad(tied.decoder_embeddings, tied.lm_head, True, labels)
 
 
 @pytest.mark.skipif(

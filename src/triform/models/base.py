@@ -78,16 +78,16 @@ def run_stack(
     context_padding_mask: torch.Tensor | None = None,
     output_hidden_states: bool = False,
     output_attentions: bool = False,
-    sparse_table_grad: bool = False,
+    sparse_lookups: bool = False,
 ) -> StackOutput:
     """Token ids (B, L) -> embeddings -> ``stack``: the one pass every encoder and decoder
     (alone or as half of an encoder-decoder) makes. Positions continue after the cached ones.
     ``context``: (B, S, H) encoder output for a decoder with cross-attention.
-    ``sparse_table_grad``: see :func:`sparse_table_grad`."""
+    ``sparse_lookups``: the token lookups give a sparse gradient (:func:`sparse_table_grad`)."""
     if position_ids is None:
         past_len = cache.length if cache is not None else 0
         position_ids = make_position_ids(stack.config, input_ids, past_len=past_len)
-    x = embeddings(input_ids, position_ids, token_type_ids, sparse_grad=sparse_table_grad)
+    x = embeddings(input_ids, position_ids, token_type_ids, sparse_grad=sparse_lookups)
     return stack(
         x,
         padding_mask=attention_mask,
@@ -101,19 +101,26 @@ def run_stack(
     )
 
 
-def sparse_table_grad(embeddings: Embeddings, head: LMHead | None, head_runs: bool) -> bool:
-    """Whether the token lookup of ``embeddings`` gives its table a sparse gradient.
+def sparse_table_grad(
+    embeddings: Embeddings,
+    head: LMHead | None,
+    compute_logits: bool,
+    labels: torch.Tensor | None,
+) -> bool:
+    """Whether the token lookup of ``embeddings`` gives its table a sparse gradient, in a
+    forward whose :func:`lm_head_outputs` gets ``compute_logits`` and ``labels``.
 
     When the table is tied to the vocabulary projection of ``head`` and this forward runs that
-    head (``head_runs``), the projection gives the shared weight a dense (V, E) gradient in
-    the same backward, and autograd adds the lookup's sparse rows to it. The default dense
-    lookup gradient would allocate and zero a second (V, E) tensor first: 154 MB for GPT-2,
-    up to a few percent of a CPU training step, mostly page faults. (torch 2.13's autograd
-    makes that addition out of place, one (V, E) copy; measured, not yet avoided.) Should
-    the head's output not reach the loss after all, the accumulated gradient is made dense
-    again (:func:`~triform.nn.embeddings.keep_gradient_dense`). Never for FSDP's DTensor
-    shards, nor under ``torch.compile``.
+    head (labels given, or logits asked for), the projection gives the shared weight a dense
+    (V, E) gradient in the same backward, and autograd adds the lookup's sparse rows to it.
+    The default dense lookup gradient would allocate and zero a second (V, E) tensor first:
+    154 MB for GPT-2, up to a few percent of a CPU training step, mostly page faults. (torch
+    2.13's autograd makes that addition out of place, one (V, E) copy; measured, not yet
+    avoided.) Should the head's output not reach the loss after all, the accumulated gradient
+    is made dense again (:func:`~triform.nn.embeddings.keep_gradient_dense`). Never for FSDP's
+    DTensor shards, nor under ``torch.compile``.
     """
+    head_runs = labels is not None or compute_logits  # as lm_head_outputs decides
     if not head_runs or head is None or not torch.is_grad_enabled():
         return False
     table = embeddings.token.weight

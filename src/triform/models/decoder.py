@@ -56,9 +56,7 @@ class DecoderModel(TransformerModel):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            sparse_table_grad=sparse_table_grad(
-                self.embeddings, self.lm_head, compute_logits or labels is not None
-            ),
+            sparse_lookups=sparse_table_grad(self.embeddings, self.lm_head, compute_logits, labels),
         )
         logits, loss, predictions = lm_head_outputs(
             self.lm_head,

@@ -63,9 +63,7 @@ class EncoderModel(TransformerModel):
             position_ids=position_ids,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            sparse_table_grad=sparse_table_grad(
-                self.embeddings, self.lm_head, compute_logits or labels is not None
-            ),
+            sparse_lookups=sparse_table_grad(self.embeddings, self.lm_head, compute_logits, labels),
         )
         hidden = out.last_hidden_state
         pooled = self.pooler(hidden) if self.pooler is not None else None

@@ -51,7 +51,7 @@ class EncoderDecoderModel(TransformerModel):
         attention_mask: torch.Tensor | None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-        head_runs: bool = False,
+        sparse_lookups: bool = False,
     ) -> StackOutput:
         return run_stack(
             self.encoder_embeddings,
@@ -60,7 +60,7 @@ class EncoderDecoderModel(TransformerModel):
             attention_mask=attention_mask,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            sparse_table_grad=sparse_table_grad(self.encoder_embeddings, self.lm_head, head_runs),
+            sparse_lookups=sparse_lookups,
         )
 
     def forward(
@@ -85,13 +85,16 @@ class EncoderDecoderModel(TransformerModel):
         and ``logits_at`` (B, T) as in :meth:`DecoderModel.forward`."""
         if decoder_input_ids is None:
             raise ValueError("decoder_input_ids is required")
-        head_runs = compute_logits or labels is not None  # as lm_head_outputs decides
         encoded = StackOutput(encoder_hidden_state)
         if encoder_hidden_state is None:
             if input_ids is None:
                 raise ValueError("input_ids or encoder_hidden_state is required")
             encoded = self._encode(
-                input_ids, attention_mask, output_hidden_states, output_attentions, head_runs
+                input_ids,
+                attention_mask,
+                output_hidden_states,
+                output_attentions,
+                sparse_table_grad(self.encoder_embeddings, self.lm_head, compute_logits, labels),
             )
         out = run_stack(
             self.decoder_embeddings,
@@ -104,7 +107,9 @@ class EncoderDecoderModel(TransformerModel):
             context_padding_mask=attention_mask,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            sparse_table_grad=sparse_table_grad(self.decoder_embeddings, self.lm_head, head_runs),
+            sparse_lookups=sparse_table_grad(
+                self.decoder_embeddings, self.lm_head, compute_logits, labels
+            ),
         )
         logits, loss, predictions = lm_head_outputs(
             self.lm_head,
