@@ -10,7 +10,8 @@ For each shape a triform model is built from the preset and converted with
 (``GPT2LMHeadModel``, ``BertForMaskedLM``, ``T5ForConditionalGeneration``), so both sides have
 the same config values, the same parameter count (asserted) and the same initial weights (their
 eval-mode losses on one batch are compared). The reference uses ``attn_implementation="sdpa"``,
-its fastest path on CPU.
+its fastest path on CPU; triform's layers are its own ``triform.nn.Linear`` (oneDNN's kernel
+for the forward and the input gradient on a CPU in fp32), as in every triform run.
 
 Each side lives in its own worker process (its own memory, measured separately); the parent
 tells them in turn to run ``--steps`` timed steps, alternating which goes first, ``--repeats``
