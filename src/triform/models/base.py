@@ -13,6 +13,7 @@ from triform.models.heads import LMHead
 from triform.nn.cache import KVCache
 from triform.nn.embeddings import Embeddings, make_position_ids
 from triform.nn.stack import Stack, StackOutput
+from triform.runtime.packed import is_plain_tensor
 
 # Layers that write into the residual stream (scaled init, GPT-2).
 _RESIDUAL_PROJECTIONS = ("self_attn.out.weight", "cross_attn.out.weight", "ffn.down.weight")
@@ -127,7 +128,7 @@ def sparse_table_grad(
     return (
         head.decoder.weight is table
         and table.requires_grad
-        and type(table.data) is torch.Tensor
+        and is_plain_tensor(table)
         and not torch.compiler.is_compiling()
     )
 

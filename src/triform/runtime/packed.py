@@ -46,7 +46,7 @@ def can_pack(model: nn.Module, reorder_fp32: bool = False) -> bool:
     weight = next((p for p in model.parameters()), None)
     return (
         weight is not None
-        and all(_plain(p) for p in model.parameters())
+        and all(is_plain_tensor(p) for p in model.parameters())
         and weight.device.type == "cpu"
         and weight.dtype in PACKABLE
         and _HAS_KERNEL
@@ -56,9 +56,9 @@ def can_pack(model: nn.Module, reorder_fp32: bool = False) -> bool:
     )
 
 
-def _plain(tensor: torch.Tensor) -> bool:
+def is_plain_tensor(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is a plain tensor (or parameter): not a subclass such as the
-    DTensor shards of an FSDP model, which oneDNN's kernel cannot take."""
+    DTensor shards of an FSDP model, which oneDNN's kernel (and sparse lookups) cannot take."""
     return type(tensor.data) is torch.Tensor
 
 
@@ -127,7 +127,7 @@ class _PackedForward:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != self.weight.dtype or x.device.type != "cpu":
             return type(self.module).forward(self.module, x)
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return _linear_pointwise(x, self.weight, self.bias)
 
 
 def onednn_linear(
@@ -157,11 +157,11 @@ def _onednn_applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         _HAS_KERNEL
         and x.dtype == weight.dtype == torch.float32
         and x.device.type == weight.device.type == "cpu"
-        and (bias is None or (bias.dtype == torch.float32 and _plain(bias)))
+        and (bias is None or (bias.dtype == torch.float32 and is_plain_tensor(bias)))
         and x.numel() > 0
         and weight.is_contiguous()
-        and _plain(x)
-        and _plain(weight)
+        and is_plain_tensor(x)
+        and is_plain_tensor(weight)
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
     )
