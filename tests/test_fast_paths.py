@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import triform
-from triform.models.base import sparse_table_grad
+from triform.models.base import tied_table
 from triform.nn import Linear
 from triform.nn.losses import IGNORE_INDEX, linear_cross_entropy, token_cross_entropy
 from triform.objectives import CausalLM, CausalLMConfig, MaskedLM, MaskedLMConfig
@@ -290,10 +290,11 @@ def _tied_table(model: torch.nn.Module) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("preset", ["gpt2", "bert-base", "t5-small"])
-def test_tied_table_gradient_from_sparse_lookups_equals_the_dense_one(preset: str) -> None:
-    """With the head in the loss, the token lookups give the tied table sparse rows, added
-    into the head's dense gradient: the same gradient as dense lookups, dense, and fused
-    AdamW takes it. Without the head in the loss the hook makes it dense again."""
+def test_tied_table_gradient_through_the_lookups_equals_the_plain_one(preset: str) -> None:
+    """With the head in the loss, the head's (V, E) gradient flows back through the tied
+    lookups, which add their rows into it: the same gradient as plain lookups, with no (V, E)
+    tensor filled, copied or summed on the way, seen whole by a hook on the table; without
+    the head in the loss the same too."""
     extra = {"bert-base": {"encoder_head": "mlm", "pair_head": "none"}, "t5-small": {}}
     config = triform.presets.get(preset, **TINY, **extra.get(preset, {"bos_token_id": 0}))
     torch.manual_seed(0)
@@ -304,42 +305,104 @@ def test_tied_table_gradient_from_sparse_lookups_equals_the_dense_one(preset: st
     labels = torch.randint(2, 97, (3, 10), generator=g)
     inputs = {"input_ids": ids}
     if config.form == "encoder-decoder":
-        inputs["decoder_input_ids"] = torch.randint(2, 97, (3, 7), generator=g)
+        inputs["decoder_input_ids"] = torch.randint(0, 97, (3, 7), generator=g)
         labels = labels[:, :7]
-    model(**inputs, labels=labels).loss.backward()
-    sparse_path = table.grad
+    seen = []
+    hook = table.register_hook(lambda grad: seen.append(torch.linalg.vector_norm(grad)))
+    loss = model(**inputs, labels=labels).loss
+    with torch.profiler.profile(record_shapes=True) as profile:
+        loss.backward()
+    hook.remove()
+    whole_table = [
+        event.name
+        for event in profile.events()
+        if event.name in ("aten::add", "aten::copy_", "aten::fill_", "aten::zero_")
+        and list(table.shape) in event.input_shapes
+    ]
+    assert whole_table == [], whole_table
+    through_lookups = table.grad
     table.grad = None
-    for module in model.modules():  # the dense path: every lookup through nn.Embedding
-        if isinstance(module, triform.nn.Embeddings):
-            module.forward = functools.partial(_dense_lookup, module)
+    plain = _plain_lookups(model)
     token_cross_entropy(model(**inputs).logits, labels).backward()
-    assert not sparse_path.is_sparse
-    torch.testing.assert_close(sparse_path, table.grad, rtol=1e-5, atol=1e-7)
+    assert through_lookups.layout == torch.strided
+    torch.testing.assert_close(through_lookups, table.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(seen[0], torch.linalg.vector_norm(table.grad))
     torch.optim.AdamW(model.parameters(), fused=True).step()
 
-    for module in model.modules():
-        module.__dict__.pop("forward", None)
-    table.grad = None
-    out = model(**inputs)  # the head runs, but only the hidden states reach the loss
-    out.last_hidden_state.sum().backward()
-    assert table.grad is not None and not table.grad.is_sparse
+    for outputs in (lambda out: out.last_hidden_state.sum(), lambda out: out.logits.sum()):
+        grads = []
+        for patched in (False, True):  # the head runs, but maybe only hidden states count
+            if patched:
+                plain()
+            else:
+                _unpatch(model)
+            table.grad = None
+            outputs(model(**inputs)).backward()
+            grads.append(table.grad)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+    _unpatch(model)
 
 
-def _dense_lookup(module, input_ids, position_ids=None, token_type_ids=None, sparse_grad=False):
+def _plain_lookups(model: torch.nn.Module):
+    """Every token lookup of ``model`` through ``F.embedding`` (no tie); returns itself, to
+    redo it."""
+
+    def patch() -> None:
+        for module in model.modules():
+            if isinstance(module, triform.nn.Embeddings):
+                module.forward = functools.partial(_plain_lookup, module)
+
+    patch()
+    return patch
+
+
+def _plain_lookup(module, input_ids, position_ids=None, token_type_ids=None, tie=None):
     return triform.nn.Embeddings.forward(module, input_ids, position_ids, token_type_ids)
 
 
-def test_untied_table_keeps_dense_lookups() -> None:
+def _unpatch(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        module.__dict__.pop("forward", None)
+
+
+def test_tied_table_only_when_the_head_runs_on_a_tied_trained_table() -> None:
     config = triform.presets.get("t5-small", **TINY, tie_embeddings=False)
     model = triform.build_model(config)
     labels = torch.zeros(1, 3, dtype=torch.long)
-    assert not sparse_table_grad(model.decoder_embeddings, model.lm_head, True, labels)
+    assert tied_table(model.decoder_embeddings, model.lm_head, True, labels) is None
     tied = triform.build_model(triform.presets.get("t5-small", **TINY))
-    assert sparse_table_grad(tied.decoder_embeddings, tied.lm_head, True, None)
-    assert sparse_table_grad(tied.decoder_embeddings, tied.lm_head, False, labels)
-    assert not sparse_table_grad(tied.decoder_embeddings, tied.lm_head, False, None)
+    assert tied_table(tied.decoder_embeddings, tied.lm_head, True, None) is not None
+    assert tied_table(tied.decoder_embeddings, tied.lm_head, False, labels) is not None
+    assert tied_table(tied.decoder_embeddings, tied.lm_head, False, None) is None
     with torch.no_grad():
-        assert not sparse_table_grad(tied.decoder_embeddings, tied.lm_head, True, labels)
+        assert tied_table(tied.decoder_embeddings, tied.lm_head, True, labels) is None
+    tied.requires_grad_(False)
+    assert tied_table(tied.decoder_embeddings, tied.lm_head, True, labels) is None
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_tied_lookup_with_a_padding_row_and_second_order(create_graph: bool) -> None:
+    """Tied lookups give F.embedding's gradient with a padding row (which learns nothing),
+    and a differentiable backward (create_graph) through them the second order too."""
+    from triform.nn.embeddings import TiedTable
+
+    torch.manual_seed(0)
+    table = torch.nn.Parameter(torch.randn(11, 4))
+    ids = torch.tensor([[1, 2, 2, 0], [0, 5, 1, 7]])
+    h = torch.randn(3, 4)
+
+    def loss(tie: TiedTable | None) -> torch.Tensor:
+        rows = tie.lookup(ids, 0) if tie else F.embedding(ids, table, 0)
+        weight = tie.weight if tie else table
+        return (rows.sin().sum() + (h @ weight.t()).pow(2).sum()) ** 2
+
+    grads = []
+    for tie in (TiedTable(table), None):
+        (grad,) = torch.autograd.grad(loss(tie), table, create_graph=create_graph)
+        second = torch.autograd.grad(grad.pow(2).sum(), table) if create_graph else ()
+        grads.append((grad, *second))
+    for ours, plain in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, plain)
 
 
 @pytest.mark.skipif(

@@ -11,7 +11,7 @@ from torch import nn
 from triform.config import ModelConfig
 from triform.models.heads import LMHead
 from triform.nn.cache import KVCache
-from triform.nn.embeddings import Embeddings, make_position_ids
+from triform.nn.embeddings import Embeddings, TiedTable, make_position_ids
 from triform.nn.stack import Stack, StackOutput
 from triform.runtime.packed import is_plain_tensor
 
@@ -79,16 +79,16 @@ def run_stack(
     context_padding_mask: torch.Tensor | None = None,
     output_hidden_states: bool = False,
     output_attentions: bool = False,
-    sparse_lookups: bool = False,
+    tie: TiedTable | None = None,
 ) -> StackOutput:
     """Token ids (B, L) -> embeddings -> ``stack``: the one pass every encoder and decoder
     (alone or as half of an encoder-decoder) makes. Positions continue after the cached ones.
     ``context``: (B, S, H) encoder output for a decoder with cross-attention.
-    ``sparse_lookups``: the token lookups give a sparse gradient (:func:`sparse_table_grad`)."""
+    ``tie``: the forward's tied token table (:func:`tied_table`)."""
     if position_ids is None:
         past_len = cache.length if cache is not None else 0
         position_ids = make_position_ids(stack.config, input_ids, past_len=past_len)
-    x = embeddings(input_ids, position_ids, token_type_ids, sparse_grad=sparse_lookups)
+    x = embeddings(input_ids, position_ids, token_type_ids, tie=tie)
     return stack(
         x,
         padding_mask=attention_mask,
@@ -102,35 +102,33 @@ def run_stack(
     )
 
 
-def sparse_table_grad(
+def tied_table(
     embeddings: Embeddings,
     head: LMHead | None,
     compute_logits: bool,
     labels: torch.Tensor | None,
-) -> bool:
-    """Whether the token lookup of ``embeddings`` gives its table a sparse gradient, in a
-    forward whose :func:`lm_head_outputs` gets ``compute_logits`` and ``labels``.
+) -> TiedTable | None:
+    """The :class:`~triform.nn.embeddings.TiedTable` of a forward whose
+    :func:`lm_head_outputs` gets ``compute_logits`` and ``labels``, or None.
 
-    When the table is tied to the vocabulary projection of ``head`` and this forward runs that
-    head (labels given, or logits asked for), the projection gives the shared weight a dense
-    (V, E) gradient in the same backward, and autograd adds the lookup's sparse rows to it.
-    The default dense lookup gradient would allocate and zero a second (V, E) tensor first:
-    154 MB for GPT-2, up to a few percent of a CPU training step, mostly page faults. (torch
-    2.13's autograd makes that addition out of place, one (V, E) copy; measured, not yet
-    avoided.) Should the head's output not reach the loss after all, the accumulated gradient
-    is made dense again (:func:`~triform.nn.embeddings.keep_gradient_dense`). Never for FSDP's
-    DTensor shards, nor under ``torch.compile``.
+    One exists when the token table of ``embeddings`` is the vocabulary projection's weight
+    of ``head``, this forward runs that head (labels given, or logits asked for) and the table
+    is trained: the lookups then add their gradient rows into the projection's gradient in
+    place instead of allocating their own (V, E) one. Never for FSDP's DTensor shards, nor
+    under ``torch.compile``.
     """
     head_runs = labels is not None or compute_logits  # as lm_head_outputs decides
     if not head_runs or head is None or not torch.is_grad_enabled():
-        return False
+        return None
     table = embeddings.token.weight
-    return (
+    if (
         head.decoder.weight is table
         and table.requires_grad
         and is_plain_tensor(table)
         and not torch.compiler.is_compiling()
-    )
+    ):
+        return TiedTable(table)
+    return None
 
 
 LMResult = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
@@ -143,6 +141,7 @@ def lm_head_outputs(
     compute_logits: bool = True,
     labels: torch.Tensor | None = None,
     logits_at: torch.Tensor | None = None,
+    tie: TiedTable | None = None,
 ) -> LMResult:
     """``(logits, loss, predictions)`` of a language-modelling head on ``hidden`` (B, L, H).
 
@@ -150,15 +149,19 @@ def lm_head_outputs(
       projection (:meth:`LMHead.loss`); no logits are returned.
     - ``logits_at`` (B, L) bool: logits (N, V) at those positions only.
     - neither: logits (B, L, V), unless ``compute_logits`` is False.
+
+    ``tie``: the forward's tied token table (:func:`tied_table`); the projection then uses the
+    table as its lookups handed it on.
     """
+    weight = tie.weight if tie is not None else None
     if labels is not None:
         if logits_at is not None:
             raise ValueError("give labels or logits_at, not both")
-        loss, predictions = head.loss(hidden, labels)
+        loss, predictions = head.loss(hidden, labels, weight)
         return None, loss, predictions
     if not compute_logits:
         return None, None, None
-    return head(hidden, logits_at), None, None
+    return head(hidden, logits_at, weight), None, None
 
 
 def _is_input_table(model: nn.Module, embedding: nn.Embedding) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel, lm_head_outputs, run_stack, sparse_table_grad
+from triform.models.base import TransformerModel, lm_head_outputs, run_stack, tied_table
 from triform.models.heads import LMHead
 from triform.models.outputs import DecoderOutput
 from triform.nn.cache import KVCache
@@ -46,6 +46,7 @@ class DecoderModel(TransformerModel):
         ``logits_at`` (B, L) bool returns logits (N, V) at those positions only
         (:func:`~triform.models.base.lm_head_outputs`).
         """
+        tie = tied_table(self.embeddings, self.lm_head, compute_logits, labels)
         out = run_stack(
             self.embeddings,
             self.decoder,
@@ -56,7 +57,7 @@ class DecoderModel(TransformerModel):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            sparse_lookups=sparse_table_grad(self.embeddings, self.lm_head, compute_logits, labels),
+            tie=tie,
         )
         logits, loss, predictions = lm_head_outputs(
             self.lm_head,
@@ -64,6 +65,7 @@ class DecoderModel(TransformerModel):
             compute_logits=compute_logits,
             labels=labels,
             logits_at=logits_at,
+            tie=tie,
         )
         return DecoderOutput(
             logits,

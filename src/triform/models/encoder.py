@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel, lm_head_outputs, run_stack, sparse_table_grad
+from triform.models.base import TransformerModel, lm_head_outputs, run_stack, tied_table
 from triform.models.heads import LMHead, PairHead, Pooler, ReplacedTokenHead
 from triform.models.outputs import EncoderOutput
 from triform.nn.embeddings import Embeddings
@@ -54,6 +54,7 @@ class EncoderModel(TransformerModel):
         explicitly, so slower: for looking inside, not for training). ``labels`` (B, L) and
         ``logits_at`` (B, L) apply to a masked-LM head as in :meth:`DecoderModel.forward`.
         """
+        tie = tied_table(self.embeddings, self.lm_head, compute_logits, labels)
         out = run_stack(
             self.embeddings,
             self.encoder,
@@ -63,7 +64,7 @@ class EncoderModel(TransformerModel):
             position_ids=position_ids,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            sparse_lookups=sparse_table_grad(self.embeddings, self.lm_head, compute_logits, labels),
+            tie=tie,
         )
         hidden = out.last_hidden_state
         pooled = self.pooler(hidden) if self.pooler is not None else None
@@ -77,6 +78,7 @@ class EncoderModel(TransformerModel):
                 compute_logits=compute_logits,
                 labels=labels,
                 logits_at=logits_at,
+                tie=tie,
             )
         elif compute_logits and self.rtd_head is not None:
             logits = self.rtd_head(hidden)

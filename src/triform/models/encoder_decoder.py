@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from triform.config import ModelConfig
-from triform.models.base import TransformerModel, lm_head_outputs, run_stack, sparse_table_grad
+from triform.models.base import TransformerModel, lm_head_outputs, run_stack, tied_table
 from triform.models.heads import LMHead
 from triform.models.outputs import Seq2SeqOutput
 from triform.nn.cache import KVCache
-from triform.nn.embeddings import Embeddings
+from triform.nn.embeddings import Embeddings, TiedTable
 from triform.nn.stack import Stack, StackOutput
 
 
@@ -51,7 +51,7 @@ class EncoderDecoderModel(TransformerModel):
         attention_mask: torch.Tensor | None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-        sparse_lookups: bool = False,
+        tie: TiedTable | None = None,
     ) -> StackOutput:
         return run_stack(
             self.encoder_embeddings,
@@ -60,7 +60,7 @@ class EncoderDecoderModel(TransformerModel):
             attention_mask=attention_mask,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            sparse_lookups=sparse_lookups,
+            tie=tie,
         )
 
     def forward(
@@ -85,6 +85,7 @@ class EncoderDecoderModel(TransformerModel):
         and ``logits_at`` (B, T) as in :meth:`DecoderModel.forward`."""
         if decoder_input_ids is None:
             raise ValueError("decoder_input_ids is required")
+        tie = tied_table(self.decoder_embeddings, self.lm_head, compute_logits, labels)
         encoded = StackOutput(encoder_hidden_state)
         if encoder_hidden_state is None:
             if input_ids is None:
@@ -94,7 +95,7 @@ class EncoderDecoderModel(TransformerModel):
                 attention_mask,
                 output_hidden_states,
                 output_attentions,
-                sparse_table_grad(self.encoder_embeddings, self.lm_head, compute_logits, labels),
+                tie,
             )
         out = run_stack(
             self.decoder_embeddings,
@@ -107,9 +108,7 @@ class EncoderDecoderModel(TransformerModel):
             context_padding_mask=attention_mask,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            sparse_lookups=sparse_table_grad(
-                self.decoder_embeddings, self.lm_head, compute_logits, labels
-            ),
+            tie=tie,
         )
         logits, loss, predictions = lm_head_outputs(
             self.lm_head,
@@ -117,6 +116,7 @@ class EncoderDecoderModel(TransformerModel):
             compute_logits=compute_logits,
             labels=labels,
             logits_at=logits_at,
+            tie=tie,
         )
         return Seq2SeqOutput(
             logits,

@@ -10,6 +10,7 @@ from triform.nn.feedforward import activation_fn
 from triform.nn.linear import Linear
 from triform.nn.losses import IGNORE_INDEX, linear_cross_entropy
 from triform.nn.norms import make_norm
+from triform.runtime.packed import onednn_linear
 
 
 class LMHead(nn.Module):
@@ -34,26 +35,39 @@ class LMHead(nn.Module):
             self.decoder.weight = tied_embedding.weight
         self.output_scale = config.hidden_size**-0.5 if config.scale_tied_logits else 1.0
 
-    def forward(self, hidden: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        at: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, L, H) -> (B, L, V); with ``at`` (B, L) bool, only the selected positions:
         (N, V), rows in row-major order of ``at`` (the transform and the vocabulary
-        projection then run on N rows instead of B * L)."""
+        projection then run on N rows instead of B * L). ``weight``: the projection's weight
+        as this forward sees it (a :class:`~triform.nn.embeddings.TiedTable`'s), else the
+        parameter."""
         if at is not None:
             hidden = hidden[at]  # (N, H)
-        return self.decoder(self._prepare(hidden))
+        hidden = self._prepare(hidden)
+        if weight is None:
+            return self.decoder(hidden)
+        return onednn_linear(hidden, weight, self.decoder.bias)
 
-    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean token cross entropy at the labelled positions (labels != -100) and the
         argmax predictions there: ``(loss, (N,) predictions)``. Only labelled positions are
         projected, in chunks, so that no (B, L, V) logits are ever held
         (:func:`~triform.nn.losses.linear_cross_entropy`).
 
-        hidden: (B, L, H); labels: (B, L).
+        hidden: (B, L, H); labels: (B, L); ``weight`` as in :meth:`forward`.
         """
         at = labels != IGNORE_INDEX  # (B, L)
         selected = self._prepare(hidden[at])  # (N, H)
         decoder = self.decoder
-        return linear_cross_entropy(selected, decoder.weight, decoder.bias, labels[at])
+        weight = decoder.weight if weight is None else weight
+        return linear_cross_entropy(selected, weight, decoder.bias, labels[at])
 
     def _prepare(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., E): the transform and the output scale before the projection."""

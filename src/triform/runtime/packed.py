@@ -58,7 +58,7 @@ def can_pack(model: nn.Module, reorder_fp32: bool = False) -> bool:
 
 def is_plain_tensor(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is a plain tensor (or parameter): not a subclass such as the
-    DTensor shards of an FSDP model, which oneDNN's kernel (and sparse lookups) cannot take."""
+    DTensor shards of an FSDP model, which oneDNN's kernel (and tied lookups) cannot take."""
     return type(tensor.data) is torch.Tensor
 
 
