@@ -423,3 +423,60 @@ def test_compiled_forward_has_no_graph_break() -> None:
     assert not counters["graph_break"], list(counters["graph_break"])
     with torch.no_grad():
         torch.testing.assert_close(logits, model(ids).logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["gpt2", "bert-base", "t5-small"])
+def test_bf16_training_attention_explicit_agrees_with_sdpa(preset: str, monkeypatch) -> None:
+    """Training in bf16 on a CPU, attention is computed explicitly (faster there); its loss
+    and gradients agree with SDPA's to bf16 rounding, padding masks and causality included."""
+    from triform.nn import attention
+
+    extra = {"bert-base": {"encoder_head": "mlm", "pair_head": "none"}, "t5-small": {}}
+    config = triform.presets.get(preset, **TINY, **extra.get(preset, {"bos_token_id": 0}))
+    torch.manual_seed(0)
+    model = triform.build_model(config).eval()
+    g = torch.Generator().manual_seed(1)
+    inputs = {"input_ids": torch.randint(2, 97, (3, 12), generator=g)}
+    inputs["attention_mask"] = torch.ones(3, 12, dtype=torch.long)
+    inputs["attention_mask"][1, 9:] = 0
+    labels = torch.randint(2, 97, (3, 12), generator=g)
+    if config.form == "encoder-decoder":
+        inputs["decoder_input_ids"] = torch.randint(2, 97, (3, 7), generator=g)
+        labels = labels[:, :7]
+    results = []
+    rule = attention.explicit_is_faster
+    for explicit in (True, False):
+        calls = []
+
+        def choose(q, k, explicit=explicit, calls=calls):
+            calls.append(rule(q, k))
+            return explicit
+
+        monkeypatch.setattr(attention, "explicit_is_faster", choose)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((loss.detach(), grads))
+        monkeypatch.undo()
+        assert calls and all(calls)  # the real rule picks the explicit path here
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=2e-2, atol=2e-2)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=0.1, atol=2e-2)
+
+
+def test_explicit_attention_only_for_bf16_training_on_short_keys() -> None:
+    from triform.nn.attention import EXPLICIT_MAX_KEYS, explicit_is_faster
+
+    def qk(dtype: torch.dtype, keys: int, grad: bool = True) -> tuple[torch.Tensor, ...]:
+        q = torch.zeros(1, 2, 4, 8, dtype=dtype, requires_grad=grad)
+        return q, torch.zeros(1, 2, keys, 8, dtype=dtype)
+
+    assert explicit_is_faster(*qk(torch.bfloat16, EXPLICIT_MAX_KEYS))
+    assert not explicit_is_faster(*qk(torch.bfloat16, EXPLICIT_MAX_KEYS + 1))
+    assert not explicit_is_faster(*qk(torch.float32, 16))
+    assert not explicit_is_faster(*qk(torch.bfloat16, 16, grad=False))
+    with torch.no_grad():
+        assert not explicit_is_faster(*qk(torch.bfloat16, 16))
