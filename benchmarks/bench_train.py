@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py [--shapes gpt2 bert-base t5-small] [--batch 4] [--seq 128]
         [--target-len 32] [--layers N] [--warmup 2] [--steps 1] [--repeats 8] [--dropout 0.1]
         [--precision fp32 bf16] [--triform-loss fused|logits] [--optimizer fused|loop]
+        [--allocator trainers|kept|system]
         [--peak GFLOPS] [--peak-bf16 GFLOPS] [--profile] [--quick] [--json out.json]
 
 For each shape a triform model is built from the preset and converted with
@@ -23,11 +24,14 @@ objectives do (``--triform-loss fused``, the default: ``model(..., labels=...)``
 vocabulary projection only at the labelled positions and fused with the cross entropy in
 chunks; ``logits`` does it the reference's way). The optimizer is torch's fused AdamW on both
 sides (``--optimizer fused``: triform's default, and ``transformers.Trainer``'s since torch
-2.8) or the per-parameter loop (``loop``). Each ``--precision`` is run in turn: ``fp32``, or
-``bf16`` autocast on both sides (the default adds bf16 where the hardware has it natively:
-CUDA, or a CPU with AMX / AVX512-BF16). Both sides get the same inputs, attention masks
-included (all ones, as triform's objectives hand them to the model). ``--quick``: tiny models,
-one round, a smoke run of a few seconds.
+2.8) or the per-parameter loop (``loop``). Memory comes from glibc's malloc as each
+library's trainer leaves it (``--allocator trainers``, the default): triform's keeps freed
+memory for reuse (:mod:`triform.runtime.allocator`), ``transformers``' does not; ``kept`` or
+``system`` puts both sides alike, the comparison of the computations alone. Each
+``--precision`` is run in turn: ``fp32``, or ``bf16`` autocast on both sides (the default
+adds bf16 where the hardware has it natively: CUDA, or a CPU with AMX / AVX512-BF16). Both
+sides get the same inputs, attention masks included (all ones, as triform's objectives hand
+them to the model). ``--quick``: tiny models, one round, a smoke run of a few seconds.
 
 Model FLOPs (PaLM appendix B / Kaplan et al.) per step, ``B`` sequences of ``T`` tokens::
 
@@ -235,6 +239,7 @@ class Job:
     precision: str = "fp32"
     triform_loss: str = "fused"
     optimizer: str = "fused"
+    keep_freed_memory: bool = False
 
 
 class _Trainer:
@@ -245,6 +250,10 @@ class _Trainer:
 
         if job.threads:
             torch.set_num_threads(job.threads)
+        if job.keep_freed_memory:
+            from triform.runtime.allocator import keep_freed_memory
+
+            keep_freed_memory()
         self.device = torch.device(job.device)
         config = model_config(job.shape, job.layers, job.dropout, job.tiny)
         torch.manual_seed(0)
@@ -445,6 +454,8 @@ def bench_shape(
                 precision=precision,
                 triform_loss=args.triform_loss,
                 optimizer=args.optimizer,
+                keep_freed_memory=args.allocator == "kept"
+                or (args.allocator == "trainers" and side == "triform"),
             )
             sides[side] = _Side(job, context)
         counts = {s: sides[s].info["parameters"] for s in SIDES}
@@ -601,6 +612,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--triform-loss", choices=["fused", "logits"], default="fused")
     parser.add_argument("--optimizer", choices=["fused", "loop"], default="fused")
+    parser.add_argument(
+        "--allocator",
+        choices=["trainers", "kept", "system"],
+        default="trainers",
+        help="glibc malloc as each library's trainer leaves it (triform keeps freed memory, "
+        "runtime.allocator; transformers does not), or kept / system on both sides",
+    )
     parser.add_argument("--peak", type=float, help="fp32 matmul peak GFLOP/s (default: measure)")
     parser.add_argument("--peak-bf16", type=float, help="bf16 matmul peak GFLOP/s (ditto)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -635,7 +653,8 @@ def main(argv: list[str] | None = None) -> list[ShapeResult]:
         return []
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()}",
+        f"{torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()}, "
+        f"allocator: {args.allocator}",
         flush=True,
     )
     # each precision's MFU is against the matmul peak in that precision

@@ -228,6 +228,7 @@ class LoopSection:
     device: str = "auto"  # auto = cuda if available, else cpu
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     threads: int | None = None  # torch intra-op threads on CPU (per process)
+    keep_freed_memory: bool = True  # glibc malloc keeps freed memory (runtime.allocator)
     progress: bool = True
     tensorboard: bool = True
 
