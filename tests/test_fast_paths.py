@@ -73,6 +73,18 @@ def test_linear_cross_entropy_without_labels_or_gradient() -> None:
     assert torch.allclose(value, expected, atol=1e-6)
 
 
+def test_linear_cross_entropy_refuses_a_second_backward() -> None:
+    """Its gradients are computed in the forward and scaled in place in the backward: a
+    second backward through the same graph (retain_graph) would be wrong, so it is an error."""
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(5, 8, generator=g, requires_grad=True)
+    weight = torch.randn(11, 8, generator=g, requires_grad=True)
+    loss, _ = linear_cross_entropy(hidden, weight, None, torch.randint(0, 11, (5,), generator=g))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="compute the loss again"):
+        loss.backward()
+
+
 def test_lm_head_at_positions_equals_full_head() -> None:
     """A BERT head (transform, bias, tied weights): rows of the full logits at the chosen
     positions, and their gradients."""

@@ -139,12 +139,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
         ctx.save_for_backward(*(g for g in grads if g is not None))
         ctx.has_bias = bias is not None
+        ctx.spent = False  # the saved gradients are scaled (and added to) in place
         ctx.mark_non_differentiable(predictions)
         count = (labels != IGNORE_INDEX).sum().clamp(min=1)
         return total / count, predictions
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_predictions):  # type: ignore[override]
+        if ctx.spent:
+            raise RuntimeError(
+                "the fused vocabulary loss gives its gradients once: compute the loss again "
+                "instead of calling backward twice on it (retain_graph)"
+            )
+        ctx.spent = True
         # scaled in place: the saved gradients are used once, and a (V, H) copy is memory
         grads = [g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors]
         grad_bias = grads[2] if ctx.has_bias else None
