@@ -489,6 +489,8 @@ def test_explicit_attention_only_for_bf16_training_on_short_keys() -> None:
     assert explicit_is_faster(*qk(torch.bfloat16, EXPLICIT_MAX_KEYS))
     assert not explicit_is_faster(*qk(torch.bfloat16, EXPLICIT_MAX_KEYS + 1))
     assert not explicit_is_faster(*qk(torch.float32, 16))
+    many = torch.zeros(64, 16, 512, 8, dtype=torch.bfloat16, requires_grad=True)  # 2^28 scores
+    assert not explicit_is_faster(many, many.detach())
     assert not explicit_is_faster(*qk(torch.bfloat16, 16, grad=False))
     with torch.no_grad():
         assert not explicit_is_faster(*qk(torch.bfloat16, 16))

@@ -120,8 +120,10 @@ class Attention(nn.Module):
         return torch.matmul(attended, v), probs
 
 
-# Keys up to which the explicit path trains faster in bf16 on a CPU (measured below).
+# Where the explicit path trains faster in bf16 on a CPU (measured below), and the most
+# scores (B * h * Lq * Lk) it may hold: each layer keeps them for the backward, fp32 and bf16.
 EXPLICIT_MAX_KEYS = 512
+EXPLICIT_MAX_SCORES = 1 << 23  # 50 MB a layer
 
 
 def explicit_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -131,12 +133,17 @@ def explicit_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
     of 64, 2 cores with AVX512-BF16: SDPA's CPU kernel takes 2.8-3.6x as long at 128 keys
     (causal and not), 1.8x at 256, 1.2-1.8x at 512, but 0.4x at 1024, where the explicit
     (B, h, L, L) scores cost more than they save; in fp32 the two are even at 128 keys and
-    SDPA is faster beyond. This is what ``transformers``' eager attention computes in bf16
-    (the scores rounded to bf16, the softmax in fp32)."""
+    SDPA is faster beyond. Unlike SDPA's, the explicit path keeps every layer's scores for
+    the backward, so it is taken only while they stay under :data:`EXPLICIT_MAX_SCORES`.
+    This is what ``transformers``' eager attention computes in bf16 (the scores rounded to
+    bf16, the softmax in fp32)."""
+    batch, heads, queries, _ = q.shape
+    keys = k.shape[-2]
     return (
         q.dtype == torch.bfloat16
         and q.device.type == "cpu"
-        and k.shape[-2] <= EXPLICIT_MAX_KEYS
+        and keys <= EXPLICIT_MAX_KEYS
+        and batch * heads * queries * keys <= EXPLICIT_MAX_SCORES
         and torch.is_grad_enabled()
         and q.requires_grad
         and not torch.compiler.is_compiling()
