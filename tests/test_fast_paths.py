@@ -417,6 +417,16 @@ def test_tied_lookup_with_a_padding_row_and_second_order(create_graph: bool) -> 
         torch.testing.assert_close(ours, plain)
 
 
+def test_tied_lookup_of_no_tokens() -> None:
+    from triform.nn.embeddings import TiedTable
+
+    table = torch.nn.Parameter(torch.randn(5, 3))
+    tie = TiedTable(table)
+    rows = tie.lookup(torch.zeros(2, 0, dtype=torch.long), None)  # (2, 0, 3)
+    (rows.sum() + tie.weight.pow(2).sum()).backward()
+    torch.testing.assert_close(table.grad, 2 * table.detach())
+
+
 @pytest.mark.skipif(
     shutil.which("g++") is None, reason="torch.compile on a CPU needs a C++ compiler"
 )

@@ -109,13 +109,14 @@ class _TiedLookup(torch.autograd.Function):
     def backward(ctx, grad_rows, grad_table):  # type: ignore[override]
         (input_ids,) = ctx.saved_tensors
         ids = input_ids.reshape(-1)  # (N,)
-        rows = grad_rows.reshape(ids.shape[0], -1)  # (N, E)
+        rows = grad_rows.reshape(-1, grad_rows.shape[-1])  # (N, E)
         if ctx.padding_idx is not None:  # F.embedding's rule: the padding row learns nothing
             rows = rows.masked_fill((ids == ctx.padding_idx).unsqueeze(1), 0)
         if grad_table is None:  # the projection did not reach the loss after all
             grad_table = rows.new_zeros(ctx.table_shape)
         elif torch.is_grad_enabled() or not grad_table.is_contiguous():
-            # a differentiable backward (create_graph) keeps its inputs intact
+            # a differentiable backward (create_graph) keeps its inputs intact; an odd layout
+            # gets a fresh, contiguous sum
             return None, grad_table.index_add(0, ids, rows.to(grad_table.dtype)), None
         # in place: the incoming gradient is the projection's own, held by nobody else
         return None, grad_table.index_add_(0, ids, rows.to(grad_table.dtype)), None
