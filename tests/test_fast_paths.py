@@ -295,6 +295,22 @@ def test_linear_layers_without_autograd_are_f_linear_bit_for_bit() -> None:
     assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
 
 
+def _language_model_and_batch(preset: str) -> tuple[torch.nn.Module, dict, torch.Tensor]:
+    """A tiny ``preset`` with its language-modelling head, in eval mode (no dropout, so two
+    passes compare), a batch of 3 x 10 token ids (and 3 x 7 decoder ids) and its labels."""
+    extra = {"bert-base": {"encoder_head": "mlm", "pair_head": "none"}, "t5-small": {}}
+    config = triform.presets.get(preset, **TINY, **extra.get(preset, {"bos_token_id": 0}))
+    torch.manual_seed(0)
+    model = triform.build_model(config).eval()
+    g = torch.Generator().manual_seed(1)
+    inputs = {"input_ids": torch.randint(2, 97, (3, 10), generator=g)}
+    labels = torch.randint(2, 97, (3, 10), generator=g)
+    if config.form == "encoder-decoder":
+        inputs["decoder_input_ids"] = torch.randint(0, 97, (3, 7), generator=g)
+        labels = labels[:, :7]
+    return model, inputs, labels
+
+
 def _tied_table(model: torch.nn.Module) -> torch.Tensor:
     table = model.lm_head.decoder.weight
     assert any(m.weight is table for m in model.modules() if isinstance(m, torch.nn.Embedding))
@@ -307,18 +323,8 @@ def test_tied_table_gradient_through_the_lookups_equals_the_plain_one(preset: st
     lookups, which add their rows into it: the same gradient as plain lookups, with no (V, E)
     tensor filled, copied or summed on the way, seen whole by a hook on the table; without
     the head in the loss the same too."""
-    extra = {"bert-base": {"encoder_head": "mlm", "pair_head": "none"}, "t5-small": {}}
-    config = triform.presets.get(preset, **TINY, **extra.get(preset, {"bos_token_id": 0}))
-    torch.manual_seed(0)
-    model = triform.build_model(config).eval()  # no dropout: the two passes compare
+    model, inputs, labels = _language_model_and_batch(preset)
     table = _tied_table(model)
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(2, 97, (3, 10), generator=g)
-    labels = torch.randint(2, 97, (3, 10), generator=g)
-    inputs = {"input_ids": ids}
-    if config.form == "encoder-decoder":
-        inputs["decoder_input_ids"] = torch.randint(0, 97, (3, 7), generator=g)
-        labels = labels[:, :7]
     seen = []
     hook = table.register_hook(lambda grad: seen.append(torch.linalg.vector_norm(grad)))
     loss = model(**inputs, labels=labels).loss
@@ -453,18 +459,9 @@ def test_bf16_training_attention_explicit_agrees_with_sdpa(preset: str, monkeypa
     and gradients agree with SDPA's to bf16 rounding, padding masks and causality included."""
     from triform.nn import attention
 
-    extra = {"bert-base": {"encoder_head": "mlm", "pair_head": "none"}, "t5-small": {}}
-    config = triform.presets.get(preset, **TINY, **extra.get(preset, {"bos_token_id": 0}))
-    torch.manual_seed(0)
-    model = triform.build_model(config).eval()
-    g = torch.Generator().manual_seed(1)
-    inputs = {"input_ids": torch.randint(2, 97, (3, 12), generator=g)}
-    inputs["attention_mask"] = torch.ones(3, 12, dtype=torch.long)
-    inputs["attention_mask"][1, 9:] = 0
-    labels = torch.randint(2, 97, (3, 12), generator=g)
-    if config.form == "encoder-decoder":
-        inputs["decoder_input_ids"] = torch.randint(2, 97, (3, 7), generator=g)
-        labels = labels[:, :7]
+    model, inputs, labels = _language_model_and_batch(preset)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    inputs["attention_mask"][1, 7:] = 0
     results = []
     rule = attention.explicit_is_faster
     for explicit in (True, False):
