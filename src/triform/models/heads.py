@@ -10,7 +10,6 @@ from triform.nn.feedforward import activation_fn
 from triform.nn.linear import Linear
 from triform.nn.losses import IGNORE_INDEX, linear_cross_entropy
 from triform.nn.norms import make_norm
-from triform.runtime.packed import onednn_linear
 
 
 class LMHead(nn.Module):
@@ -48,10 +47,8 @@ class LMHead(nn.Module):
         parameter."""
         if at is not None:
             hidden = hidden[at]  # (N, H)
-        hidden = self._prepare(hidden)
-        if weight is None:
-            return self.decoder(hidden)
-        return onednn_linear(hidden, weight, self.decoder.bias)
+        decoder = self.decoder
+        return decoder.project(self._prepare(hidden), decoder.weight if weight is None else weight)
 
     def loss(
         self, hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None

@@ -18,6 +18,12 @@ class Linear(nn.Linear):
     :func:`~triform.runtime.packed.packed_linears`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        return self.project(x, self.weight)
+
+    def project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The layer with ``weight`` (out, in) in place of its own parameter: a tied table as
+        one forward hands it on (:class:`~triform.nn.embeddings.TiedTable`), with this
+        layer's bias. (..., in) -> (..., out)"""
         if torch.is_grad_enabled():
-            return onednn_linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+            return onednn_linear(x, weight, self.bias)
+        return F.linear(x, weight, self.bias)
