@@ -44,8 +44,11 @@ class Attention(nn.Module):
     def _heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
         """(B, L, parts * heads * D) -> ``parts`` tensors of shape (B, heads, L, D)."""
         batch, length, _ = x.shape
-        x = x.view(batch, length, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return x.unbind(0)
+        # Unbound at the parts dimension, so that the backward stacks the parts' gradients
+        # straight into (B, L, parts, heads, D): one copy, where unbinding a permuted view
+        # stacks and then copies again to undo the permutation.
+        x = x.view(batch, length, parts, self.num_heads, self.head_dim)
+        return tuple(part.transpose(1, 2) for part in x.unbind(2))
 
     def forward(
         self,
@@ -82,7 +85,7 @@ class Attention(nn.Module):
         if weights is not None:
             out, probs = self._explicit(q, k, v, mask, dropout)
             weights.append(probs)
-        elif explicit_is_faster(q, k):
+        elif explicit_is_faster(q, k, mask.bias):
             out, _ = self._explicit(q, k, v, mask, dropout)
         else:
             out = F.scaled_dot_product_attention(
@@ -103,7 +106,9 @@ class Attention(nn.Module):
         """What SDPA computes, step by step: (B, h, Lq, D) queries over (B, h, Lk, D) keys
         and values -> output (B, h, Lq, D) and probabilities (B, h, Lq, Lk)."""
         scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
-        scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, h, Lq, Lk)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, h, Lq, Lk)
+        if scale != 1.0:  # T5 does not scale
+            scores = scores * scale
         if mask.bias is not None:
             scores = scores + mask.bias
         if mask.is_causal:
@@ -126,25 +131,37 @@ EXPLICIT_MAX_KEYS = 512
 EXPLICIT_MAX_SCORES = 1 << 23  # 50 MB a layer
 
 
-def explicit_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether attention over queries ``q`` (B, h, Lq, D) and keys ``k`` (B, h, Lk, D) is
-    faster explicitly (matmul, softmax, matmul) than through SDPA: when training in bf16 on
-    a CPU with at most :data:`EXPLICIT_MAX_KEYS` keys. Measured forward + backward, 12 heads
-    of 64, 2 cores with AVX512-BF16: SDPA's CPU kernel takes 2.8-3.6x as long at 128 keys
-    (causal and not), 1.8x at 256, 1.2-1.8x at 512, but 0.4x at 1024, where the explicit
-    (B, h, L, L) scores cost more than they save; in fp32 the two are even at 128 keys and
-    SDPA is faster beyond. Unlike SDPA's, the explicit path keeps every layer's scores for
-    the backward, so it is taken only while they stay under :data:`EXPLICIT_MAX_SCORES`.
-    This is what ``transformers``' eager attention computes in bf16 (the scores rounded to
-    bf16, the softmax in fp32)."""
+def explicit_is_faster(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether attention over queries ``q`` (B, h, Lq, D) and keys ``k`` (B, h, Lk, D), with
+    an additive ``bias`` (broadcast to (B, h, Lq, Lk)) or none, is faster explicitly (matmul,
+    softmax, matmul) than through SDPA when training on a CPU:
+
+    - in bf16 with at most :data:`EXPLICIT_MAX_KEYS` keys. Measured forward + backward, 12
+      heads of 64, 2 cores with AVX512-BF16: SDPA's CPU kernel takes 2.8-3.6x as long at 128
+      keys (causal and not), 1.8x at 256, 1.2-1.8x at 512, but 0.4x at 1024, where the
+      explicit (B, h, L, L) scores cost more than they save; in fp32 the two are even at 128
+      keys and SDPA is faster beyond. Unlike SDPA's kernel, the explicit path keeps every
+      layer's scores for the backward, so it is taken only while they stay under
+      :data:`EXPLICIT_MAX_SCORES`. This is what ``transformers``' eager attention computes
+      in bf16 (the scores rounded to bf16, the softmax in fp32).
+    - with a bias that learns (T5's relative positions), in any precision: SDPA's CPU kernel
+      takes no bias gradient, so SDPA falls back to its own explicit computation, which
+      adds two scalings of q and k (by 1 for T5) and a guarded softmax (checks for rows with
+      no allowed key, which triform's finite masks never leave). T5-small's shapes, fp32,
+      forward + backward: 0.91x the time at 128 keys, 0.75x at 32."""
+    if not (
+        q.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and q.requires_grad
+        and not torch.compiler.is_compiling()
+    ):
+        return False
+    if bias is not None and bias.requires_grad:
+        return True
     batch, heads, queries, _ = q.shape
     keys = k.shape[-2]
     return (
         q.dtype == torch.bfloat16
-        and q.device.type == "cpu"
         and keys <= EXPLICIT_MAX_KEYS
         and batch * heads * queries * keys <= EXPLICIT_MAX_SCORES
-        and torch.is_grad_enabled()
-        and q.requires_grad
-        and not torch.compiler.is_compiling()
     )
