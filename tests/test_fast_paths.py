@@ -33,7 +33,10 @@ def _grads(*tensors: torch.Tensor) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("chunk_rows", [1, 7, 64])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_cross_entropy_equals_full_logits(chunk_rows: int, with_bias: bool) -> None:
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_linear_cross_entropy_equals_full_logits(
+    chunk_rows: int, with_bias: bool, scale: float
+) -> None:
     g = torch.Generator().manual_seed(0)
     n, h, v = 37, 16, 101
     hidden = torch.randn(n, h, generator=g, requires_grad=True)
@@ -44,11 +47,11 @@ def test_linear_cross_entropy_equals_full_logits(chunk_rows: int, with_bias: boo
     params = [hidden, weight] + ([bias] if with_bias else [])
 
     loss, predictions = linear_cross_entropy(hidden, weight, bias, labels, chunk_rows)
-    (3.0 * loss).backward()  # a scale on the way back reaches every gradient
+    (scale * loss).backward()  # a scale on the way back reaches every gradient
     fused = _grads(*params)
     logits = F.linear(hidden, weight, bias)
     reference = token_cross_entropy(logits, labels)
-    (3.0 * reference).backward()
+    (scale * reference).backward()
     plain = _grads(*params)
 
     assert torch.allclose(loss, reference, atol=1e-6, rtol=1e-6)

@@ -152,7 +152,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 "instead of calling backward twice on it (retain_graph)"
             )
         ctx.spent = True
-        # scaled in place: the saved gradients are used once, and a (V, H) copy is memory
-        grads = [g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors]
+        grads = list(ctx.saved_tensors)
+        # A loss backpropagated as it is (the usual case) needs no scaling: on a CPU, where
+        # reading the scale costs no device sync, that saves a pass over the (V, H) gradient.
+        if grad_loss.device.type != "cpu" or grad_loss.item() != 1.0:
+            # scaled in place: the saved gradients are used once, a (V, H) copy is memory
+            grads = [g.mul_(grad_loss.to(g.dtype)) for g in grads]
         grad_bias = grads[2] if ctx.has_bias else None
         return grads[0], grads[1], grad_bias, None, None
