@@ -262,16 +262,18 @@ def test_packed_linears_stay_out_of_training_and_autocast() -> None:
 
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("frozen_weight", [False, True])
+@pytest.mark.parametrize(("fan_in", "fan_out"), [(16, 24), (40, 16)])
 def test_onednn_linear_and_its_gradients_are_f_linears(
-    with_bias: bool, frozen_weight: bool
+    with_bias: bool, frozen_weight: bool, fan_in: int, fan_out: int
 ) -> None:
-    """The training path (oneDNN forward and input gradient, a matmul for the weight's): the
-    values and every gradient of F.linear, on 3-D input; a frozen weight gets none."""
+    """The training path (oneDNN forward and input gradient; the weight's a matmul, or the
+    kernel for a layer wider than tall): the values and every gradient of F.linear, on 3-D
+    input; a frozen weight gets none."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(5, 3, 16, generator=g, requires_grad=True)
-    w = torch.randn(24, 16, generator=g, requires_grad=not frozen_weight)
-    b = torch.randn(24, generator=g, requires_grad=True) if with_bias else None
-    upstream = torch.randn(5, 3, 24, generator=g)
+    x = torch.randn(5, 3, fan_in, generator=g, requires_grad=True)
+    w = torch.randn(fan_out, fan_in, generator=g, requires_grad=not frozen_weight)
+    b = torch.randn(fan_out, generator=g, requires_grad=True) if with_bias else None
+    upstream = torch.randn(5, 3, fan_out, generator=g)
     params = [t for t in (x, w, b) if t is not None and t.requires_grad]
     out = onednn_linear(x, w, b)
     out.backward(upstream)
