@@ -241,9 +241,14 @@ def test_packed_linears_compute_what_the_linears_do(dtype: torch.dtype, reorder_
             with packed_linears(model) as inner:  # nested: the outer packing is reused
                 assert inner and all("forward" in m.__dict__ for m in linears)
             assert all("forward" in m.__dict__ for m in linears)  # the inner exit kept them
-            logits = model(ids).logits
+            with torch.profiler.profile() as profile:
+                logits = model(ids).logits
             rows = model(ids[:1]).logits  # another row count, the same packing
         assert not any("forward" in m.__dict__ for m in linears)  # restored on exit
+        # every linear, the vocabulary projection included, ran through the packed kernel
+        names = [event.name for event in profile.events()]
+        assert names.count("mkldnn::_linear_pointwise") == len(linears)
+        assert not {"aten::linear", "aten::addmm", "aten::mm"} & set(names)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {}
     torch.testing.assert_close(logits, reference, **tolerance)
     torch.testing.assert_close(rows, reference[:1], **tolerance)

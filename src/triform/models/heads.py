@@ -47,8 +47,10 @@ class LMHead(nn.Module):
         parameter."""
         if at is not None:
             hidden = hidden[at]  # (N, H)
-        decoder = self.decoder
-        return decoder.project(self._prepare(hidden), decoder.weight if weight is None else weight)
+        hidden = self._prepare(hidden)
+        if weight is None:  # the module itself, so that inference's packed forward applies
+            return self.decoder(hidden)
+        return self.decoder.project(hidden, weight)
 
     def loss(
         self, hidden: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
