@@ -16,6 +16,7 @@ from triform.nn.cache import KVCache
 from triform.nn.linear import Linear
 from triform.nn.masks import AttentionMask, allowed_positions
 from triform.nn.positions import RotaryEmbedding
+from triform.runtime.cpu_paths import eager_cpu_autograd
 
 
 class Attention(nn.Module):
@@ -149,12 +150,7 @@ def explicit_is_faster(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | No
       adds two scalings of q and k (by 1 for T5) and a guarded softmax (checks for rows with
       no allowed key, which triform's finite masks never leave). T5-small's shapes, fp32,
       forward + backward: 0.91x the time at 128 keys, 0.75x at 32."""
-    if not (
-        q.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and q.requires_grad
-        and not torch.compiler.is_compiling()
-    ):
+    if not eager_cpu_autograd(q):
         return False
     if bias is not None and bias.requires_grad:
         return True

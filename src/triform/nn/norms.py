@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from triform.config import ModelConfig
+from triform.runtime.cpu_paths import eager_cpu_autograd
 
 
 def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
@@ -36,11 +37,8 @@ class RMSNorm(nn.RMSNorm):
 def _fused_pays(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
     return (
         weight is not None
-        and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
-        and torch.is_grad_enabled()
-        and (x.requires_grad or weight.requires_grad)
-        and not torch.compiler.is_compiling()
+        and eager_cpu_autograd(x, weight)
     )
 
 
