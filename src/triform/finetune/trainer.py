@@ -40,7 +40,7 @@ from triform.finetune.saved import save_finetuned
 from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
 from triform.finetune.tasks.base import Feature, to_device
 from triform.runs import CHECKPOINTS, load_weights, resolve_checkpoint, write_json
-from triform.runtime.allocator import keep_freed_memory
+from triform.runtime.allocator import apply_process_settings
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
     all_reduce_sums,
@@ -142,10 +142,7 @@ def finetune(
         config = load_finetune_config(config, overrides)
     threads = torch.get_num_threads()
     try:
-        if config.train.threads:
-            torch.set_num_threads(config.train.threads)
-        if config.train.keep_freed_memory:
-            keep_freed_memory()
+        apply_process_settings(config.train.threads, config.train.keep_freed_memory)
         return Finetuner(config, resume).run()
     finally:
         torch.set_num_threads(threads)  # the thread count is process-wide: put it back

@@ -1,4 +1,5 @@
-"""Freed memory kept for reuse: glibc's malloc tuned for a training process.
+"""Freed memory kept for reuse: glibc's malloc tuned for a training process (and the run's
+other process-wide setting, its thread count: :func:`apply_process_settings`).
 
 By default glibc serves every block of 32 MB or more (and, until its threshold has adapted,
 smaller ones) straight from the kernel with ``mmap`` and gives it back on ``free``; the next
@@ -22,6 +23,8 @@ import ctypes
 import ctypes.util
 import functools
 
+import torch
+
 # mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -41,3 +44,12 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+
+
+def apply_process_settings(threads: int | None, keep_freed: bool) -> None:
+    """A training run's process-wide settings (``train.threads``, ``train.keep_freed_memory``):
+    torch's intra-op thread count when given, and :func:`keep_freed_memory` when asked."""
+    if threads:
+        torch.set_num_threads(threads)
+    if keep_freed:
+        keep_freed_memory()

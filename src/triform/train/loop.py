@@ -25,7 +25,7 @@ from triform.runs import (
     resolve_checkpoint,
     write_run_metadata,
 )
-from triform.runtime.allocator import keep_freed_memory
+from triform.runtime.allocator import apply_process_settings
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
     all_reduce_sums,
@@ -128,10 +128,7 @@ def pretrain(
     split_batch(train.batch_size, train.grad_accum)  # refuse an uneven split before any work
     device = pick_device(train.device)
     precision = resolve_precision(train.precision, device)
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    if train.keep_freed_memory:
-        keep_freed_memory()
+    apply_process_settings(train.threads, train.keep_freed_memory)
     out_dir = Path(train.out_dir)
     resume_from = resolve_checkpoint(resume) if resume is not None else None
 
