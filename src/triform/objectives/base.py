@@ -30,7 +30,7 @@ from torch import nn
 
 from triform.config import ModelConfig, check_types, from_dict
 from triform.errors import ConfigError, TriformError
-from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.objectives.ops import Batch
 from triform.runtime.distributed import all_reduce_sums, rank, world_size
 from triform.runtime.precision import autocast_context
@@ -153,13 +153,30 @@ class Objective:
         return {key: batch[key] for key in MODEL_KEYS if key in batch}
 
     # -- the loss ---------------------------------------------------------------------------
-    def loss(self, output: Any, batch: Batch) -> Step:
-        """The training loss from a model output (``.logits``) and this objective's batch;
-        returns ``(loss, parts)`` with detached component losses in ``parts``."""
-        return token_cross_entropy(output.logits, batch["labels"]), {}
+    def counts(self, batch: Batch) -> Counts:
+        """What each term of the loss averages over in ``batch`` (no forward needed): by
+        default one term, ``"tokens"``, the labelled tokens. The trainer sums these over a
+        step's micro-batches and processes and hands the totals to :meth:`step`."""
+        return {"tokens": labelled(batch["labels"])}
 
-    def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+    def loss(self, output: Any, batch: Batch, totals: Counts | None = None) -> Step:
+        """The training loss from a model output (``.logits``) and this objective's batch;
+        returns ``(loss, parts)`` with detached component losses in ``parts``. With
+        ``totals`` (the step's counts, see :meth:`counts`) the loss is this batch's share
+        of the step's loss (:func:`~triform.nn.losses.loss_share`)."""
+        loss = token_cross_entropy(output.logits, batch["labels"])
+        return loss_share(loss, "tokens", {"tokens": labelled(batch["labels"])}, totals), {}
+
+    def step(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        generator: torch.Generator,
+        totals: Counts | None = None,
+    ) -> Step:
         """Forward ``model`` on ``batch``: the loss and its parts, with token accuracy.
+        With ``totals`` (the step's counts of every loss term, see :meth:`counts`) the loss
+        is this batch's share of the step's loss; without, its own mean.
 
         The model does no more work than the loss needs: with the default :meth:`loss` (token
         cross entropy over ``labels``) it computes the loss itself, fused with the vocabulary
@@ -173,14 +190,15 @@ class Objective:
         if labels is not None and type(self).loss is Objective.loss:
             output = model(**inputs, labels=labels)
             counted = labels[labels != IGNORE_INDEX]  # (N,) in the order of the predictions
-            return output.loss, {"accuracy": prediction_accuracy(output.predictions, counted)}
+            loss = loss_share(output.loss, "tokens", self.counts(batch), totals)
+            return loss, {"accuracy": prediction_accuracy(output.predictions, counted)}
         if labels is not None and self.loss_at_labels:
             at = labels != IGNORE_INDEX  # (B, L)
             output = model(**inputs, logits_at=at)
             batch = {**batch, "labels": labels[at]}  # (N,), matching logits (N, V)
         else:
             output = model(**inputs)
-        loss, parts = self.loss(output, batch)
+        loss, parts = self.loss(output, batch, totals)
         parts.update(token_accuracy(output, batch))
         return loss, parts
 

@@ -46,7 +46,7 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
-from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.objectives.base import (
     Objective,
     RunData,
@@ -158,19 +158,24 @@ def distillation_loss(
     beta: float = 2.0,
     gamma: float = 1.0,
     kl_on_all_tokens: bool = False,
+    totals: Counts | None = None,
 ) -> Step:
     """DistilBERT's loss from student and teacher outputs (``.logits`` (B, L, V) or None,
     ``.last_hidden_state`` (B, L, H)); ``labels`` (B, L) mark the predicted positions (-100
     elsewhere), ``attention_mask`` (B, L) the real tokens; the KL is over the predicted
     positions, or every real token with ``kl_on_all_tokens``. A term whose weight is 0 is
     skipped when its inputs are missing. Returns ``(loss, {"kl_loss", "ce_loss",
-    "cosine_loss"})`` with the parts that could be computed."""
+    "cosine_loss"})`` with the parts that could be computed. The cross entropy is a mean
+    over the predicted tokens (``"tokens"``), the cosine over the real tokens
+    (``"positions"``), the KL over either; with ``totals`` each is this batch's share of the
+    step's mean."""
     parts: dict[str, torch.Tensor] = {}
+    counts = {"tokens": labelled(labels), "positions": (attention_mask != 0).sum()}
     loss = torch.zeros((), device=labels.device)
     if student.logits is not None:
         ce = token_cross_entropy(student.logits, labels)
         parts["ce_loss"] = ce.detach()
-        loss = loss + beta * ce
+        loss = loss + beta * loss_share(ce, "tokens", counts, totals)
     elif beta > 0:
         raise TriformError("objective.beta: the student has no vocabulary head")
     if alpha > 0:
@@ -184,7 +189,8 @@ def distillation_loss(
         ) / predicted.sum().clamp(min=1)
         kl = kl * temperature**2  # keeps the soft-target gradients' scale (Hinton et al.)
         parts["kl_loss"] = kl.detach()
-        loss = loss + alpha * kl
+        kl_term = "positions" if kl_on_all_tokens else "tokens"
+        loss = loss + alpha * loss_share(kl, kl_term, counts, totals)
     if gamma > 0:
         real = attention_mask.bool()  # (B, L)
         mine, theirs = student.last_hidden_state[real], teacher.last_hidden_state[real]
@@ -195,7 +201,7 @@ def distillation_loss(
             )
         cosine = (1.0 - F.cosine_similarity(mine.float(), theirs.float(), dim=-1)).mean()
         parts["cosine_loss"] = cosine.detach()
-        loss = loss + gamma * cosine
+        loss = loss + gamma * loss_share(cosine, "positions", counts, totals)
     return loss, parts
 
 
@@ -324,7 +330,20 @@ class Distillation(Objective):
         return self.inner.source_length(seq_len)
 
     # -- the loss -------------------------------------------------------------------------
-    def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+    def counts(self, batch: Batch) -> Counts:
+        """Predicted tokens and real tokens (see :func:`distillation_loss`)."""
+        return {
+            "tokens": labelled(batch["labels"]),
+            "positions": (batch["attention_mask"] != 0).sum(),
+        }
+
+    def step(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        generator: torch.Generator,
+        totals: Counts | None = None,
+    ) -> Step:
         """Student forward, teacher forward (no gradient), :func:`distillation_loss`."""
         c = self.config
         inputs = self.model_inputs(batch)
@@ -345,6 +364,7 @@ class Distillation(Objective):
             c.beta,
             c.gamma,
             c.kl_positions == "all",
+            totals,
         )
         parts.update(token_accuracy(student, batch))
         return loss, parts

@@ -36,7 +36,7 @@ from torch import nn
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
 from triform.models.base import TransformerModel
-from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.objectives.base import Step
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
 from triform.objectives.ops import Batch, uniform
@@ -99,6 +99,7 @@ def electra_loss(
     discriminator_logits: torch.Tensor,
     rtd_labels: torch.Tensor,
     discriminator_weight: float = 50.0,
+    totals: Counts | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ELECTRA's loss: generator MLM cross entropy + ``discriminator_weight`` x the mean
     binary cross entropy of the discriminator over real tokens.
@@ -107,6 +108,8 @@ def electra_loss(
     with (N,) at the masked positions only;
     discriminator_logits: (B, L); rtd_labels: (B, L) of 0/1 (-100 on padding).
     Returns ``(loss, {"generator_loss", "discriminator_loss", "discriminator_accuracy"})``.
+    With ``totals`` each term is this batch's share of the step's mean over its masked
+    tokens (``"tokens"``) and real tokens (``"positions"``).
     """
     generator_loss = token_cross_entropy(generator_logits, mlm_labels)
     counted = rtd_labels != IGNORE_INDEX
@@ -122,7 +125,10 @@ def electra_loss(
         "discriminator_loss": discriminator_loss.detach(),
         "discriminator_accuracy": correct.sum() / tokens,
     }
-    return generator_loss + discriminator_weight * discriminator_loss, parts
+    counts = {"tokens": labelled(mlm_labels), "positions": counted.sum()}
+    generator_share = loss_share(generator_loss, "tokens", counts, totals)
+    discriminator_share = loss_share(discriminator_loss, "positions", counts, totals)
+    return generator_share + discriminator_weight * discriminator_share, parts
 
 
 class ReplacedTokenDetection(MaskedLM):
@@ -154,9 +160,22 @@ class ReplacedTokenDetection(MaskedLM):
         out["original_ids"] = batch["input_ids"]
         return out
 
-    def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+    def counts(self, batch: Batch) -> Counts:
+        """Masked tokens (the generator's MLM) and real tokens (the discriminator's)."""
+        return {
+            "tokens": labelled(batch["labels"]),
+            "positions": (batch["attention_mask"] != 0).sum(),
+        }
+
+    def step(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        generator: torch.Generator,
+        totals: Counts | None = None,
+    ) -> Step:
         """``model`` is an :class:`ElectraPair` (or a DDP/FSDP wrapper of one)."""
-        return model(batch, generator)
+        return model(batch, generator, totals)
 
     def pair_step(
         self,
@@ -164,6 +183,7 @@ class ReplacedTokenDetection(MaskedLM):
         discriminator_model: nn.Module,
         batch: Batch,
         generator: torch.Generator,
+        totals: Counts | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Generator forward (its vocabulary projection at the masked positions only),
         sampling, discriminator forward and :func:`electra_loss`."""
@@ -177,9 +197,12 @@ class ReplacedTokenDetection(MaskedLM):
             discriminator_output.logits,
             discriminator_batch["labels"],
             self.config.discriminator_weight,
+            totals,
         )
 
-    def loss(self, output: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, output: Any, batch: Batch, totals: Counts | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise TriformError(
             "replaced-token detection needs two models: use ReplacedTokenDetection.pair_step"
         )
@@ -242,5 +265,5 @@ class ElectraPair(TransformerModel):
         self._objective = objective
         share_embeddings(generator, discriminator)
 
-    def forward(self, batch: Batch, draw: torch.Generator) -> Step:
-        return self._objective.pair_step(self.generator, self.discriminator, batch, draw)
+    def forward(self, batch: Batch, draw: torch.Generator, totals: Counts | None = None) -> Step:
+        return self._objective.pair_step(self.generator, self.discriminator, batch, draw, totals)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from triform.config import ModelConfig
 from triform.data.readers import SentencePairs
 from triform.errors import TriformError
-from triform.nn.losses import token_cross_entropy
+from triform.nn.losses import Counts, labelled, loss_share, token_cross_entropy
 from triform.objectives.base import RunData, check_fraction
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
 from triform.objectives.ops import Batch
@@ -50,17 +50,28 @@ def pretraining_loss(
     labels: torch.Tensor,
     pair_logits: torch.Tensor,
     pair_labels: torch.Tensor,
+    totals: Counts | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """BERT/ALBERT pretraining loss: MLM cross entropy + pair cross entropy.
 
     logits: (B, L, V), labels: (B, L) with -100 where not predicted; pair_logits: (B, 2),
     pair_labels: (B,). Returns ``(mlm + pair, {"mlm_loss", "pair_loss", "pair_accuracy"})``.
+    The MLM term is a mean over the masked tokens, the pair term a mean over the sentence
+    pairs (rows); with ``totals`` each is this batch's share of the step's mean over the
+    step's masked tokens (``"tokens"``) and pairs (``"pairs"``).
     """
     mlm = token_cross_entropy(logits, labels)
     pair = F.cross_entropy(pair_logits.float(), pair_labels)
     accuracy = (pair_logits.argmax(-1) == pair_labels).float().mean()
     parts = {"mlm_loss": mlm.detach(), "pair_loss": pair.detach(), "pair_accuracy": accuracy}
-    return mlm + pair, parts
+    counts = {"tokens": labelled(labels), "pairs": pair_rows(pair_labels)}
+    loss = loss_share(mlm, "tokens", counts, totals) + loss_share(pair, "pairs", counts, totals)
+    return loss, parts
+
+
+def pair_rows(pair_labels: torch.Tensor) -> torch.Tensor:
+    """The sentence pairs of a batch, as a () tensor (a loss count)."""
+    return torch.tensor(pair_labels.numel(), device=pair_labels.device)
 
 
 class SentencePairObjective(MaskedLM):
@@ -99,11 +110,17 @@ class SentencePairObjective(MaskedLM):
 
     loss_at_labels = True  # the MLM head runs at the masked positions only
 
-    def loss(self, output: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def counts(self, batch: Batch) -> Counts:
+        """Masked tokens (the MLM term) and sentence pairs (the NSP / SOP term)."""
+        return {"tokens": labelled(batch["labels"]), "pairs": pair_rows(batch["pair_labels"])}
+
+    def loss(
+        self, output: Any, batch: Batch, totals: Counts | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``output.logits`` (B, L, V) with labels (B, L), or (N, V) with labels (N,) at the
         masked positions, and ``output.pair_logits`` (B, 2)."""
         return pretraining_loss(
-            output.logits, batch["labels"], output.pair_logits, batch["pair_labels"]
+            output.logits, batch["labels"], output.pair_logits, batch["pair_labels"], totals
         )
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from triform.data.readers import check_rank, rank_slice
 from triform.errors import ConfigError, TriformError
-from triform.nn.losses import IGNORE_INDEX
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share
 from triform.objectives.base import Objective, RunData, check_config, check_fraction, require
 from triform.objectives.ops import Batch, shift_right
 from triform.runtime.distributed import rank, world_size
@@ -184,7 +184,9 @@ class Seq2Seq(Objective):
 
     loss_at_labels = True  # padded targets are never projected onto the vocabulary
 
-    def loss(self, output: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, output: Any, batch: Batch, totals: Counts | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Label-smoothed cross entropy; ``parts["nll_loss"]`` is the plain one (perplexity).
         Logits (..., V) and labels (...) at every target position or at the labelled ones."""
         logits, labels = output.logits, batch["labels"]
@@ -193,7 +195,7 @@ class Seq2Seq(Objective):
         )
         with torch.no_grad():
             nll = label_smoothed_cross_entropy(logits, labels, 0.0)
-        return loss, {"nll_loss": nll}
+        return loss_share(loss, "tokens", {"tokens": labelled(labels)}, totals), {"nll_loss": nll}
 
     def corpus(self, path: str | Path, tokenizer: Any) -> ParallelCorpus:
         """The TSV at ``path`` tokenized with this objective's length limits."""

@@ -41,7 +41,7 @@ from torch import nn
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
 from triform.models.base import TransformerModel
-from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.nn.norms import make_norm
 from triform.objectives.base import Step, token_accuracy
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
@@ -163,8 +163,10 @@ class SpanBertModel(TransformerModel):
         self.sbo_head = SpanBoundaryHead(encoder.config, objective.config.sbo_positions)
         self._objective = objective
 
-    def forward(self, batch: Batch, generator: torch.Generator) -> Step:
-        return self._objective.span_step(self.model, self.sbo_head, batch)
+    def forward(
+        self, batch: Batch, generator: torch.Generator, totals: Counts | None = None
+    ) -> Step:
+        return self._objective.span_step(self.model, self.sbo_head, batch, totals)
 
 
 class SpanMLM(MaskedLM):
@@ -258,12 +260,26 @@ class SpanMLM(MaskedLM):
         return whole | keep
 
     # -- the loss -------------------------------------------------------------------------
-    def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+    def step(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        generator: torch.Generator,
+        totals: Counts | None = None,
+    ) -> Step:
         """``model`` is a :class:`SpanBertModel` (or a DDP/FSDP wrapper of one)."""
-        return model(batch, generator)
+        return model(batch, generator, totals)
 
-    def span_step(self, encoder: nn.Module, sbo_head: SpanBoundaryHead, batch: Batch) -> Step:
-        """Encoder forward, MLM loss, SBO loss: ``(mlm + sbo_weight * sbo, parts)``."""
+    def span_step(
+        self,
+        encoder: nn.Module,
+        sbo_head: SpanBoundaryHead,
+        batch: Batch,
+        totals: Counts | None = None,
+    ) -> Step:
+        """Encoder forward, MLM loss, SBO loss: ``(mlm + sbo_weight * sbo, parts)``; both
+        terms are means over the masked tokens (with ``totals``: this batch's share of the
+        step's)."""
         output = encoder(**self.model_inputs(batch))
         labels = batch["labels"]  # (B, L)
         mlm_loss = token_cross_entropy(output.logits, labels)
@@ -277,7 +293,10 @@ class SpanMLM(MaskedLM):
         }
         if targets.numel():
             parts["sbo_accuracy"] = (sbo_logits.argmax(-1) == targets).float().mean()
-        return mlm_loss + self.config.sbo_weight * sbo_loss, parts
+        counts = {"tokens": labelled(labels)}
+        mlm_share = loss_share(mlm_loss, "tokens", counts, totals)
+        sbo_share = loss_share(sbo_loss, "tokens", counts, totals)
+        return mlm_share + self.config.sbo_weight * sbo_share, parts
 
     @staticmethod
     def sbo_logits(
@@ -296,5 +315,5 @@ class SpanMLM(MaskedLM):
             raise TriformError("the span boundary objective needs the encoder's MLM head")
         return head.decoder(features * head.output_scale)
 
-    def loss(self, output: Any, batch: Batch) -> Step:
+    def loss(self, output: Any, batch: Batch, totals: Counts | None = None) -> Step:
         raise TriformError("span-mlm needs the SBO head: use SpanMLM.span_step")

@@ -24,6 +24,7 @@ from triform.finetune.config import TaskSection
 from triform.finetune.data import Row
 from triform.finetune.subwords import Framing, Sampler, epoch_sampler
 from triform.models import TransformerModel
+from triform.nn.losses import Counts
 from triform.runtime.precision import autocast_context
 from triform.tensors import pad_rows
 from triform.tokenizers import SpecialTokens
@@ -42,9 +43,10 @@ class FinetuneModel(nn.Module):
         self.body = body
         self.head = head
 
-    def forward(self, task: Task, batch: Batch) -> torch.Tensor:
-        """``task``'s training loss on ``batch``: the one call a DDP wrapper makes."""
-        return task.loss(self, batch)
+    def forward(self, task: Task, batch: Batch, totals: Counts | None = None) -> torch.Tensor:
+        """``task``'s training loss on ``batch`` (with ``totals``: the batch's share of the
+        step's loss): the one call a DDP wrapper makes."""
+        return task.loss(self, batch, totals)
 
 
 def fit_length(max_length: int, config: ModelConfig) -> int:
@@ -195,7 +197,17 @@ class Task:
         return {self.cfg.text: item}
 
     # -- model ---------------------------------------------------------------------------
-    def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
+    def counts(self, batch: Batch) -> Counts:
+        """What each term of the loss averages over in ``batch`` (from the batch alone, no
+        forward): the trainer sums them over a step's micro-batches and processes."""
+        raise NotImplementedError
+
+    def loss(
+        self, model: FinetuneModel, batch: Batch, totals: Counts | None = None
+    ) -> torch.Tensor:
+        """The training loss of ``batch``: its mean, or with ``totals`` (the step's
+        :meth:`counts`) its share of the step's loss
+        (:func:`~triform.nn.losses.loss_share`)."""
         raise NotImplementedError
 
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
