@@ -271,7 +271,7 @@ def init_sources(args, runs: Path) -> dict[str, list[str]]:
         sources[f"{name}-random"] = [*random_init(family, run), kind]
         sources[f"{name}-pretrained"] = [f"model.source={run}", kind]
     if args.minilm:
-        sources["minilm"] = [f"model.source={minilm_path()}", "train.body_lr=1e-4"]
+        sources["minilm"] = [f"model.source={minilm_path()}", "optim.body_lr=1e-4"]
     return sources
 
 

@@ -514,7 +514,7 @@ def _dist_worker(rank_: int, world: int, port: int, out_dir: str) -> None:
         LOCAL_RANK=str(rank_),
     )
     from triform.runtime.distributed import shutdown_distributed
-    from triform.train.checkpoint import _full_state_dict
+    from triform.train.checkpoint import full_state_dict
 
     torch.set_num_threads(1)
     assert init_distributed() and world_size() == world
@@ -537,18 +537,18 @@ def _dist_worker(rank_: int, world: int, port: int, out_dir: str) -> None:
         for micro_batches in batches:
             step(wrapped, optimizer, micro_batches)
         if strategy == "fsdp":
-            results["fsdp"] = _full_state_dict(model)
+            results["fsdp"] = full_state_dict(model)
             save_checkpoint(out_dir, 2, wrapped, optimizer, None)  # collective
             step(wrapped, optimizer, batches[0])
-            results["fsdp_after"] = _full_state_dict(model)
+            results["fsdp_after"] = full_state_dict(model)
             torch.manual_seed(5)
             fresh = wrap_model(tiny(), "fsdp")
             fresh_optimizer = build_optimizer(fresh, OptimConfig(lr=1e-3))
             load_checkpoint(out_dir, fresh, fresh_optimizer)
             step(fresh, fresh_optimizer, batches[0])
-            results["fsdp_resumed"] = _full_state_dict(fresh)
+            results["fsdp_resumed"] = full_state_dict(fresh)
         else:
-            results[strategy] = _full_state_dict(model)
+            results[strategy] = full_state_dict(model)
 
     # FSDP2 with activation checkpointing applied before sharding, in fp32 and with bf16
     # parameters for compute (fp32 reductions and master weights): the first step's loss.

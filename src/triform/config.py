@@ -231,6 +231,16 @@ class LoopSection:
     keep_freed_memory: bool = True  # glibc malloc keeps freed memory (runtime.allocator)
     progress: bool = True
     tensorboard: bool = True
+    max_minutes: float | None = None  # stop (and checkpoint) when this budget is spent
+    compile: bool = False  # torch.compile the model
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: DDP under torchrun
+    activation_checkpointing: bool = False  # recompute each block in the backward pass
+    fsdp_param_dtype: Literal["fp32", "bf16"] = "fp32"  # FSDP: compute dtype (fp32 reductions)
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for a loop key out of range (shared by every loop)."""
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError("train.max_minutes must be positive")
 
 
 def check_types(instance: Any, section: str) -> None:

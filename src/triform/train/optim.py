@@ -148,14 +148,17 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; fused kernels where supported unless ``cfg.fused``
-    says no.
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, groups: list[dict[str, Any]] | None = None
+) -> torch.optim.AdamW:
+    """AdamW over ``groups`` (default: :func:`param_groups`; a group may set its own
+    ``lr``); fused kernels where supported unless ``cfg.fused`` says no.
 
     Under FSDP2 build it *after* ``fully_shard`` (it must see the sharded parameters).
     """
     cfg.validate()
-    groups = param_groups(model, cfg)
+    if groups is None:
+        groups = param_groups(model, cfg)
     if not groups:
         raise ConfigError("the model has no trainable parameters to optimize")
     params = [p for g in groups for p in g["params"]]

@@ -75,14 +75,9 @@ class TrainSection(LoopSection):
 
     out_dir: str = "runs/pretrain"
     steps: int = 1000
-    max_minutes: float | None = None  # stop (and checkpoint) when this budget is spent
     eval_batches: int = 8  # validation batches of batch_size sequences each
     sample_tokens: int = 64  # decoders print a sample of this many tokens at each eval
     sample_prompt: str = ""
-    compile: bool = False
-    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: DDP under torchrun
-    activation_checkpointing: bool = False  # recompute each block in the backward pass
-    fsdp_param_dtype: Literal["fp32", "bf16"] = "fp32"  # FSDP: compute dtype (fp32 reductions)
 
 
 @dataclass
@@ -260,8 +255,7 @@ def _validate(train: TrainSection, data: DataSection) -> None:
             raise ConfigError(f"{key} must be positive, got {value}")
     if data.val_fraction is None or not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
-    if train.max_minutes is not None and train.max_minutes <= 0:
-        raise ConfigError("train.max_minutes must be positive")
+    train.check()
     if train.batch_size % train.grad_accum:
         raise ConfigError(
             f"train.batch_size {train.batch_size} (the global batch) does not split into "

@@ -198,6 +198,29 @@ def check_positions(config: RunConfig, objective: Any, model_config: ModelConfig
             )
 
 
+def check_sampling(
+    config: RunConfig, objective: Any, model_config: ModelConfig, tokenizer: tokenizers.Tokenizer
+) -> None:
+    """Refuse, before step 1, an evaluation-time sample that cannot fit the model: the
+    prompt's tokens (at least one) plus ``train.sample_tokens`` new ones must fit a model
+    with a position table."""
+    train = config.train
+    if not objective.generative or train.sample_tokens <= 0:
+        return
+    if model_config.position not in ("learned", "sinusoidal"):
+        return  # relative and rotary positions have no table
+    prompt = train.sample_prompt
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
+    room = model_config.max_positions - max(len(ids), 1)
+    if train.sample_tokens > room:
+        raise ConfigError(
+            f"train.sample_tokens ({train.sample_tokens}) after the sample prompt's "
+            f"{max(len(ids), 1)} tokens is longer than the model's positions "
+            f"(model.max_positions = {model_config.max_positions}): set it to at most {room}, "
+            "or 0 for no samples"
+        )
+
+
 def set_aside_newer_checkpoints(run_dir: Path, resume_from: Path, force: bool) -> None:
     """Resuming from an older checkpoint starts a new branch: the run's newer checkpoints
     are refused (``force=False``) or moved to ``checkpoints/abandoned-<time>/``."""
