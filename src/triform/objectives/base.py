@@ -115,7 +115,9 @@ class Objective:
 
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
-        """The model config with the heads this objective trains."""
+        """The model config with the heads this objective trains, and none it does not: a
+        head that no loss uses would learn nothing, cost a forward at every step, and
+        (its outputs computed but unused) break DDP's gradient reduction."""
         return config
 
     @classmethod

@@ -288,9 +288,9 @@ class Distillation(Objective):
 
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
-        """Encoders: an MLM head (for the soft targets), no pair head."""
+        """Encoders: an MLM head (for the soft targets), no pair head, no pooler."""
         if config.form == "encoder":
-            return config.replace(encoder_head="mlm", pair_head="none")
+            return config.replace(encoder_head="mlm", pair_head="none", pooler=False)
         return config
 
     @classmethod

@@ -181,11 +181,9 @@ class MaskedLM(Objective):
     # -- the run around it ----------------------------------------------------------------
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
-        return config if config.encoder_head == "mlm" else config.replace(encoder_head="mlm")
-
-    @classmethod
-    def unused_parameters(cls, config: ModelConfig) -> bool:
-        return config.pair_head != "none" or config.pooler
+        """An MLM head and nothing the MLM loss does not train: no pair head, no pooler
+        (a BERT preset's would be computed at every step and learn nothing)."""
+        return config.replace(encoder_head="mlm", pair_head="none", pooler=False)
 
     def readers(self, data: RunData) -> tuple[PackedSequences, PackedSequences]:
         """Full packed sequences (RoBERTa's FULL-SENTENCES), framed by the special tokens."""

@@ -140,12 +140,8 @@ class ReplacedTokenDetection(MaskedLM):
 
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
-        """The discriminator's config: a replaced-token head, no pair head."""
-        return config.replace(encoder_head="rtd", pair_head="none")
-
-    @classmethod
-    def unused_parameters(cls, config: ModelConfig) -> bool:
-        return config.pooler
+        """The discriminator's config: a replaced-token head, no pair head, no pooler."""
+        return config.replace(encoder_head="rtd", pair_head="none", pooler=False)
 
     def build_model(self, config: ModelConfig) -> ElectraPair:
         """The generator (built first) and the discriminator, sharing embeddings."""

@@ -178,12 +178,8 @@ class SpanMLM(MaskedLM):
 
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
-        """An MLM head and no pair head (SpanBERT drops NSP)."""
-        return config.replace(encoder_head="mlm", pair_head="none")
-
-    @classmethod
-    def unused_parameters(cls, config: ModelConfig) -> bool:
-        return config.pooler
+        """An MLM head, no pair head (SpanBERT drops NSP) and no pooler."""
+        return config.replace(encoder_head="mlm", pair_head="none", pooler=False)
 
     def build_model(self, config: ModelConfig) -> SpanBertModel:
         from triform.models import build_model
