@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from triform import presets
 from triform.cli import main
 from triform.errors import TriformError
+from triform.models.sizing import check_model_fits
 from triform.runs import RunLock, latest_checkpoint, list_checkpoints, read_model, write_json
-from triform.runtime.memory import check_model_fits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -585,10 +585,9 @@ def test_gpt_kinds_run(tmp_path: Path, toks: dict[str, str], kind: str) -> None:
 
 def test_body_from_triform_run_and_hf_folder(tmp_path: Path, toks: dict[str, str]) -> None:
     import triform
-    from triform.finetune.body import fit_to_tokenizer
     from triform.interop import hf
     from triform.presets import get
-    from triform.tokenizers import load_tokenizer
+    from triform.tokenizers import fit_to_tokenizer, load_tokenizer
     from triform.train.checkpoint import save_checkpoint
 
     tok = load_tokenizer(toks["bert"])

@@ -40,7 +40,7 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import TriformError
-from triform.runtime.memory import check_model_fits
+from triform.models.sizing import check_model_fits
 
 RUN_JSON = "run.json"
 FINETUNE_JSON = "finetune.json"

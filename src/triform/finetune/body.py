@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import tokenizers
 import torch
@@ -25,17 +24,9 @@ from triform.models import build_model as build_body
 from triform.models.heads import LMHead
 from triform.nn.embeddings import Embeddings
 from triform.runs import TOKENIZER_JSON, load_model
-from triform.tokenizers import load_tokenizer
+from triform.tokenizers import fit_to_tokenizer, load_tokenizer
 
 Batch = dict[str, torch.Tensor]
-
-
-def fit_to_tokenizer(config: ModelConfig, tokenizer: tokenizers.Tokenizer) -> ModelConfig:
-    """``config`` with the vocabulary size and special ids of ``tokenizer`` (as pretraining
-    sets them)."""
-    from triform.train.setup import resolve_model_config
-
-    return resolve_model_config(SimpleNamespace(model=config), tokenizer)  # reads .model only
 
 
 def load_body(section: ModelSection) -> tuple[TransformerModel, tokenizers.Tokenizer]:

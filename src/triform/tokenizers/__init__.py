@@ -24,6 +24,7 @@ from triform.tokenizers.specials import (
     SpecialTokens,
     family_spec,
     family_special_tokens,
+    fit_to_tokenizer,
 )
 from triform.tokenizers.training import DEFAULT_FAMILY, KINDS, train_tokenizer
 
@@ -37,6 +38,7 @@ __all__ = [
     "encode_with_sampling",
     "family_spec",
     "family_special_tokens",
+    "fit_to_tokenizer",
     "load_tokenizer",
     "sampling_tokenizer",
     "save_tokenizer",

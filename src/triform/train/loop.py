@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from triform.models.sizing import check_model_fits
 from triform.objectives import PretrainingTask, RunData, build_objective_for_run
 from triform.runs import remove_stale_files, resolve_checkpoint, write_run_metadata
 from triform.runtime.allocator import apply_process_settings
@@ -26,7 +27,6 @@ from triform.runtime.distributed import (
     split_batch,
     world_size,
 )
-from triform.runtime.memory import check_model_fits
 from triform.runtime.precision import precision_reason, resolve_precision
 from triform.train.optim import build_optimizer
 from triform.train.run_config import RunConfig

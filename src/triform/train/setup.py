@@ -26,7 +26,7 @@ from triform.runs import (
 from triform.runtime.distributed import barrier, broadcast_object, is_main_process
 from triform.tokenizers import (
     FAMILIES,
-    SpecialTokens,
+    fit_to_tokenizer,
     load_tokenizer,
     save_tokenizer,
     tokenizer_from_str,
@@ -137,22 +137,9 @@ def _tokenizer_corpus(config: RunConfig):
 
 
 def resolve_model_config(config: RunConfig, tokenizer: tokenizers.Tokenizer) -> ModelConfig:
-    """The model config with vocabulary size and special ids taken from the tokenizer."""
-    special = SpecialTokens.from_tokenizer(tokenizer)
-    model = config.model
-    updates: dict = {"vocab_size": tokenizer.get_vocab_size(with_added_tokens=True)}
-    for field_name, token_id in (
-        ("pad_token_id", special.pad_id),
-        ("bos_token_id", special.bos_id if special.bos_id is not None else special.cls_id),
-        ("eos_token_id", special.eos_id if special.eos_id is not None else special.sep_id),
-    ):
-        if token_id is not None:
-            updates[field_name] = token_id
-    if model.form == "encoder-decoder":
-        start = special.pad_id if model.family == "t5" else updates.get("eos_token_id")
-        if start is not None:
-            updates["decoder_start_token_id"] = start
-    return model.replace(**updates)
+    """The run's model config with vocabulary size and special ids taken from the
+    tokenizer."""
+    return fit_to_tokenizer(config.model, tokenizer)
 
 
 def prepare_data(config: RunConfig, tokenizer: tokenizers.Tokenizer, out_dir: Path):

@@ -80,18 +80,6 @@ def pad_inputs(features: Sequence[dict], pad_id: int, token_types: bool = True) 
     return batch
 
 
-def truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
-    """Cut the longer of two token lists, one token at a time, until both fit ``budget``
-    (the "longest first" strategy)."""
-    a, b = list(a), list(b)
-    while len(a) + len(b) > budget and (a or b):
-        if len(a) >= len(b):
-            a.pop()
-        else:
-            b.pop()
-    return a, b
-
-
 def label_order(values: set[str]) -> list[str]:
     """Labels sorted: numerically when they all are integers, else as strings."""
     try:

@@ -22,6 +22,7 @@ from triform.finetune.body import pooled_states, uses_pooler
 from triform.finetune.data import Row
 from triform.finetune.heads import SequenceHead
 from triform.finetune.metrics import classification_metrics, regression_metrics
+from triform.finetune.subwords import truncate_pair
 from triform.finetune.tasks.base import (
     Batch,
     Feature,
@@ -29,7 +30,6 @@ from triform.finetune.tasks.base import (
     Task,
     label_order,
     pad_inputs,
-    truncate_pair,
     truncating,
 )
 from triform.models import DecoderModel, TransformerModel

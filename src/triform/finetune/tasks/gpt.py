@@ -31,12 +31,12 @@ from triform.finetune.body import resize_token_embeddings, select
 from triform.finetune.data import Row
 from triform.finetune.heads import SequenceHead
 from triform.finetune.metrics import choice_metrics, classification_metrics, regression_metrics
+from triform.finetune.subwords import truncate_pair
 from triform.finetune.tasks.base import (
     Batch,
     Feature,
     FinetuneModel,
     check_form,
-    truncate_pair,
 )
 from triform.finetune.tasks.classification import LabelledTask, LabelSet
 from triform.models import TransformerModel
