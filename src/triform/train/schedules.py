@@ -36,9 +36,13 @@ class ScheduleConfig:
     """
 
     kind: ScheduleKind = "cosine"
+    """The decay after warm-up (``constant``: none; ``inverse-sqrt``: the Transformer's)."""
     warmup_steps: int = 100
+    """Steps of linear warm-up to the peak learning rate."""
     total_steps: int | None = None
+    """The decay horizon; unset: the run's ``train.steps``."""
     min_lr_ratio: float = 0.1
+    """Floor of linear and cosine decay, as a fraction of the peak learning rate."""
 
     def __post_init__(self) -> None:
         self.validate()
