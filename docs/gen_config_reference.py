@@ -28,6 +28,13 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+from triform import presets
+from triform.config import ModelConfig
+from triform.finetune import config as finetune_config
+from triform.objectives import OBJECTIVES
+from triform.scaling.sweep import ModelShape, SweepSection
+from triform.train import run_config
+
 OUT = Path(__file__).resolve().parent / "configuration.md"
 COMMAND = "python docs/gen_config_reference.py"
 
@@ -189,13 +196,6 @@ def run_sections(
 
 def generate() -> tuple[str, list[str]]:
     """The page's text and the keys that have no description."""
-    from triform import presets
-    from triform.config import ModelConfig
-    from triform.finetune import config as finetune_config
-    from triform.objectives import OBJECTIVES
-    from triform.scaling.sweep import ModelShape, SweepSection
-    from triform.train import run_config
-
     lines: list[str] = []
     missing: list[str] = []
 
