@@ -1,4 +1,4 @@
-"""Transfer, shown (issue #15): pretraining against random initialisation on Genre-3, the
+"""Transfer, shown: pretraining against random initialisation on Genre-3, the
 Shakespeare genre task (comedy / tragedy / history, whole plays held out; see
 benchmarks/genre3_data.py and ``../shared/data/README.md``), in one resumable command.
 

@@ -11,8 +11,8 @@ from triform.errors import TriformError
 # minutes on two CPU cores, leaving a checkpoint `triform generate` can use. It runs with the
 # library's fast defaults: precision "auto" (bf16 autocast where the CPU or GPU has native
 # bf16), fused AdamW and the causal-LM loss fused with the vocabulary projection; not
-# torch.compile, which on CPU took longer to compile than it saved in 4 minutes
-# (BENCHMARKS.md, "Faster than the reference").
+# torch.compile, whose compile time a run of minutes on a CPU does not win back
+# (docs/performance-notes.md).
 DEFAULT_RUN = {
     "model": {
         "preset": "gpt2",

@@ -118,8 +118,12 @@ class ModelSection:
     """
 
     source: str = ""
+    """The body: a ``triform pretrain`` run folder, a HuggingFace checkpoint folder or
+    ``preset:<name>`` (random initialisation). Required."""
     tokenizer: str | None = None
+    """A ``tokenizer.json``: required with ``preset:...``, else the source's own."""
     overrides: dict[str, Any] = field(default_factory=dict)
+    """ModelConfig fields changed on a ``preset:...`` body, e.g. ``{num_layers = 2}``."""
 
 
 @dataclass
@@ -128,42 +132,73 @@ class TaskSection:
     columns of the data files; ``labels`` fixes the label set (else: sorted from train)."""
 
     kind: TaskKind = "classification"
+    """What is learned: the task kind (see the fine-tuning guide's table)."""
     train: str = ""
+    """The training file: CSV, TSV or JSONL. Required."""
     validation: str | None = None
+    """The validation file: evaluated during training, picks ``best/``."""
     test: str | None = None
+    """A test file, predicted (and scored when labelled) with the best model."""
     format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
+    """The data files' format; ``auto``: from each file's suffix."""
     # column names
     text: str = "text"
+    """Column of the text (of the first text of a pair)."""
     text_pair: str = "text_pair"
+    """Column of the second text of a pair."""
     label: str = "label"
+    """Column of the label (a class name, a number, or a choice's index)."""
     tokens: str = "tokens"
+    """tagging: column of the words (a JSON list, or space-separated in CSV / TSV)."""
     tags: str = "tags"
+    """tagging: column of the tags, one per word."""
     question: str = "question"
+    """qa: column of the question."""
     context: str = "context"
+    """qa: column of the context the answer is in."""
     answer_start: str = "answer_start"
+    """qa: column of the answer's first character in the context."""
     answer_text: str = "answer_text"
+    """qa: column of the answer's text."""
     source: str = "source"
+    """text-to-text: column of the source text."""
     target: str = "target"
-    prefix: str = "prefix"  # per-row task prefix column (text-to-text), if present
-    choices: str = "choices"  # a list column (multiple choice)
+    """text-to-text: column of the target text."""
+    prefix: str = "prefix"
+    """text-to-text: column of a per-row task prefix, if the file has it."""
+    choices: str = "choices"
+    """gpt-multiple-choice: column of the options (a list)."""
     # the task
     labels: list[str] | None = None
-    task_prefix: str = ""  # text-to-text: put before every source without its own prefix
+    """The label set, in order; unset: the sorted labels of the training file."""
+    task_prefix: str = ""
+    """text-to-text: put before every source that has no prefix of its own."""
     max_length: int = 128
-    max_target_length: int | None = None  # text-to-text targets (None: as long as they are)
-    generate_max_tokens: int = 64  # text-to-text: decoding budget at evaluation
-    stride: int | None = None  # qa: context tokens shared by consecutive windows (max_length // 4)
-    max_answer_length: int = 30  # qa: longest span considered, in tokens
+    """Tokens per input, special tokens included (at least 8)."""
+    max_target_length: int | None = None
+    """text-to-text: tokens kept of a target; unset: all of them."""
+    generate_max_tokens: int = 64
+    """text-to-text: the decoding budget at evaluation and prediction."""
+    stride: int | None = None
+    """qa: context tokens shared by consecutive windows; unset: ``max_length // 4``."""
+    max_answer_length: int = 30
+    """qa: the longest answer span considered, in tokens."""
     pooling: Literal["auto", "first", "last", "mean"] = "auto"
-    head_dropout: float | None = None  # None: the body's dropout
-    lm_weight: float = 0.5  # GPT-1 auxiliary LM loss weight (lambda)
-    regression: bool = False  # gpt-similarity: a score instead of classes
-    metric: str | None = None  # selects the best checkpoint; default: the kind's main metric
-    # classification kinds: "balanced" (n / (classes * count)) or one weight per label
+    """Which token state a sequence head reads; ``auto``: the body's usual one."""
+    head_dropout: float | None = None
+    """Dropout before the head; unset: the body's dropout."""
+    lm_weight: float = 0.5
+    """GPT kinds: weight of the auxiliary language-modelling loss (0: off)."""
+    regression: bool = False
+    """gpt-similarity: predict a score instead of a class."""
+    metric: str | None = None
+    """The metric that picks ``best/`` and early stopping; unset: the kind's main one."""
     class_weights: str | list[float] | None = None
-    # subword regularization of the training texts, re-tokenized every epoch (seeded):
-    # {alpha = 0.1, nbest_size = -1} (Unigram sampling) or {dropout = 0.1} (BPE-dropout)
+    """Classification kinds: ``"balanced"`` (n / (classes · count)) or one loss weight per
+    label."""
     subword_sampling: dict[str, Any] | None = None
+    """Re-tokenize the training texts every epoch: ``{alpha = 0.1, nbest_size = -1}``
+    (Unigram sampling) or ``{dropout = 0.1}`` (BPE-dropout); not for qa."""
 
     @property
     def qa_stride(self) -> int:
@@ -177,7 +212,9 @@ class FinetuneOptimConfig(OptimConfig):
     head's learning rate and ``body_lr`` the pretrained body's (default: ``lr``)."""
 
     lr: float = 5e-5
+    """Peak learning rate of the new head."""
     body_lr: float | None = None
+    """Peak learning rate of the pretrained body; unset: ``lr``."""
 
     def validate(self) -> None:
         super().validate()
@@ -192,7 +229,9 @@ class FinetuneScheduleConfig(ScheduleConfig):
     defaults (linear decay to zero after a warm-up of 10 % of the steps)."""
 
     kind: Literal["linear", "cosine", "inverse-sqrt", "constant"] = "linear"
+    """The decay after warm-up (``constant``: none; ``inverse-sqrt``: the Transformer's)."""
     min_lr_ratio: float = 0.0
+    """Floor of linear and cosine decay, as a fraction of the peak learning rate."""
 
     default_warmup_ratio: ClassVar[float | None] = 0.1
 
@@ -210,14 +249,23 @@ class TrainSection(LoopSection):
 
     out_dir: str = "runs/finetune"
     epochs: int = 3
+    """Passes over the training file (``steps``, when set, decides instead)."""
     eval_batch_size: int | None = None
+    """Examples per forward at evaluation; unset: ``batch_size``."""
     eval_every: int = 0
-    checkpoint_every: int = 0  # 0: a resumable checkpoint after every epoch; N: every N steps
-    keep_last: int = 1  # resumable checkpoints kept (0: all)
-    early_stopping_patience: int | None = None  # evaluations without improvement, then stop
-    early_stopping_min_delta: float = 0.0  # the least change of the metric that counts
-    sampler: Literal["random", "balanced"] = "random"  # balanced: classes drawn equally often
+    """0: evaluate after every epoch; N: every N steps (and at the end)."""
+    checkpoint_every: int = 0
+    """0: a resumable checkpoint after every epoch; N: every N steps."""
+    keep_last: int = 1
+    """Resumable checkpoints kept, the newest ones (0: all)."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without improvement; unset: never."""
+    early_stopping_min_delta: float = 0.0
+    """The least change of the metric that counts as an improvement."""
+    sampler: Literal["random", "balanced"] = "random"
+    """``balanced``: every class drawn equally often, with replacement (classification)."""
     save_final: bool = True
+    """Save the last model in ``final/`` (saved anyway when nothing fills ``best/``)."""
 
 
 @dataclass

@@ -64,18 +64,31 @@ class DenoisingConfig:
     """BART's noise switches (0 turns one off) and the ids they need."""
 
     vocab_size: int | None = None
+    """Vocabulary size (default: from the tokenizer)."""
     mask_id: int | None = None
+    """Id of the mask token (default: from the tokenizer)."""
     pad_id: int | None = None
+    """Id of the padding token (default: from the tokenizer)."""
     eos_id: int | None = None
-    special_ids: list[int] = field(default_factory=list)  # never noised (plus pad, eos)
-    decoder_start_id: int | None = None  # None: eos_id, as BART
+    """Id of the end-of-sequence token (default: from the tokenizer)."""
+    special_ids: list[int] = field(default_factory=list)
+    """Ids never noised, besides padding and eos (default: from the tokenizer)."""
+    decoder_start_id: int | None = None
+    """First decoder input; unset: ``eos_id``, as BART."""
     sentence_end_ids: list[int] = field(default_factory=list)
+    """Ids that end a sentence, for permutation (default: from the tokenizer)."""
     text_infilling: float = 0.3
+    """Share of the tokens covered by spans that each become one mask token (0: off)."""
     poisson_lambda: float = 3.0
+    """Mean of the Poisson distribution of infilled span lengths."""
     sentence_permutation: float = 1.0
+    """Share of the sentences shuffled among their places (0: off)."""
     token_masking: float = 0.0
+    """Share of the tokens replaced by the mask token (0: off)."""
     token_deletion: float = 0.0
+    """Share of the tokens deleted (0: off)."""
     document_rotation: float = 0.0
+    """Probability that a document is rotated to start at a random token (0: off)."""
 
     def __post_init__(self) -> None:
         check_config(self)

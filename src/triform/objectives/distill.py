@@ -82,14 +82,23 @@ _LAYER = re.compile(r"^((?:encoder|decoder)\.layers)\.(\d+)\.(.+)$")
 class DistillConfig(MaskedLMConfig):
     """Distillation settings; the :class:`MaskedLMConfig` keys set an encoder's masking."""
 
-    teacher: str | None = None  # run folder, convert folder or HuggingFace folder
+    teacher: str | None = None
+    """The teacher: a run folder, a ``triform convert`` folder or a HuggingFace folder.
+    Required."""
     init: Literal["teacher-layers", "random"] = "teacher-layers"
-    teacher_layers: list[int] | None = None  # default: evenly spaced from 0 (every other)
+    """Start the student from teacher layers, or afresh."""
+    teacher_layers: list[int] | None = None
+    """The teacher layers the student's layers copy; unset: every other one from 0."""
     temperature: float = 2.0
-    alpha: float = 5.0  # soft-target KL
-    beta: float = 2.0  # cross entropy on the true tokens
-    gamma: float = 1.0  # cosine between last hidden states
-    kl_positions: Literal["masked", "all"] = "masked"  # the predicted tokens, or every real one
+    """Softening temperature T of both distributions."""
+    alpha: float = 5.0
+    """Weight of the soft-target KL term (scaled by T²)."""
+    beta: float = 2.0
+    """Weight of the student's cross entropy on the true tokens."""
+    gamma: float = 1.0
+    """Weight of 1 − cosine between the last hidden states."""
+    kl_positions: Literal["masked", "all"] = "masked"
+    """Where the KL is taken: the predicted tokens, or every real token."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -62,16 +62,27 @@ class MaskedLMConfig:
     """MLM settings; ids usually come from the tokenizer (see ``context_from_tokenizer``)."""
 
     vocab_size: int | None = None
+    """Vocabulary size, the range of random replacements (default: from the tokenizer)."""
     mask_id: int | None = None
+    """Id of the mask token (default: from the tokenizer)."""
     pad_id: int | None = None
-    special_ids: list[int] = field(default_factory=list)  # never selected
-    mask_prob: float = 0.15  # fraction of tokens selected for prediction
-    mask_token_prob: float = 0.8  # of the selected: replaced by [MASK]
-    random_token_prob: float = 0.1  # of the selected: a random token; the rest stay unchanged
+    """Id of the padding token (default: from the tokenizer)."""
+    special_ids: list[int] = field(default_factory=list)
+    """Ids never selected for prediction (default: from the tokenizer)."""
+    mask_prob: float = 0.15
+    """Share of the tokens selected for prediction."""
+    mask_token_prob: float = 0.8
+    """Of the selected tokens, the share replaced by the mask token."""
+    random_token_prob: float = 0.1
+    """Of the selected tokens, the share replaced by a random token (the rest stay)."""
     selection: Literal["bernoulli", "exact"] = "bernoulli"
+    """Select each token independently, or exactly ``round(mask_prob * n)`` per sequence."""
     masking: Literal["dynamic", "static"] = "dynamic"
+    """A new mask every time a sequence is seen (RoBERTa), or the same every epoch (BERT)."""
     static_seed: int = 0
+    """Seed of static masking."""
     whole_word: bool = False
+    """Select whole words: all pieces of a word together."""
 
     def __post_init__(self) -> None:
         check_config(self)

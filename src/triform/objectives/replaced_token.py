@@ -49,8 +49,11 @@ class ReplacedTokenConfig(MaskedLMConfig):
     mask_token_prob: float = 0.85
     random_token_prob: float = 0.0
     discriminator_weight: float = 50.0
-    generator_width: float = 0.25  # the generator's hidden size / the discriminator's
-    generator_depth: float = 1.0  # the generator's layers / the discriminator's
+    """Weight λ of the discriminator's loss beside the generator's MLM loss."""
+    generator_width: float = 0.25
+    """The generator's hidden size as a fraction of the discriminator's."""
+    generator_depth: float = 1.0
+    """The generator's layers as a fraction of the discriminator's."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -39,6 +39,7 @@ class SentencePairConfig(MaskedLMConfig):
     often the reader makes a short pair (BERT: 10%)."""
 
     short_seq_prob: float = 0.1
+    """Probability that the reader makes a pair shorter than ``seq_len`` (BERT: 0.1)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -105,12 +105,19 @@ class Seq2SeqConfig:
     """Ids, length limits and label smoothing of a sequence-to-sequence run."""
 
     pad_id: int | None = None
+    """Id of the padding token (default: from the tokenizer)."""
     eos_id: int | None = None
-    decoder_start_id: int | None = None  # None: eos_id (fairseq's Transformer)
+    """Id of the end-of-sequence token (default: from the tokenizer)."""
+    decoder_start_id: int | None = None
+    """First decoder input; unset: ``eos_id`` (fairseq's Transformer)."""
     label_smoothing: float = 0.1
+    """Label smoothing epsilon (0: none)."""
     smoothing: Literal["uniform", "fairseq"] = "uniform"
-    max_source_length: int | None = None  # longer sequences are truncated (keeping </s>)
+    """Spread epsilon over all classes (torch, HuggingFace) or over the others (fairseq)."""
+    max_source_length: int | None = None
+    """Source tokens kept (the end token stays); unset: all."""
     max_target_length: int | None = None
+    """Target tokens kept (the end token stays); unset: all."""
 
     def __post_init__(self) -> None:
         check_config(self)

@@ -53,11 +53,16 @@ class SpanMaskingConfig(MaskedLMConfig):
     """SpanBERT's settings (the paper's defaults); the MLM keys ``mask_prob``,
     ``mask_token_prob``, ``random_token_prob`` and ``special_ids`` apply per span."""
 
-    whole_word: bool = True  # spans of whole words (False: a token is a word)
-    geometric_p: float = 0.2  # span length in words ~ Geo(p) truncated to [1, max_span]
+    whole_word: bool = True
+    """Spans of whole words (``false``: every token is a word)."""
+    geometric_p: float = 0.2
+    """Span lengths in words follow Geo(p), truncated to ``[1, max_span]``."""
     max_span: int = 10
-    sbo_weight: float = 1.0  # loss = MLM + sbo_weight x SBO
-    sbo_positions: int = 32  # position embeddings of the SBO head (offsets beyond: the last)
+    """The longest span, in words."""
+    sbo_weight: float = 1.0
+    """Weight of the span boundary objective: loss = MLM + ``sbo_weight`` × SBO."""
+    sbo_positions: int = 32
+    """Position embeddings of the SBO head (offsets beyond share the last)."""
     selection: Literal["bernoulli", "exact"] = "exact"
     masking: Literal["dynamic", "static"] = "dynamic"
 

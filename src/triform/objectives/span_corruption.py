@@ -85,11 +85,17 @@ class SpanCorruptionConfig:
     """T5's settings; ``sentinel_ids[i]`` is the id of ``<extra_id_i>``."""
 
     sentinel_ids: list[int] = field(default_factory=list)
+    """Ids of ``<extra_id_0>``, ``<extra_id_1>``, ... (default: from the tokenizer)."""
     eos_id: int | None = None
+    """Id of the end-of-sequence token (default: from the tokenizer)."""
     pad_id: int | None = None
-    decoder_start_id: int | None = None  # None: pad_id, as T5
+    """Id of the padding token (default: from the tokenizer)."""
+    decoder_start_id: int | None = None
+    """First decoder input; unset: ``pad_id``, as T5."""
     noise_density: float = 0.15
+    """Share of the tokens corrupted."""
     mean_span_length: float = 3.0
+    """Mean length of a corrupted span, in tokens."""
 
     def __post_init__(self) -> None:
         check_config(self)

@@ -52,14 +52,24 @@ class SweepSection:
     """The ``[sweep]`` section (see the module docstring)."""
 
     out_dir: str = "runs/scaling"
+    """The sweep folder: ``results.jsonl``, the shared tokenizer and shards, ``points/``."""
     tokens: list[float] = field(default_factory=list)
+    """Token budgets D: every model trains on each."""
     flops: list[float] = field(default_factory=list)
+    """Compute budgets C: every model gets the tokens that spend each (IsoFLOP curves)."""
     models: list[dict] = field(default_factory=list)
+    """Model sizes, one table each (keys below); or give ``depths``."""
     depths: list[int] = field(default_factory=list)
+    """A depth rule instead of ``models``: one model per depth, hidden = ``aspect_ratio``
+    × depth rounded to a multiple of ``head_dim``."""
     aspect_ratio: int = 64
+    """Depth rule: hidden size per layer."""
     head_dim: int = 64
+    """Depth rule: the width of one head."""
     ffn_ratio: int = 4
+    """Feed-forward size as a multiple of the hidden size, where a size does not give it."""
     warmup_fraction: float = 0.05
+    """Warm-up steps as a fraction of each point's steps."""
 
 
 @dataclass(frozen=True)
@@ -67,10 +77,15 @@ class ModelShape:
     """One model size of a sweep; ``lr`` overrides ``optim.lr`` for it when set."""
 
     num_layers: int
+    """Blocks of the model. Required."""
     hidden_size: int
+    """Its hidden size. Required."""
     num_heads: int
+    """Its attention heads. Required."""
     ffn_size: int
+    """Its feed-forward size; default: ``ffn_ratio`` × ``hidden_size``."""
     lr: float | None = None
+    """A learning rate for this size; unset: ``optim.lr``."""
 
     @property
     def name(self) -> str:

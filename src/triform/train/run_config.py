@@ -40,30 +40,50 @@ class TokenizerSection:
     into the run folder, or to ``path`` when given)."""
 
     path: str | None = None
+    """A ``tokenizer.json`` to load; when it does not exist yet, the trained one is saved
+    there."""
     kind: Literal["bpe", "byte-bpe", "wordpiece", "unigram", "char"] = "byte-bpe"
+    """The algorithm of a tokenizer trained for the run."""
     vocab_size: int = 8000
-    family: str | None = None  # special tokens of this family; default: the model's family
-    lowercase: bool | None = None  # None: the kind's default (WordPiece lower-cases)
+    """Vocabulary of a trained tokenizer, special tokens included."""
+    family: str | None = None
+    """Special tokens and framing of this family; unset: the model's family."""
+    lowercase: bool | None = None
+    """Lower-case the text; unset: the kind's default (WordPiece lower-cases)."""
 
 
 @dataclass
 class DataSection:
     """Where the text is, how it is split, and how long the training sequences are."""
 
-    corpus: list[str] | str = "default"  # "default" = the embedded corpus; or paths / globs
-    text_field: str = "text"  # for .jsonl corpora
+    corpus: list[str] | str = "default"
+    """Files, folders or globs of text (``.txt``-like, ``.jsonl``, gzipped or not);
+    ``"default"``: the embedded corpus."""
+    text_field: str = "text"
+    """The field that holds the text in ``.jsonl`` files."""
     split_documents: Literal["file", "blank-line"] = "file"
-    if_missing: Literal["error", "default"] = "error"  # corpus absent: fail, or use the default
-    shards_dir: str | None = None  # default: <out_dir>/data
-    # the validation set: these files (then val_fraction defaults to 0), or a share of corpus
+    """A document is a whole file, or a block between blank lines (BERT's format)."""
+    if_missing: Literal["error", "default"] = "error"
+    """When a corpus path matches nothing: stop, or train on the embedded corpus."""
+    shards_dir: str | None = None
+    """Where the token shards go; unset: ``<out_dir>/data``."""
     validation: list[str] | str | None = None
-    val_fraction: float | None = None  # default: 0.05 of the documents, 0 with validation
+    """Files, folders or globs that are the validation set (the corpus is then all
+    training text)."""
+    val_fraction: float | None = None
+    """Share of the corpus documents held out for validation; unset: 0.05, or 0 with
+    ``validation``."""
     workers: int = 2
+    """Processes that tokenize the corpus into shards."""
     seq_len: int = 128
-    target_len: int = 64  # encoder-decoder objectives: decoder length (span corruption sets it)
-    sources: str | None = None  # seq2seq: a TSV of source<TAB>target pairs instead of a corpus
-    # training windows segmented afresh: {alpha = 0.1} (Unigram) or {dropout = 0.1} (BPE)
+    """Tokens per training sequence (an encoder-decoder's source length)."""
+    target_len: int = 64
+    """Decoder length of encoder-decoder objectives (span corruption derives its own)."""
+    sources: str | None = None
+    """seq2seq: a TSV of ``source<TAB>target`` lines, read instead of a corpus."""
     subword_sampling: dict[str, Any] | None = None
+    """Segment each training window afresh every step: ``{alpha = 0.1}`` (Unigram
+    sampling, with an optional ``nbest_size``) or ``{dropout = 0.1}`` (BPE-dropout)."""
 
 
 @dataclass
@@ -75,9 +95,12 @@ class TrainSection(LoopSection):
 
     out_dir: str = "runs/pretrain"
     steps: int = 1000
-    eval_batches: int = 8  # validation batches of batch_size sequences each
-    sample_tokens: int = 64  # decoders print a sample of this many tokens at each eval
+    eval_batches: int = 8
+    """Validation batches of ``batch_size`` sequences at each evaluation."""
+    sample_tokens: int = 64
+    """Generative objectives print a sample of this many tokens at each evaluation."""
     sample_prompt: str = ""
+    """The prompt of those samples."""
 
 
 @dataclass

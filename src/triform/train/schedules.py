@@ -38,10 +38,16 @@ class ScheduleConfig:
     """
 
     kind: ScheduleKind = "cosine"
+    """The decay after warm-up (``constant``: none; ``inverse-sqrt``: the Transformer's)."""
     warmup_steps: int | None = None
+    """Updates of linear warm-up to the peak learning rate; unset: ``warmup_ratio``, or the
+    section's default (pretraining 100, fine-tuning 10 % of the steps)."""
     warmup_ratio: float | None = None
+    """Warm-up as a share of the run's steps (instead of ``warmup_steps``)."""
     total_steps: int | None = None
+    """The decay horizon; unset: the run's ``train.steps``."""
     min_lr_ratio: float = 0.1
+    """Floor of linear and cosine decay, as a fraction of the peak learning rate."""
 
     default_warmup_steps: ClassVar[int] = 100
     default_warmup_ratio: ClassVar[float | None] = None

@@ -1,0 +1,7 @@
+"""``python -m triform``: the ``triform`` command (:func:`triform.cli.main`)."""
+
+import sys
+
+from triform.cli import main
+
+sys.exit(main())
