@@ -3,13 +3,16 @@
 An objective is one class in one module of this package holding everything about it:
 
 - its config (a dataclass: ``config_class``), read from the run's ``[objective]`` table;
-- the vectorised transform ``__call__(reader_batch, generator) -> batch`` (all randomness from
-  the generator, or for static masking from a hash of a fixed seed);
+- the vectorised transform ``__call__(reader_batch, draws) -> batch``: all its randomness
+  from ``draws``, a :class:`~triform.objectives.ops.SampleDraws` keyed by the run seed and
+  each row's global ``sample_index`` (or for static masking from a hash of a fixed seed), so
+  that a sample is drawn the same however the global batch is split;
 - the model form it trains (``form``), what it needs of the model config
   (:meth:`Objective.fit_model_config`) and how the model is built (:meth:`Objective.build_model`,
   e.g. ELECTRA's generator + discriminator pair);
 - which reader feeds it (:meth:`Objective.readers`);
-- the loss of one step (:meth:`Objective.step` over :meth:`Objective.loss`), which loss part
+- the loss of one step (:meth:`Objective.step` over :meth:`Objective.loss`, with the same
+  rows' ``draws`` for what it samples, e.g. ELECTRA's replacements), which loss part
   perplexity is reported from (``perplexity_of``), and for generative objectives a text
   sample (:meth:`Objective.sample`).
 
@@ -31,7 +34,7 @@ from torch import nn
 from triform.config import ModelConfig, check_types, from_dict
 from triform.errors import ConfigError, TriformError
 from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
-from triform.objectives.ops import Batch
+from triform.objectives.ops import Batch, SampleDraws
 from triform.runtime.distributed import all_reduce_sums, rank, world_size
 from triform.runtime.precision import autocast_context
 
@@ -134,7 +137,9 @@ class Objective:
         raise NotImplementedError
 
     # -- the transform ----------------------------------------------------------------------
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
+        """The model inputs and targets of a reader's ``batch``; row ``b`` draws from row
+        ``b`` of ``draws`` (:meth:`SampleDraws.of` the batch, with the run seed)."""
         raise NotImplementedError
 
     def source_length(self, seq_len: int) -> int:
@@ -158,8 +163,9 @@ class Objective:
         returns ``(loss, parts)`` with detached component losses in ``parts``."""
         return token_cross_entropy(output.logits, batch["labels"]), {}
 
-    def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+    def step(self, model: nn.Module, batch: Batch, draws: SampleDraws) -> Step:
         """Forward ``model`` on ``batch``: the loss and its parts, with token accuracy.
+        ``draws`` are the rows' draws, for objectives that sample in the step (ELECTRA).
 
         The model does no more work than the loss needs: with the default :meth:`loss` (token
         cross entropy over ``labels``) it computes the loss itself, fused with the vocabulary
@@ -262,9 +268,7 @@ class RunData:
 
         pad = self.special.pad_id if self.special.pad_id is not None else 0
         specials = set(self.special.all_special_ids)
-        return ResampledReader(
-            reader, self.tokenizer, spec, self.run.train.seed, rank(), specials, pad
-        )
+        return ResampledReader(reader, self.tokenizer, spec, self.run.train.seed, specials, pad)
 
     @property
     def micro_batch(self) -> int:
@@ -283,8 +287,16 @@ class RunData:
 class PretrainingTask:
     """One run's objective with its readers and model: what the training loop drives.
 
-    A task's batches are pure functions of ``(seed, index)`` (the readers) and of a per-step
-    ``torch.Generator`` (the objective), which is what makes a resumed run exact.
+    A task's batches are pure functions of ``(seed, global sample index)``: the readers
+    number every row by its place in the run's stream of samples (``sample_index``), and the
+    objective draws each row's masks, spans and samples from that index and the run seed
+    (:class:`~triform.objectives.ops.SampleDraws`). So a resumed run is exact, and 1 process,
+    N micro-batches and N processes train on the same batches. (Dropout is drawn from the
+    global RNG, seeded per (step, rank): see :mod:`triform.train.loop`.)
+
+    A loop calls :meth:`train_batch` for each micro-batch index ``step * grad_accum +
+    micro`` (the readers hand this rank its share of it), moves the batch to the device and
+    calls :meth:`loss` on it.
     """
 
     def __init__(self, objective: Objective, model_config: ModelConfig, data: RunData) -> None:
@@ -292,17 +304,33 @@ class PretrainingTask:
         self.name = objective.name
         self.can_sample = objective.generative
         self.unused_parameters = objective.unused_parameters(model_config)
+        self.seed = data.run.train.seed
         self.train_reader, self.val_reader = objective.readers(data)
 
     def build_model(self) -> nn.Module:
         return self.objective.build_model(self.model_config)
 
-    def train_batch(self, index: int, generator: torch.Generator) -> Batch:
-        """The objective's batch number ``index`` (reader batch -> objective transform)."""
-        return self.objective(self.train_reader.batch(index), generator)
+    def draws(self, batch: Batch, split: int = SampleDraws.TRAIN) -> SampleDraws:
+        """The draws of ``batch``'s rows (by its ``sample_index``): keyed by the run seed in
+        training; in validation by the samples alone, the same in every run (so runs of
+        different seeds are scored on the same masked windows)."""
+        seed = self.seed if split == SampleDraws.TRAIN else 0
+        return SampleDraws.of(batch, seed, split)
 
-    def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
-        return self.objective.step(model, batch, generator)
+    def prepare(self, batch: Batch, split: int = SampleDraws.TRAIN) -> Batch:
+        """The objective's batch of a reader's ``batch``; it keeps the ``sample_index``
+        (not a model input) so that :meth:`loss` draws for the same samples."""
+        out = self.objective(batch, self.draws(batch, split))
+        out["sample_index"] = batch["sample_index"]
+        return out
+
+    def train_batch(self, index: int) -> Batch:
+        """The objective's micro-batch number ``index`` (this rank's share of it)."""
+        return self.prepare(self.train_reader.batch(index))
+
+    def loss(self, model: nn.Module, batch: Batch, split: int = SampleDraws.TRAIN) -> Step:
+        """The loss and its parts of an objective's ``batch`` (from :meth:`prepare`)."""
+        return self.objective.step(model, batch, self.draws(batch, split))
 
     @staticmethod
     def tokens_in(batch: Batch) -> int:
@@ -327,11 +355,10 @@ class PretrainingTask:
         totals: dict[str, float] = {}
         count = 0
         for index in range(min(max_batches, self.val_reader.num_batches)):
-            generator = torch.Generator().manual_seed(index)
-            batch = self.objective(self.val_reader.batch(index), generator)
+            batch = self.prepare(self.val_reader.batch(index), SampleDraws.VALIDATION)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast_context(precision, device):
-                loss, parts = self.loss(model, batch, generator)
+                loss, parts = self.loss(model, batch, SampleDraws.VALIDATION)
             rows = len(batch["input_ids"])
             for key, value in {"loss": loss, **parts}.items():
                 totals[key] = totals.get(key, 0.0) + float(value) * rows

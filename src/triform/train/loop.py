@@ -84,15 +84,6 @@ def step_seed(seed: int, step: int, micro: int = 0, rank: int = 0, stream: int =
     return mixed % (2**63 - 1)
 
 
-def step_generator(seed: int, step: int, micro: int, rank: int = 0) -> torch.Generator:
-    """The objective's random stream for one rank's micro-batch: a function of (seed, step,
-    micro, rank) only, so a resumed run draws exactly the same masks and spans, and ranks
-    draw independent ones for their different rows."""
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(step_seed(seed, step, micro, rank))
-    return generator
-
-
 def data_position(step: int, batch_size: int) -> dict[str, int]:
     """Where the data stream stands after ``step`` optimizer steps, in global samples (the
     same on any number of processes)."""
@@ -274,12 +265,11 @@ def _run_steps(
         torch.manual_seed(step_seed(train.seed, step, rank=rank(), stream=1))
         for micro in range(train.grad_accum):
             index = step * train.grad_accum + micro
-            draw = step_generator(train.seed, step, micro, rank())
-            batch = task.train_batch(index, draw)
+            batch = task.train_batch(index)  # its draws: a function of (seed, sample index)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with gradient_sync(wrapped, micro == train.grad_accum - 1):
                 with autocast_context(precision, device):
-                    loss, _ = task.loss(wrapped, batch, draw)
+                    loss, _ = task.loss(wrapped, batch)
                 scaler.scale(loss / train.grad_accum).backward()
             finish_step.watch(loss, step + 1)
             running_loss += loss.detach()
