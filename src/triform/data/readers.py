@@ -14,8 +14,8 @@ of the run's stream of samples, and every batch carries it as ``sample_index`` (
 With micro-batch ``step * grad_accum + micro`` read at ``batch_size / grad_accum``, a sample
 has the same index however the global batch is split into micro-batches and processes, so
 objectives key their random draws by it (:class:`~triform.objectives.ops.SampleDraws`).
-``reader.read(samples)`` reads any samples by index; ``batch(step)`` is
-``read(samples(step))``.
+``reader.read(samples)`` reads any samples by index (an evaluation reads windows spread across
+the split: :func:`evaluation_samples`); ``batch(step)`` is ``read(samples(step))``.
 
 Readers that walk the data in windows or chunks go through it in epochs: epoch ``e`` is a
 seeded permutation (``shuffle=False``: the natural order, for evaluation) and a batch that
@@ -99,6 +99,27 @@ def sample_uniform(seed: int, salt: int, stream: int, samples: np.ndarray) -> np
 def _below(u: np.ndarray, n: np.ndarray | int) -> np.ndarray:
     """Integers uniform in ``[0, n)`` from uniform [0, 1) draws ``u`` (n >= 1)."""
     return np.minimum((u * n).astype(np.int64), np.asarray(n) - 1)
+
+
+def evaluation_samples(total: int, count: int | None = None) -> np.ndarray:
+    """Which of a split's ``total`` items (windows, chunks, pairs) an evaluation reads:
+    every one (``count`` None or at least ``total``), else ``count`` spread evenly across the
+    split, item ``floor((k + 1/2) * total / count)`` for ``k < count`` (the middle of each of
+    ``count`` equal parts). (count,) int64, ascending.
+
+    The one rule of every evaluation (the pretraining's validation loss, a scaling sweep's
+    loss, ``triform evaluate perplexity --windows``): deterministic, so every evaluation of a
+    run reads the same items and its curve compares like with like, and spread over the
+    whole split rather than its first items, whose text may not be like the rest (a split
+    of several files, or of one whose halves differ). Spreading single items rather than
+    whole batches samples the split most evenly (a stratified sample: one item from each
+    part).
+    """
+    if count is None or count >= total:
+        return np.arange(total, dtype=np.int64)
+    if count < 1:
+        raise ConfigError(f"an evaluation must read at least one item, got {count}")
+    return ((2 * np.arange(count, dtype=np.int64) + 1) * total) // (2 * count)
 
 
 def _frame(

@@ -28,10 +28,12 @@ import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from triform.config import ModelConfig, check_types, from_dict
+from triform.data.readers import evaluation_samples, rank_slice
 from triform.errors import ConfigError, TriformError
 from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
 from triform.objectives.ops import Batch, SampleDraws
@@ -295,8 +297,8 @@ class PretrainingTask:
     global RNG, seeded per (step, rank): see :mod:`triform.train.loop`.)
 
     A loop calls :meth:`train_batch` for each micro-batch index ``step * grad_accum +
-    micro`` (the readers hand this rank its share of it), moves the batch to the device and
-    calls :meth:`loss` on it.
+    micro`` (the readers hand this rank its share of it), moves the batch to the device,
+    calls :meth:`loss` on it and :meth:`evaluate` every so often.
     """
 
     def __init__(self, objective: Objective, model_config: ModelConfig, data: RunData) -> None:
@@ -340,38 +342,83 @@ class PretrainingTask:
             total += batch["decoder_input_ids"].numel()
         return total
 
+    def validation_samples(self, batches: int | str) -> np.ndarray:
+        """The validation windows an evaluation reads (see :func:`evaluation_samples`):
+        ``batches`` global batches of ``train.batch_size`` windows, or ``"all"``."""
+        windows = None if batches == "all" else int(batches) * self.data.run.train.batch_size
+        return evaluation_samples(self.val_reader.items_per_epoch, windows)
+
     @torch.no_grad()
     def evaluate(
         self,
         model: nn.Module,
         device: torch.device,
         precision: str,
-        max_batches: int,
+        batches: int | str,
     ) -> dict[str, float]:
-        """Mean loss and metrics over the first ``max_batches`` fixed validation batches
-        (the same masks at every evaluation), forward passes in ``precision``; row-weighted,
-        each rank evaluating its share of every batch, the sums all-reduced."""
+        """Mean loss and metrics over ``batches`` global batches of validation windows
+        spread evenly across the whole split (``"all"``: every window), forward passes in
+        ``precision``; the same windows and masks at every evaluation.
+
+        The windows go through the model in micro-batches of the training's size, each rank
+        scoring its share of every one; each micro-batch's metrics count with its number of
+        labelled tokens (:func:`evaluation_weight`), the sums all-reduced, so that a token
+        loss is the mean over all the windows' tokens whichever way they were batched. The
+        metrics say what was read: ``eval_windows`` of the split's ``split_windows``
+        (:func:`describe_evaluation` puts it in words).
+        """
         model.eval()
+        samples = self.validation_samples(batches)
+        micro, here, world = self.data.micro_batch, rank(), world_size()
         totals: dict[str, float] = {}
         count = 0
-        for index in range(min(max_batches, self.val_reader.num_batches)):
-            batch = self.prepare(self.val_reader.batch(index), SampleDraws.VALIDATION)
+        for begin in range(0, len(samples), micro):
+            chunk = samples[begin : begin + micro]
+            mine = chunk[rank_slice(len(chunk), here, world)]
+            # a rank with no row of the last chunk still runs the forward (collectives)
+            read = self.val_reader.read(mine if len(mine) else chunk[:1])
+            batch = self.prepare(read, SampleDraws.VALIDATION)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast_context(precision, device):
                 loss, parts = self.loss(model, batch, SampleDraws.VALIDATION)
-            rows = len(batch["input_ids"])
+            weight = evaluation_weight(batch) if len(mine) else 0
             for key, value in {"loss": loss, **parts}.items():
-                totals[key] = totals.get(key, 0.0) + float(value) * rows
-            count += rows
+                totals[key] = totals.get(key, 0.0) + float(value) * weight
+            count += weight
         totals, count = all_reduce_sums(totals, count)
         metrics = {key: value / max(count, 1) for key, value in totals.items()}
         source = self.objective.perplexity_of
         if source is not None and source in metrics:
             metrics["perplexity"] = math.exp(min(metrics[source], 50.0))
+        metrics["eval_windows"] = len(samples)
+        metrics["split_windows"] = self.val_reader.items_per_epoch
         return metrics
 
     def sample(self, model: nn.Module, device: torch.device, tokens: int, prompt: str) -> str:
         return self.objective.sample(model, self.data.tokenizer, device, tokens, prompt)
+
+
+def evaluation_weight(batch: Batch) -> int:
+    """What an objective batch's metrics count for in an evaluation's mean: its labelled
+    tokens (``labels != -100``; a host sync), or its rows when it has no token labels."""
+    labels = batch.get("labels")
+    if labels is None or labels.dim() < 2:
+        return len(batch["input_ids"])
+    return int((labels != IGNORE_INDEX).sum())
+
+
+EVALUATION_KEYS = ("eval_windows", "split_windows")  # what an evaluation read, not a score
+
+
+def describe_evaluation(metrics: Mapping[str, float]) -> str | None:
+    """One line saying which validation windows ``metrics`` (of :meth:`PretrainingTask.
+    evaluate`) were computed on; ``None`` when they do not say (an older run's)."""
+    if not all(key in metrics for key in EVALUATION_KEYS):
+        return None
+    read, total = int(metrics["eval_windows"]), int(metrics["split_windows"])
+    if read >= total:
+        return f"validation loss over the whole split ({total} windows)"
+    return f"validation loss over {read} of {total} windows, spread evenly across the split"
 
 
 # ---------------------------------------------------------------------------------------

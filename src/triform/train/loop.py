@@ -308,9 +308,7 @@ def _run_steps(
             running_count, window_start, window_tokens = 0, now, 0
 
         if evaluating:
-            # eval_batches counts global batches; the readers serve micro-batches
-            batches = train.eval_batches * train.grad_accum
-            val_metrics = task.evaluate(wrapped, device, precision, batches)
+            val_metrics = task.evaluate(wrapped, device, precision, train.eval_batches)
             logger.log(step, val_metrics, split="val")
             # Rank 0 samples; under FSDP every rank must run the (collective) forward passes.
             sampling = task.can_sample and (is_main_process() or is_fsdp(model))

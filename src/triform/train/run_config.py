@@ -76,7 +76,9 @@ class TrainSection(LoopSection):
     out_dir: str = "runs/pretrain"
     steps: int = 1000
     max_minutes: float | None = None  # stop (and checkpoint) when this budget is spent
-    eval_batches: int = 8  # validation batches of batch_size sequences each
+    # validation windows scored at each evaluation: this many batches of batch_size,
+    # spread evenly across the split, or "all" (every window of the split)
+    eval_batches: int | Literal["all"] = 8
     sample_tokens: int = 64  # decoders print a sample of this many tokens at each eval
     sample_prompt: str = ""
     compile: bool = False
@@ -260,6 +262,8 @@ def _validate(train: TrainSection, data: DataSection) -> None:
             raise ConfigError(f"{key} must be positive, got {value}")
     if data.val_fraction is None or not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
+    if train.eval_batches != "all" and train.eval_batches <= 0:
+        raise ConfigError(f'train.eval_batches must be positive or "all", got {train.eval_batches}')
     if train.max_minutes is not None and train.max_minutes <= 0:
         raise ConfigError("train.max_minutes must be positive")
     if train.batch_size % train.grad_accum:
