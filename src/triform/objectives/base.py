@@ -382,8 +382,8 @@ class PretrainingTask:
             with autocast_context(precision, device):
                 loss, parts = self.loss(model, batch, SampleDraws.VALIDATION)
             weight = evaluation_weight(batch) if len(mine) else 0
-            for key, value in {"loss": loss, **parts}.items():
-                totals[key] = totals.get(key, 0.0) + float(value) * weight
+            for key, value in {"loss": loss, **parts}.items():  # (a 0-weight NaN counts 0)
+                totals[key] = totals.get(key, 0.0) + (float(value) * weight if weight else 0.0)
             count += weight
         totals, count = all_reduce_sums(totals, count)
         metrics = {key: value / max(count, 1) for key, value in totals.items()}

@@ -76,9 +76,7 @@ class TrainSection(LoopSection):
     out_dir: str = "runs/pretrain"
     steps: int = 1000
     max_minutes: float | None = None  # stop (and checkpoint) when this budget is spent
-    # validation windows scored at each evaluation: this many batches of batch_size,
-    # spread evenly across the split, or "all" (every window of the split)
-    eval_batches: int | Literal["all"] = 8
+    eval_batches: int | Literal["all"] = 8  # batches of windows spread over the split, or "all"
     sample_tokens: int = 64  # decoders print a sample of this many tokens at each eval
     sample_prompt: str = ""
     compile: bool = False
