@@ -38,10 +38,10 @@ def _worker(rank: int, world: int, port: int, args: list[str], logs: str, fail_a
 
         original = Task.train_batch
 
-        def failing(self, index, generator):
+        def failing(self, index):
             if index == fail_at:
                 raise TriformError("shard file vanished")
-            return original(self, index, generator)
+            return original(self, index)
 
         Task.train_batch = failing
     folder = Path(logs)

@@ -71,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from triform.objectives.base import EVALUATION_KEYS, describe_evaluation
     from triform.train.loop import pretrain
     from triform.train.run_config import load_run_config
 
@@ -84,8 +85,12 @@ def run(args: argparse.Namespace) -> int:
     shutdown_distributed()  # under torchrun: leave the process group before exiting
     if not is_main_process():  # rank 0 alone reports
         return 0
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.val_metrics.items())
+    scores = {k: v for k, v in result.val_metrics.items() if k not in EVALUATION_KEYS}
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
     print(f"done: {result.steps} steps, train loss {result.train_loss:.4f}; validation: {summary}")
+    read = describe_evaluation(result.val_metrics)
+    if read is not None:
+        print(read)
     if result.sample is not None:
         print(f"sample: {result.sample!r}")
     print(f"checkpoint: {result.checkpoint}")

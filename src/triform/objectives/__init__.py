@@ -39,7 +39,7 @@ from triform.objectives.causal_lm import CausalLM, CausalLMConfig, pack_document
 from triform.objectives.denoising import Denoising, DenoisingConfig
 from triform.objectives.distill import Distillation, DistillConfig, distillation_loss
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig, continuation_table
-from triform.objectives.ops import hash_uniform, shift_right
+from triform.objectives.ops import SampleDraws, shift_right
 from triform.objectives.replaced_token import (
     ElectraPair,
     ReplacedTokenConfig,
@@ -70,6 +70,7 @@ from triform.objectives.span_corruption import (
     corrupted_lengths,
     t5_span_lengths,
 )
+from triform.tensors import hash_uniform
 
 OBJECTIVES: dict[str, type[Objective]] = {
     objective.name: objective
@@ -181,6 +182,7 @@ __all__ = [
     "SpanCorruption",
     "SpanCorruptionConfig",
     "SpanMLM",
+    "SampleDraws",
     "SpanMaskingConfig",
     "build_objective",
     "build_objective_for_run",

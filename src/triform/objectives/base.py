@@ -3,13 +3,16 @@
 An objective is one class in one module of this package holding everything about it:
 
 - its config (a dataclass: ``config_class``), read from the run's ``[objective]`` table;
-- the vectorised transform ``__call__(reader_batch, generator) -> batch`` (all randomness from
-  the generator, or for static masking from a hash of a fixed seed);
+- the vectorised transform ``__call__(reader_batch, draws) -> batch``: all its randomness
+  from ``draws``, a :class:`~triform.objectives.ops.SampleDraws` keyed by the run seed and
+  each row's global ``sample_index`` (or for static masking from a hash of a fixed seed), so
+  that a sample is drawn the same however the global batch is split;
 - the model form it trains (``form``), what it needs of the model config
   (:meth:`Objective.fit_model_config`) and how the model is built (:meth:`Objective.build_model`,
   e.g. ELECTRA's generator + discriminator pair);
 - which reader feeds it (:meth:`Objective.readers`);
-- the loss of one step (:meth:`Objective.step` over :meth:`Objective.loss`), which loss part
+- the loss of one step (:meth:`Objective.step` over :meth:`Objective.loss`, with the same
+  rows' ``draws`` for what it samples, e.g. ELECTRA's replacements), which loss part
   perplexity is reported from (``perplexity_of``), and for generative objectives a text
   sample (:meth:`Objective.sample`).
 
@@ -25,13 +28,15 @@ import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from triform.config import ModelConfig, check_types, from_dict
+from triform.data.readers import evaluation_samples, rank_slice
 from triform.errors import ConfigError, TriformError
 from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
-from triform.objectives.ops import Batch
+from triform.objectives.ops import Batch, SampleDraws
 from triform.runtime.distributed import all_reduce_sums, rank, world_size
 from triform.runtime.precision import autocast_context
 
@@ -136,7 +141,9 @@ class Objective:
         raise NotImplementedError
 
     # -- the transform ----------------------------------------------------------------------
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
+        """The model inputs and targets of a reader's ``batch``; row ``b`` draws from row
+        ``b`` of ``draws`` (:meth:`SampleDraws.of` the batch, with the run seed)."""
         raise NotImplementedError
 
     def source_length(self, seq_len: int) -> int:
@@ -173,10 +180,11 @@ class Objective:
         self,
         model: nn.Module,
         batch: Batch,
-        generator: torch.Generator,
+        draws: SampleDraws | None,
         totals: Counts | None = None,
     ) -> Step:
         """Forward ``model`` on ``batch``: the loss and its parts, with token accuracy.
+        ``draws`` are the rows' draws, for objectives that sample in the step (ELECTRA).
         With ``totals`` (the step's counts of every loss term, see :meth:`counts`) the loss
         is this batch's share of the step's loss; without, its own mean.
 
@@ -282,9 +290,7 @@ class RunData:
 
         pad = self.special.pad_id if self.special.pad_id is not None else 0
         specials = set(self.special.all_special_ids)
-        return ResampledReader(
-            reader, self.tokenizer, spec, self.run.train.seed, rank(), specials, pad
-        )
+        return ResampledReader(reader, self.tokenizer, spec, self.run.train.seed, specials, pad)
 
     @property
     def micro_batch(self) -> int:
@@ -303,8 +309,16 @@ class RunData:
 class PretrainingTask:
     """One run's objective with its readers and model: what the training loop drives.
 
-    A task's batches are pure functions of ``(seed, index)`` (the readers) and of a per-step
-    ``torch.Generator`` (the objective), which is what makes a resumed run exact.
+    A task's batches are pure functions of ``(seed, global sample index)``: the readers
+    number every row by its place in the run's stream of samples (``sample_index``), and the
+    objective draws each row's masks, spans and samples from that index and the run seed
+    (:class:`~triform.objectives.ops.SampleDraws`). So a resumed run is exact, and 1 process,
+    N micro-batches and N processes train on the same batches. (Dropout is drawn from the
+    global RNG, seeded per (step, rank): see :mod:`triform.train.loop`.)
+
+    A loop calls :meth:`train_batch` for each micro-batch index ``step * grad_accum +
+    micro`` (the readers hand this rank its share of it), moves the batch to the device,
+    calls :meth:`loss` on it and :meth:`evaluate` every so often.
     """
 
     def __init__(self, objective: Objective, model_config: ModelConfig, data: RunData) -> None:
@@ -312,17 +326,40 @@ class PretrainingTask:
         self.name = objective.name
         self.can_sample = objective.generative
         self.unused_parameters = objective.unused_parameters(model_config)
+        self.seed = data.run.train.seed
         self.train_reader, self.val_reader = objective.readers(data)
 
     def build_model(self) -> nn.Module:
         return self.objective.build_model(self.model_config)
 
-    def train_batch(self, index: int, generator: torch.Generator) -> Batch:
-        """The objective's batch number ``index`` (reader batch -> objective transform)."""
-        return self.objective(self.train_reader.batch(index), generator)
+    def draws(self, batch: Batch, split: int = SampleDraws.TRAIN) -> SampleDraws:
+        """The draws of ``batch``'s rows (by its ``sample_index``): keyed by the run seed in
+        training; in validation by the samples alone, the same in every run (so runs of
+        different seeds are scored on the same masked windows)."""
+        seed = self.seed if split == SampleDraws.TRAIN else 0
+        return SampleDraws.of(batch, seed, split)
 
-    def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
-        return self.objective.step(model, batch, generator)
+    def prepare(self, batch: Batch, split: int = SampleDraws.TRAIN) -> Batch:
+        """The objective's batch of a reader's ``batch``; it keeps the ``sample_index``
+        (not a model input) so that :meth:`loss` draws for the same samples."""
+        out = self.objective(batch, self.draws(batch, split))
+        out["sample_index"] = batch["sample_index"]
+        return out
+
+    def train_batch(self, index: int) -> Batch:
+        """The objective's micro-batch number ``index`` (this rank's share of it)."""
+        return self.prepare(self.train_reader.batch(index))
+
+    def loss(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        split: int = SampleDraws.TRAIN,
+        totals: Counts | None = None,
+    ) -> Step:
+        """The loss and its parts of an objective's ``batch`` (from :meth:`prepare`); with
+        ``totals`` (the step's counts) the batch's share of the step's loss."""
+        return self.objective.step(model, batch, self.draws(batch, split), totals)
 
     @staticmethod
     def tokens_in(batch: Batch) -> int:
@@ -332,39 +369,83 @@ class PretrainingTask:
             total += batch["decoder_input_ids"].numel()
         return total
 
+    def validation_samples(self, batches: int | str) -> np.ndarray:
+        """The validation windows an evaluation reads (see :func:`evaluation_samples`):
+        ``batches`` global batches of ``train.batch_size`` windows, or ``"all"``."""
+        windows = None if batches == "all" else int(batches) * self.data.run.train.batch_size
+        return evaluation_samples(self.val_reader.items_per_epoch, windows)
+
     @torch.no_grad()
     def evaluate(
         self,
         model: nn.Module,
         device: torch.device,
         precision: str,
-        max_batches: int,
+        batches: int | str,
     ) -> dict[str, float]:
-        """Mean loss and metrics over the first ``max_batches`` fixed validation batches
-        (the same masks at every evaluation), forward passes in ``precision``; row-weighted,
-        each rank evaluating its share of every batch, the sums all-reduced."""
+        """Mean loss and metrics over ``batches`` global batches of validation windows
+        spread evenly across the whole split (``"all"``: every window), forward passes in
+        ``precision``; the same windows and masks at every evaluation.
+
+        The windows go through the model in micro-batches of the training's size, each rank
+        scoring its share of every one; each micro-batch's metrics count with its number of
+        labelled tokens (:func:`evaluation_weight`), the sums all-reduced, so that a token
+        loss is the mean over all the windows' tokens whichever way they were batched. The
+        metrics say what was read: ``eval_windows`` of the split's ``split_windows``
+        (:func:`describe_evaluation` puts it in words).
+        """
         model.eval()
+        samples = self.validation_samples(batches)
+        micro, here, world = self.data.micro_batch, rank(), world_size()
         totals: dict[str, float] = {}
         count = 0
-        for index in range(min(max_batches, self.val_reader.num_batches)):
-            generator = torch.Generator().manual_seed(index)
-            batch = self.objective(self.val_reader.batch(index), generator)
+        for begin in range(0, len(samples), micro):
+            chunk = samples[begin : begin + micro]
+            mine = chunk[rank_slice(len(chunk), here, world)]
+            # a rank with no row of the last chunk still runs the forward (collectives)
+            read = self.val_reader.read(mine if len(mine) else chunk[:1])
+            batch = self.prepare(read, SampleDraws.VALIDATION)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast_context(precision, device):
-                loss, parts = self.loss(model, batch, generator)
-            rows = len(batch["input_ids"])
-            for key, value in {"loss": loss, **parts}.items():
-                totals[key] = totals.get(key, 0.0) + float(value) * rows
-            count += rows
+                loss, parts = self.loss(model, batch, SampleDraws.VALIDATION)
+            weight = evaluation_weight(batch) if len(mine) else 0
+            for key, value in {"loss": loss, **parts}.items():  # (a 0-weight NaN counts 0)
+                totals[key] = totals.get(key, 0.0) + (float(value) * weight if weight else 0.0)
+            count += weight
         totals, count = all_reduce_sums(totals, count)
         metrics = {key: value / max(count, 1) for key, value in totals.items()}
         source = self.objective.perplexity_of
         if source is not None and source in metrics:
             metrics["perplexity"] = math.exp(min(metrics[source], 50.0))
+        metrics["eval_windows"] = len(samples)
+        metrics["split_windows"] = self.val_reader.items_per_epoch
         return metrics
 
     def sample(self, model: nn.Module, device: torch.device, tokens: int, prompt: str) -> str:
         return self.objective.sample(model, self.data.tokenizer, device, tokens, prompt)
+
+
+def evaluation_weight(batch: Batch) -> int:
+    """What an objective batch's metrics count for in an evaluation's mean: its labelled
+    tokens (``labels != -100``; a host sync), or its rows when it has no token labels."""
+    labels = batch.get("labels")
+    if labels is None or labels.dim() < 2:
+        return len(batch["input_ids"])
+    return int((labels != IGNORE_INDEX).sum())
+
+
+EVALUATION_KEYS = ("eval_windows", "split_windows")  # what an evaluation read, not a score
+
+
+def describe_evaluation(metrics: Mapping[str, float]) -> str | None:
+    """One line saying which validation windows ``metrics`` (of :meth:`PretrainingTask.
+    evaluate`) were computed on; ``None`` when they do not say (an older run's)."""
+    if not all(key in metrics for key in EVALUATION_KEYS):
+        return None
+    read, total = int(metrics["eval_windows"]), int(metrics["split_windows"])
+    if read >= total:
+        return f"validation loss over the whole split ({total} windows)"
+    return f"validation loss over {read} of {total} windows, spread evenly across the split"
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from torch import nn
 from triform.data.readers import CausalWindows
 from triform.nn.losses import IGNORE_INDEX
 from triform.objectives.base import Objective, RunData, check_config
-from triform.objectives.ops import Batch
+from triform.objectives.ops import Batch, SampleDraws
 
 
 @dataclass
@@ -75,7 +75,8 @@ class CausalLM(Objective):
     def readers(self, data: RunData) -> tuple[CausalWindows, CausalWindows]:
         return data.shard_readers(CausalWindows, data.run.data.seq_len)
 
-    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws | None = None) -> Batch:
+        """Inputs and targets shifted by one (nothing is drawn)."""
         window = batch["input_ids"]  # (B, L + 1)
         labels = window[:, 1:]
         mask = batch.get("attention_mask")

@@ -57,7 +57,7 @@ from triform.objectives.base import (
 )
 from triform.objectives.causal_lm import CausalLM, CausalLMConfig
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig, continuation_table
-from triform.objectives.ops import Batch
+from triform.objectives.ops import Batch, SampleDraws
 
 # Settings of the student that may differ from the teacher's with init = "teacher-layers":
 # its depth, heads, dropout, and the special ids (the run's tokenizer is the teacher's anyway).
@@ -332,8 +332,8 @@ class Distillation(Objective):
         return self.inner.readers(data)
 
     # -- the transform --------------------------------------------------------------------
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
-        return self.inner(batch, generator)
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
+        return self.inner(batch, draws)
 
     def source_length(self, seq_len: int) -> int:
         return self.inner.source_length(seq_len)
@@ -350,7 +350,7 @@ class Distillation(Objective):
         self,
         model: nn.Module,
         batch: Batch,
-        generator: torch.Generator,
+        draws: SampleDraws,
         totals: Counts | None = None,
     ) -> Step:
         """Student forward, teacher forward (no gradient), :func:`distillation_loss`."""

@@ -8,7 +8,9 @@ with ``[MASK]``, 10% with a random token and leave 10% unchanged; predict the or
   sequence's ``n`` candidate tokens (Google's BERT, fairseq's RoBERTa) - with whole words,
   that many on average (within one word of it).
 - ``masking="dynamic"`` (RoBERTa) draws a new mask every time a sequence is seen, from the
-  generator passed to the call. ``"static"`` (BERT) masks each example the same way every
+  draws passed to the call (keyed by the run seed and the row's global sample index, which
+  is new at every epoch; streams 0-3 at each position). ``"static"`` (BERT) masks each
+  example the same way every
   epoch: the draws are a hash of ``static_seed``, the example's id and the position, so the
   batch must carry ``example_ids`` (B,) - a stable index of each example in the data set (to
   emulate BERT's ``dupe_factor`` copies, give each copy its own id).
@@ -47,14 +49,8 @@ from triform.objectives.base import (
     make_config,
     require,
 )
-from triform.objectives.ops import (
-    Batch,
-    choose,
-    default_attention_mask,
-    hash_uniform,
-    id_table,
-    uniform,
-)
+from triform.objectives.ops import Batch, SampleDraws, choose, default_attention_mask, id_table
+from triform.tensors import hash_uniform
 
 
 @dataclass
@@ -201,11 +197,11 @@ class MaskedLM(Objective):
         return data.shard_readers(PackedSequences, data.run.data.seq_len, **data.framing())
 
     # -- the transform --------------------------------------------------------------------
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
         ids = batch["input_ids"]  # (B, L)
         attention_mask = default_attention_mask(batch, self.config.pad_id)
         masked, labels = self.mask(
-            ids, attention_mask, self._draw(batch, generator), batch.get("word_start")
+            ids, attention_mask, self._draw(batch, draws), batch.get("word_start")
         )
         out = {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
         if "token_type_ids" in batch:
@@ -303,10 +299,10 @@ class MaskedLM(Objective):
         taken = (fits | straddles) & start.gather(1, order)
         return torch.zeros_like(start).scatter_(1, order, taken)
 
-    def _draw(self, batch: Batch, generator: torch.Generator) -> Draw:
+    def _draw(self, batch: Batch, draws: SampleDraws) -> Draw:
         ids = batch["input_ids"]
         if self.config.masking == "dynamic":
-            return lambda stream: uniform(ids.shape, generator, ids.device)
+            return lambda stream: draws.uniform(ids.size(1), stream).to(ids.device)
         if "example_ids" not in batch:
             raise TriformError(
                 "static masking needs batch['example_ids']: a stable (B,) index of each example"

@@ -3,11 +3,12 @@
 A small generator is trained with MLM; its samples replace the masked tokens, and the
 discriminator predicts for every token whether it was replaced. One step:
 
-1. ``batch = objective(reader_batch, rng)`` masks ~15% of the tokens (ELECTRA: 85% ``[MASK]``,
-   15% unchanged, no random tokens) and keeps the ``original_ids``;
+1. ``batch = objective(reader_batch, draws)`` masks ~15% of the tokens (ELECTRA: 85%
+   ``[MASK]``, 15% unchanged, no random tokens) and keeps the ``original_ids``;
 2. the generator (an ``EncoderModel`` with an MLM head) reads ``batch``: ``logits`` (B, L, V);
 3. :func:`sample_replacements` samples a token at each selected position from the generator's
-   softmax (no gradient flows through the sampling) and builds the discriminator batch:
+   softmax (no gradient flows through the sampling; the draw at a position is keyed by the
+   row's sample index and the position) and builds the discriminator batch:
    ``input_ids`` with the samples in place and ``labels`` 1 where the sample differs from
    the original, 0 elsewhere (-100 on padding; a sample equal to the original is "original",
    as in ELECTRA);
@@ -39,7 +40,9 @@ from triform.models.base import TransformerModel
 from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.objectives.base import Step
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
-from triform.objectives.ops import Batch, uniform
+from triform.objectives.ops import Batch, SampleDraws
+
+REPLACEMENT = 8  # the draws' stream of the sampled replacements (masking uses 0-3)
 
 
 @dataclass
@@ -67,15 +70,14 @@ class ReplacedTokenConfig(MaskedLMConfig):
 
 
 @torch.no_grad()
-def sample_replacements(
-    generator_logits: torch.Tensor, batch: Batch, generator: torch.Generator
-) -> Batch:
+def sample_replacements(generator_logits: torch.Tensor, batch: Batch, draws: SampleDraws) -> Batch:
     """The discriminator's batch from the generator's logits on an objective batch: (B, L, V),
     or (N, V) at the selected positions only (row-major order, ``logits_at=selected``).
 
     At each selected position (``labels != -100``) a token is sampled from
-    ``softmax(generator_logits)`` by inverse-CDF sampling with one uniform draw from
-    ``generator`` (so the generator may live on the CPU while the logits are on a GPU).
+    ``softmax(generator_logits)`` by inverse-CDF sampling with one uniform draw, keyed by the
+    row's sample and the position (``draws``, the batch's rows: a position samples the same
+    whichever rows share its batch).
     Returns ``input_ids`` (B, L), ``attention_mask``, ``labels`` (B, L): 1 replaced, 0 original,
     -100 on padding, and ``token_type_ids`` when the batch has them.
     """
@@ -84,7 +86,9 @@ def sample_replacements(
     logits = generator_logits.detach()
     logits = (logits[selected] if logits.dim() == 3 else logits).float()  # (N, V)
     cdf = logits.softmax(-1).cumsum(-1)  # (N, V)
-    draw = uniform((logits.size(0), 1), generator, logits.device) * cdf[:, -1:]
+    rows, columns = selected.nonzero(as_tuple=True)  # (N,) each, row-major as the logits
+    u = draws.at(rows, columns, REPLACEMENT).to(logits.device)
+    draw = u.unsqueeze(1) * cdf[:, -1:]  # (N, 1)
     sampled = torch.searchsorted(cdf, draw, right=True).clamp(max=logits.size(-1) - 1)
     replaced = original.clone()
     replaced[selected] = sampled.squeeze(1).to(original.dtype)
@@ -154,8 +158,8 @@ class ReplacedTokenDetection(MaskedLM):
         generator = build_model(generator_config(config, c.generator_width, c.generator_depth))
         return ElectraPair(generator, build_model(config), self)
 
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
-        out = super().__call__(batch, generator)
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
+        out = super().__call__(batch, draws)
         out["original_ids"] = batch["input_ids"]
         return out
 
@@ -170,25 +174,25 @@ class ReplacedTokenDetection(MaskedLM):
         self,
         model: nn.Module,
         batch: Batch,
-        generator: torch.Generator,
+        draws: SampleDraws,
         totals: Counts | None = None,
     ) -> Step:
         """``model`` is an :class:`ElectraPair` (or a DDP/FSDP wrapper of one)."""
-        return model(batch, generator, totals)
+        return model(batch, draws, totals)
 
     def pair_step(
         self,
         generator_model: nn.Module,
         discriminator_model: nn.Module,
         batch: Batch,
-        generator: torch.Generator,
+        draws: SampleDraws,
         totals: Counts | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Generator forward (its vocabulary projection at the masked positions only),
         sampling, discriminator forward and :func:`electra_loss`."""
         selected = batch["labels"] != IGNORE_INDEX  # (B, L)
         generator_output = generator_model(**self.model_inputs(batch), logits_at=selected)
-        discriminator_batch = sample_replacements(generator_output.logits, batch, generator)
+        discriminator_batch = sample_replacements(generator_output.logits, batch, draws)
         discriminator_output = discriminator_model(**self.model_inputs(discriminator_batch))
         return electra_loss(
             generator_output.logits,  # (N, V)
@@ -264,5 +268,5 @@ class ElectraPair(TransformerModel):
         self._objective = objective
         share_embeddings(generator, discriminator)
 
-    def forward(self, batch: Batch, draw: torch.Generator, totals: Counts | None = None) -> Step:
-        return self._objective.pair_step(self.generator, self.discriminator, batch, draw, totals)
+    def forward(self, batch: Batch, draws: SampleDraws, totals: Counts | None = None) -> Step:
+        return self._objective.pair_step(self.generator, self.discriminator, batch, draws, totals)

@@ -9,10 +9,12 @@ The reader builds the pairs ``[CLS] A [SEP] B [SEP]`` with ``token_type_ids`` an
 - SOP: 0 = A and B are consecutive segments in order, 1 = the two are swapped (50% each).
 
 This is HuggingFace's convention (``next_sentence_label`` / ``sentence_order_label``). The
-objective masks the pair as :class:`~triform.objectives.masked_lm.MaskedLM` does
-(``[CLS]``/``[SEP]`` are special, never selected) and carries ``token_type_ids`` and
-``pair_labels`` through, so the batch holds everything the model (``input_ids``,
-``attention_mask``, ``token_type_ids``) and the loss (``labels``, ``pair_labels``) need.
+reader draws each row's pair from a hash of (seed, its sample index), so a row is the same
+pair whichever way the batch is split. The objective masks the pair as
+:class:`~triform.objectives.masked_lm.MaskedLM` does (``[CLS]``/``[SEP]`` are special, never
+selected) and carries ``token_type_ids`` and ``pair_labels`` through, so the batch holds
+everything the model (``input_ids``, ``attention_mask``, ``token_type_ids``) and the loss
+(``labels``, ``pair_labels``) need.
 The loss is the sum of the MLM and the pair cross entropies, as in BERT and ALBERT.
 """
 
@@ -30,7 +32,7 @@ from triform.errors import TriformError
 from triform.nn.losses import Counts, labelled, loss_share, token_cross_entropy
 from triform.objectives.base import RunData, check_fraction
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
-from triform.objectives.ops import Batch
+from triform.objectives.ops import Batch, SampleDraws
 
 
 @dataclass
@@ -100,11 +102,11 @@ class SentencePairObjective(MaskedLM):
             short_seq_prob=self.config.short_seq_prob,
         )
 
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
         for key in ("token_type_ids", "pair_labels"):
             if key not in batch:
                 raise TriformError(f"{self.name} needs batch[{key!r}] from a sentence-pair reader")
-        out = super().__call__(batch, generator)
+        out = super().__call__(batch, draws)
         out["token_type_ids"] = batch["token_type_ids"]
         out["pair_labels"] = batch["pair_labels"]  # (B,)
         return out

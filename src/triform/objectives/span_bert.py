@@ -45,7 +45,11 @@ from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_
 from triform.nn.norms import make_norm
 from triform.objectives.base import Step, token_accuracy
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
-from triform.objectives.ops import Batch, default_attention_mask, uniform
+from triform.objectives.ops import Batch, SampleDraws, default_attention_mask
+
+# The draws' streams: span lengths and first words (one per span drawn), and per position
+# the replacement kind (read at a span's first token) and the random token picked.
+SPAN_LENGTH, SPAN_FIRST, KIND, PICK = 0, 1, 2, 3
 
 
 @dataclass
@@ -155,7 +159,7 @@ class SpanBoundaryHead(nn.Module):
 
 class SpanBertModel(TransformerModel):
     """The encoder (``model.*``, with its MLM head) and the SBO head (``sbo_head.*``), trained
-    as one module so that DDP/FSDP see a single forward: ``model(batch, generator)`` returns
+    as one module so that DDP/FSDP see a single forward: ``model(batch, draws)`` returns
     the objective's ``(loss, parts)``. The run folder's ``model.json`` is the encoder's, and
     its ``parts.json`` tells every loader to read the encoder from ``model.*``."""
 
@@ -168,9 +172,7 @@ class SpanBertModel(TransformerModel):
         self.sbo_head = SpanBoundaryHead(encoder.config, objective.config.sbo_positions)
         self._objective = objective
 
-    def forward(
-        self, batch: Batch, generator: torch.Generator, totals: Counts | None = None
-    ) -> Step:
+    def forward(self, batch: Batch, draws: SampleDraws, totals: Counts | None = None) -> Step:
         return self._objective.span_step(self.model, self.sbo_head, batch, totals)
 
 
@@ -192,15 +194,15 @@ class SpanMLM(MaskedLM):
         return SpanBertModel(build_model(config), self)
 
     # -- the transform --------------------------------------------------------------------
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
         ids = batch["input_ids"]  # (B, L)
         attention_mask = default_attention_mask(batch, self.config.pad_id)
-        selected = self.select_spans(ids, attention_mask, generator, batch.get("word_start"))
+        selected = self.select_spans(ids, attention_mask, draws, batch.get("word_start"))
         left, right, offset = span_boundaries(selected)
         # one replacement kind per span: the draw at the span's first token
         first = torch.arange(ids.size(1), device=ids.device) - offset  # (B, L)
-        kind = uniform(ids.shape, generator, ids.device).gather(1, first)
-        pick = uniform(ids.shape, generator, ids.device)
+        kind = draws.uniform(ids.size(1), KIND).to(ids.device).gather(1, first)
+        pick = draws.uniform(ids.size(1), PICK).to(ids.device)
         masked, labels = self.corrupt(ids, selected, kind, pick)
         out = {
             "input_ids": masked,
@@ -218,7 +220,7 @@ class SpanMLM(MaskedLM):
         self,
         ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        generator: torch.Generator,
+        draws: SampleDraws,
         word_start: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, L) bool: the masked positions, spans of whole words filling the budget."""
@@ -228,14 +230,14 @@ class SpanMLM(MaskedLM):
         word = start.long().cumsum(1) - 1  # (B, L) word index of each candidate token
         words = start.sum(1, keepdim=True)  # (B, 1)
         budget = torch.round(candidate.sum(1).double() * c.mask_prob).long()  # (B,)
-        # one draw more than the largest budget: each draw adds at least one token unless it
-        # lands wholly on masked words (rare), so the budget is reached
-        draws = int(budget.max()) + 1 if budget.numel() else 1
-        shape = (ids.size(0), draws)
-        lengths = sample_span_lengths(
-            uniform(shape, generator, ids.device), c.geometric_p, c.max_span
-        )
-        first = (uniform(shape, generator, ids.device) * words).long()  # (B, K) first word
+        # one span more than the largest budget a row of this width can have: each adds at
+        # least one token unless it lands wholly on masked words (rare), so the budget is
+        # reached (K from the width alone: a row's spans do not depend on the other rows)
+        spans = round(ids.size(1) * c.mask_prob) + 1
+        u = draws.uniform(spans, SPAN_LENGTH).to(ids.device)
+        lengths = sample_span_lengths(u, c.geometric_p, c.max_span)  # (B, K)
+        u = draws.uniform(spans, SPAN_FIRST).to(ids.device)
+        first = (u * words).long()  # (B, K) first word
         first = torch.minimum(first, (words - 1).clamp(min=0))
         # covered[b, k, t]: token t lies in draw k; union[b, k]: in one of draws 0..k
         w = word.unsqueeze(1)  # (B, 1, L)
@@ -249,8 +251,8 @@ class SpanMLM(MaskedLM):
         whole = whole.squeeze(1) & (taken > 0).unsqueeze(1)  # (B, L)
         # the draw that crosses the budget keeps its new words while they fit
         crossing = covered.gather(
-            1, taken.clamp(max=draws - 1).view(-1, 1, 1).expand(-1, 1, ids.size(1))
-        ).squeeze(1) & (taken < draws).unsqueeze(1)
+            1, taken.clamp(max=spans - 1).view(-1, 1, 1).expand(-1, 1, ids.size(1))
+        ).squeeze(1) & (taken < spans).unsqueeze(1)
         new = crossing & ~whole  # (B, L)
         running = new.long().cumsum(1)  # (B, L) new tokens up to each position
         at_word_end = torch.zeros_like(running).scatter_reduce_(
@@ -265,11 +267,11 @@ class SpanMLM(MaskedLM):
         self,
         model: nn.Module,
         batch: Batch,
-        generator: torch.Generator,
+        draws: SampleDraws,
         totals: Counts | None = None,
     ) -> Step:
         """``model`` is a :class:`SpanBertModel` (or a DDP/FSDP wrapper of one)."""
-        return model(batch, generator, totals)
+        return model(batch, draws, totals)
 
     def span_step(
         self,

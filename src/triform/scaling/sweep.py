@@ -18,7 +18,10 @@ warmup_fraction = 0.05                # warm-up steps as a fraction of each poin
 Every point is an ordinary pretraining run (:func:`triform.train.loop.pretrain`) of the base
 config with the point's model shape, ``train.steps`` = its budget in tokens over
 ``batch_size × seq_len`` (``batch_size`` is the global batch), a learning-rate schedule sized
-to those steps, one evaluation at the end, and its own folder under ``points/``. All points
+to those steps, one evaluation at the end (its ``loss``: the validation loss over
+``train.eval_batches`` batches of windows spread evenly across the split, or every window with
+``"all"``, the rule of every evaluation; the row says how many, ``eval_windows`` of
+``split_windows``), and its own folder under ``points/``. All points
 share one tokenizer and one shard folder, so the corpus is tokenized once. A point whose id is
 already in ``results.jsonl`` is skipped: a killed sweep resumes where it stopped.
 """
@@ -310,14 +313,14 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
-def _final_loss(out_dir: Path, val_metrics: dict[str, float]) -> float:
-    loss = val_metrics.get("loss")
-    if loss is None:
+def _final_validation(out_dir: Path, val_metrics: dict[str, float]) -> dict[str, Any]:
+    """The run's last validation metrics: ``val_metrics``, else its last recorded ones."""
+    if val_metrics.get("loss") is None:
         records = [r for r in read_metrics(out_dir, split="val") if "loss" in r]
         if not records:
             raise TriformError(f"{out_dir}: the run recorded no validation loss")
-        loss = records[-1]["loss"]
-    return float(loss)
+        val_metrics = records[-1]
+    return val_metrics
 
 
 def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> dict[str, Any]:
@@ -332,7 +335,7 @@ def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> d
 
         result = pretrain(sweep.point_config(point))
         steps, train_loss = result.steps, result.train_loss
-        loss = _final_loss(out_dir, result.val_metrics)
+        validation = _final_validation(out_dir, result.val_metrics)
     else:
         sweep.point_config(point)  # validate before launching
         out_dir.mkdir(parents=True)
@@ -348,7 +351,7 @@ def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> d
         train = [r for r in read_metrics(out_dir, split="train") if "loss" in r]
         steps = int(train[-1]["step"]) if train else point.steps
         train_loss = float(train[-1]["loss"]) if train else math.nan
-        loss = _final_loss(out_dir, {})
+        validation = _final_validation(out_dir, {})
     wall = time.perf_counter() - started
     model = ModelConfig.from_dict(json.loads((out_dir / "model.json").read_text()))
     tokens = steps * sweep.tokens_per_step
@@ -369,7 +372,9 @@ def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> d
         "flops": training_flops(point.params, tokens, model.num_layers, seq_len, width),
         "budget_kind": point.budget_kind,
         "budget": point.budget,
-        "loss": loss,
+        "loss": float(validation["loss"]),
+        "eval_windows": validation.get("eval_windows"),
+        "split_windows": validation.get("split_windows"),
         "train_loss": None if math.isnan(train_loss) else train_loss,
         "wall_seconds": round(wall, 3),
         "out_dir": str(out_dir),

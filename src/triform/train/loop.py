@@ -23,7 +23,6 @@ from triform.runtime.distributed import (
     init_distributed,
     is_fsdp,
     is_main_process,
-    rank,
     split_batch,
     world_size,
 )
@@ -46,7 +45,6 @@ from triform.train.trainer import (
     Trainer,
     TrainingRun,
     check_data_samples,
-    step_seed,
 )
 
 
@@ -61,15 +59,6 @@ class PretrainResult:
     checkpoint: Path
     tokens_per_second: float
     sample: str | None = None
-
-
-def step_generator(seed: int, step: int, micro: int, rank: int = 0) -> torch.Generator:
-    """The objective's random stream for one rank's micro-batch: a function of (seed, step,
-    micro, rank) only, so a resumed run draws exactly the same masks and spans, and ranks
-    draw independent ones for their different rows."""
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(step_seed(seed, step, micro, rank))
-    return generator
 
 
 def data_position(step: int, batch_size: int) -> dict[str, int]:
@@ -88,7 +77,6 @@ class PretrainingRun(TrainingRun):
         self.device, self.precision = device, precision
         self.unused_parameters = task.unused_parameters
         self.sample: str | None = None
-        self._draws: list[torch.Generator] = []  # the step's, in micro-batch order
 
     def build_model(self) -> nn.Module:
         model = self.task.build_model()
@@ -99,28 +87,23 @@ class PretrainingRun(TrainingRun):
         return model
 
     def micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
-        train = self.config.train
-        batches = []
-        for micro in range(train.grad_accum):
-            draw = step_generator(train.seed, step, micro, rank())
-            batches.append(self.task.train_batch(step * train.grad_accum + micro, draw))
-            self._draws.append(draw)
-        return batches
+        """This rank's micro-batches of ``step``; each row's masks and spans are drawn from
+        its global sample index (see :class:`~triform.objectives.ops.SampleDraws`), so the
+        same sample is treated alike however the batch is split."""
+        accum = self.config.train.grad_accum
+        return [self.task.train_batch(step * accum + micro) for micro in range(accum)]
 
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.task.objective.counts(batch)
 
     def loss(self, model, batch, totals):
-        draw = self._draws.pop(0)  # the Trainer takes the micro-batches in order
-        return self.task.objective.step(model, batch, draw, totals)
+        return self.task.loss(model, batch, totals=totals)
 
     def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
         return self.task.tokens_in(batch)
 
     def evaluate(self, model: nn.Module, wrapped: nn.Module, step: int) -> dict[str, float]:
-        train = self.config.train
-        # eval_batches counts global batches; the readers serve micro-batches
-        batches = train.eval_batches * train.grad_accum
+        batches = self.config.train.eval_batches
         return self.task.evaluate(wrapped, self.device, self.precision, batches)
 
     def after_evaluation(self, step, metrics, model, logger) -> bool:

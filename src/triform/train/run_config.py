@@ -95,8 +95,9 @@ class TrainSection(LoopSection):
 
     out_dir: str = "runs/pretrain"
     steps: int = 1000
-    eval_batches: int = 8
-    """Validation batches of ``batch_size`` sequences at each evaluation."""
+    eval_batches: int | Literal["all"] = 8
+    """Batches of ``batch_size`` validation windows at each evaluation, spread evenly across
+    the split (the same windows every time), or ``"all"``: every window."""
     sample_tokens: int = 64
     """Generative objectives print a sample of this many tokens at each evaluation."""
     sample_prompt: str = ""
@@ -278,6 +279,8 @@ def _validate(train: TrainSection, data: DataSection) -> None:
             raise ConfigError(f"{key} must be positive, got {value}")
     if data.val_fraction is None or not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
+    if train.eval_batches != "all" and train.eval_batches <= 0:
+        raise ConfigError(f'train.eval_batches must be positive or "all", got {train.eval_batches}')
     train.check()
     if train.batch_size % train.grad_accum:
         raise ConfigError(
