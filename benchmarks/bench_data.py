@@ -1,6 +1,7 @@
 """Benchmark of the data path: tokenizer training, shard preparation, batch readers.
 
     python benchmarks/bench_data.py [--data ../shared/data/shakespeare] [--json out.json]
+    python benchmarks/bench_data.py --formats [--sizes 50 500] [--json out.json]
 
 Measures, on the given corpus (default: the shared Shakespeare folder):
 
@@ -10,17 +11,27 @@ Measures, on the given corpus (default: the shared Shakespeare folder):
    consumes: forward + backward tokens/s of a GPT-2-small-shaped model
    (``transformers.GPT2LMHeadModel(GPT2Config())``, batch 4 x 256) on this machine. The
    data path must be at least 100x faster so that it is never the bottleneck.
+
+``--formats`` instead measures the peak resident memory (VmHWM) and wall time of
+``triform data prepare`` (one process: ``--workers 0``, a character tokenizer) on
+``--sizes`` MB of generated text (incompressible random letters, 2,000-character documents)
+in each corpus format: JSONL, Parquet, a ``datasets`` folder (Arrow streams) and CSV. A reader
+that streams keeps the peak flat from the small corpus to the large one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -155,6 +166,129 @@ def bench_trainer(steps: int, batch_size: int = 4, seq_len: int = 256) -> float:
     return rate
 
 
+FORMATS = ("jsonl", "parquet", "datasets", "csv")
+DOC_CHARS = 2000
+# Runs the triform CLI and prints this process's own peak resident memory (VmHWM, KiB; unlike
+# ru_maxrss it does not start from the parent's size at fork).
+_PEAK_OF_CLI = """
+import sys
+from triform.cli import main
+code = main(sys.argv[1:])
+status = open("/proc/self/status").read().split("VmHWM:")
+print("PEAK_KB", status[1].split()[0] if len(status) > 1 else -1, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _random_chunks(megabytes: int, chunk: int = 8_000_000) -> Iterator[list[str]]:
+    """``megabytes`` MB of incompressible text (26 letters, spaces, line breaks) in
+    documents of ``DOC_CHARS`` characters, ``chunk`` characters at a time."""
+    import numpy as np
+
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz     \n", dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    total = megabytes * 1_000_000
+    for start in range(0, total, chunk):
+        size = min(chunk, total - start)
+        blob = letters[rng.integers(0, len(letters), size, dtype=np.uint8)].tobytes().decode()
+        yield [blob[i : i + DOC_CHARS] for i in range(0, len(blob), DOC_CHARS)]
+
+
+def write_corpus(fmt: str, folder: Path, megabytes: int) -> Path:
+    """A corpus of ``megabytes`` MB in format ``fmt``, written chunk by chunk (this process
+    never holds it whole). Parquet: row groups of 2,000 rows, snappy; the ``datasets``
+    folder: ``state.json`` + Arrow streams of 1,000-row batches, as ``save_to_disk`` writes."""
+    import csv
+
+    chunks = _random_chunks(megabytes)
+    if fmt == "jsonl":
+        path = folder / "corpus.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for texts in chunks:
+                fh.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+        return path
+    if fmt == "csv":
+        path = folder / "corpus.csv"
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text"])
+            for texts in chunks:
+                writer.writerows([t] for t in texts)
+        return path
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("text", pa.string())])
+    if fmt == "parquet":
+        path = folder / "corpus.parquet"
+        with pq.ParquetWriter(path, schema) as writer:
+            for texts in chunks:
+                writer.write_table(pa.table({"text": texts}), row_group_size=2000)
+        return path
+    path = folder / "corpus-dataset"
+    path.mkdir()
+    shard = path / "data-00000-of-00001.arrow"
+    with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for texts in chunks:
+            for batch in pa.table({"text": texts}).to_batches(max_chunksize=1000):
+                writer.write_batch(batch)
+    (path / "state.json").write_text(json.dumps({"_data_files": [{"filename": shard.name}]}))
+    (path / "dataset_info.json").write_text("{}")
+    return path
+
+
+def _disk_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def bench_formats(tmp: Path, sizes: list[int], formats: list[str]) -> list[dict]:
+    """Peak RSS and wall time of ``triform data prepare`` per format and corpus size."""
+    from triform.tokenizers import save_tokenizer
+
+    sample = next(_random_chunks(1, chunk=1_000_000))
+    tokenizer = save_tokenizer(train_tokenizer(sample, kind="char"), tmp / "tokenizer.json")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    rows = []
+    for megabytes in sizes:
+        for fmt in formats:
+            folder = tmp / f"{fmt}-{megabytes}"
+            folder.mkdir()
+            corpus = write_corpus(fmt, folder, megabytes)
+            args = ["data", "prepare", str(corpus), "--tokenizer", str(tokenizer)]
+            args += ["--out", str(folder / "shards"), "--workers", "0", "--no-progress"]
+            start = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-c", _PEAK_OF_CLI, *args],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            seconds = time.perf_counter() - start
+            if done.returncode != 0:
+                raise SystemExit(f"{fmt} {megabytes} MB failed:\n{done.stderr}")
+            peak = int(done.stderr.split("PEAK_KB")[-1].split()[0]) / 1024
+            meta = json.loads((folder / "shards" / "meta.json").read_text())
+            chars = sum(split["chars"] for split in meta["splits"].values())
+            row = {
+                "format": fmt,
+                "megabytes": megabytes,
+                "on_disk_mb": round(_disk_bytes(corpus) / 1e6, 1),
+                "chars": chars,
+                "peak_rss_mb": round(peak, 1),
+                "seconds": round(seconds, 1),
+            }
+            rows.append(row)
+            print(
+                f"  data prepare {fmt:8s} {megabytes:4d} MB of text ({row['on_disk_mb']:7.1f} MB "
+                f"on disk): peak RSS {peak:7.1f} MB, {seconds:6.1f} s",
+                flush=True,
+            )
+            shutil.rmtree(folder)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -165,7 +299,28 @@ def main() -> None:
     parser.add_argument("--reader-steps", type=int, default=200)
     parser.add_argument("--trainer-steps", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--formats",
+        action="store_true",
+        help="peak memory of `triform data prepare` per corpus format (see the docstring)",
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 500], metavar="MB")
+    parser.add_argument("--format-list", nargs="+", default=list(FORMATS), choices=FORMATS)
     args = parser.parse_args()
+    if args.formats:
+        print(
+            f"peak memory of triform data prepare; {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} CPUs",
+            flush=True,
+        )
+        tmp = Path(tempfile.mkdtemp(prefix="triform-bench-formats-"))
+        try:
+            rows = bench_formats(tmp, args.sizes, args.format_list)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if args.json:
+            args.json.write_text(json.dumps({"formats": rows}, indent=2) + "\n")
+        return
     if not args.data.exists():
         raise SystemExit(f"corpus not found: {args.data} (pass --data)")
     corpus = Corpus.from_paths(args.data)

@@ -15,8 +15,9 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
         "corpus",
         nargs="*",
         metavar="CORPUS",
-        help="text files, folders or globs (.txt, .jsonl, maybe .gz); none: the embedded "
-        "default corpus (Python's own documentation and standard library sources)",
+        help="text files, folders or globs (.txt, .jsonl, maybe .gz; .parquet, .arrow, .csv, "
+        ".tsv, datasets folders: a row is a document); none: the embedded default corpus "
+        "(Python's own documentation and standard library sources)",
     )
     parser.add_argument(
         "--split-documents",
@@ -24,7 +25,11 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
         default="file",
         help="how text files are cut into documents (default: one per file)",
     )
-    parser.add_argument("--text-field", default="text", help="the JSONL field that holds the text")
+    parser.add_argument(
+        "--text-field",
+        default="text",
+        help="the JSONL field, or the Parquet / Arrow / CSV column, that holds the text",
+    )
     parser.add_argument(
         "--max-bytes",
         type=int,

@@ -1,5 +1,6 @@
-"""Corpora: documents of text read from ``.txt`` / ``.jsonl`` files (gzipped or not), folders and
-globs, or given in memory.
+"""Corpora: documents of text read from ``.txt`` / ``.jsonl`` files (gzipped or not), from
+tables (Parquet, Arrow, HuggingFace ``datasets`` folders, CSV, TSV: see
+:mod:`triform.data.tables`), from folders and globs of them, or given in memory.
 
 A *document* is a ``str`` that keeps every character of the text as written: blank lines,
 indentation, tabs, trailing spaces and the final newline (line endings are read as ``\n``, a
@@ -10,18 +11,24 @@ UTF-8 byte-order mark is dropped). Documents are separated
   text format: the blank lines are the boundary, everything between them is kept;
 - ``"line"``: one document per line (without its line break).
 
-A JSONL record is always one document: its ``text_field`` string, exactly. A document with no
-visible character (empty or whitespace only) is left out.
+A JSONL record is always one document: its ``text_field`` string, exactly; so is a table row
+(its ``text_field`` column). A document with no visible character (empty or whitespace only)
+is left out.
 
 Sentences (the unit of NSP/SOP) are the lines of a document, found by :func:`sentence_starts`
 when the text is tokenized; they never change the text or its tokens.
 
 Iteration is deterministic: the entries in the order given, each folder or glob in sorted
-path order. Bad input never crashes deep inside: a missing path or a glob that matches nothing
-is a :class:`~triform.errors.TriformError` when the corpus is built; a binary or non-UTF-8 file,
-a broken gzip stream or a bad JSONL record is skipped with a warning (logger
-``triform.data``) and counted in :attr:`Corpus.skipped` (or raised with ``on_error="raise"``);
-a corpus that yields no text at all raises when iterated.
+path order. A folder contributes its text, JSONL, Parquet and Arrow files and its ``datasets``
+folders (a ``datasets`` folder is read as one source); CSV and TSV files are read when named
+(or matched by a glob), never picked up from a folder, where they are more often labels or
+metadata than text.
+
+Bad input never crashes deep inside: a missing path or a glob that matches nothing is a
+:class:`~triform.errors.TriformError` when the corpus is built, and so is a table without the
+``text_field`` column; a binary or non-UTF-8 file, a broken gzip stream or a bad JSONL record
+is skipped with a warning (logger ``triform.data``) and counted in :attr:`Corpus.skipped` (or
+raised with ``on_error="raise"``); a corpus that yields no text at all raises when iterated.
 """
 
 from __future__ import annotations
@@ -36,11 +43,23 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
+from triform.data.sources import SkipLog, Source, has_text
+from triform.data.tables import (
+    ARROW_SUFFIXES,
+    CSV_SUFFIXES,
+    PARQUET_SUFFIXES,
+    ArrowSource,
+    CsvSource,
+    ParquetSource,
+    dataset_files,
+)
 from triform.errors import ConfigError, TriformError
+
+__all__ = ["Corpus", "SkipLog", "Source", "cut_text", "has_text", "sentence_starts"]
 
 log = logging.getLogger("triform.data")
 
@@ -49,37 +68,6 @@ SPLIT_MODES: tuple[str, ...] = ("file", "blank-line", "line")
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _SNIFF = 8192
-
-
-class Source(Protocol):
-    """Anything that yields documents: a file, an in-memory list, the stdlib."""
-
-    name: str
-
-    def documents(self, skips: SkipLog) -> Iterator[str]: ...
-
-    def fingerprint(self) -> str: ...
-
-    def size(self) -> int | None: ...
-
-
-@dataclass
-class SkipLog:
-    """What was skipped while reading, and whether skipping is allowed at all."""
-
-    on_error: str = "skip"
-    entries: list[tuple[str, str]] = field(default_factory=list)
-
-    def skip(self, name: str, reason: str) -> None:
-        if self.on_error == "raise":
-            raise TriformError(f"{name}: {reason}")
-        log.warning("skipping %s: %s", name, reason)
-        self.entries.append((name, reason))
-
-
-def has_text(text: str) -> bool:
-    """Whether ``text`` holds a visible (non-whitespace) character."""
-    return not text.isspace() and text != ""
 
 
 # A sentence boundary: the end of a line's visible text when a later line has visible text.
@@ -277,38 +265,73 @@ class TextsSource:
 
 
 def _file_format(path: Path) -> str:
-    suffixes = path.suffixes[-2:] if path.suffix == ".gz" else path.suffixes[-1:]
-    return "jsonl" if suffixes and suffixes[0] in JSONL_SUFFIXES else "text"
+    """``text``, ``jsonl``, ``parquet``, ``arrow`` (a file or a ``datasets`` folder) or
+    ``csv`` (CSV and TSV), from the name (a ``.gz`` suffix looked through)."""
+    if path.is_dir():
+        return "arrow"
+    name = path.name.removesuffix(".gz")
+    for fmt, suffixes in (("jsonl", JSONL_SUFFIXES), ("csv", CSV_SUFFIXES)):
+        if name.endswith(suffixes):
+            return fmt
+    if path.name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if path.name.endswith(ARROW_SUFFIXES):
+        return "arrow"
+    return "text"
 
 
 def _is_corpus_file(path: Path) -> bool:
+    """Whether a file found in a folder is read: text, JSONL (maybe gzipped), Parquet and
+    Arrow files; CSV and TSV only when named."""
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    return name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
+    return name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES) or path.name.endswith(
+        PARQUET_SUFFIXES + ARROW_SUFFIXES
+    )
+
+
+def _folder_files(root: Path) -> list[Path]:
+    """The corpus files under ``root`` in sorted path order, hidden ones left out; a
+    ``datasets`` folder inside is one entry (its own files are not listed)."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        here = Path(folder)
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        if here != root and dataset_files(here) is not None:
+            found.append(here)
+            subfolders[:] = []
+            continue
+        found.extend(here / f for f in files if not f.startswith(".") and _is_corpus_file(here / f))
+    return sorted(found)
 
 
 def resolve_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Expand files, folders (recursively: text and JSONL files, hidden ones left out) and
-    globs into a de-duplicated list of files; a :class:`TriformError` for what does not exist."""
+    """Expand files, folders (recursively: text, JSONL, Parquet and Arrow files and
+    ``datasets`` folders, hidden ones left out) and globs into a de-duplicated list of files
+    and ``datasets`` folders; a :class:`TriformError` for what does not exist."""
     out: list[Path] = []
     for entry in paths:
         text = os.fspath(entry)
         if any(c in text for c in "*?["):
-            found = sorted(Path(p) for p in globlib.glob(text, recursive=True) if Path(p).is_file())
+            found = sorted(
+                Path(p)
+                for p in globlib.glob(text, recursive=True)
+                if Path(p).is_file() or dataset_files(Path(p)) is not None
+            )
             if not found:
                 raise TriformError(f"no files match {text!r}")
             out.extend(found)
             continue
         p = Path(text)
         if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and _is_corpus_file(f)
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
+            if dataset_files(p) is not None:
+                out.append(p)
+                continue
+            found = _folder_files(p)
             if not found:
-                raise TriformError(f"folder {p} holds no .txt/.jsonl files (gzipped or not)")
+                raise TriformError(
+                    f"folder {p} holds no corpus files (.txt, .jsonl, maybe gzipped, "
+                    ".parquet, .arrow or datasets folders)"
+                )
             out.extend(found)
         elif p.is_file():
             out.append(p)
@@ -322,6 +345,18 @@ def resolve_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             seen.add(key)
             unique.append(p)
     return unique
+
+
+def file_source(path: Path, split: str = "file", text_field: str = "text") -> Source:
+    """The source that reads ``path`` (by its format, see :func:`_file_format`); a table
+    is checked to have the ``text_field`` column."""
+    fmt = _file_format(path)
+    if fmt in ("text", "jsonl"):
+        return FileSource(path, fmt, split, text_field)
+    table = {"parquet": ParquetSource, "arrow": ArrowSource, "csv": CsvSource}[fmt]
+    source = table(path, text_field)
+    source.check()
+    return source
 
 
 class Corpus:
@@ -361,8 +396,10 @@ class Corpus:
         on_error: str = "skip",
         max_bytes: int | None = None,
     ) -> Corpus:
-        """A corpus of files, folders and globs (``.txt``-like text and ``.jsonl``, maybe
-        ``.gz``). See the module docstring for how documents are separated."""
+        """A corpus of files, folders and globs: ``.txt``-like text and ``.jsonl``, maybe
+        ``.gz``; Parquet, Arrow, CSV and TSV files and ``datasets`` folders (a row is a
+        document: its ``text_field`` column). See the module docstring for how documents are
+        separated (``split_documents`` applies to text files)."""
         if split_documents not in SPLIT_MODES:
             raise ConfigError(
                 f"split_documents must be one of {', '.join(SPLIT_MODES)}, got {split_documents!r}"
@@ -372,7 +409,7 @@ class Corpus:
         if not paths:
             raise TriformError("no corpus paths given")
         files = resolve_paths(paths)
-        sources = [FileSource(f, _file_format(f), split_documents, text_field) for f in files]
+        sources = [file_source(f, split_documents, text_field) for f in files]
         name = ", ".join(os.fspath(p) for p in paths)
         return cls(sources, on_error=on_error, max_bytes=max_bytes, name=name)
 

@@ -57,12 +57,15 @@ class DataSection:
     """Where the text is, how it is split, and how long the training sequences are."""
 
     corpus: list[str] | str = "default"
-    """Files, folders or globs of text (``.txt``-like, ``.jsonl``, gzipped or not);
-    ``"default"``: the embedded corpus."""
+    """Files, folders or globs of text (``.txt``-like, ``.jsonl``, gzipped or not), of
+    Parquet, Arrow, CSV or TSV files, or ``datasets`` folders (``save_to_disk``; Parquet and
+    Arrow need ``pip install 'triform[data]'``); ``"default"``: the embedded corpus."""
     text_field: str = "text"
-    """The field that holds the text in ``.jsonl`` files."""
+    """The field of ``.jsonl`` records, or the column of Parquet, Arrow, ``datasets`` and
+    CSV / TSV tables, that holds the text (one record or row = one document)."""
     split_documents: Literal["file", "blank-line"] = "file"
-    """A document is a whole file, or a block between blank lines (BERT's format)."""
+    """A text file's document is the whole file, or a block between blank lines (BERT's
+    format)."""
     if_missing: Literal["error", "default"] = "error"
     """When a corpus path matches nothing: stop, or train on the embedded corpus."""
     shards_dir: str | None = None
