@@ -254,6 +254,8 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 def _describe(annotation: Any) -> str:
     if typing.get_origin(annotation) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (list, tuple) and typing.get_args(annotation):
+        return "a list, each item " + _describe(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(annotation))
     return getattr(annotation, "__name__", str(annotation)).replace("NoneType", "none")
@@ -294,8 +296,14 @@ class LoopSection:
     """Keep freed memory in glibc malloc's heap for the next step (CPU training speed)."""
     progress: bool = True
     """Draw a progress bar (``false`` for logs and CI; evaluations are still printed)."""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = field(
+        default_factory=lambda: ["tensorboard"]
+    )
+    """Trackers that record the metrics and the run config besides ``metrics.jsonl``:
+    ``tensorboard`` (events in the run folder), ``wandb`` (``pip install 'triform[wandb]'``),
+    ``mlflow`` (``pip install 'triform[mlflow]'``); ``[]``: none. Rank 0 reports."""
     tensorboard: bool = True
-    """Write TensorBoard events into the run folder."""
+    """``false`` leaves ``tensorboard`` out of ``report_to`` (the earlier switch, kept)."""
     max_minutes: float | None = None
     """Stop (with a checkpoint) when this much training time is spent; unset: no limit."""
     compile: bool = False
@@ -306,6 +314,12 @@ class LoopSection:
     """Recompute each block in the backward pass instead of keeping its activations."""
     fsdp_param_dtype: Literal["fp32", "bf16"] = "fp32"
     """FSDP: the dtype parameters are gathered in for compute (reductions stay fp32)."""
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers this run reports to: ``report_to``, less TensorBoard when
+        ``tensorboard = false``."""
+        return [name for name in self.report_to if self.tensorboard or name != "tensorboard"]
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a loop key out of range (shared by every loop)."""

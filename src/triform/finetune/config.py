@@ -53,6 +53,7 @@ from triform.runtime.distributed import is_main_process, split_batch
 from triform.tokenizers.sampling import check_sampling_spec
 from triform.train.optim import OptimConfig
 from triform.train.schedules import ScheduleConfig
+from triform.train.trackers import check_report_to
 
 log = logging.getLogger("triform.finetune")
 
@@ -434,6 +435,7 @@ def _validate(model: ModelSection, task: TaskSection, train: TrainSection) -> No
             f"task.metric for {task.kind} must be one of {', '.join(allowed)}, got {task.metric!r}"
         )
     train.check()
+    check_report_to(train.trackers)
     if train.eval_every < 0:
         raise ConfigError(f"train.eval_every must be >= 0, got {train.eval_every}")
     for key in ("checkpoint_every", "keep_last"):

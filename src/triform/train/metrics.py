@@ -1,15 +1,18 @@
-"""Run metrics: JSON lines, TensorBoard event files, a progress bar and a loss-curve PNG.
+"""Run metrics: JSON lines, the trackers of ``train.report_to`` (TensorBoard, W&B, MLflow), a
+progress bar and a loss-curve PNG.
 
-    log = MetricsLogger(run_dir, total_steps, enabled=is_main_process())
+    log = MetricsLogger(run_dir, total_steps, enabled=is_main_process(),
+                        report_to=["tensorboard", "wandb"], run_config=config.to_dict())
     log.log(step, {"loss": 3.2, "lr": 3e-4, "tokens_per_s": 51000.0})        # train
     log.log(step, {"loss": 3.4, "perplexity": 30.0}, split="val")
     log.text(step, "sample", "Once upon a time")
     log.close()   # -> run_dir/loss_curve.png
 
 ``run_dir/metrics.jsonl`` gets one object per call: ``{"step", "split", "time", ...}``
-(non-finite numbers are written as ``null``). TensorBoard scalars go to
-``run_dir/tensorboard`` as ``<split>/<name>``. Pass plain floats: turning a tensor into a
-number is a host sync, which belongs at logging steps only.
+(non-finite numbers are written as ``null``). The same record goes to every tracker
+(:mod:`triform.train.trackers`: TensorBoard scalars in ``run_dir/tensorboard`` as
+``<split>/<name>``, a W&B run, an MLflow run), after the run config. Pass plain floats:
+turning a tensor into a number is a host sync, which belongs at logging steps only.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from triform.train.trackers import Tracker, open_trackers
+from triform.train.trackers.tensorboard import TENSORBOARD_DIR
+
 METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+__all__ = ["LOSS_CURVE", "METRICS_FILE", "TENSORBOARD_DIR", "MetricsLogger", "read_metrics"]
 LOSS_CURVE = "loss_curve.png"
 
 
@@ -80,6 +86,10 @@ class MetricsLogger:
     """Writes metrics of one run; every method is a no-op when ``enabled`` is false (ranks
     other than 0).
 
+    ``report_to``: the trackers every record also goes to (:data:`~triform.train.trackers.
+    TRACKERS`); ``tensorboard=False`` leaves TensorBoard out of them (the earlier switch).
+    ``run_config``: the run's resolved config, given to each tracker first.
+
     ``initial_step``: the step this run starts from (a resumed run's checkpoint step; 0 for
     a fresh run). Records of later steps left in ``metrics.jsonl`` by an earlier run in the
     folder are dropped (and TensorBoard hides its events of those steps), so the history
@@ -95,12 +105,14 @@ class MetricsLogger:
         tensorboard: bool = True,
         progress: bool = True,
         initial_step: int = 0,
+        report_to: Sequence[str] = ("tensorboard",),
+        run_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.total_steps = total_steps
         self.enabled = enabled
         self._file = None
-        self._writer = None
+        self._trackers: list[Tracker] = []
         self._bar = None
         self._closed = False
         if not enabled:
@@ -112,8 +124,11 @@ class MetricsLogger:
             lines = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
             path.write_text(lines, encoding="utf-8")
         self._file = path.open("a", encoding="utf-8", buffering=1)  # line-buffered
-        if tensorboard:
-            self._writer = self._tensorboard_writer(initial_step)
+        names = [name for name in report_to if tensorboard or name != "tensorboard"]
+        self._trackers = open_trackers(names, self.run_dir, initial_step)
+        config = json.loads(json.dumps(dict(run_config or {}), default=str))  # plain data
+        for tracker in self._trackers:
+            tracker.config(config)
         if progress:
             self._bar = tqdm(
                 total=total_steps,
@@ -123,19 +138,6 @@ class MetricsLogger:
                 mininterval=0.1 if sys.stderr.isatty() else 10.0,
                 file=sys.stderr,
             )
-
-    def _tensorboard_writer(self, initial_step: int) -> Any:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard not installed: JSON lines still work
-            print("tensorboard is not installed; writing metrics.jsonl only", file=sys.stderr)
-            return None
-        # TensorBoard hides events of earlier runs in this folder from this step on.
-        return SummaryWriter(
-            log_dir=str(self.run_dir / TENSORBOARD_DIR),
-            purge_step=initial_step + 1,
-            flush_secs=30,
-        )
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
@@ -148,10 +150,8 @@ class MetricsLogger:
             return
         values = {str(k): _number(v) for k, v in metrics.items()}
         self._write({"step": int(step), "split": split, "time": round(time.time(), 3), **values})
-        if self._writer is not None:
-            for name, value in values.items():
-                if isinstance(value, (int, float)):
-                    self._writer.add_scalar(f"{split}/{name}", value, step)
+        for tracker in self._trackers:
+            tracker.log(step, values, split)
         if self._bar is None:
             if split != "train":  # no bar: validation lines still reach the console
                 print(f"step {step} {split}: {_shown(values)}", flush=True)
@@ -175,24 +175,26 @@ class MetricsLogger:
             return
         self._write({"step": int(step), "split": "text", "time": round(time.time(), 3),
                      "tag": tag, "text": text})  # fmt: skip
-        if self._writer is not None:
-            self._writer.add_text(tag, text, step)
+        for tracker in self._trackers:
+            tracker.text(step, tag, text)
 
     def flush(self) -> None:
-        """Push buffered TensorBoard events to disk (JSON lines are written per line)."""
-        if self._writer is not None:
-            self._writer.flush()
+        """Push the trackers' buffered records out (JSON lines are written per line)."""
+        for tracker in self._trackers:
+            flush = getattr(tracker, "flush", None)
+            if flush is not None:
+                flush()
 
     def close(self) -> Path | None:
-        """Close the bar, the files and the TensorBoard writer, and draw the loss curve.
+        """Close the bar, the file and the trackers, and draw the loss curve.
         Returns the PNG's path (``None`` when disabled or nothing was logged). Idempotent."""
         if not self.enabled or self._closed:
             return None
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        if self._writer is not None:
-            self._writer.close()
+        for tracker in self._trackers:
+            tracker.close()
         if self._file is not None:
             self._file.close()
         return plot_loss_curve(self.run_dir)

@@ -28,6 +28,7 @@ from triform.objectives import OBJECTIVES, objective_class
 from triform.tokenizers.sampling import check_sampling_spec
 from triform.train.optim import OptimConfig
 from triform.train.schedules import ScheduleConfig
+from triform.train.trackers import check_report_to
 
 log = logging.getLogger("triform.train")
 
@@ -285,6 +286,7 @@ def _validate(train: TrainSection, data: DataSection) -> None:
     if train.eval_batches != "all" and train.eval_batches <= 0:
         raise ConfigError(f'train.eval_batches must be positive or "all", got {train.eval_batches}')
     train.check()
+    check_report_to(train.trackers)
     if train.batch_size % train.grad_accum:
         raise ConfigError(
             f"train.batch_size {train.batch_size} (the global batch) does not split into "

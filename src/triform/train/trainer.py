@@ -150,6 +150,11 @@ class TrainingRun:
         """Why the run should not take another step (e.g. early stopping on resume)."""
         return None
 
+    def tracked_config(self) -> dict[str, Any]:
+        """The run config the trackers record (default: the run's ``config.to_dict()``)."""
+        config = getattr(self, "config", None)
+        return dict(config.to_dict()) if hasattr(config, "to_dict") else {}
+
 
 @dataclass
 class LoopSettings:
@@ -171,6 +176,7 @@ class LoopSettings:
     fsdp_param_dtype: str = "fp32"
     tensorboard: bool = True
     progress: bool = True
+    report_to: tuple[str, ...] = ("tensorboard",)
 
     @classmethod
     def of(cls, train: Any) -> LoopSettings:
@@ -191,6 +197,7 @@ class LoopSettings:
             fsdp_param_dtype=train.fsdp_param_dtype,
             tensorboard=train.tensorboard,
             progress=train.progress,
+            report_to=tuple(train.report_to),
         )
 
 
@@ -277,6 +284,8 @@ class Trainer:
             tensorboard=loop.tensorboard,
             progress=loop.progress,
             initial_step=start,
+            report_to=loop.report_to,
+            run_config=run.tracked_config() if is_main_process() else None,
         )
         if self.banner is not None and is_main_process():
             print(self.banner(model))
