@@ -49,6 +49,7 @@ from typing import Any, ClassVar, Literal
 
 from triform.config import LoopSection, apply_overrides, from_dict, load_toml
 from triform.errors import ConfigError
+from triform.finetune.custom_metric import is_custom, load_function
 from triform.runtime.distributed import is_main_process, split_batch
 from triform.tokenizers.sampling import check_sampling_spec
 from triform.train.optim import OptimConfig
@@ -193,7 +194,15 @@ class TaskSection:
     regression: bool = False
     """gpt-similarity: predict a score instead of a class."""
     metric: str | None = None
-    """The metric that picks ``best/`` and early stopping; unset: the kind's main one."""
+    """The metric that picks ``best/`` and early stopping: one of the kind's, or a function
+    of yours, ``"path/to/file.py:function"`` (relative to the config file) or
+    ``"module:function"``, of ``(predictions, references)`` returning a number or a dict of
+    numbers; unset: the kind's main one."""
+    metric_mode: Literal["auto", "max", "min"] = "auto"
+    """Whether a larger (``max``) or smaller (``min``) ``metric`` is better; ``auto``: a
+    built-in metric's own direction (loss and MSE: smaller), ``max`` for a function."""
+    metric_key: str | None = None
+    """With a function that returns a dict: the key that picks ``best/``; unset: the first."""
     class_weights: str | list[float] | None = None
     """Classification kinds: ``"balanced"`` (n / (classes · count)) or one loss weight per
     label."""
@@ -306,7 +315,11 @@ def default_metric(task: TaskSection) -> str:
     return task_metrics(task)[0]
 
 
-def higher_is_better(metric: str) -> bool:
+def higher_is_better(metric: str, mode: str = "auto") -> bool:
+    """Whether a larger ``metric`` is better: ``mode`` (``task.metric_mode``) when ``max`` or
+    ``min``, else the metric's own direction (a function of yours: larger)."""
+    if mode != "auto":
+        return mode == "max"
     return metric not in LOWER_IS_BETTER
 
 
@@ -335,8 +348,19 @@ def load_finetune_config(
                 if value and not value.startswith("preset:"):
                     resolved = Path(value).expanduser()
                     table[key] = str(resolved if resolved.is_absolute() else base / resolved)
+        _resolve_metric_file(data.get("task"), base)
     apply_overrides(data, overrides or [])
     return build_finetune_config(data, Path(path) if path is not None else None)
+
+
+def _resolve_metric_file(task: Any, base: Path) -> None:
+    """``task.metric = "file.py:function"``: the file, relative to the config's folder."""
+    metric = task.get("metric") if isinstance(task, dict) else None
+    if isinstance(metric, str) and is_custom(metric):
+        where, _, name = metric.rpartition(":")
+        path = Path(where).expanduser()
+        if where.endswith(".py") and not path.is_absolute():
+            task["metric"] = f"{base / path}:{name}"
 
 
 def build_finetune_config(tree: dict[str, Any], source: Path | None = None) -> FinetuneConfig:
@@ -430,10 +454,15 @@ def _validate(model: ModelSection, task: TaskSection, train: TrainSection) -> No
     if task.regression and task.kind != "gpt-similarity":
         raise ConfigError("task.regression applies to gpt-similarity (use kind = 'regression')")
     allowed = task_metrics(task)
-    if task.metric is not None and task.metric not in allowed:
+    if is_custom(task.metric):
+        load_function(task.metric)  # type: ignore[arg-type]  # importable and callable
+    elif task.metric is not None and task.metric not in allowed:
         raise ConfigError(
-            f"task.metric for {task.kind} must be one of {', '.join(allowed)}, got {task.metric!r}"
+            f"task.metric for {task.kind} must be one of {', '.join(allowed)} or "
+            f"'module:function' of yours, got {task.metric!r}"
         )
+    if task.metric_key is not None and not is_custom(task.metric):
+        raise ConfigError("task.metric_key picks a value of a function of yours (task.metric)")
     train.check()
     check_report_to(train.trackers)
     if train.eval_every < 0:

@@ -39,7 +39,13 @@ from torch import nn
 from triform.data.readers import rank_slice
 from triform.errors import TriformError
 from triform.finetune.body import load_body
-from triform.finetune.config import FinetuneConfig, higher_is_better, load_finetune_config
+from triform.finetune.config import (
+    FinetuneConfig,
+    higher_is_better,
+    load_finetune_config,
+    task_metrics,
+)
+from triform.finetune.custom_metric import is_custom, shown, start_custom_metric
 from triform.finetune.data import Row, read_rows
 from triform.finetune.metrics import format_metric
 from triform.finetune.saved import save_finetuned
@@ -124,12 +130,13 @@ def param_groups(model: FinetuneModel, lr: float, body_lr: float, weight_decay: 
     return groups
 
 
-def _score(metrics: dict[str, float], metric: str) -> float:
-    """The selection score: larger is better, NaN is the worst."""
+def _score(metrics: dict[str, float], metric: str, higher: bool | None = None) -> float:
+    """The selection score: larger is better, NaN is the worst. ``higher``: whether a larger
+    ``metric`` is better (default: its own direction)."""
     value = metrics.get(metric, math.nan)
     if value is None or value != value:
         return -math.inf
-    return value if higher_is_better(metric) else -value
+    return value if (higher_is_better(metric) if higher is None else higher) else -value
 
 
 def _read(path: str | None, fmt: str) -> list[Row]:
@@ -259,6 +266,12 @@ class FinetuneRun(TrainingRun):
         self.task: Task = build_task(task_cfg, tokenizer, body.config)
         self.task.setup(self.train_rows)
         self.task.prepare_body(body)
+        self.custom = None  # task.metric = "module:function": computed beside the built-ins
+        if is_custom(task_cfg.metric):
+            self.custom, self.metric = start_custom_metric(
+                task_cfg, self.task, self.val_rows, task_metrics(task_cfg)
+            )
+        self.higher = higher_is_better(self.metric, task_cfg.metric_mode)
         torch.manual_seed(train.seed)  # the head's init does not depend on how the body loaded
         self.model = FinetuneModel(body, self.task.build_head(body))
         self.features = self.task.train_features(self.train_rows, train.seed, epoch=0)
@@ -338,7 +351,7 @@ class FinetuneRun(TrainingRun):
         beat the best by ``early_stopping_min_delta`` counts towards early stopping."""
         if not metrics:
             return False
-        score = _score(metrics, self.metric)
+        score = _score(metrics, self.metric, self.higher)
         first = self.best_step is None
         if first or score > self.best_score + self.config.train.early_stopping_min_delta:
             self.bad_evaluations = 0
@@ -405,7 +418,12 @@ class FinetuneRun(TrainingRun):
 
     def _evaluate(self, rows: list[Row]) -> tuple[dict[str, float], list[Any]]:
         size = self.config.train.eval_batch_size or self.config.train.batch_size
-        return evaluate(self.task, self.model, rows, size, self.device, self.precision)
+        metrics, predictions = evaluate(
+            self.task, self.model, rows, size, self.device, self.precision
+        )
+        if metrics and self.custom is not None:
+            metrics.update(self.custom(*shown(self.task, predictions, rows)))
+        return metrics, predictions
 
     def _steps(self, epoch: int) -> list[list[Feature]]:
         """The optimizer steps of one epoch: each the ``batch_size`` features of the global
