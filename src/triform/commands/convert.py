@@ -30,6 +30,7 @@ from pathlib import Path
 
 from triform.config import ModelConfig
 from triform.errors import TriformError
+from triform.interop.hf.card import write_model_card
 from triform.models import TransformerModel
 
 MODEL_JSON = "model.json"
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         summary = to_triform(args.src, args.out)
     else:
         summary = to_hf(args.src, args.out, args.part)
+        write_model_card(args.src, args.out, args.part)  # README.md: what the model is, how made
     print(f"wrote {args.out} ({summary})")
     return 0
 

@@ -13,12 +13,18 @@ progress bar and a loss-curve PNG.
 (:mod:`triform.train.trackers`: TensorBoard scalars in ``run_dir/tensorboard`` as
 ``<split>/<name>``, a W&B run, an MLflow run), after the run config. Pass plain floats:
 turning a tensor into a number is a host sync, which belongs at logging steps only.
+
+``run_dir/commands.jsonl`` records how the run was started: one object per start (``argv``,
+``orig_argv``: the interpreter's own, ``cwd``, ``time``, ``step``: where it started; a resumed
+run keeps the lines of its earlier starts), read back by :func:`read_commands` (the model
+card of ``triform convert --to hf`` shows them).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -31,7 +37,16 @@ from triform.train.trackers import Tracker, open_trackers
 from triform.train.trackers.tensorboard import TENSORBOARD_DIR
 
 METRICS_FILE = "metrics.jsonl"
-__all__ = ["LOSS_CURVE", "METRICS_FILE", "TENSORBOARD_DIR", "MetricsLogger", "read_metrics"]
+COMMANDS_FILE = "commands.jsonl"
+__all__ = [
+    "COMMANDS_FILE",
+    "LOSS_CURVE",
+    "METRICS_FILE",
+    "TENSORBOARD_DIR",
+    "MetricsLogger",
+    "read_commands",
+    "read_metrics",
+]
 LOSS_CURVE = "loss_curve.png"
 
 
@@ -82,6 +97,30 @@ def read_metrics(run_dir: str | Path, split: str | None = None) -> list[dict[str
     return records
 
 
+def read_commands(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The starts recorded in ``run_dir/commands.jsonl`` (see the module docstring), oldest
+    first; ``[]`` when there is none."""
+    return read_metrics(Path(run_dir) / COMMANDS_FILE)
+
+
+def record_command(run_dir: Path, initial_step: int) -> None:
+    """Add this process's command line to ``run_dir/commands.jsonl``: the only line of a
+    fresh run; after the lines of earlier starts before ``initial_step`` for a resumed one."""
+    path = run_dir / COMMANDS_FILE
+    kept = [c for c in read_commands(run_dir) if c.get("step", 0) < initial_step]
+    record = {
+        "argv": list(sys.argv),
+        "orig_argv": list(getattr(sys, "orig_argv", sys.argv)),
+        "cwd": os.getcwd(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "step": initial_step,
+    }
+    lines = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in [*kept, record])
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    tmp.write_text(lines, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class MetricsLogger:
     """Writes metrics of one run; every method is a no-op when ``enabled`` is false (ranks
     other than 0).
@@ -124,6 +163,7 @@ class MetricsLogger:
             lines = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
             path.write_text(lines, encoding="utf-8")
         self._file = path.open("a", encoding="utf-8", buffering=1)  # line-buffered
+        record_command(self.run_dir, initial_step)
         names = [name for name in report_to if tensorboard or name != "tensorboard"]
         self._trackers = open_trackers(names, self.run_dir, initial_step)
         config = json.loads(json.dumps(dict(run_config or {}), default=str))  # plain data
