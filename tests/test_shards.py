@@ -11,7 +11,13 @@ import pytest
 
 from triform.cli import main
 from triform.data import Corpus
-from triform.data.shards import ShardSet, cuts_are_lossless, prepare_shards, token_dtype
+from triform.data.shards import (
+    ShardSet,
+    _SplitWriter,
+    cuts_are_lossless,
+    prepare_shards,
+    token_dtype,
+)
 from triform.errors import ConfigError, TriformError
 from triform.tokenizers import save_tokenizer, train_tokenizer
 
@@ -220,6 +226,28 @@ def test_splits_are_by_document(tmp_path, byte_bpe):
     )
     assert ShardSet(tmp_path / "b", "train").n_docs == 1
     assert ShardSet(tmp_path / "b", "val").n_tokens == 0
+
+
+def test_the_sentence_index_is_written_a_chunk_at_a_time(tmp_path):
+    """Sentence lengths go to a file as they come; the offsets are summed in chunks (here of
+    3) into the same array a whole-memory cumulative sum gives, and the last document can
+    be taken back with its sentences (when a split would stay empty)."""
+    writer = _SplitWriter(tmp_path / "train.bin", np.dtype(np.uint16))
+    rng = np.random.default_rng(0)
+    lens_all = []
+    for doc in range(5):
+        lens = rng.integers(1, 6, size=int(rng.integers(1, 5)))
+        ids = rng.integers(0, 100, size=int(lens.sum()))
+        writer.append(ids, np.array([doc]), np.array([len(ids)]), np.array([len(lens)]), lens)
+        lens_all.append(lens)
+    ids, doc, lens = writer.pop_last_document()
+    assert doc.tolist() == [4] and lens.tolist() == lens_all[-1].tolist()
+    assert len(ids) == int(lens_all[-1].sum())
+    counts = writer.finish(tmp_path, "train", chunk=3)
+    expected = np.r_[0, np.cumsum(np.concatenate(lens_all[:-1]))]
+    assert np.array_equal(np.load(tmp_path / "train.sents.npy"), expected)
+    assert counts["sentences"] == len(expected) - 1 and counts["documents"] == 4
+    assert not (tmp_path / "train.sent_lens.tmp").exists()
 
 
 def test_errors(tmp_path, byte_bpe):

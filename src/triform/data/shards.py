@@ -163,19 +163,26 @@ def _jobs(
 
 @dataclass
 class _SplitWriter:
-    """Appends one split's tokens to its ``.bin`` file and keeps its index in memory."""
+    """Appends one split's tokens to its ``.bin`` file and its sentence lengths to a
+    temporary file beside it, and keeps the per-document index in memory.
+
+    The sentence index is the large one (8 bytes a line of text): it never stays in memory,
+    and its offsets are summed into ``{split}.sents.npy`` a chunk at a time, so the memory
+    of a preparation does not grow with the lines of the corpus."""
 
     path: Path
     dtype: np.dtype
     n_tokens: int = 0
     n_chars: int = 0
+    n_sents: int = 0
     item_docs: list[np.ndarray] = field(default_factory=list)
     item_tokens: list[np.ndarray] = field(default_factory=list)
     item_sents: list[np.ndarray] = field(default_factory=list)
-    sent_lens: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.fh = open(self.path, "wb")  # noqa: SIM115 - closed in finish()
+        self.lens_path = self.path.with_suffix(".sent_lens.tmp")
+        self.lens = open(self.lens_path, "wb")  # noqa: SIM115 - closed in finish()
 
     def append(
         self,
@@ -186,56 +193,69 @@ class _SplitWriter:
         sent_lens: np.ndarray,
     ) -> None:
         ids.astype(self.dtype, copy=False).tofile(self.fh)
+        sent_lens.astype(np.int64, copy=False).tofile(self.lens)
         self.n_tokens += len(ids)
+        self.n_sents += len(sent_lens)
         self.item_docs.append(docs)
         self.item_tokens.append(tokens)
         self.item_sents.append(sents)
-        self.sent_lens.append(sent_lens)
 
-    def index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per-document (doc ids, tokens, sentences) and sentence lengths, empty docs dropped."""
+    def index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-document (doc ids, tokens, sentences), empty docs dropped."""
         cat = np.concatenate
         docs = cat(self.item_docs) if self.item_docs else np.zeros(0, np.int64)
         tokens = cat(self.item_tokens) if self.item_tokens else np.zeros(0, np.int64)
         sents = cat(self.item_sents) if self.item_sents else np.zeros(0, np.int64)
-        lens = cat(self.sent_lens) if self.sent_lens else np.zeros(0, np.int64)
         keep = tokens > 0
         docs, tokens, sents = docs[keep], tokens[keep], sents[keep]
         if len(docs) == 0:
-            return docs, tokens, sents, lens
+            return docs, tokens, sents
         starts = np.flatnonzero(np.r_[True, docs[1:] != docs[:-1]])  # pieces of one document
-        return docs[starts], np.add.reduceat(tokens, starts), np.add.reduceat(sents, starts), lens
+        return docs[starts], np.add.reduceat(tokens, starts), np.add.reduceat(sents, starts)
+
+    def _cut(
+        self, fh: Any, path: Path, count: int, total: int, itemsize: int, dtype: Any
+    ) -> np.ndarray:
+        """The last ``count`` of ``total`` items of an open file, read back and cut off."""
+        fh.flush()
+        tail = np.fromfile(path, dtype=dtype, count=count, offset=(total - count) * itemsize)
+        fh.truncate((total - count) * itemsize)
+        fh.seek(0, os.SEEK_END)
+        return tail
 
     def pop_last_document(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Remove the last document: returns its ids, its doc index (1,) and sentence lengths."""
-        docs, tokens, sents, lens = self.index()
+        docs, tokens, sents = self.index()
         n_tok, n_sent = int(tokens[-1]), int(sents[-1])
-        self.fh.flush()
-        data = np.fromfile(
-            self.path,
-            dtype=self.dtype,
-            count=n_tok,
-            offset=(self.n_tokens - n_tok) * self.dtype.itemsize,
-        )
-        self.fh.truncate((self.n_tokens - n_tok) * self.dtype.itemsize)
-        self.fh.seek(0, os.SEEK_END)
+        data = self._cut(self.fh, self.path, n_tok, self.n_tokens, self.dtype.itemsize, self.dtype)
+        lens = self._cut(self.lens, self.lens_path, n_sent, self.n_sents, 8, np.int64)
         self.n_tokens -= n_tok
-        self.item_docs, self.item_tokens = [docs[:-1]], [tokens[:-1]]
-        self.item_sents, self.sent_lens = [sents[:-1]], [lens[: len(lens) - n_sent]]
-        return data, docs[-1:], lens[len(lens) - n_sent :]
+        self.n_sents -= n_sent
+        self.item_docs, self.item_tokens, self.item_sents = [docs[:-1]], [tokens[:-1]], [sents[:-1]]
+        return data, docs[-1:], lens
 
-    def finish(self, out: Path, name: str) -> dict[str, int]:
+    def finish(self, out: Path, name: str, chunk: int = 1 << 20) -> dict[str, int]:
         """Close the token file, write the index arrays; returns the split's counts."""
         self.fh.close()
-        _, tokens, sents, lens = self.index()
+        self.lens.close()
+        _, tokens, sents = self.index()
         cum = np.cumsum
         np.save(out / f"{name}.docs.npy", np.r_[0, cum(tokens)].astype(np.int64))
-        np.save(out / f"{name}.sents.npy", np.r_[0, cum(lens)].astype(np.int64))
         np.save(out / f"{name}.doc_sents.npy", np.r_[0, cum(sents)].astype(np.int64))
+        header = {"descr": "<i8", "fortran_order": False, "shape": (self.n_sents + 1,)}
+        with open(out / f"{name}.sents.npy", "wb") as npy, open(self.lens_path, "rb") as lens:
+            np.lib.format.write_array_header_1_0(npy, header)
+            np.zeros(1, np.int64).tofile(npy)
+            carry = 0
+            while part := lens.read(chunk * 8):
+                offsets = np.cumsum(np.frombuffer(part, dtype="<i8")) + carry
+                offsets.astype("<i8", copy=False).tofile(npy)
+                carry = int(offsets[-1])
+        self.lens_path.unlink()
         return {
             "tokens": int(self.n_tokens),
             "documents": len(tokens),
-            "sentences": len(lens),
+            "sentences": self.n_sents,
             "chars": int(self.n_chars),
         }
 
