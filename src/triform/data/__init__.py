@@ -1,6 +1,8 @@
 """From text to training batches: corpora, memory-mapped token shards and batch readers.
 
 - :mod:`triform.data.corpus`: :class:`Corpus` (files, folders, globs, JSONL, gzip);
+- :mod:`triform.data.tables`: corpora in Parquet, Arrow, ``datasets`` folders and CSV, read
+  as a stream (pyarrow: ``pip install 'triform[data]'``);
 - :mod:`triform.data.default_corpus`: :func:`default_corpus`, text every Python install has;
 - :mod:`triform.data.shards`: :func:`~triform.data.shards.prepare_shards` and
   :class:`~triform.data.shards.ShardSet` (tokenize once, read many times);
