@@ -71,9 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from triform.objectives.base import EVALUATION_KEYS, describe_evaluation
     from triform.train.loop import pretrain
     from triform.train.run_config import load_run_config
+    from triform.train.task import EVALUATION_KEYS, describe_evaluation
 
     if args.config is not None and not Path(args.config).is_file():
         raise TriformError(f"config file not found: {args.config}")

@@ -37,19 +37,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import tokenizers
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
+from triform.models import build_model
 from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.objectives.base import (
     Objective,
-    RunData,
     Step,
     make_config,
     require,
@@ -58,6 +57,9 @@ from triform.objectives.base import (
 from triform.objectives.causal_lm import CausalLM, CausalLMConfig
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig, continuation_table
 from triform.objectives.ops import Batch, SampleDraws
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 # Settings of the student that may differ from the teacher's with init = "teacher-layers":
 # its depth, heads, dropout, and the special ids (the run's tokenizer is the teacher's anyway).
@@ -309,8 +311,6 @@ class Distillation(Objective):
 
     def build_model(self, config: ModelConfig) -> nn.Module:
         """The student: from the teacher's layers (``init = "teacher-layers"``) or afresh."""
-        from triform.models import build_model
-
         teacher = self.teacher.config
         if config.form != teacher.form:
             raise ConfigError(
@@ -381,13 +381,3 @@ class Distillation(Objective):
     @property
     def generative(self) -> bool:  # type: ignore[override]
         return self.inner.generative
-
-    def sample(
-        self,
-        model: nn.Module,
-        tokenizer: tokenizers.Tokenizer,
-        device: torch.device,
-        tokens: int,
-        prompt: str,
-    ) -> str:
-        return self.inner.sample(model, tokenizer, device, tokens, prompt)

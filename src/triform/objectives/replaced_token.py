@@ -36,6 +36,7 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
+from triform.models import build_model
 from triform.models.base import TransformerModel
 from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.objectives.base import Step
@@ -152,8 +153,6 @@ class ReplacedTokenDetection(MaskedLM):
 
     def build_model(self, config: ModelConfig) -> ElectraPair:
         """The generator (built first) and the discriminator, sharing embeddings."""
-        from triform.models import build_model
-
         c = self.config
         generator = build_model(generator_config(config, c.generator_width, c.generator_depth))
         return ElectraPair(generator, build_model(config), self)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from triform.models.sizing import check_model_fits
-from triform.objectives import PretrainingTask, RunData, build_objective_for_run
+from triform.objectives import build_objective_for_run
 from triform.runs import remove_stale_files, resolve_checkpoint, write_run_metadata
 from triform.runtime.allocator import apply_process_settings
 from triform.runtime.device import pick_device
@@ -40,6 +40,7 @@ from triform.train.setup import (
     save_run_tokenizer,
     set_aside_newer_checkpoints,
 )
+from triform.train.task import PretrainingTask, RunData
 from triform.train.trainer import (
     LoopSettings,
     Trainer,

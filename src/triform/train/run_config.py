@@ -211,6 +211,12 @@ def build_run_config(tree: dict[str, Any], source: Path | None = None) -> RunCon
     raw = {**tree, "model": {**model.to_dict()}, "tokenizer": vars(tokenizer), "data": vars(data)}
     raw["train"], raw["objective"] = vars(train), objective
     run = RunConfig(model, preset, tokenizer, data, objective, train, optim, schedule, source, raw)
+    if data.subword_sampling is not None and not kind.resamplable:
+        able = ", ".join(sorted(n for n, o in OBJECTIVES.items() if o.resamplable))
+        raise ConfigError(
+            f"data.subword_sampling: objective {kind.name} does not read packed token "
+            f"windows; sampling works with {able}"
+        )
     kind.check_run(run)
     return run
 
