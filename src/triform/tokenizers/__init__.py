@@ -14,6 +14,7 @@ HuggingFace package; this module is ``triform.tokenizers``.)
 from triform.tokenizers.files import (
     load_tokenizer,
     save_tokenizer,
+    tokenizer_file,
     tokenizer_from_str,
     tokenizer_hash,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "load_tokenizer",
     "sampling_tokenizer",
     "save_tokenizer",
+    "tokenizer_file",
     "tokenizer_from_str",
     "tokenizer_hash",
     "train_tokenizer",
