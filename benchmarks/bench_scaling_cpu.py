@@ -43,7 +43,6 @@ def _overrides(args: argparse.Namespace, work: Path, out: Path) -> list[str]:
         "model.attention_dropout": 0.0,
         "tokenizer.kind": "byte-bpe",
         "tokenizer.vocab_size": 256 + 64 if args.tiny else 4096,
-        "tokenizer.path": str(work / "tokenizer.json"),
         "data.corpus": corpus,
         "data.shards_dir": str(work / "shards"),
         "data.seq_len": args.seq,
@@ -62,7 +61,10 @@ def _overrides(args: argparse.Namespace, work: Path, out: Path) -> list[str]:
         "train.tensorboard": False,
         "train.parallel": "ddp",
     }
-    flat = []
+    tokenizer = work / "prepare" / "tokenizer.json"  # trained by the preparing run, then shared
+    if tokenizer.is_file():
+        items["tokenizer.path"] = str(tokenizer)
+    flat = ["--overwrite"]  # a --work folder used before: its runs move into previous-<time>/
     for key, value in items.items():
         flat += ["--set", f"{key}={json.dumps(value)}"]
     return flat

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from triform.finetune.metrics import format_metric
 from triform.finetune.saved import save_finetuned
 from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
 from triform.finetune.tasks.base import Feature, to_device
+from triform.outputs import RunFolder, check_run_folder, claim_run_folder
 from triform.runs import CHECKPOINTS, load_weights, resolve_checkpoint, write_json
 from triform.runtime.allocator import apply_process_settings
 from triform.runtime.device import pick_device
@@ -55,7 +55,7 @@ from triform.runtime.distributed import (
     wrap_model,
 )
 from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
-from triform.train.checkpoint import load_checkpoint, save_checkpoint
+from triform.train.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
 from triform.train.metrics import MetricsLogger
 from triform.train.optim import OptimConfig, decay_split
 from triform.train.schedules import ScheduleConfig, build_scheduler
@@ -131,10 +131,13 @@ def finetune(
     config: FinetuneConfig | str | Path,
     overrides: list[str] | None = None,
     resume: str | Path | None = None,
+    overwrite: bool = False,
 ) -> FinetuneResult:
     """Fine-tune as ``config`` (a :class:`FinetuneConfig` or a TOML path) says; with
     ``resume`` (a run folder or one of its ``checkpoints/step-N`` folders), continue that
-    run from its checkpoint, in its folder."""
+    run from its checkpoint, in its folder. A folder that holds an earlier run is refused
+    unless ``overwrite``: that run is then moved aside into ``previous-<time>/`` (see
+    :func:`triform.outputs.claim_run_folder`)."""
     if isinstance(config, FinetuneConfig):
         if overrides:
             config = load_finetune_config(tree=config.to_dict(), overrides=overrides)
@@ -143,7 +146,12 @@ def finetune(
     threads = torch.get_num_threads()
     try:
         apply_process_settings(config.train.threads, config.train.keep_freed_memory)
-        return Finetuner(config, resume).run()
+        runner = Finetuner(config, resume, overwrite)
+        try:
+            return runner.run()
+        finally:
+            if runner.folder is not None:
+                runner.folder.release()
     finally:
         torch.set_num_threads(threads)  # the thread count is process-wide: put it back
 
@@ -151,7 +159,9 @@ def finetune(
 class Finetuner:
     """One fine-tuning run: set-up in ``__init__``, the loop in :meth:`run`."""
 
-    def __init__(self, config: FinetuneConfig, resume: str | Path | None = None) -> None:
+    def __init__(
+        self, config: FinetuneConfig, resume: str | Path | None = None, overwrite: bool = False
+    ) -> None:
         self.config = config
         train = config.train
         init_distributed()  # under torchrun: one process per GPU (or CPU share)
@@ -166,15 +176,25 @@ class Finetuner:
             self.out_dir = self.checkpoint.parent.parent  # run/checkpoints/step-N
             if self.checkpoint.parent.name != CHECKPOINTS:
                 raise TriformError(f"{resume} is not a fine-tuning run folder (no checkpoints)")
+        self.overwrite = overwrite
+        self.folder: RunFolder | None = None  # claimed (locked) by rank 0 in run()
+        task_cfg = config.task
+        check_run_folder(
+            self.out_dir,
+            "finetune",
+            overwrite=overwrite,
+            resume=resume is not None,
+            inputs=[task_cfg.train, task_cfg.validation, task_cfg.test, config.model.tokenizer],
+        )
         self.metric = config.metric
 
-        task_cfg = config.task
         self.train_rows = _read(task_cfg.train, task_cfg.format)
         self.val_rows = _read(task_cfg.validation, task_cfg.format)
         self.test_rows = _read(task_cfg.test, task_cfg.format)
         body, tokenizer = load_body(config.model)
         self.task: Task = build_task(task_cfg, tokenizer, body.config)
         self.task.setup(self.train_rows)
+        self.task.check_targets(self.val_rows, "validation")
         self.task.prepare_body(body)
         torch.manual_seed(train.seed)  # the head's init does not depend on how the body loaded
         self.model = FinetuneModel(body, self.task.build_head(body)).to(self.device)
@@ -329,12 +349,13 @@ class Finetuner:
     def run(self) -> FinetuneResult:
         cfg, train = self.config, self.config.train
         main = is_main_process()
-        if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if main:  # an earlier run's results are moved aside, never mixed with this run's
+            resume = self.checkpoint is not None
+            self.folder = claim_run_folder(
+                self.out_dir, "finetune", overwrite=self.overwrite, resume=resume
+            )
+            prune_checkpoints(self.out_dir, train.keep_last, keep=self.checkpoint)
             write_json(self.out_dir / "finetune_config.json", cfg.to_dict())
-            if self.checkpoint is None:
-                for stale in ("best", "final", CHECKPOINTS):  # an earlier run's must not pass
-                    shutil.rmtree(self.out_dir / stale, ignore_errors=True)
         barrier()
         step, running, count, last_loss = 0, 0.0, 0, math.nan
         if self.checkpoint is not None:  # last, so the restored RNG state is the next used
@@ -407,6 +428,7 @@ class Finetuner:
         if train.save_final or self.best_dir is None:
             final_dir = self.out_dir / "final"
             if main:
+                self.folder.set_aside_results()
                 save_finetuned(final_dir, self.model, self.task, step=step, metrics=self.validation)
         test = self._predict_test(self.best_dir) if main else None
         logger.close()
@@ -451,6 +473,7 @@ class Finetuner:
             self.best_value = self.validation.get(self.metric)
             self.best_dir = self.out_dir / "best"
             if is_main_process():
+                self.folder.set_aside_results()
                 save_finetuned(
                     self.best_dir, self.model, self.task, step=step, metrics=self.validation
                 )

@@ -18,10 +18,9 @@ import torch
 
 from triform.errors import ConfigError
 from triform.objectives import PretrainingTask, RunData, build_objective_for_run
+from triform.outputs import check_run_folder, claim_run_folder, same_file
 from triform.runs import (
-    RunLock,
     latest_checkpoint,
-    remove_stale_files,
     resolve_checkpoint,
     write_run_metadata,
 )
@@ -47,7 +46,7 @@ from triform.runtime.precision import (
     precision_reason,
     resolve_precision,
 )
-from triform.train.checkpoint import load_checkpoint, save_checkpoint
+from triform.train.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
 from triform.train.interrupt import Interrupted, StopSignals
 from triform.train.metrics import MetricsLogger
 from triform.train.optim import build_optimizer
@@ -113,7 +112,10 @@ def _check_data_position(saved, step: int, batch_size: int) -> None:
 
 
 def pretrain(
-    config: RunConfig, resume: str | Path | None = None, force: bool = False
+    config: RunConfig,
+    resume: str | Path | None = None,
+    force: bool = False,
+    overwrite: bool = False,
 ) -> PretrainResult:
     """Run (or resume) the pretraining described by ``config``.
 
@@ -121,7 +123,9 @@ def pretrain(
     the objective's keys against the tokenizer, the model's size against free memory, and
     for a resume that the run holds the same model and tokenizer. Resuming from a checkpoint
     older than the run's latest is refused unless ``force`` (the newer ones are then moved to
-    ``checkpoints/abandoned-<time>/``, never mixed with the new branch).
+    ``checkpoints/abandoned-<time>/``, never mixed with the new branch). A folder that
+    holds an earlier run is refused unless it is resumed or ``overwrite`` (that run is then
+    moved aside into ``previous-<time>/``, see :func:`triform.outputs.claim_run_folder`).
     """
     train = config.train
     init_distributed()
@@ -131,8 +135,20 @@ def pretrain(
     apply_process_settings(train.threads, train.keep_freed_memory)
     out_dir = Path(train.out_dir)
     resume_from = resolve_checkpoint(resume) if resume is not None else None
+    here = resume_from is not None and same_file(resume_from.parent.parent, out_dir)
+    data = config.data
+    corpus = [path for path in data.corpus if path != "default"]
+    validation = [data.validation] if isinstance(data.validation, str) else data.validation
+    check_run_folder(
+        out_dir,
+        "pretrain",
+        overwrite=overwrite,
+        resume=here,
+        inputs=[data.sources],
+        sources=[*corpus, *(validation or [])],
+    )
 
-    tokenizer, tokenizer_files = prepare_tokenizer(config, out_dir)
+    tokenizer, tokenizer_files = prepare_tokenizer(config, out_dir, fresh=overwrite and not here)
     model_config = resolve_model_config(config, tokenizer)
     objective, model_config = build_objective_for_run(config, model_config, tokenizer)
     check_positions(config, objective, model_config)
@@ -140,13 +156,14 @@ def pretrain(
     if resume_from is not None:
         check_resume(resume_from.parent.parent, model_config, tokenizer)
 
-    with RunLock(out_dir) if is_main_process() else contextlib.nullcontext():
+    claim = claim_run_folder if is_main_process() else lambda *a, **k: contextlib.nullcontext()
+    with claim(out_dir, "pretrain", overwrite=overwrite, resume=here):
         if is_main_process():
-            remove_stale_files(out_dir)
             if resume_from is not None:
                 set_aside_newer_checkpoints(out_dir, resume_from, force)
+            prune_checkpoints(out_dir, train.keep_last, keep=resume_from)
         save_run_tokenizer(tokenizer, tokenizer_files)
-        shards = prepare_data(config, tokenizer, out_dir)
+        shards = prepare_data(config, tokenizer, out_dir, overwrite=overwrite)
         task = PretrainingTask(objective, model_config, RunData.of(config, tokenizer, shards))
         torch.manual_seed(train.seed)
         model = task.build_model().to(device)
