@@ -176,6 +176,7 @@ def check_run_folder(
     if folder.exists() and not folder.is_dir():
         raise TriformError(f"{folder} is a file, not a folder for {what}")
     _check_apart(folder, kind, inputs, sources)
+    check_writable(folder, str(folder))
     found = folder_kind(folder)
     if found is not None and found != kind:
         raise TriformError(f"{folder} holds {KINDS[found].what}, not {what}: choose another folder")
@@ -474,22 +475,32 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 
 
 def owner_of(path: str | Path) -> Path | None:
-    """The run or model folder ``path`` belongs to (its parent, or a folder up to two
-    levels above it: ``best/model.safetensors``, ``checkpoints/step-N/...``), if any."""
+    """The run or model folder ``path`` belongs to, if any: any path in a model or shard
+    folder; in a run folder, one of the run's own files (``results.json``) or any path in
+    one of its own folders (``best/``, ``checkpoints/step-N/``), up to two levels down. A
+    new file beside a run's own (``runs/ft/predictions-dev.jsonl``) belongs to nobody."""
     path = Path(path).resolve()
     for folder in list(path.parents)[:3]:
         kind = folder_kind(folder)
         if kind is None:
             continue
-        top = path.relative_to(folder).parts[0]
-        if KINDS[kind].owns_all or top in KINDS[kind].owned():
+        parts = path.relative_to(folder).parts
+        own = parts[0] in KINDS[kind].owned() and (len(parts) > 1 or path.exists())
+        if KINDS[kind].owns_all or own:
             return folder
     return None
 
 
 def check_writable(folder: Path, what: str) -> None:
     """Refuse a folder no file can be created in (a read-only file system, no permission),
-    found by creating one: permission bits say nothing to root or on read-only mounts."""
+    found by creating one: permission bits say nothing to root or on read-only mounts. A
+    folder that does not exist yet is judged by the nearest one above it that does (which
+    must be a folder)."""
+    folder = Path(folder)
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise TriformError(f"{what}: {existing} is a file, not a folder")
+    folder = existing
     probe = folder / f".tmp-{os.getpid()}-probe"
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
@@ -524,20 +535,16 @@ def check_output_file(
     existing = next((p for p in [parent, *parent.parents] if p.exists()), Path("."))
     if not existing.is_dir():
         raise TriformError(f"{where}: {existing} is a file, not a folder")
-    if existing != parent:
-        if not create_folders:
-            raise TriformError(f"{where}: folder {parent} does not exist")
-        check_writable(existing, where)
-        return out
+    if existing != parent and not create_folders:
+        raise TriformError(f"{where}: folder {parent} does not exist")
     for source in inputs:
         if source is not None and str(source) != "-" and same_file(out, source):
             raise TriformError(f"{where} is also an input ({source}): write the output elsewhere")
-    if out.exists() or out.is_symlink():
-        owner = owner_of(out)
-        if owner is not None:
-            raise TriformError(f"{where} belongs to {describe(owner)}: write the output elsewhere")
-        if not overwrite:
-            raise TriformError(f"{where} exists: add --overwrite to replace it")
+    owner = owner_of(out)
+    if owner is not None:
+        raise TriformError(f"{where} belongs to {describe(owner)}: write the output elsewhere")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise TriformError(f"{where} exists: add --overwrite to replace it")
     check_writable(parent, where)
     return out
 

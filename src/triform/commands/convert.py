@@ -114,10 +114,7 @@ def check_model_folder(src: Path, out: Path, overwrite: bool) -> None:
             f"OUT {out} exists and is not empty: add --overwrite to replace it (it is moved to "
             f"{out.name}.previous-<time>), or choose another folder"
         )
-    parent = out.parent
-    if not parent.is_dir():
-        parent.mkdir(parents=True, exist_ok=True)
-    check_writable(parent, f"OUT {out}")
+    check_writable(out.parent, f"OUT {out}")
 
 
 @contextlib.contextmanager
@@ -125,6 +122,7 @@ def building(out: Path, overwrite: bool) -> Iterator[Path]:
     """``with building(out, overwrite) as tmp: write(tmp)``: the folder is built as a hidden
     sibling and renamed to ``out`` once complete; an existing ``out`` is first renamed to
     ``out.previous-<time>`` (``overwrite``). A failure leaves ``out`` as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temporaries(out.parent, out.name)
     tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)

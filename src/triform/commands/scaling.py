@@ -9,7 +9,14 @@ import math
 from pathlib import Path
 
 from triform.errors import ConfigError, TriformError
-from triform.outputs import KINDS, check_output_file, check_run_folder, folder_kind, write_output
+from triform.outputs import (
+    KINDS,
+    check_output_file,
+    check_run_folder,
+    check_writable,
+    folder_kind,
+    write_output,
+)
 
 # The PNGs `scaling fit` may write beside fit.json (see triform.scaling.plots.plot_all).
 PLOTS = ("loss_vs_compute.png", "loss_vs_params.png", "isoflops.png")
@@ -172,6 +179,7 @@ def run_fit(args: argparse.Namespace) -> int:
     kind = folder_kind(out_dir)
     if kind not in (None, "sweep"):
         raise TriformError(f"--out {out_dir} holds {KINDS[kind].what}: write the fit elsewhere")
+    check_writable(out_dir, f"--out {out_dir}")
     names = ["fit.json"] + ([] if args.no_plots else list(PLOTS))
     for name in names:
         check_output_file(
