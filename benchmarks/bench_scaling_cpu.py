@@ -64,7 +64,7 @@ def _overrides(args: argparse.Namespace, work: Path, out: Path) -> list[str]:
     tokenizer = work / "prepare" / "tokenizer.json"  # trained by the preparing run, then shared
     if tokenizer.is_file():
         items["tokenizer.path"] = str(tokenizer)
-    flat = ["--overwrite"]  # a --work folder used before: its runs move into previous-<time>/
+    flat = []
     for key, value in items.items():
         flat += ["--set", f"{key}={json.dumps(value)}"]
     return flat
@@ -90,7 +90,8 @@ def _rate(out: Path) -> tuple[float, float]:
 def measure(args: argparse.Namespace) -> list[dict]:
     """One row per world size: processes, tokens/s, final loss, wall seconds."""
     work = Path(args.work or tempfile.mkdtemp(prefix="triform-scaling-"))
-    cli = [sys.executable, "-m", "triform.cli", "pretrain"]
+    # --overwrite: in a --work folder used before, the earlier runs move into previous-<time>/
+    cli = [sys.executable, "-m", "triform.cli", "pretrain", "--overwrite"]
     # Tokenizer and shards, once, outside the timings.
     _run([*cli, *_overrides(args, work, work / "prepare"), "--set", "train.steps=1"])
     rows = []
@@ -98,7 +99,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         out = work / f"world{world}"
         launcher = (
             [sys.executable, "-m", "torch.distributed.run", "--standalone",
-             f"--nproc_per_node={world}", "-m", "triform.cli", "pretrain"]
+             f"--nproc_per_node={world}", "-m", "triform.cli", "pretrain", "--overwrite"]
             if world > 1
             else cli
         )  # fmt: skip

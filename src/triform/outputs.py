@@ -443,8 +443,9 @@ def remove_stale_files(run_dir: str | Path) -> list[Path]:
 
 
 def remove_dead_temporaries(folder: str | Path, name: str | None = None) -> list[Path]:
-    """Delete the temporaries in ``folder`` (of the output ``name`` only, when given) whose
-    writing process no longer exists; those of live processes are left alone."""
+    """Delete the temporaries in ``folder`` (only ``.tmp-<pid>-<name>``, the ones
+    :func:`replacing` writes for the output ``name``, when given) whose writing process no
+    longer exists; those of live processes are left alone."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -453,7 +454,7 @@ def remove_dead_temporaries(folder: str | Path, name: str | None = None) -> list
         pid = temporary_pid(child.name)
         if pid is None or pid == os.getpid() or process_exists(pid):
             continue
-        if name is not None and name not in child.name:
+        if name is not None and child.name != f".tmp-{pid}-{name}":
             continue
         _remove(child)
         removed.append(child)
