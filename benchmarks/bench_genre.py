@@ -1,4 +1,4 @@
-"""Transfer, shown (issue #15): pretraining against random initialisation on Genre-3, the
+"""Transfer, shown: pretraining against random initialisation on Genre-3, the
 Shakespeare genre task (comedy / tragedy / history, whole plays held out; see
 benchmarks/genre3_data.py and ``../shared/data/README.md``), in one resumable command.
 
@@ -271,7 +271,7 @@ def init_sources(args, runs: Path) -> dict[str, list[str]]:
         sources[f"{name}-random"] = [*random_init(family, run), kind]
         sources[f"{name}-pretrained"] = [f"model.source={run}", kind]
     if args.minilm:
-        sources["minilm"] = [f"model.source={minilm_path()}", "train.body_lr=1e-4"]
+        sources["minilm"] = [f"model.source={minilm_path()}", "optim.body_lr=1e-4"]
     return sources
 
 

@@ -1,4 +1,4 @@
-"""Genre-3, the Shakespeare genre task of the transfer benchmark (issue #15): is a passage
+"""Genre-3, the Shakespeare genre task of the transfer benchmark: is a passage
 from a comedy, a tragedy or a history? Labels come from ``manifest.tsv``; whole plays are the
 unit of every split, as ``../shared/data/README.md`` ("Genre-3") fixes them:
 

@@ -1,5 +1,5 @@
 """The earlier 5-genre Shakespeare task, superseded by genre3_data.py (Genre-3) and kept to
-reproduce the figures of BENCHMARKS.md, "The earlier 5-genre task": which genre (comedy,
+reproduce the figures of docs/performance-notes.md, "Transfer": which genre (comedy,
 tragedy, history, romance, poetry) a passage comes from, labels from ``manifest.tsv``, split
 by whole works so that no play is in two splits.
 

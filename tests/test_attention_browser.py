@@ -2,10 +2,12 @@
 the drawing follows the layer and head asked for in the URL (the page writes a checksum of
 the weights it drew, compared with the one computed here), a 12-layer page on 128 tokens
 is drawn within 2 seconds, and a screenshot is saved. Skipped where no Chromium is found
-(Debian: ``apt-get install chromium``)."""
+(Debian: ``apt-get install chromium``), except under CI (``CI=true``), where ``.ci/run``
+installs it: there a missing browser fails."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -26,10 +28,22 @@ BROWSER = next(
     ),
     None,
 )
+IN_CI = os.environ.get("CI", "").lower() == "true"
 pytestmark = [
-    pytest.mark.skipif(BROWSER is None, reason="no chromium binary (apt-get install chromium)"),
+    pytest.mark.skipif(
+        BROWSER is None and not IN_CI, reason="no chromium binary (apt-get install chromium)"
+    ),
     pytest.mark.usefixtures("one_thread"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _browser_present() -> None:
+    """Under CI the browser tests must run: a missing Chromium is a failure, not a skip."""
+    if BROWSER is None:
+        pytest.fail("CI=true and no chromium binary (apt-get install chromium)")
+
+
 TEXT = "the animal was tired because it did not cross"
 
 

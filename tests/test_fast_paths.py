@@ -15,7 +15,7 @@ import triform
 from triform.models.base import tied_table
 from triform.nn import Linear
 from triform.nn.losses import IGNORE_INDEX, linear_cross_entropy, token_cross_entropy
-from triform.objectives import CausalLM, CausalLMConfig, MaskedLM, MaskedLMConfig
+from triform.objectives import CausalLM, CausalLMConfig, MaskedLM, MaskedLMConfig, SampleDraws
 from triform.objectives.base import token_accuracy
 from triform.runtime.packed import onednn_linear, packed_linears
 
@@ -110,7 +110,7 @@ def test_lm_head_at_positions_equals_full_head() -> None:
 def _step_and_full(objective, model, batch) -> tuple[tuple, tuple]:
     """(loss, accuracy, grads) from the objective's step and from full logits."""
     params = [p for p in model.parameters() if p.requires_grad]
-    loss, parts = objective.step(model, batch, torch.Generator().manual_seed(0))
+    loss, parts = objective.step(model, batch, SampleDraws(0, len(batch["labels"])))
     loss.backward()
     fast = (loss.detach(), parts["accuracy"], _grads(*params))
     output = model(**objective.model_inputs(batch))
@@ -134,7 +134,7 @@ def test_masked_lm_step_equals_full_logits_loss() -> None:
     objective = MaskedLM(MaskedLMConfig(vocab_size=97, mask_id=4, pad_id=0, special_ids=[0, 4]))
     ids = torch.randint(5, 97, (4, 24), generator=torch.Generator().manual_seed(2))
     ids[1, 15:] = 0
-    batch = objective({"input_ids": ids}, torch.Generator().manual_seed(3))
+    batch = objective({"input_ids": ids}, SampleDraws(3, len(ids)))
     assert (batch["labels"] == IGNORE_INDEX).float().mean() > 0.5  # most positions skipped
     _assert_same(*_step_and_full(objective, model, batch))
 
@@ -167,7 +167,7 @@ def test_seq2seq_logits_at_labels_equal_full_logits() -> None:
         "decoder_input_ids": torch.randint(2, 97, (3, 9), generator=g),
         "labels": labels,
     }
-    loss, parts = objective.step(model, batch, g)
+    loss, parts = objective.step(model, batch, SampleDraws(0, 3))
     output = model(**objective.model_inputs(batch))
     expected = label_smoothed_cross_entropy(output.logits, labels, 0.1)
     assert abs(loss.item() - expected.item()) < 1e-6

@@ -104,7 +104,13 @@ def make_config(
     model: dict[str, Any] | None = None,
     **train: Any,
 ) -> FinetuneConfig:
-    """A tiny run: ``preset`` at TINY size (or the ``model`` section given), quiet."""
+    """A tiny run: ``preset`` at TINY size (or the ``model`` section given), quiet; the
+    keyword arguments go to ``[train]``, or to ``[optim]`` / ``[schedule]`` for theirs."""
+    moved = {"lr": "optim", "body_lr": "optim", "weight_decay": "optim", "grad_clip": "optim",
+             "warmup_steps": "schedule", "warmup_ratio": "schedule"}  # fmt: skip
+    sections: dict[str, dict[str, Any]] = {"optim": {"lr": 1e-3}, "schedule": {}}
+    for key in [k for k in train if k in moved]:
+        sections[moved[key]][key] = train.pop(key)
     tree = {
         "model": model
         or {"source": f"preset:{preset}", "tokenizer": tokenizer, "overrides": dict(TINY)},
@@ -113,10 +119,10 @@ def make_config(
             "out_dir": str(tmp_path / "run"),
             "epochs": 1,
             "batch_size": 8,
-            "lr": 1e-3,
             **QUIET,
             **train,
         },  # fmt: skip
+        **sections,
     }
     return load_finetune_config(tree=tree)
 
@@ -177,22 +183,25 @@ def test_pair_classification_and_regression_run(tmp_path: Path, toks: dict[str, 
 
 
 def test_body_and_head_learning_rates(tmp_path: Path, toks: dict[str, str]) -> None:
-    from triform.finetune.trainer import Finetuner
+    from triform.finetune.trainer import FinetuneRun
+    from triform.train.optim import build_optimizer
 
     train = write_jsonl(tmp_path / "train.jsonl", keyword_rows(8, 0))
     cfg = make_config(tmp_path, "bert-tiny", toks["bert"], {"kind": "classification",
                       "train": train}, lr=1e-3, body_lr=1e-5, warmup_steps=0)  # fmt: skip
-    run = Finetuner(cfg)
-    groups = {g["group"]: g for g in run.optimizer.param_groups}
+    run = FinetuneRun(cfg, tmp_path / "run")
+    optimizer = build_optimizer(run.model, cfg.optim, run.param_groups(run.model))
+    assert optimizer.defaults["fused"]  # fused AdamW on a CPU, as in pretraining
+    groups = {g["group"]: g for g in optimizer.param_groups}
     assert set(groups) == {"body/decay", "body/no_decay", "head/decay", "head/no_decay"}
     assert groups["body/decay"]["lr"] == pytest.approx(1e-5)
     assert groups["head/decay"]["lr"] == pytest.approx(1e-3)
     assert groups["head/no_decay"]["weight_decay"] == 0.0
     head = {id(p) for p in run.model.head.parameters()}
-    in_head = {id(p) for g in run.optimizer.param_groups if g["group"].startswith("head")
+    in_head = {id(p) for g in optimizer.param_groups if g["group"].startswith("head")
                for p in g["params"]}  # fmt: skip
     assert in_head == head
-    total = sum(len(g["params"]) for g in run.optimizer.param_groups)
+    total = sum(len(g["params"]) for g in optimizer.param_groups)
     assert total == len(list(run.model.parameters()))  # every parameter is trained
 
 
@@ -222,7 +231,7 @@ def test_bad_config_is_one_line_exit_2(tmp_path: Path, toks: dict[str, str], cap
     )
     cases = {
         "task.kind=sentiment": "task.kind must be one of",
-        "train.lr=-1": "train.lr must be positive",
+        "optim.lr=-1": "optim.lr must be a finite number > 0",
         "task.metric=bleu": "task.metric for classification must be one of",
         "train.nope=1": "unknown key train.nope",
         "model.source=missing/dir": "no such folder",
@@ -577,10 +586,9 @@ def test_gpt_kinds_run(tmp_path: Path, toks: dict[str, str], kind: str) -> None:
 
 def test_body_from_triform_run_and_hf_folder(tmp_path: Path, toks: dict[str, str]) -> None:
     import triform
-    from triform.finetune.body import fit_to_tokenizer
     from triform.interop import hf
     from triform.presets import get
-    from triform.tokenizers import load_tokenizer
+    from triform.tokenizers import fit_to_tokenizer, load_tokenizer
     from triform.train.checkpoint import save_checkpoint
 
     tok = load_tokenizer(toks["bert"])

@@ -24,7 +24,7 @@ from test_finetune import (
 from triform.cli import main
 from triform.errors import ConfigError, TriformError
 from triform.finetune import finetune, load_finetune_config
-from triform.finetune.trainer import Finetuner
+from triform.finetune.trainer import FinetuneRun
 from triform.runs import list_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -197,12 +197,17 @@ def test_early_stopping(tmp_path: Path, toks: dict[str, str]) -> None:
         )
 
 
+def _run(config) -> FinetuneRun:
+    """A fine-tuning run as the trainer takes it (its model built, nothing trained)."""
+    return FinetuneRun(config, Path(config.train.out_dir))
+
+
 def test_class_weights(tmp_path: Path, toks: dict[str, str]) -> None:
     rows = imbalanced_rows(40, 0.2, 0)
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     rare = sum(r["label"] == "rare" for r in rows)
     task = {"kind": "classification", "train": train, "class_weights": "balanced"}
-    run = Finetuner(make_config(tmp_path, "bert-tiny", toks["bert"], task))
+    run = _run(make_config(tmp_path, "bert-tiny", toks["bert"], task))
     assert run.task.labels == ["common", "rare"]
     expected = [40 / (2 * (40 - rare)), 40 / (2 * rare)]  # n / (classes * count)
     assert run.task.class_weights == pytest.approx(expected)
@@ -216,7 +221,7 @@ def test_class_weights(tmp_path: Path, toks: dict[str, str]) -> None:
 
     task["class_weights"] = [1.0, 2.0, 3.0]
     with pytest.raises(TriformError, match="3 weights for 2 labels"):
-        Finetuner(make_config(tmp_path, "bert-tiny", toks["bert"], task))
+        _run(make_config(tmp_path, "bert-tiny", toks["bert"], task))
     with pytest.raises(ConfigError, match="classification kinds"):
         make_config(
             tmp_path,
@@ -234,7 +239,7 @@ def test_class_weights(tmp_path: Path, toks: dict[str, str]) -> None:
 def test_balanced_sampler(tmp_path: Path, toks: dict[str, str]) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", imbalanced_rows(200, 0.1, 1))
     task = {"kind": "classification", "train": train}
-    run = Finetuner(make_config(tmp_path, "bert-tiny", toks["bert"], task, sampler="balanced"))
+    run = _run(make_config(tmp_path, "bert-tiny", toks["bert"], task, sampler="balanced"))
     labels = [f["label"] for f in run.features]
     order = run._order(0, run.features)
     assert len(order) == len(labels)
@@ -300,7 +305,7 @@ def test_subword_sampling_per_epoch(
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     task = {"kind": kind, "train": train, "validation": train, "subword_sampling": spec}
     cfg = make_config(tmp_path, preset, toks[family], task, epochs=2)
-    run = Finetuner(cfg)
+    run = _run(cfg)
     rows_ = run.train_rows
 
     def ids(features):
@@ -374,4 +379,4 @@ def test_subword_sampling_config_errors(tmp_path: Path, toks: dict[str, str]) ->
         )
     task = {"kind": "classification", "train": train, "subword_sampling": {"alpha": 0.1}}
     with pytest.raises(ConfigError, match="needs a Unigram tokenizer"):
-        Finetuner(make_config(tmp_path, "bert-tiny", toks["bert"], task))
+        _run(make_config(tmp_path, "bert-tiny", toks["bert"], task))

@@ -131,7 +131,7 @@ def test_a_failed_rerun_leaves_the_earlier_model_and_results(
     assert "--overwrite" in error_line(capsys)
     assert snapshot(run) == before
     # with --overwrite, a run that diverges at once keeps the earlier model where it was
-    assert main(["finetune", config, "--overwrite", "--set", "train.lr=1e12"]) == 2
+    assert main(["finetune", config, "--overwrite", "--set", "optim.lr=1e12"]) == 2
     capsys.readouterr()
     assert snapshot(run / "best") == best
     assert (run / "results.json").read_bytes() == results

@@ -12,7 +12,7 @@ EOS = 0
 
 def test_inputs_and_targets_are_shifted_by_one():
     window = torch.arange(2 * 9).view(2, 9)
-    out = CausalLM.from_dict({"name": "causal-lm"})({"input_ids": window}, torch.Generator())
+    out = CausalLM.from_dict({"name": "causal-lm"})({"input_ids": window})
     assert torch.equal(out["input_ids"], window[:, :-1])
     assert torch.equal(out["labels"], window[:, 1:])
     assert out["attention_mask"].shape == (2, 8) and out["attention_mask"].all()

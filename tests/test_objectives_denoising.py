@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from triform.errors import ConfigError
-from triform.objectives import Denoising, DenoisingConfig
+from triform.objectives import Denoising, DenoisingConfig, SampleDraws
 
 V, B, L = 1000, 512, 128
 BOS, PAD, EOS, UNK, MASK, STOP = 0, 1, 2, 3, 4, 5  # RoBERTa/BART ids; STOP ends a sentence
@@ -75,7 +75,7 @@ def check_targets(batch, out):
 
 def test_text_infilling_masks_30_percent_in_poisson_spans():
     batch = documents(stop_rate=0.0)
-    out = objective(sentence_permutation=0.0)(batch, torch.Generator().manual_seed(1))
+    out = objective(sentence_permutation=0.0)(batch, SampleDraws(1, B))
     check_targets(batch, out)
     masked_total = tokens_total = masks_total = 0
     for row in range(B):
@@ -104,13 +104,11 @@ def test_text_infilling_masks_30_percent_in_poisson_spans():
 
 def test_poisson_span_lengths():
     noise = objective()
-    lengths, kept = noise.span_lengths(torch.full((512,), 126), L, torch.Generator().manual_seed(2))
+    lengths, kept = noise.span_lengths(torch.full((512,), 126), L, SampleDraws(2, 512))
     assert torch.equal(lengths.sum(1), torch.full((512,), round(0.3 * 126)))
     assert (lengths[~kept] == 0).all()
     # long documents: spans are Poisson(3) draws (but for the last one, trimmed to fit)
-    lengths, kept = noise.span_lengths(
-        torch.full((64,), 10_000), 10_000, torch.Generator().manual_seed(3)
-    )
+    lengths, kept = noise.span_lengths(torch.full((64,), 10_000), 10_000, SampleDraws(3, 64))
     spans = kept.sum(1)
     inner = lengths[torch.arange(lengths.size(1)) < (spans - 1).unsqueeze(1)].double()
     assert inner.mean().item() == pytest.approx(3.0, abs=0.03)
@@ -120,9 +118,7 @@ def test_poisson_span_lengths():
 
 def test_zero_length_spans_insert_masks():
     batch = documents(3, stop_rate=0.0)
-    out = objective(sentence_permutation=0.0, poisson_lambda=0.5)(
-        batch, torch.Generator().manual_seed(3)
-    )
+    out = objective(sentence_permutation=0.0, poisson_lambda=0.5)(batch, SampleDraws(3, B))
     check_targets(batch, out)
     inserted = 0
     for row in range(B):
@@ -137,7 +133,7 @@ def test_zero_length_spans_insert_masks():
 
 def test_token_masking_and_deletion_counts():
     batch = documents(4)
-    out = objective(**OFF, token_masking=0.15)(batch, torch.Generator().manual_seed(4))
+    out = objective(**OFF, token_masking=0.15)(batch, SampleDraws(4, B))
     check_targets(batch, out)
     assert torch.equal(out["attention_mask"], batch["attention_mask"])
     changed = out["input_ids"] != batch["input_ids"]
@@ -145,7 +141,7 @@ def test_token_masking_and_deletion_counts():
     n = batch["attention_mask"].sum(1) - 2
     assert torch.equal(changed.sum(1), torch.round(n.double() * 0.15).long())
 
-    out = objective(**OFF, token_deletion=0.2)(batch, torch.Generator().manual_seed(5))
+    out = objective(**OFF, token_deletion=0.2)(batch, SampleDraws(5, B))
     check_targets(batch, out)
     assert torch.equal(
         batch["attention_mask"].sum(1) - out["attention_mask"].sum(1),
@@ -158,7 +154,7 @@ def test_token_masking_and_deletion_counts():
 
 def test_document_rotation_is_a_rotation():
     batch = documents(5, stop_rate=0.0)
-    out = objective(**OFF, document_rotation=1.0)(batch, torch.Generator().manual_seed(6))
+    out = objective(**OFF, document_rotation=1.0)(batch, SampleDraws(6, B))
     check_targets(batch, out)
     rotated = 0
     for row in range(B):
@@ -167,7 +163,7 @@ def test_document_rotation_is_a_rotation():
         assert after == before[shift:] + before[:shift]
         rotated += shift != 0
     assert rotated > 0.95 * B
-    half = objective(**OFF, document_rotation=0.5)(batch, torch.Generator().manual_seed(7))
+    half = objective(**OFF, document_rotation=0.5)(batch, SampleDraws(7, B))
     share = (half["input_ids"] != batch["input_ids"]).any(1).double().mean().item()
     assert share == pytest.approx(0.5, abs=0.08)
 
@@ -184,7 +180,7 @@ def sentences(tokens: list[int]) -> list[tuple[int, ...]]:
 
 def test_sentence_permutation_preserves_the_sentences():
     batch = documents(6)
-    out = objective(text_infilling=0.0)(batch, torch.Generator().manual_seed(8))
+    out = objective(text_infilling=0.0)(batch, SampleDraws(8, B))
     check_targets(batch, out)
     assert torch.equal(out["attention_mask"], batch["attention_mask"])
     moved = several = 0
@@ -217,15 +213,13 @@ def test_sentence_permutation_preserves_the_sentences():
             text_infilling=0.0,
         )
     )
-    again = plain({**batch, "sentence_ends": ends}, torch.Generator().manual_seed(8))
+    again = plain({**batch, "sentence_ends": ends}, SampleDraws(8, B))
     assert torch.equal(again["input_ids"], out["input_ids"])
 
 
 def test_partial_permutation_moves_only_some_sentences():
     batch = documents(7, stop_rate=0.2)
-    out = objective(text_infilling=0.0, sentence_permutation=0.3)(
-        batch, torch.Generator().manual_seed(9)
-    )
+    out = objective(text_infilling=0.0, sentence_permutation=0.3)(batch, SampleDraws(9, B))
     for row in range(0, B, 3):
         before = sentences(content(batch["input_ids"][row]))
         after = sentences(content(out["input_ids"][row]))
@@ -247,12 +241,12 @@ def test_bart_defaults_together_are_reproducible():
         special_ids=[BOS, PAD, EOS, UNK, MASK],
         sentence_end_ids=[STOP],
     )
-    a = noise(batch, torch.Generator().manual_seed(10))
-    b = noise(batch, torch.Generator().manual_seed(10))
+    a = noise(batch, SampleDraws(10, B))
+    b = noise(batch, SampleDraws(10, B))
     assert all(torch.equal(a[k], b[k]) for k in a)
     check_targets(batch, a)
     everything = objective(token_masking=0.1, token_deletion=0.1, document_rotation=0.5)
-    out = everything(batch, torch.Generator().manual_seed(11))
+    out = everything(batch, SampleDraws(11, B))
     check_targets(batch, out)
 
 

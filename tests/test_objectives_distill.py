@@ -18,7 +18,7 @@ from triform.cli import main
 from triform.errors import ConfigError, TriformError
 from triform.inference import load_model
 from triform.models.outputs import EncoderOutput
-from triform.objectives import Distillation, build_objective, distillation_loss
+from triform.objectives import Distillation, SampleDraws, build_objective, distillation_loss
 from triform.objectives.distill import evenly_spaced_layers, init_from_teacher
 from triform.train.metrics import read_metrics
 from triform.train.run_config import load_run_config
@@ -156,8 +156,8 @@ def test_kl_is_zero_when_the_student_is_the_teacher(teacher):
         Distillation.fit_model_config(objective.teacher.config)
     ).eval()  # all four layers: the teacher itself
     ids = torch.randint(5, V, (4, 16), generator=torch.Generator().manual_seed(0))
-    batch = objective({"input_ids": ids}, torch.Generator().manual_seed(1))
-    loss, parts = objective.step(student, batch, torch.Generator())
+    batch = objective({"input_ids": ids}, SampleDraws(1, 4))
+    loss, parts = objective.step(student, batch, SampleDraws(1, 4))
     assert parts["kl_loss"].abs() < 1e-5 and parts["cosine_loss"].abs() < 1e-5
     assert loss.abs() < 1e-4
 
@@ -168,8 +168,8 @@ def test_gradients_reach_the_student_only(teacher):
         Distillation.fit_model_config(objective.teacher.config.replace(num_layers=2))
     )
     ids = torch.randint(5, V, (4, 16), generator=torch.Generator().manual_seed(0))
-    batch = objective({"input_ids": ids}, torch.Generator().manual_seed(1))
-    loss, parts = objective.step(student, batch, torch.Generator())
+    batch = objective({"input_ids": ids}, SampleDraws(1, 4))
+    loss, parts = objective.step(student, batch, SampleDraws(1, 4))
     loss.backward()
     assert {"kl_loss", "ce_loss", "cosine_loss", "accuracy"} <= set(parts)
     assert all(p.grad is not None for p in student.encoder.parameters())
@@ -188,7 +188,8 @@ def test_a_bare_teacher_distils_hidden_states_only(tmp_path, save_model_folder):
         Distillation.fit_model_config(objective.teacher.config.replace(num_layers=1))
     )
     ids = torch.randint(5, V, (2, 8), generator=torch.Generator().manual_seed(0))
-    loss, parts = objective.step(student, objective({"input_ids": ids}, torch.Generator()), None)
+    draws = SampleDraws(0, 2)
+    loss, parts = objective.step(student, objective({"input_ids": ids}, draws), draws)
     assert "kl_loss" not in parts and torch.allclose(loss, parts["cosine_loss"])
 
 

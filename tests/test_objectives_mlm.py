@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from triform.errors import ConfigError, TriformError
-from triform.objectives import MaskedLM, MaskedLMConfig, continuation_table
+from triform.objectives import MaskedLM, MaskedLMConfig, SampleDraws, continuation_table
 
 V, B, L = 1000, 512, 128
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
@@ -53,7 +53,7 @@ def stats(batch, out) -> dict[str, float]:
 
 def test_selection_rate_and_80_10_10_split():
     batch = framed_batch()
-    out = objective()(batch, torch.Generator().manual_seed(1))
+    out = objective()(batch, SampleDraws(1, B))
     s = stats(batch, out)
     # ~47k candidates, ~7k selected: the tolerances are about 4 standard deviations
     assert abs(s["rate"] - 0.15) < 0.007
@@ -68,7 +68,7 @@ def test_selection_rate_and_80_10_10_split():
 
 def test_special_tokens_and_padding_never_selected():
     batch = framed_batch()
-    out = objective(mask_prob=0.9)(batch, torch.Generator().manual_seed(2))
+    out = objective(mask_prob=0.9)(batch, SampleDraws(2, B))
     selected = out["labels"] != -100
     special = torch.isin(batch["input_ids"], torch.tensor(SPECIAL))
     assert not (selected & special).any()
@@ -80,19 +80,21 @@ def test_special_tokens_and_padding_never_selected():
 
 def test_exact_selection_counts():
     batch = framed_batch()
-    out = objective(selection="exact")(batch, torch.Generator().manual_seed(3))
+    out = objective(selection="exact")(batch, SampleDraws(3, B))
     candidates = (batch["attention_mask"].bool() & (batch["input_ids"] >= 5)).sum(1)
     expected = torch.round(candidates.double() * 0.15).long()
     assert torch.equal((out["labels"] != -100).sum(1), expected)
 
 
-def test_dynamic_masks_differ_between_calls_and_replay_with_the_seed():
+def test_dynamic_masks_differ_between_epochs_and_replay_with_the_seed():
     batch = framed_batch()
     mlm = objective()
-    g = torch.Generator().manual_seed(4)
-    first, second = mlm(batch, g), mlm(batch, g)
+    first = mlm(batch, SampleDraws(4, B))
+    # the same rows read again in the next epoch are new samples: new masks
+    second = mlm(batch, SampleDraws(4, torch.arange(B) + B))
     assert not torch.equal(first["labels"], second["labels"])
-    again = mlm(batch, torch.Generator().manual_seed(4))
+    assert not torch.equal(first["labels"], mlm(batch, SampleDraws(5, B))["labels"])
+    again = mlm(batch, SampleDraws(4, B))
     assert torch.equal(first["input_ids"], again["input_ids"])
     assert torch.equal(first["labels"], again["labels"])
 
@@ -101,21 +103,21 @@ def test_static_masks_are_fixed_per_example():
     batch = framed_batch()
     batch["example_ids"] = torch.arange(B) + 10_000
     mlm = objective(masking="static", static_seed=7)
-    first = mlm(batch, torch.Generator().manual_seed(0))
-    second = mlm(batch, torch.Generator().manual_seed(99))  # the generator plays no part
+    first = mlm(batch, SampleDraws(0, B))
+    second = mlm(batch, SampleDraws(99, B))  # the draws play no part
     assert torch.equal(first["input_ids"], second["input_ids"])
     assert torch.equal(first["labels"], second["labels"])
     # the same example gets the same mask in any batch, at any row
     order = torch.randperm(B, generator=torch.Generator().manual_seed(5))
-    shuffled = mlm({k: v[order] for k, v in batch.items()}, torch.Generator())
+    shuffled = mlm({k: v[order] for k, v in batch.items()}, SampleDraws(0, B))
     assert torch.equal(shuffled["labels"], first["labels"][order])
     # another seed, another mask; and the promised statistics still hold
-    other = objective(masking="static", static_seed=8)(batch, torch.Generator())
+    other = objective(masking="static", static_seed=8)(batch, SampleDraws(0, B))
     assert not torch.equal(other["labels"], first["labels"])
     s = stats(batch, first)
     assert abs(s["rate"] - 0.15) < 0.007 and abs(s["mask"] - 0.8) < 0.02
     with pytest.raises(TriformError, match="example_ids"):
-        mlm(framed_batch(), torch.Generator())
+        mlm(framed_batch(), SampleDraws(0, B))
 
 
 def words_batch(seed: int = 0):
@@ -154,7 +156,7 @@ def test_whole_word_masking_masks_all_pieces_together(selection):
         ),
         is_continuation=table,
     )
-    out = mlm(batch, torch.Generator().manual_seed(6))
+    out = mlm(batch, SampleDraws(6, B))
     selected = out["labels"] != -100
     ids = batch["input_ids"]
     candidate = batch["attention_mask"].bool() & (ids >= 5)
@@ -185,7 +187,7 @@ def test_whole_word_masking_masks_all_pieces_together(selection):
             selection=selection,
         )
     )
-    again = plain(batch, torch.Generator().manual_seed(6))
+    again = plain(batch, SampleDraws(6, B))
     assert torch.equal(again["labels"], out["labels"])
 
 
@@ -213,7 +215,7 @@ def test_whole_word_masking_with_a_wordpiece_tokenizer():
         special_ids=[0, 1, 2, 3, 4],
         tokenizer=tok,
     )
-    out = mlm({"input_ids": ids}, torch.Generator().manual_seed(0))
+    out = mlm({"input_ids": ids}, SampleDraws(0, len(ids)))
     selected = out["labels"] != -100
     word = word_of(ids, table)
     for number in word[0].unique():
@@ -241,7 +243,7 @@ def test_matches_huggingface_collator_statistics():
     batch = framed_batch()
     special = torch.isin(batch["input_ids"], torch.tensor(SPECIAL)).long()
     hf_inputs, hf_labels = collator.torch_mask_tokens(batch["input_ids"].clone(), special)
-    ours = stats(batch, objective()(batch, torch.Generator().manual_seed(8)))
+    ours = stats(batch, objective()(batch, SampleDraws(8, B)))
     theirs = stats(batch, {"input_ids": hf_inputs, "labels": hf_labels})
     for key in ("rate", "mask", "random", "unchanged"):
         assert abs(ours[key] - theirs[key]) < 0.03, key

@@ -10,6 +10,7 @@ from triform.errors import TriformError
 from triform.models.outputs import EncoderOutput
 from triform.objectives import (
     NextSentencePrediction,
+    SampleDraws,
     SentenceOrderPrediction,
     pretraining_loss,
 )
@@ -50,7 +51,7 @@ def test_pair_labels_are_carried_with_the_mlm_batch(cls):
         {"name": cls.name}, vocab_size=V, mask_id=MASK, pad_id=PAD, special_ids=SPECIAL
     )
     batch = pairs()
-    out = objective(batch, torch.Generator().manual_seed(1))
+    out = objective(batch, SampleDraws(1, B))
     assert set(out) == {"input_ids", "attention_mask", "token_type_ids", "labels", "pair_labels"}
     assert torch.equal(out["pair_labels"], batch["pair_labels"])
     assert out["pair_labels"].float().mean().item() == 0.5  # balanced as the reader made it
@@ -81,7 +82,7 @@ def test_pair_objectives_need_pair_batches():
     batch = pairs()
     del batch["pair_labels"]
     with pytest.raises(TriformError, match="pair_labels"):
-        objective(batch, torch.Generator())
+        objective(batch, SampleDraws(0, B))
 
 
 def test_pretraining_loss_parts():

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from triform.errors import ConfigError
-from triform.objectives import OBJECTIVES, Objective, build_objective, context_from_tokenizer
+from triform.objectives import (
+    OBJECTIVES,
+    Objective,
+    SampleDraws,
+    build_objective,
+    context_from_tokenizer,
+)
 
 CONTEXT = {
     "vocab_size": 1200,
@@ -109,7 +115,7 @@ def test_context_from_a_tokenizer():
     assert {tok.id_to_token(i) for i in context["sentence_end_ids"]} == {".", "?", "!"}
     mlm = build_objective({"name": "mlm", "whole_word": True}, **context)
     ids = torch.tensor([tok.encode("Hello there. How are you?").ids])
-    out = mlm({"input_ids": ids}, torch.Generator().manual_seed(0))
+    out = mlm({"input_ids": ids}, SampleDraws(0, 1))
     assert out["input_ids"].shape == ids.shape
 
 
@@ -122,8 +128,8 @@ def test_short_and_empty_rows(name):
     objective = build_objective(options, **CONTEXT)
     ids = torch.tensor([[7, 8, 9, 10], [7, 0, 0, 0], [7, 8, 0, 0], [0, 0, 0, 0]])
     mask = (ids != 0).long()
-    generator = torch.Generator().manual_seed(0)
-    out = objective({"input_ids": ids, "attention_mask": mask}, generator)
+    draws = SampleDraws(0, 4)
+    out = objective({"input_ids": ids, "attention_mask": mask}, draws)
     assert out["input_ids"].size(0) == 4
-    out = objective({"input_ids": ids[:, :1], "attention_mask": mask[:, :1]}, generator)
+    out = objective({"input_ids": ids[:, :1], "attention_mask": mask[:, :1]}, draws)
     assert out["input_ids"].size(0) == 4

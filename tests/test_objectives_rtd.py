@@ -11,6 +11,7 @@ from triform import presets
 from triform.models import EncoderModel
 from triform.objectives import (
     ReplacedTokenDetection,
+    SampleDraws,
     electra_loss,
     generator_config,
     sample_replacements,
@@ -43,7 +44,7 @@ def objective(**options) -> ReplacedTokenDetection:
 
 def test_generator_batch_uses_electra_masking():
     batch = batch_of()
-    out = objective()(batch, torch.Generator().manual_seed(1))
+    out = objective()(batch, SampleDraws(1, B))
     assert torch.equal(out["original_ids"], batch["input_ids"])
     assert torch.equal(out["token_type_ids"], batch["token_type_ids"])
     selected = out["labels"] != -100
@@ -56,14 +57,14 @@ def test_generator_batch_uses_electra_masking():
 
 
 def test_replaced_labels_are_exactly_where_the_sample_differs():
-    batch = objective()(batch_of(), torch.Generator().manual_seed(2))
+    batch = objective()(batch_of(), SampleDraws(2, B))
     original = batch["original_ids"]
     # the generator puts half its mass on the original token and half on token 7
     logits = torch.full((B, L, V), -1e4)
     logits.scatter_(2, original.unsqueeze(2), 0.0)
     logits[:, :, 7] = 0.0
     logits.requires_grad_(True)
-    out = sample_replacements(logits, batch, torch.Generator().manual_seed(3))
+    out = sample_replacements(logits, batch, SampleDraws(3, B))
     selected = batch["labels"] != -100
     ids = out["input_ids"]
     assert not ids.requires_grad
@@ -74,7 +75,7 @@ def test_replaced_labels_are_exactly_where_the_sample_differs():
     assert (out["labels"][~real] == -100).all()
     replaced = (ids[selected] != original[selected]).double().mean().item()
     assert replaced == pytest.approx(0.5, abs=0.03)
-    again = sample_replacements(logits, batch, torch.Generator().manual_seed(3))
+    again = sample_replacements(logits, batch, SampleDraws(3, B))
     assert torch.equal(again["input_ids"], ids)
 
 
@@ -87,7 +88,7 @@ def test_sampling_follows_the_generator_distribution():
         "attention_mask": torch.ones(rows, 1, dtype=torch.long),
     }
     logits = probs.log().expand(rows, 1, 4)
-    out = sample_replacements(logits, batch, torch.Generator().manual_seed(4))
+    out = sample_replacements(logits, batch, SampleDraws(0, rows))
     frequency = torch.bincount(out["input_ids"].view(-1), minlength=4).double() / rows
     assert torch.allclose(frequency, probs.double(), atol=0.012)
     assert torch.equal(out["labels"].view(-1), (out["input_ids"].view(-1) != 0).long())
@@ -122,8 +123,8 @@ def test_step_with_shared_embeddings_trains_both_models():
     assert generator.lm_head.decoder.weight is discriminator.embeddings.token.weight
     assert generator.embeddings.position is discriminator.embeddings.position
     rtd = objective()
-    batch = rtd(batch_of(8), torch.Generator().manual_seed(6))
-    loss, parts = rtd.pair_step(generator, discriminator, batch, torch.Generator().manual_seed(7))
+    batch = rtd(batch_of(8), SampleDraws(6, 8))
+    loss, parts = rtd.pair_step(generator, discriminator, batch, SampleDraws(7, 8))
     loss.backward()
     assert torch.isfinite(loss)
     assert set(parts) == {"generator_loss", "discriminator_loss", "discriminator_accuracy"}

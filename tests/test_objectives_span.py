@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from triform.errors import ConfigError, TriformError
-from triform.objectives import SpanCorruption, SpanCorruptionConfig, t5_span_lengths
+from triform.objectives import SampleDraws, SpanCorruption, SpanCorruptionConfig, t5_span_lengths
 from triform.objectives.span_corruption import corrupted_lengths
 
 V, B = 1100, 512
@@ -63,7 +63,7 @@ def test_packed_examples_fill_the_lengths_exactly_and_reconstruct():
     ids = torch.randint(2, 1000, (B, raw), generator=torch.Generator().manual_seed(0))
     span = objective()
     assert span.source_length(128) == raw and span.target_length(128) == target
-    out = span({"input_ids": ids}, torch.Generator().manual_seed(1))
+    out = span({"input_ids": ids}, SampleDraws(1, B))
     assert out["input_ids"].shape == (B, 128)
     assert out["labels"].shape == (B, target)
     assert out["attention_mask"].all() and out["decoder_attention_mask"].all()  # no padding
@@ -95,9 +95,7 @@ def test_rows_of_different_lengths_are_padded():
     ids = torch.randint(2, 1000, (B, raw), generator=torch.Generator().manual_seed(2))
     lengths = torch.randint(1, raw + 1, (B,), generator=torch.Generator().manual_seed(3))
     mask = (torch.arange(raw) < lengths.unsqueeze(1)).long()
-    out = objective()(
-        {"input_ids": ids * mask, "attention_mask": mask}, torch.Generator().manual_seed(4)
-    )
+    out = objective()({"input_ids": ids * mask, "attention_mask": mask}, SampleDraws(4, B))
     assert out["input_ids"].shape[1] == 64
     for row in range(0, B, 5):
         n = int(lengths[row])
@@ -109,22 +107,22 @@ def test_rows_of_different_lengths_are_padded():
         assert reconstruct(inputs, labels) == ids[row, :n].tolist()
 
 
-def test_reproducible_from_the_generator():
+def test_reproducible_from_the_seed_and_samples():
     ids = torch.randint(2, 1000, (8, 141), generator=torch.Generator().manual_seed(5))
     span = objective()
-    a = span({"input_ids": ids}, torch.Generator().manual_seed(6))
-    b = span({"input_ids": ids}, torch.Generator().manual_seed(6))
-    c = span({"input_ids": ids}, torch.Generator().manual_seed(7))
+    a = span({"input_ids": ids}, SampleDraws(6, 8))
+    b = span({"input_ids": ids}, SampleDraws(6, 8))
+    c = span({"input_ids": ids}, SampleDraws(7, 8))
+    d = span({"input_ids": ids}, SampleDraws(6, torch.arange(8, 16)))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["input_ids"], c["input_ids"])
+    assert not torch.equal(a["input_ids"], d["input_ids"])
 
 
 def test_other_densities_and_span_lengths():
     raw, target = t5_span_lengths(256, noise_density=0.3, mean_span_length=8.0)
     ids = torch.randint(2, 1000, (64, raw), generator=torch.Generator().manual_seed(8))
-    out = objective(noise_density=0.3, mean_span_length=8.0)(
-        {"input_ids": ids}, torch.Generator().manual_seed(9)
-    )
+    out = objective(noise_density=0.3, mean_span_length=8.0)({"input_ids": ids}, SampleDraws(9, 64))
     assert out["input_ids"].shape == (64, 256) and out["labels"].shape == (64, target)
     row = out["input_ids"][0].tolist(), out["labels"][0].tolist()
     assert reconstruct(*row) == ids[0].tolist()
@@ -139,4 +137,4 @@ def test_errors():
         )
     few = SpanCorruption.from_dict({}, sentinel_ids=SENTINELS[:3], eos_id=EOS, pad_id=PAD)
     with pytest.raises(TriformError, match="sentinel"):
-        few({"input_ids": torch.ones(2, 141, dtype=torch.long)}, torch.Generator())
+        few({"input_ids": torch.ones(2, 141, dtype=torch.long)}, SampleDraws(0, 2))

@@ -8,7 +8,13 @@ import torch
 
 import triform
 from triform.errors import ConfigError, TriformError
-from triform.objectives import SpanBertModel, SpanMaskingConfig, SpanMLM, build_objective
+from triform.objectives import (
+    SampleDraws,
+    SpanBertModel,
+    SpanMaskingConfig,
+    SpanMLM,
+    build_objective,
+)
 from triform.objectives.masked_lm import continuation_table
 from triform.objectives.span_bert import sample_span_lengths, span_boundaries, span_length_mean
 
@@ -63,9 +69,7 @@ def test_span_lengths_follow_the_truncated_geometric():
 
 def test_budget_whole_words_and_span_lengths_on_a_large_batch():
     ids, word_start = framed(512, 256)
-    out = objective()(
-        {"input_ids": ids, "word_start": word_start}, torch.Generator().manual_seed(0)
-    )
+    out = objective()({"input_ids": ids, "word_start": word_start}, SampleDraws(0, len(ids)))
     selected = out["labels"] != -100
     candidates = ids.size(1) - 2
     budget = round(0.15 * candidates)
@@ -93,15 +97,13 @@ def test_budget_whole_words_and_span_lengths_on_a_large_batch():
 
 def test_tokens_are_words_without_whole_word():
     ids, _ = framed(256, 128, seed=1)
-    out = objective(whole_word=False)({"input_ids": ids}, torch.Generator().manual_seed(0))
+    out = objective(whole_word=False)({"input_ids": ids}, SampleDraws(0, len(ids)))
     assert ((out["labels"] != -100).sum(1) == round(0.15 * 126)).all()  # exact in tokens
 
 
 def test_replacement_is_decided_per_span():
     ids, word_start = framed(1024, 128, seed=2)
-    out = objective()(
-        {"input_ids": ids, "word_start": word_start}, torch.Generator().manual_seed(1)
-    )
+    out = objective()({"input_ids": ids, "word_start": word_start}, SampleDraws(1, len(ids)))
     selected = out["labels"] != -100
     kinds = {"mask": 0, "random": 0, "kept": 0}
     same = replaced = 0
@@ -127,9 +129,7 @@ def test_replacement_is_decided_per_span():
 
 def test_boundaries_are_the_tokens_just_outside_each_span():
     ids, word_start = framed(64, 96, seed=3)
-    out = objective()(
-        {"input_ids": ids, "word_start": word_start}, torch.Generator().manual_seed(2)
-    )
+    out = objective()({"input_ids": ids, "word_start": word_start}, SampleDraws(2, len(ids)))
     selected = out["labels"] != -100
     found = runs(selected)
     assert found
@@ -151,8 +151,8 @@ def test_draws_are_reproducible_and_padding_is_never_masked():
     attention = torch.ones_like(ids)
     attention[:, 40:] = 0
     batch = {"input_ids": ids, "word_start": word_start, "attention_mask": attention}
-    one = objective()(batch, torch.Generator().manual_seed(5))
-    two = objective()(batch, torch.Generator().manual_seed(5))
+    one = objective()(batch, SampleDraws(5, len(ids)))
+    two = objective()(batch, SampleDraws(5, len(ids)))
     assert all(torch.equal(one[k], two[k]) for k in one)
     assert not (one["labels"][:, 40:] != -100).any()
 
@@ -171,12 +171,12 @@ def test_sbo_loss_shapes_gradients_and_weighting():
     span = objective()
     model = tiny_model(span)
     ids, word_start = framed(8, 48, seed=5)
-    batch = span({"input_ids": ids, "word_start": word_start}, torch.Generator().manual_seed(0))
+    batch = span({"input_ids": ids, "word_start": word_start}, SampleDraws(0, len(ids)))
     output = model.model(**span.model_inputs(batch))
     logits = span.sbo_logits(model.model, model.sbo_head, output.last_hidden_state, batch)
     masked = int((batch["labels"] != -100).sum())
     assert logits.shape == (masked, V)
-    loss, parts = model(batch, torch.Generator())
+    loss, parts = model(batch, SampleDraws(0, len(ids)))
     assert torch.allclose(loss, parts["mlm_loss"] + parts["sbo_loss"])
     assert parts["sbo_loss"] > 0 and 0 <= parts["sbo_accuracy"] <= 1
     loss.backward()
@@ -219,7 +219,7 @@ def test_word_starts_from_real_tokenizers():
         assert starts[0, 1:-1].sum() == 8, (kind, tokenizer.encode(text[0]).tokens)
         context = triform.objectives.context_from_tokenizer(tokenizer)
         span = build_objective({"name": "span-mlm", "mask_prob": 0.4}, **context)
-        selected = span({"input_ids": ids}, torch.Generator().manual_seed(0))["labels"] != -100
+        selected = span({"input_ids": ids}, SampleDraws(0, len(ids)))["labels"] != -100
         assert selected.any()
         word = starts.long().cumsum(1)
         for number in word[0, 1:-1].unique():

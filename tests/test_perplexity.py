@@ -152,6 +152,32 @@ def test_seq2seq_perplexity_scores_the_targets(char_gpt2):
     assert many.perplexity > 1 and many.bits_per_byte is None
 
 
+def test_a_share_of_the_windows_is_spread_evenly(char_gpt2, char_bert):
+    """``windows``: that many windows spread evenly across the text, by the rule of a run's
+    validation loss; each scores what it scores when every window is scored."""
+    from triform.data.readers import evaluation_samples
+
+    model = _tiny("gpt2-tiny", char_gpt2, max_positions=32)
+    every = decoder_perplexity(model, char_gpt2, [TEXT], max_length=16, stride=16)
+    assert every.whole and every.windows == every.total_windows == math.ceil(len(TEXT) / 16)
+    some = decoder_perplexity(model, char_gpt2, [TEXT], max_length=16, stride=16, windows=3)
+    assert (some.windows, some.total_windows) == (3, every.total_windows) and not some.whole
+    assert some.bits_per_byte is None and some.to_dict()["windows"] == 3  # not the whole text
+    chosen = evaluation_samples(every.total_windows, 3).tolist()
+    by_hand = [decoder_perplexity(model, char_gpt2, [TEXT[16 * i : 16 * i + 16]]) for i in chosen]
+    assert some.tokens == sum(r.tokens for r in by_hand) == 3 * 15
+    assert some.nll == pytest.approx(sum(r.nll for r in by_hand), rel=1e-5)
+    bert = _tiny("bert-tiny", char_bert, max_positions=24)
+    some = pseudo_perplexity(bert, char_bert, [TEXT], max_length=20, windows=2)
+    assert (some.windows, some.tokens) == (2, 2 * 18) and some.total_windows > 2
+    tok = train_tokenizer([TEXT] * 4, kind="char", vocab_size=60, family="bart")
+    pairs = [("To be", "or not to be"), ("the question", "Whether"), ("a", "sea of troubles")]
+    one = seq2seq_perplexity(_tiny("bart-tiny", tok), tok, pairs, windows=1)
+    assert (one.windows, one.total_windows, one.tokens) == (1, 3, len(tok.encode("Whether").ids))
+    with pytest.raises(TriformError, match="windows"):
+        decoder_perplexity(model, char_gpt2, [TEXT], windows=0)
+
+
 def _model_folder(tmp_path: Path, preset: str, tokenizer, **overrides) -> Path:
     """A `triform convert`-style folder: model.json, model.safetensors, tokenizer.json."""
     model = _tiny(preset, tokenizer, **overrides)
@@ -175,6 +201,10 @@ def test_command(tmp_path, capsys, char_gpt2, char_bert):
     assert main(["evaluate", "perplexity", str(gpt), str(text), "--stride", "8"]) == 0
     printed = capsys.readouterr().out
     assert "perplexity" in printed and "bits per byte" in printed and "stride 8" in printed
+    assert main(["evaluate", "perplexity", str(gpt), str(text), "--windows", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 of 10 windows, spread evenly across the text" in printed
+    assert "bits per byte" not in printed  # a share of the text has no bits per byte of it
 
     bert = _model_folder(tmp_path, "bert-tiny", char_bert, max_positions=32)
     assert main(["evaluate", "perplexity", str(bert), str(text), "--json"]) == 0

@@ -35,7 +35,7 @@ def _reader(tok, train, seed: int = 0) -> ResampledReader:
     special = SpecialTokens.from_tokenizer(tok)
     base = PackedSequences(train, 32, 4, 0, cls_id=special.cls_id, sep_id=special.sep_id)
     ids = set(special.all_special_ids)
-    return ResampledReader(base, tok, {"alpha": 0.5}, seed, 0, ids, special.pad_id)
+    return ResampledReader(base, tok, {"alpha": 0.5}, seed, ids, special.pad_id)
 
 
 def test_windows_are_segmented_afresh_and_repeatably(shards) -> None:

@@ -1,4 +1,4 @@
-"""``python -m triform``: the ``triform`` command."""
+"""``python -m triform``: the ``triform`` command (:func:`triform.cli.main`)."""
 
 import sys
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.metadata
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 
+from triform import __version__
 from triform.errors import TriformError
 
 # Sub-command modules, in the order `triform --help` lists them.
@@ -42,10 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="triform",
         description="Pretrain, fine-tune and run Transformer language models of all three forms.",
     )
+    parser.add_argument("--version", action="version", version=f"triform {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+def version() -> str:
+    """The installed package's version, else (a source tree on ``PYTHONPATH``) the code's."""
+    try:
+        return importlib.metadata.version("triform")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,52 +53,102 @@ class ModelConfig:
     """
 
     family: str = "custom"
+    """The family name (``bert``, ``gpt2``, ``t5``, ...): picks the tokenizer's special
+    tokens and the HuggingFace class names on export."""
     form: Form = "decoder"
+    """Encoder-only, decoder-only or encoder-decoder."""
     vocab_size: int = 50257
+    """Token ids the embedding table holds (a run sets it from its tokenizer)."""
     hidden_size: int = 768
+    """Width of the residual stream (d_model)."""
     num_layers: int = 12
-    num_decoder_layers: int | None = None  # encoder-decoder only; None = num_layers
+    """Blocks in the stack (the encoder's, for an encoder-decoder)."""
+    num_decoder_layers: int | None = None
+    """Blocks in an encoder-decoder's decoder; unset: ``num_layers``."""
     num_heads: int = 12
+    """Attention heads per layer."""
     head_dim: int | None = None
+    """Width of one head; unset: ``hidden_size // num_heads`` (T5 sets it apart)."""
     ffn_size: int = 3072
-    embedding_size: int | None = None  # < hidden_size: factorized embeddings (ALBERT, ELECTRA)
+    """Inner width of the feed-forward block (d_ff)."""
+    embedding_size: int | None = None
+    """Width of the token embeddings when smaller than ``hidden_size`` (factorized
+    embeddings: ALBERT, ELECTRA); unset: ``hidden_size``."""
     max_positions: int = 1024
-    type_vocab_size: int = 0  # 0 = no segment embeddings
+    """Longest sequence the position table covers (learned and sinusoidal positions)."""
+    type_vocab_size: int = 0
+    """Segment (token type) embeddings; 0: none."""
     position: PositionKind = "learned"
-    position_offset: int = 0  # learned tables indexed from here (RoBERTa, BART: 2)
-    positions_from_padding: bool = False  # RoBERTa: pads keep the pad position, others count on
+    """How positions enter: a learned table, sinusoids, T5's relative buckets, rotary, or
+    none."""
+    position_offset: int = 0
+    """First row of the learned position table that is used (RoBERTa, BART: 2)."""
+    positions_from_padding: bool = False
+    """Count positions over real tokens only, padding pointing at the pad row (RoBERTa)."""
     relative_buckets: int = 32
+    """Buckets of T5's relative position bias."""
     relative_max_distance: int = 128
+    """Distance beyond which T5's relative positions share one bucket."""
     rotary_fraction: float = 1.0
+    """Share of each head's dimensions that rotary positions rotate."""
     rotary_base: float = 10000.0
+    """Base of the rotary frequencies."""
     norm: NormKind = "layernorm"
+    """LayerNorm or RMSNorm (T5)."""
     norm_eps: float = 1e-5
+    """Epsilon of every norm."""
     norm_placement: NormPlacement = "pre"
-    embedding_norm: bool = False  # LayerNorm right after the embeddings (BERT, BART)
-    final_norm: bool = True  # norm after the last block (pre-norm stacks)
+    """Norm before each sub-layer (GPT-2, T5) or after the residual sum (BERT, GPT)."""
+    embedding_norm: bool = False
+    """A norm right after the embeddings (BERT, BART)."""
+    final_norm: bool = True
+    """A norm after the last block (pre-norm stacks)."""
     activation: Activation = "gelu"
+    """Feed-forward activation; ``gated-*`` adds a gate projection (T5 v1.1)."""
     bias: bool = True
-    attention_scale: float | None = None  # None = 1/sqrt(head_dim); T5 uses 1.0
-    scale_embeddings: bool = False  # multiply token embeddings by sqrt(hidden) (Transformer)
+    """Biases in the linear layers and norms (T5: none)."""
+    attention_scale: float | None = None
+    """Factor on the attention scores; unset: ``1 / sqrt(head_dim)`` (T5: 1.0)."""
+    scale_embeddings: bool = False
+    """Multiply token embeddings by ``sqrt(hidden_size)`` (the original Transformer)."""
     tie_embeddings: bool = True
+    """The output vocabulary projection shares the token embedding table."""
     tie_encoder_decoder_embeddings: bool = True
-    lm_head_bias: bool = False  # a learned/zero bias on the output vocabulary projection
-    lm_head_transform: bool = False  # BERT-style dense + act + norm before the vocabulary
-    scale_tied_logits: bool = False  # T5 v1.0: hidden * d_model**-0.5 before a tied head
-    share_layers: bool = False  # ALBERT cross-layer sharing
+    """Encoder and decoder share one token table (encoder-decoders)."""
+    lm_head_bias: bool = False
+    """A bias on the output vocabulary projection."""
+    lm_head_transform: bool = False
+    """Dense + activation + norm before the vocabulary projection (BERT's MLM head)."""
+    scale_tied_logits: bool = False
+    """Scale hidden states by ``hidden_size ** -0.5`` before a tied head (T5 v1.0)."""
+    share_layers: bool = False
+    """One set of block weights for every layer (ALBERT)."""
     encoder_head: EncoderHead = "mlm"
+    """An encoder's token head: masked-LM, replaced-token detection (ELECTRA) or none."""
     pair_head: PairHead = "none"
-    pooler: bool = False  # dense + tanh on the first token (BERT/ALBERT)
+    """An encoder's sentence-pair head: next-sentence or sentence-order prediction, or none."""
+    pooler: bool = False
+    """Dense + tanh on the first token (BERT, ALBERT)."""
     attention_pattern: list[AttentionKind] = field(default_factory=lambda: ["dense"])
+    """Attention kind of each layer, repeated over the stack (GPT-3: dense, local)."""
     local_window: int = 256
+    """Band of a ``local`` layer: keys fewer than this many positions from the query."""
     dropout: float = 0.1
+    """Dropout on embeddings and residual branches, in [0, 1)."""
     attention_dropout: float = 0.1
+    """Dropout on attention probabilities, in [0, 1)."""
     init_std: float = 0.02
-    scaled_residual_init: bool = False  # GPT-2: residual projections std / sqrt(2 * layers)
+    """Standard deviation of the initial weights."""
+    scaled_residual_init: bool = False
+    """Residual output projections start at ``init_std / sqrt(2 * layers)`` (GPT-2)."""
     pad_token_id: int | None = None
+    """Padding id (a run sets it from its tokenizer)."""
     bos_token_id: int | None = None
+    """Beginning-of-sequence id (a run sets it from its tokenizer)."""
     eos_token_id: int | None = None
+    """End-of-sequence id: generation stops there (a run sets it from its tokenizer)."""
     decoder_start_token_id: int | None = None
+    """First decoder input of an encoder-decoder (T5: pad, BART: eos; set by a run)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,6 +165,14 @@ class ModelConfig:
     @property
     def decoder_layers(self) -> int:
         return self.num_decoder_layers if self.num_decoder_layers is not None else self.num_layers
+
+    @property
+    def decoder_start_id(self) -> int:
+        """The first decoder input of an encoder-decoder (T5: pad, BART: eos)."""
+        for value in (self.decoder_start_token_id, self.pad_token_id, self.eos_token_id):
+            if value is not None:
+                return value
+        return 0
 
     def layer_attention(self, index: int) -> AttentionKind:
         """The attention kind of layer ``index``: the pattern repeats over the stack."""
@@ -217,20 +275,50 @@ class LoopSection:
     defaults."""
 
     out_dir: str = "runs/run"
+    """The run folder (relative to the working directory)."""
     steps: int | None = None
-    batch_size: int = 16  # sequences per optimizer step
-    grad_accum: int = 1  # micro-batches per optimizer step (they split batch_size)
+    """Optimizer steps of the run."""
+    batch_size: int = 16
+    """The global batch: examples per optimizer step over all processes."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (they split ``batch_size``)."""
     eval_every: int = 100
+    """Evaluate every this many steps (and at the end)."""
     log_every: int = 10
+    """Log the training loss every this many steps."""
     checkpoint_every: int = 500
-    keep_last: int = 3  # checkpoints kept (0: all)
+    """Write a resumable checkpoint every this many steps (and at the end)."""
+    keep_last: int = 3
+    """Resumable checkpoints kept, the newest ones."""
     seed: int = 0
-    device: str = "auto"  # auto = cuda if available, else cpu
+    """Seed of every random draw (initialisation, data order, masks, dropout)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    threads: int | None = None  # torch intra-op threads on CPU (per process)
-    keep_freed_memory: bool = True  # glibc malloc keeps freed memory (runtime.allocator)
+    """Autocast precision; ``auto``: bf16 where the GPU or CPU has it natively, else fp32."""
+    threads: int | None = None
+    """Torch threads on a CPU, per process; unset: torch's default."""
+    keep_freed_memory: bool = True
+    """Keep freed memory in glibc malloc's heap for the next step (CPU training speed)."""
     progress: bool = True
+    """Draw a progress bar (``false`` for logs and CI; evaluations are still printed)."""
     tensorboard: bool = True
+    """Write TensorBoard events into the run folder."""
+    max_minutes: float | None = None
+    """Stop (with a checkpoint) when this much training time is spent; unset: no limit."""
+    compile: bool = False
+    """Run the model through ``torch.compile``."""
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"
+    """Data parallelism under ``torchrun``; ``auto``: DDP when there are several processes."""
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward pass instead of keeping its activations."""
+    fsdp_param_dtype: Literal["fp32", "bf16"] = "fp32"
+    """FSDP: the dtype parameters are gathered in for compute (reductions stay fp32)."""
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for a loop key out of range (shared by every loop)."""
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError("train.max_minutes must be positive")
 
 
 def check_types(instance: Any, section: str) -> None:

@@ -273,7 +273,7 @@ class RunFolder:
 
     path: Path
     kind: str
-    lock: RunLock
+    lock: RunLock | None = None  # None: the caller holds the folder's lock
     pending: Path | None = None
 
     def set_aside_results(self) -> None:
@@ -292,7 +292,8 @@ class RunFolder:
         self.pending = None
 
     def release(self) -> None:
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
 
     def __enter__(self) -> RunFolder:
         return self
@@ -309,7 +310,32 @@ def claim_run_folder(
     resume: bool = False,
     sources: Iterable[str | Path | None] = (),
 ) -> RunFolder:
-    """Lock ``folder`` for a run of ``kind`` and get it ready, or raise.
+    """Lock ``folder`` for a run of ``kind`` and get it ready (:func:`prepare_run_folder`),
+    or raise; the lock is held until :meth:`RunFolder.release` or the end of a ``with``."""
+    folder = Path(folder)
+    sources = list(sources)
+    check_run_folder(folder, kind, overwrite=overwrite, resume=resume, sources=sources)
+    lock = RunLock(folder).acquire()
+    try:
+        ready = prepare_run_folder(
+            folder, kind, overwrite=overwrite, resume=resume, sources=sources
+        )
+    except BaseException:
+        lock.release()
+        raise
+    ready.lock = lock
+    return ready
+
+
+def prepare_run_folder(
+    folder: str | Path,
+    kind: str,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    sources: Iterable[str | Path | None] = (),
+) -> RunFolder:
+    """Get ``folder``, whose lock the caller holds, ready for a run of ``kind``, or raise.
 
     Refuses what :func:`check_run_folder` refuses (checked again under the lock); removes
     what killed runs left half-written (:func:`remove_stale_files`); records the kind. With
@@ -318,25 +344,19 @@ def claim_run_folder(
     :meth:`RunFolder.set_aside_results` is called; a resumed run finishes such a move.
     """
     folder = Path(folder)
-    sources = list(sources)
     check_run_folder(folder, kind, overwrite=overwrite, resume=resume, sources=sources)
-    lock = RunLock(folder).acquire()
-    try:
-        check_run_folder(folder, kind, overwrite=overwrite, resume=resume, sources=sources)
-        removed = remove_stale_files(folder)
-        if removed:
-            names = ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
-            print(f"removed {len(removed)} half-written file(s) of a killed run: {names}")
-        pending = _pending_aside(folder)
-        if overwrite and not resume and earlier_results(folder, kind):
-            pending = _move_aside(folder, KINDS[kind])
-        record = folder / KIND_FILE
-        if not record.is_file():
-            record.write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
-        return RunFolder(folder, kind, lock, pending)
-    except BaseException:
-        lock.release()
-        raise
+    folder.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_files(folder)
+    if removed:
+        names = ", ".join(p.name for p in removed[:3]) + (", ..." if len(removed) > 3 else "")
+        print(f"removed {len(removed)} half-written file(s) of a killed run: {names}")
+    pending = _pending_aside(folder)
+    if overwrite and not resume and earlier_results(folder, kind):
+        pending = _move_aside(folder, KINDS[kind])
+    record = folder / KIND_FILE
+    if not record.is_file():
+        record.write_text(json.dumps({"kind": kind}) + "\n", encoding="utf-8")
+    return RunFolder(folder, kind, None, pending)
 
 
 def _pending_aside(folder: Path) -> Path | None:

@@ -40,8 +40,8 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import TriformError
+from triform.models.sizing import check_model_fits
 from triform.outputs import LOCK_FILE, TEMPORARY, RunLock, remove_stale_files  # noqa: F401
-from triform.runtime.memory import check_model_fits
 
 RUN_JSON = "run.json"
 FINETUNE_JSON = "finetune.json"

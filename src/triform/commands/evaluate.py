@@ -64,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ppl.add_argument(
         "--batch-size", type=int, help="windows (decoders), pairs or masked copies per forward"
     )
+    ppl.add_argument(
+        "--windows",
+        type=int,
+        help="score this many windows (pairs for encoder-decoders), spread evenly across the "
+        "text, as a run's validation loss is (default: every window)",
+    )
     ppl.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_part_option(ppl)
     ppl.set_defaults(func=run_perplexity)
@@ -82,6 +88,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
         stride=args.stride,
         batch_size=args.batch_size,
         progress=sys.stderr.isatty(),
+        windows=args.windows,
     )
     if args.json:
         print(json.dumps({"model": args.model, **result.to_dict()}))
@@ -92,6 +99,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
         else ""
     )
     print(f"{result.method}: {result.tokens} tokens in {result.texts} text(s){window}")
+    if not result.whole:
+        print(f"{result.windows} of {result.total_windows} windows, spread evenly across the text")
     print(f"perplexity     {result.perplexity:.4f}")
     print(f"nll per token  {result.mean_nll:.4f} nats")
     if result.bits_per_byte is not None:

@@ -12,8 +12,8 @@ from triform.errors import TriformError
 # minutes on two CPU cores, leaving a checkpoint `triform generate` can use. It runs with the
 # library's fast defaults: precision "auto" (bf16 autocast where the CPU or GPU has native
 # bf16), fused AdamW and the causal-LM loss fused with the vocabulary projection; not
-# torch.compile, which on CPU took longer to compile than it saved in 4 minutes
-# (BENCHMARKS.md, "Faster than the reference").
+# torch.compile, whose compile time a run of minutes on a CPU does not win back
+# (docs/performance-notes.md).
 DEFAULT_RUN = {
     "model": {
         "preset": "gpt2",
@@ -80,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from triform.train.loop import pretrain
     from triform.train.run_config import load_run_config
+    from triform.train.task import EVALUATION_KEYS, describe_evaluation
 
     if args.config is not None and not Path(args.config).is_file():
         raise TriformError(f"config file not found: {args.config}")
@@ -93,8 +94,12 @@ def run(args: argparse.Namespace) -> int:
     shutdown_distributed()  # under torchrun: leave the process group before exiting
     if not is_main_process():  # rank 0 alone reports
         return 0
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.val_metrics.items())
+    scores = {k: v for k, v in result.val_metrics.items() if k not in EVALUATION_KEYS}
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
     print(f"done: {result.steps} steps, train loss {result.train_loss:.4f}; validation: {summary}")
+    read = describe_evaluation(result.val_metrics)
+    if read is not None:
+        print(read)
     if result.sample is not None:
         print(f"sample: {result.sample!r}")
     print(f"checkpoint: {result.checkpoint}")

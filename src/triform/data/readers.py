@@ -9,11 +9,21 @@ contiguous share ``[r * B / w, (r + 1) * B / w)`` of them. The shares of all ran
 and together are the batch one process reads, so the same config trains on the same data on
 any number of processes.
 
+Rows are numbered globally: row ``j`` of batch ``step`` is sample ``g = step * batch_size + j``
+of the run's stream of samples, and every batch carries it as ``sample_index`` (B,) int64.
+With micro-batch ``step * grad_accum + micro`` read at ``batch_size / grad_accum``, a sample
+has the same index however the global batch is split into micro-batches and processes, so
+objectives key their random draws by it (:class:`~triform.objectives.ops.SampleDraws`).
+``reader.read(samples)`` reads any samples by index (an evaluation reads windows spread across
+the split: :func:`evaluation_samples`); ``batch(step)`` is ``read(samples(step))``.
+
 Readers that walk the data in windows or chunks go through it in epochs: epoch ``e`` is a
 seeded permutation (``shuffle=False``: the natural order, for evaluation) and a batch that
 crosses an epoch end takes its last rows from the next epoch.
 
 Layouts (``B`` = this rank's rows, ``batch_size / world``; all tensors ``torch.int64``):
+
+Every layout below also has ``sample_index`` (B,).
 
 - :class:`CausalWindows`: ``{"input_ids": (B, seq_len + 1)}``: contiguous windows of the
   split's token stream, documents joined by ``separator_id`` (GPT-2: ``<|endoftext|>`` after
@@ -21,13 +31,15 @@ Layouts (``B`` = this rank's rows, ``batch_size / world``; all tensors ``torch.i
 - :class:`PackedSequences`: ``{"input_ids", "attention_mask": (B, seq_len)}``: the same stream
   cut in full-length sequences, each framed ``[prefix] content [suffix]`` (BERT:
   ``[CLS] ... [SEP]``; RoBERTa: ``<s> ... </s>``); the mask is all ones. ``example_ids``
-  (B,) numbers the window, so static MLM masking gives a window the same mask every epoch.
+  (B,) numbers the window, so static MLM masking gives a window the same mask every epoch
+  (``sample_index`` differs each epoch: dynamic masking draws a new mask).
 - :class:`DocumentSequences`: ``{"input_ids", "attention_mask": (B, seq_len)}``: chunks of
   single documents (never crossing a boundary), framed like packed sequences, then padded.
 - :class:`SentencePairs`: ``{"input_ids", "token_type_ids", "attention_mask": (B, seq_len),
   "pair_labels": (B,)}`` as ``[CLS] A [SEP] B [SEP] pad...`` for NSP (label 0: B follows A,
   1: B from another document) or SOP (label 0: in order, 1: swapped); ``example_ids`` (B,)
-  numbers the anchor sentence.
+  numbers the anchor sentence. Each row's random choices (its lengths, the swap or the other
+  document) are a hash of (seed, sample index), so a row reads the same on any split.
 
 A ``separator_id`` of ``"auto"`` is the tokenizer's eos id (else its sep id, else none).
 """
@@ -43,6 +55,7 @@ import torch
 
 from triform.data.shards import ShardSet
 from triform.errors import ConfigError
+from triform.tensors import hash_uniform
 from triform.tokenizers import SpecialTokens
 
 Auto = Literal["auto"]
@@ -74,6 +87,39 @@ def check_rank(batch_size: int, rank: int, world: int) -> None:
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
+
+
+def sample_uniform(seed: int, salt: int, stream: int, samples: np.ndarray) -> np.ndarray:
+    """(B,) float64 uniform [0, 1) draws, one per sample of ``samples`` (B,): a hash of
+    (seed, salt, stream, sample index), whichever rows share the batch."""
+    index = torch.from_numpy(np.array(samples, dtype=np.int64))
+    return hash_uniform(seed, torch.tensor(salt), torch.tensor(stream), index).double().numpy()
+
+
+def _below(u: np.ndarray, n: np.ndarray | int) -> np.ndarray:
+    """Integers uniform in ``[0, n)`` from uniform [0, 1) draws ``u`` (n >= 1)."""
+    return np.minimum((u * n).astype(np.int64), np.asarray(n) - 1)
+
+
+def evaluation_samples(total: int, count: int | None = None) -> np.ndarray:
+    """Which of a split's ``total`` items (windows, chunks, pairs) an evaluation reads:
+    every one (``count`` None or at least ``total``), else ``count`` spread evenly across the
+    split, item ``floor((k + 1/2) * total / count)`` for ``k < count`` (the middle of each of
+    ``count`` equal parts). (count,) int64, ascending.
+
+    The one rule of every evaluation (the pretraining's validation loss, a scaling sweep's
+    loss, ``triform evaluate perplexity --windows``): deterministic, so every evaluation of a
+    run reads the same items and its curve compares like with like, and spread over the
+    whole split rather than its first items, whose text may not be like the rest (a split
+    of several files, or of one whose halves differ). Spreading single items rather than
+    whole batches samples the split most evenly (a stratified sample: one item from each
+    part).
+    """
+    if count is None or count >= total:
+        return np.arange(total, dtype=np.int64)
+    if count < 1:
+        raise ConfigError(f"an evaluation must read at least one item, got {count}")
+    return ((2 * np.arange(count, dtype=np.int64) + 1) * total) // (2 * count)
 
 
 def _frame(
@@ -115,21 +161,36 @@ class _EpochOrder:
                 self._perms.popitem(last=False)
         return self._perms[epoch]
 
+    def samples(self, step: int, start: int = 0, count: int | None = None) -> np.ndarray:
+        """(count,) int64 global sample indices of rows ``start .. start + count`` of batch
+        ``step`` (default: the whole batch)."""
+        if step < 0:
+            raise ConfigError(f"step must be >= 0, got {step}")
+        count = self.batch_size - start if count is None else count
+        return step * self.batch_size + start + np.arange(count, dtype=np.int64)
+
     def rows(
         self, step: int, start: int = 0, count: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(items, epochs), each (count,) int64: rows ``start .. start + count`` of global
         batch ``step`` (default: the whole batch)."""
-        if step < 0:
-            raise ConfigError(f"step must be >= 0, got {step}")
-        count = self.batch_size - start if count is None else count
-        g = step * self.batch_size + start + np.arange(count, dtype=np.int64)  # (count,)
+        return self.items(self.samples(step, start, count))
+
+    def items(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(items, epochs) of global sample indices ``samples`` (B,): sample ``g`` is
+        position ``g % n`` of epoch ``g // n``."""
+        g = np.asarray(samples, dtype=np.int64)
         epochs, pos = np.divmod(g, self.n)
         items = np.empty_like(pos)
         for e in np.unique(epochs):
             sel = epochs == e
             items[sel] = self._perm(int(e))[pos[sel]]
         return items, epochs
+
+
+def _indexed(samples: np.ndarray) -> dict[str, torch.Tensor]:
+    """The ``sample_index`` (B,) int64 entry of a batch of ``samples``."""
+    return {"sample_index": torch.from_numpy(np.array(samples, dtype=np.int64))}
 
 
 class _Reader:
@@ -159,9 +220,10 @@ class _Reader:
         self.shuffle = bool(shuffle)
         self.tokens = shards.tokens  # (N,) memmap
 
-    def _local_rows(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(items, epochs), each (rows_per_rank,): this rank's share of batch ``step``."""
-        return self.order.rows(step, self.share.start, self.rows_per_rank)
+    def samples(self, step: int) -> np.ndarray:
+        """(rows_per_rank,) int64: the global sample indices of this rank's share of batch
+        ``step``."""
+        return self.order.samples(step, self.share.start, self.rows_per_rank)
 
     def _order(self, n_items: int) -> _EpochOrder:
         return _EpochOrder(n_items, self.batch_size, self.seed, self.salt, self.shuffle)
@@ -179,6 +241,11 @@ class _Reader:
         return self.num_batches
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """This rank's share of batch ``step``."""
+        return self.read(self.samples(step))
+
+    def read(self, samples: np.ndarray) -> dict[str, torch.Tensor]:
+        """The rows of global sample indices ``samples`` (B,), with their ``sample_index``."""
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -244,9 +311,9 @@ class _Stream(_Reader):
         self._slack = usable - self.n_windows * stride
         self.order = self._order(self.n_windows)
 
-    def _window_starts(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Stream start of each of this rank's rows' window and the window's index, (B,)."""
-        items, epochs = self._local_rows(step)
+    def _window_starts(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stream start of the window of each sample of ``samples`` and its index, (B,)."""
+        items, epochs = self.order.items(samples)
         shift = np.zeros_like(items)
         if self.shuffle and self._slack:
             for e in np.unique(epochs).tolist():  # one or two epochs per batch
@@ -287,10 +354,10 @@ class CausalWindows(_Stream):
     def tokens_per_epoch(self) -> int:
         return self.n_windows * self.seq_len
 
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        starts, _ = self._window_starts(step)
+    def read(self, samples: np.ndarray) -> dict[str, torch.Tensor]:
+        starts, _ = self._window_starts(samples)
         pos = starts[:, None] + np.arange(self.seq_len + 1)  # (B, L+1)
-        return {"input_ids": torch.from_numpy(self.gather(pos))}
+        return {"input_ids": torch.from_numpy(self.gather(pos)), **_indexed(samples)}
 
 
 class PackedSequences(_Stream):
@@ -342,8 +409,8 @@ class PackedSequences(_Stream):
     def tokens_per_epoch(self) -> int:
         return self.n_windows * self.content_len
 
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        starts, items = self._window_starts(step)
+    def read(self, samples: np.ndarray) -> dict[str, torch.Tensor]:
+        starts, items = self._window_starts(samples)
         if self.word_starts is not None:
             starts = self._aligned(starts)
         pos = starts[:, None] + np.arange(self.content_len)  # (B, C)
@@ -358,6 +425,7 @@ class PackedSequences(_Stream):
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.ones(len(starts), self.seq_len, dtype=torch.int64),
             "example_ids": torch.from_numpy(items.astype(np.int64)),  # static masking
+            **_indexed(samples),
         }
 
 
@@ -455,8 +523,8 @@ class DocumentSequences(_Reader):
     def tokens_per_epoch(self) -> int:
         return int(self.chunk_lens.sum())
 
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        items, _ = self._local_rows(step)
+    def read(self, samples: np.ndarray) -> dict[str, torch.Tensor]:
+        items, _ = self.order.items(samples)
         starts, lens = self.chunk_starts[items], self.chunk_lens[items]  # (B,)
         col = np.arange(self.content_len)
         valid = col[None, :] < lens[:, None]  # (B, C)
@@ -475,6 +543,7 @@ class DocumentSequences(_Reader):
         return {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+            **_indexed(samples),
         }
 
 
@@ -556,19 +625,21 @@ class SentencePairs(_Reader):
         k = np.clip(k, start_sent + 1, doc_end)
         return start, np.minimum(self.cs[k], start + budget) - start
 
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        # The spans are drawn for the whole global batch (cheap (B_global,) vectors, so each
-        # row's draw is the same on any world size); only this rank's rows are gathered.
-        b = self.batch_size
-        items, _ = self.order.rows(step)
-        rng = _rng(self.seed, self.salt, step)
+    def read(self, samples: np.ndarray) -> dict[str, torch.Tensor]:
+        # Each row's choices are hashes of (seed, its sample index): the same on any split.
+        items, _ = self.order.items(samples)
+        b = len(items)
+
+        def uniform(stream: int) -> np.ndarray:  # (B,) in [0, 1)
+            return sample_uniform(self.seed, self.salt, stream, samples)
+
         j = self.anchors[items]  # (B,) first sentence of the continuation
         doc = self.sent_doc[j]
         target = np.full(b, self.seq_len - 3, dtype=np.int64)
         if self.short_seq_prob > 0:
-            short = rng.random(b) < self.short_seq_prob
-            target = np.where(short, rng.integers(2, self.seq_len - 2, size=b), target)
-        a_budget = rng.integers(1, target)  # (B,) in [1, target - 1]
+            short = uniform(0) < self.short_seq_prob
+            target = np.where(short, _below(uniform(1), self.seq_len - 4) + 2, target)
+        a_budget = _below(uniform(2), target - 1) + 1  # (B,) in [1, target - 1]
         # A: whole sentences ending at j, first sentence of the document at the earliest.
         a_end = self.cs[j]
         i = np.searchsorted(self.cs, a_end - a_budget, side="left")
@@ -576,10 +647,10 @@ class SentencePairs(_Reader):
         a_start = np.maximum(self.cs[i], a_end - a_budget)
         a_len = a_end - a_start
         b_budget = target - a_len  # >= 1
-        flip = rng.random(b) < 0.5  # NSP: random B; SOP: swapped
+        flip = uniform(3) < 0.5  # NSP: random B; SOP: swapped
         b_sent = j.copy()
         if self.mode == "nsp" and flip.any():
-            b_sent[flip] = self._other_doc_sentences(doc[flip], rng)
+            b_sent[flip] = self._other_doc_sentences(doc[flip], np.asarray(samples)[flip])
         b_start, b_len = self._forward_span(b_sent, b_budget)
         if self.mode == "sop":
             s1 = np.where(flip, b_start, a_start)
@@ -588,20 +659,21 @@ class SentencePairs(_Reader):
             l2 = np.where(flip, a_len, b_len)
         else:
             s1, l1, s2, l2 = a_start, a_len, b_start, b_len
-        mine = self.share
-        batch = self._assemble(s1[mine], l1[mine], s2[mine], l2[mine], flip[mine])
-        batch["example_ids"] = torch.from_numpy(items[mine].astype(np.int64))  # static masking
-        return batch
+        batch = self._assemble(s1, l1, s2, l2, flip)
+        batch["example_ids"] = torch.from_numpy(items.astype(np.int64))  # static masking
+        return {**batch, **_indexed(samples)}
 
-    def _other_doc_sentences(self, doc: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A random sentence index from a document other than ``doc``, for each row."""
+    def _other_doc_sentences(self, doc: np.ndarray, samples: np.ndarray) -> np.ndarray:
+        """A random sentence index from a document other than ``doc``, for each row (of
+        global sample index ``samples``)."""
         n_sents = len(self.sent_doc)
-        r = rng.integers(0, n_sents, size=len(doc))
-        for _ in range(16):  # redraw the few that hit their own document
+        r = _below(sample_uniform(self.seed, self.salt, 4, samples), n_sents)
+        for attempt in range(1, 17):  # redraw the few that hit their own document
             same = self.sent_doc[r] == doc
             if not same.any():
                 return r
-            r[same] = rng.integers(0, n_sents, size=int(same.sum()))
+            u = sample_uniform(self.seed, self.salt, 4 + attempt, samples[same])
+            r[same] = _below(u, n_sents)
         same = self.sent_doc[r] == doc
         r[same] = self.doc_sents[(doc[same] + 1) % (len(self.doc_sents) - 1)]
         return r

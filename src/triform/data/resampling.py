@@ -5,17 +5,20 @@
 row of a batch is decoded back to its text (exact for byte-level BPE and characters), encoded
 again with a sampled segmentation, framed with the special tokens the row had (``[CLS]`` /
 ``[SEP]``, ``<s>`` / ``</s>``) and cut or padded to the row's length (padding masked out).
-The sampler is reseeded from ``(seed, step, rank)`` for every batch, so a resumed run sees
-the same segmentations. Validation keeps the deterministic tokenization.
+The sampler is reseeded for every row from ``(seed, sample index)``, so a row is segmented
+the same whichever way the global batch is split, and a resumed run sees the same
+segmentations. Validation keeps the deterministic tokenization.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import tokenizers
 import torch
 
+from triform.tensors import mix32
 from triform.tokenizers.sampling import make_sampler
 
 Batch = dict[str, torch.Tensor]
@@ -34,13 +37,12 @@ class ResampledReader:
         tokenizer: tokenizers.Tokenizer,
         spec: dict[str, Any],
         seed: int,
-        rank: int,
         special_ids: set[int],
         pad_id: int,
     ) -> None:
         self.reader, self.tokenizer = reader, tokenizer
         self.sampler = make_sampler(tokenizer, spec, seed)
-        self.seed, self.rank = seed, rank
+        self.seed = seed
         self.special_ids, self.pad_id = special_ids, pad_id
         self.num_batches = reader.num_batches
 
@@ -57,7 +59,12 @@ class ResampledReader:
         return row[:start], row[start:end], row[end:]
 
     def batch(self, step: int) -> Batch:
-        batch = dict(self.reader.batch(step))
+        """This rank's share of batch ``step``, segmented afresh."""
+        return self.read(self.reader.samples(step))
+
+    def read(self, samples: np.ndarray) -> Batch:
+        """The rows of global sample indices ``samples``, segmented afresh."""
+        batch = dict(self.reader.read(samples))
         ids = batch["input_ids"]  # (B, L)
         mask = batch.get("attention_mask")
         rows = [
@@ -68,8 +75,10 @@ class ResampledReader:
         texts = [
             self.tokenizer.decode(content, skip_special_tokens=False) for _, content, _ in parts
         ]
-        self.sampler.reseed((self.seed * 1_000_003 + step * 7919 + self.rank * 104_729) % 2**63)
-        sampled = self.sampler.encode_batch(texts, add_special_tokens=False)
+        sampled = []
+        for text, sample in zip(texts, batch["sample_index"].tolist(), strict=True):
+            self.sampler.reseed(self._row_seed(sample))
+            sampled += self.sampler.encode_batch([text], add_special_tokens=False)
         out = torch.full_like(ids, self.pad_id)
         new_mask = torch.zeros_like(ids)
         for b, ((lead, _, tail), content) in enumerate(zip(parts, sampled, strict=True)):
@@ -79,3 +88,8 @@ class ResampledReader:
             new_mask[b, : len(row)] = 1
         batch["input_ids"], batch["attention_mask"] = out, new_mask
         return batch
+
+    def _row_seed(self, sample: int) -> int:
+        """The sampler's seed for global sample ``sample``: a hash of (seed, sample)."""
+        low = mix32(mix32(self.seed & 0xFFFFFFFF) ^ (sample & 0xFFFFFFFF))
+        return mix32(low ^ (sample >> 32)) | (mix32(low ^ 0x5EED) << 32)

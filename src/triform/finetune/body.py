@@ -10,14 +10,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import tokenizers
 import torch
 from torch import nn
 
 from triform import presets
-from triform.config import ModelConfig
 from triform.errors import TriformError
 from triform.finetune.config import ModelSection
 from triform.models import DecoderModel, EncoderDecoderModel, EncoderModel, TransformerModel
@@ -25,17 +23,9 @@ from triform.models import build_model as build_body
 from triform.models.heads import LMHead
 from triform.nn.embeddings import Embeddings
 from triform.runs import TOKENIZER_JSON, load_model
-from triform.tokenizers import load_tokenizer
+from triform.tokenizers import fit_to_tokenizer, load_tokenizer
 
 Batch = dict[str, torch.Tensor]
-
-
-def fit_to_tokenizer(config: ModelConfig, tokenizer: tokenizers.Tokenizer) -> ModelConfig:
-    """``config`` with the vocabulary size and special ids of ``tokenizer`` (as pretraining
-    sets them)."""
-    from triform.train.setup import resolve_model_config
-
-    return resolve_model_config(SimpleNamespace(model=config), tokenizer)  # reads .model only
 
 
 def load_body(section: ModelSection) -> tuple[TransformerModel, tokenizers.Tokenizer]:
@@ -121,14 +111,6 @@ def shift_right(ids: torch.Tensor, start_id: int) -> torch.Tensor:
     return torch.cat([start, ids[:, :-1]], dim=1)
 
 
-def decoder_start_id(config: ModelConfig) -> int:
-    """The first decoder input of an encoder-decoder (T5: pad, BART: eos)."""
-    for value in (config.decoder_start_token_id, config.pad_token_id, config.eos_token_id):
-        if value is not None:
-            return value
-    return 0
-
-
 def token_states(body: TransformerModel, batch: Batch) -> torch.Tensor:
     """One vector per input token, (B, L, H): the encoder's (or the decoder-only model's)
     last hidden states; for an encoder-decoder, its encoder's."""
@@ -178,7 +160,7 @@ def pooled_states(body: TransformerModel, batch: Batch, pooling: str = "auto") -
     how = resolve_pooling(body, pooling)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     if isinstance(body, EncoderDecoderModel):
-        decoder_ids = shift_right(ids, decoder_start_id(body.config))
+        decoder_ids = shift_right(ids, body.config.decoder_start_id)
         hidden = body(ids, mask, decoder_input_ids=decoder_ids, compute_logits=False)
         return select(hidden.last_hidden_state, mask, how)
     if isinstance(body, EncoderModel):

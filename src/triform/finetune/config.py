@@ -1,4 +1,5 @@
-"""One fine-tuning run = one TOML file: ``[model]``, ``[task]`` and ``[train]``.
+"""One fine-tuning run = one TOML file: ``[model]``, ``[task]``, ``[train]`` and, as in
+pretraining, ``[optim]`` and ``[schedule]``.
 
 ```toml
 [model]
@@ -18,10 +19,19 @@ metric = "accuracy"             # selects the best checkpoint
 [train]
 epochs = 3
 batch_size = 32
+out_dir = "runs/finetune-pairs"
+
+[optim]
 lr = 1e-4                       # the new head
 body_lr = 2e-5                  # the pretrained body
-out_dir = "runs/finetune-pairs"
+
+[schedule]
+kind = "linear"                 # warm-up (10 % of the steps by default), then linear decay
 ```
+
+The keys ``train.lr``, ``train.body_lr``, ``train.weight_decay``, ``train.grad_clip``,
+``train.schedule``, ``train.warmup_steps`` and ``train.warmup_ratio`` of earlier configs are
+still read, each with a one-line warning naming its new key.
 
 Input paths in the file (model source, tokenizer, data files) are resolved against the
 file's folder; ``--set`` paths and ``train.out_dir`` against the working directory. Every
@@ -31,15 +41,20 @@ key is checked: a bad one is a one-line :class:`~triform.errors.ConfigError`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from triform.config import LoopSection, apply_overrides, from_dict, load_toml
 from triform.errors import ConfigError
-from triform.runtime.distributed import split_batch
+from triform.runtime.distributed import is_main_process, split_batch
 from triform.tokenizers.sampling import check_sampling_spec
+from triform.train.optim import OptimConfig
+from triform.train.schedules import ScheduleConfig
+
+log = logging.getLogger("triform.finetune")
 
 TaskKind = Literal[
     "classification",
@@ -79,7 +94,17 @@ CLASS_KINDS = (
     "gpt-entailment",
     "gpt-similarity",
 )
-SECTIONS = ("model", "task", "train")
+SECTIONS = ("model", "task", "train", "optim", "schedule")
+# Keys of [train] in earlier configs, and where they live now.
+MOVED_KEYS = {
+    "lr": ("optim", "lr"),
+    "body_lr": ("optim", "body_lr"),
+    "weight_decay": ("optim", "weight_decay"),
+    "grad_clip": ("optim", "grad_clip"),
+    "schedule": ("schedule", "kind"),
+    "warmup_steps": ("schedule", "warmup_steps"),
+    "warmup_ratio": ("schedule", "warmup_ratio"),
+}
 
 
 @dataclass
@@ -93,8 +118,12 @@ class ModelSection:
     """
 
     source: str = ""
+    """The body: a ``triform pretrain`` run folder, a HuggingFace checkpoint folder or
+    ``preset:<name>`` (random initialisation). Required."""
     tokenizer: str | None = None
+    """A ``tokenizer.json``: required with ``preset:...``, else the source's own."""
     overrides: dict[str, Any] = field(default_factory=dict)
+    """ModelConfig fields changed on a ``preset:...`` body, e.g. ``{num_layers = 2}``."""
 
 
 @dataclass
@@ -103,42 +132,73 @@ class TaskSection:
     columns of the data files; ``labels`` fixes the label set (else: sorted from train)."""
 
     kind: TaskKind = "classification"
+    """What is learned: the task kind (see the fine-tuning guide's table)."""
     train: str = ""
+    """The training file: CSV, TSV or JSONL. Required."""
     validation: str | None = None
+    """The validation file: evaluated during training, picks ``best/``."""
     test: str | None = None
+    """A test file, predicted (and scored when labelled) with the best model."""
     format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
+    """The data files' format; ``auto``: from each file's suffix."""
     # column names
     text: str = "text"
+    """Column of the text (of the first text of a pair)."""
     text_pair: str = "text_pair"
+    """Column of the second text of a pair."""
     label: str = "label"
+    """Column of the label (a class name, a number, or a choice's index)."""
     tokens: str = "tokens"
+    """tagging: column of the words (a JSON list, or space-separated in CSV / TSV)."""
     tags: str = "tags"
+    """tagging: column of the tags, one per word."""
     question: str = "question"
+    """qa: column of the question."""
     context: str = "context"
+    """qa: column of the context the answer is in."""
     answer_start: str = "answer_start"
+    """qa: column of the answer's first character in the context."""
     answer_text: str = "answer_text"
+    """qa: column of the answer's text."""
     source: str = "source"
+    """text-to-text: column of the source text."""
     target: str = "target"
-    prefix: str = "prefix"  # per-row task prefix column (text-to-text), if present
-    choices: str = "choices"  # a list column (multiple choice)
+    """text-to-text: column of the target text."""
+    prefix: str = "prefix"
+    """text-to-text: column of a per-row task prefix, if the file has it."""
+    choices: str = "choices"
+    """gpt-multiple-choice: column of the options (a list)."""
     # the task
     labels: list[str] | None = None
-    task_prefix: str = ""  # text-to-text: put before every source without its own prefix
+    """The label set, in order; unset: the sorted labels of the training file."""
+    task_prefix: str = ""
+    """text-to-text: put before every source that has no prefix of its own."""
     max_length: int = 128
-    max_target_length: int | None = None  # text-to-text targets (None: as long as they are)
-    generate_max_tokens: int = 64  # text-to-text: decoding budget at evaluation
-    stride: int | None = None  # qa: context tokens shared by consecutive windows (max_length // 4)
-    max_answer_length: int = 30  # qa: longest span considered, in tokens
+    """Tokens per input, special tokens included (at least 8)."""
+    max_target_length: int | None = None
+    """text-to-text: tokens kept of a target; unset: all of them."""
+    generate_max_tokens: int = 64
+    """text-to-text: the decoding budget at evaluation and prediction."""
+    stride: int | None = None
+    """qa: context tokens shared by consecutive windows; unset: ``max_length // 4``."""
+    max_answer_length: int = 30
+    """qa: the longest answer span considered, in tokens."""
     pooling: Literal["auto", "first", "last", "mean"] = "auto"
-    head_dropout: float | None = None  # None: the body's dropout
-    lm_weight: float = 0.5  # GPT-1 auxiliary LM loss weight (lambda)
-    regression: bool = False  # gpt-similarity: a score instead of classes
-    metric: str | None = None  # selects the best checkpoint; default: the kind's main metric
-    # classification kinds: "balanced" (n / (classes * count)) or one weight per label
+    """Which token state a sequence head reads; ``auto``: the body's usual one."""
+    head_dropout: float | None = None
+    """Dropout before the head; unset: the body's dropout."""
+    lm_weight: float = 0.5
+    """GPT kinds: weight of the auxiliary language-modelling loss (0: off)."""
+    regression: bool = False
+    """gpt-similarity: predict a score instead of a class."""
+    metric: str | None = None
+    """The metric that picks ``best/`` and early stopping; unset: the kind's main one."""
     class_weights: str | list[float] | None = None
-    # subword regularization of the training texts, re-tokenized every epoch (seeded):
-    # {alpha = 0.1, nbest_size = -1} (Unigram sampling) or {dropout = 0.1} (BPE-dropout)
+    """Classification kinds: ``"balanced"`` (n / (classes · count)) or one loss weight per
+    label."""
     subword_sampling: dict[str, Any] | None = None
+    """Re-tokenize the training texts every epoch: ``{alpha = 0.1, nbest_size = -1}``
+    (Unigram sampling) or ``{dropout = 0.1}`` (BPE-dropout); not for qa."""
 
     @property
     def qa_stride(self) -> int:
@@ -147,33 +207,65 @@ class TaskSection:
 
 
 @dataclass
+class FinetuneOptimConfig(OptimConfig):
+    """The ``[optim]`` section of a fine-tuning run: pretraining's, with ``lr`` the new
+    head's learning rate and ``body_lr`` the pretrained body's (default: ``lr``)."""
+
+    lr: float = 5e-5
+    """Peak learning rate of the new head."""
+    body_lr: float | None = None
+    """Peak learning rate of the pretrained body; unset: ``lr``."""
+
+    def validate(self) -> None:
+        super().validate()
+        body_lr = self.body_lr
+        if isinstance(body_lr, (int, float)) and not isinstance(body_lr, bool) and body_lr <= 0:
+            raise ConfigError(f"optim.body_lr must be positive, got {body_lr}")
+
+
+@dataclass
+class FinetuneScheduleConfig(ScheduleConfig):
+    """The ``[schedule]`` section of a fine-tuning run: pretraining's, with fine-tuning's
+    defaults (linear decay to zero after a warm-up of 10 % of the steps)."""
+
+    kind: Literal["linear", "cosine", "inverse-sqrt", "constant"] = "linear"
+    """The decay after warm-up (``constant``: none; ``inverse-sqrt``: the Transformer's)."""
+    min_lr_ratio: float = 0.0
+    """Floor of linear and cosine decay, as a fraction of the peak learning rate."""
+
+    default_warmup_ratio: ClassVar[float | None] = 0.1
+
+
+@dataclass
 class TrainSection(LoopSection):
-    """The loop. ``steps`` (when set) overrides ``epochs``. ``lr`` is the new head's
-    learning rate, ``body_lr`` the pretrained body's (default: ``lr``). ``eval_every``: 0
-    evaluates after every epoch, N every N steps (and at the end). A step is ``batch_size``
-    examples in ``grad_accum`` micro-batches (as in pretraining). ``checkpoint_every`` /
+    """The loop. ``steps`` (when set) overrides ``epochs``. ``eval_every``: 0 evaluates
+    after every epoch, N every N steps (and at the end). A step is ``batch_size`` examples
+    in ``grad_accum`` micro-batches (as in pretraining). ``checkpoint_every`` /
     ``keep_last``: the resumable checkpoints; ``early_stopping_*``: stop after that many
     evaluations without an improvement of the metric by at least ``min_delta``;
     ``sampler = "balanced"`` draws every class equally often (classification kinds). The keys
-    every loop shares are :class:`~triform.config.LoopSection`'s."""
+    every loop shares are :class:`~triform.config.LoopSection`'s; the learning rates and
+    schedule are in ``[optim]`` and ``[schedule]``."""
 
     out_dir: str = "runs/finetune"
     epochs: int = 3
+    """Passes over the training file (``steps``, when set, decides instead)."""
     eval_batch_size: int | None = None
-    lr: float = 5e-5
-    body_lr: float | None = None
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    warmup_steps: int | None = None  # overrides warmup_ratio
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    grad_clip: float = 1.0
+    """Examples per forward at evaluation; unset: ``batch_size``."""
     eval_every: int = 0
-    checkpoint_every: int = 0  # 0: a resumable checkpoint after every epoch; N: every N steps
-    keep_last: int = 1  # resumable checkpoints kept (0: all)
-    early_stopping_patience: int | None = None  # evaluations without improvement, then stop
-    early_stopping_min_delta: float = 0.0  # the least change of the metric that counts
-    sampler: Literal["random", "balanced"] = "random"  # balanced: classes drawn equally often
+    """0: evaluate after every epoch; N: every N steps (and at the end)."""
+    checkpoint_every: int = 0
+    """0: a resumable checkpoint after every epoch; N: every N steps."""
+    keep_last: int = 1
+    """Resumable checkpoints kept, the newest ones (0: all)."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without improvement; unset: never."""
+    early_stopping_min_delta: float = 0.0
+    """The least change of the metric that counts as an improvement."""
+    sampler: Literal["random", "balanced"] = "random"
+    """``balanced``: every class drawn equally often, with replacement (classification)."""
     save_final: bool = True
+    """Save the last model in ``final/`` (saved anyway when nothing fills ``best/``)."""
 
 
 @dataclass
@@ -183,6 +275,8 @@ class FinetuneConfig:
     model: ModelSection
     task: TaskSection
     train: TrainSection
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
+    schedule: FinetuneScheduleConfig = field(default_factory=FinetuneScheduleConfig)
     source: Path | None = None
 
     @property
@@ -195,6 +289,8 @@ class FinetuneConfig:
             "model": dataclasses.asdict(self.model),
             "task": dataclasses.asdict(self.task),
             "train": dataclasses.asdict(self.train),
+            "optim": dataclasses.asdict(self.optim),
+            "schedule": dataclasses.asdict(self.schedule),
         }
 
 
@@ -247,11 +343,38 @@ def build_finetune_config(tree: dict[str, Any], source: Path | None = None) -> F
     for key in tree:
         if key not in SECTIONS:
             raise ConfigError(f"unknown section [{key}]; expected one of {', '.join(SECTIONS)}")
+    tree = _moved_keys(tree)
     model = from_dict(ModelSection, dict(tree.get("model", {})), "model")
     task = from_dict(TaskSection, dict(tree.get("task", {})), "task")
     train = from_dict(TrainSection, dict(tree.get("train", {})), "train")
+    optim = from_dict(FinetuneOptimConfig, dict(tree.get("optim", {})), "optim")
+    schedule = from_dict(FinetuneScheduleConfig, dict(tree.get("schedule", {})), "schedule")
     _validate(model, task, train)
-    return FinetuneConfig(model, task, train, source)
+    return FinetuneConfig(model, task, train, optim, schedule, source)
+
+
+def _moved_keys(tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` with the ``[train]`` keys of earlier configs moved to their sections
+    (:data:`MOVED_KEYS`), a one-line warning for each; a key given in both places is an
+    error."""
+    train = tree.get("train")
+    if not isinstance(train, dict) or not any(key in train for key in MOVED_KEYS):
+        return tree
+    tree = {k: dict(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    for old, (section, key) in MOVED_KEYS.items():
+        if old not in tree["train"]:
+            continue
+        table = tree.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table, got {type(table).__name__}")
+        if key in table:
+            raise ConfigError(
+                f"train.{old} and {section}.{key} are the same key: keep {section}.{key}"
+            )
+        table[key] = tree["train"].pop(old)
+        if is_main_process():  # every process reads the config; one says so
+            log.warning("train.%s is now %s.%s (read as such)", old, section, key)
+    return tree
 
 
 def _validate(model: ModelSection, task: TaskSection, train: TrainSection) -> None:
@@ -273,14 +396,12 @@ def _validate(model: ModelSection, task: TaskSection, train: TrainSection) -> No
         "train.epochs": train.epochs,
         "train.batch_size": train.batch_size,
         "train.log_every": train.log_every,
-        "train.lr": train.lr,
         "train.grad_accum": train.grad_accum,
     }
     optional_positive = {
         "task.max_target_length": task.max_target_length,
         "train.steps": train.steps,
         "train.eval_batch_size": train.eval_batch_size,
-        "train.body_lr": train.body_lr,
         "train.threads": train.threads,
         "train.early_stopping_patience": train.early_stopping_patience,
     }
@@ -312,16 +433,9 @@ def _validate(model: ModelSection, task: TaskSection, train: TrainSection) -> No
         raise ConfigError(
             f"task.metric for {task.kind} must be one of {', '.join(allowed)}, got {task.metric!r}"
         )
-    if train.weight_decay < 0:
-        raise ConfigError(f"train.weight_decay must be >= 0, got {train.weight_decay}")
-    if not 0 <= train.warmup_ratio < 1:
-        raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
-    for key in ("warmup_steps", "eval_every"):
-        value = getattr(train, key)
-        if value is not None and value < 0:
-            raise ConfigError(f"train.{key} must be >= 0, got {value}")
-    if train.grad_clip < 0:
-        raise ConfigError(f"train.grad_clip must be >= 0 (0 = off), got {train.grad_clip}")
+    train.check()
+    if train.eval_every < 0:
+        raise ConfigError(f"train.eval_every must be >= 0, got {train.eval_every}")
     for key in ("checkpoint_every", "keep_last"):
         if getattr(train, key) < 0:
             raise ConfigError(f"train.{key} must be >= 0, got {getattr(train, key)}")

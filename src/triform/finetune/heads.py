@@ -1,5 +1,5 @@
 """The new heads put on a pretrained body. Each is small and starts from Normal(0, std)
-weights and zero biases; all of them are trained at ``train.lr``.
+weights and zero biases; all of them are trained at ``optim.lr``.
 
 - :class:`SequenceHead`: a pooled representation -> class scores, a regression value or
   (with one output) a multiple-choice score. Optionally dense + tanh first (RoBERTa, BART;

@@ -35,7 +35,7 @@ from triform.finetune.data import Row
 from triform.finetune.tasks import FinetuneModel, Task, build_task
 from triform.finetune.tasks.base import run_model
 from triform.models import build_model
-from triform.runs import load_weights, save_weights
+from triform.runs import load_weights, save_weights, write_weights
 from triform.runtime.packed import packed_linears
 from triform.tokenizers import load_tokenizer, save_tokenizer
 
@@ -53,15 +53,20 @@ def save_finetuned(
     *,
     step: int,
     metrics: dict[str, float] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``model`` (body + head), its tokenizer and task description to ``folder``,
-    replacing what was there only once the new folder is complete."""
+    replacing what was there only once the new folder is complete. ``weights``: the
+    model's full state dict when it is sharded (FSDP gathers it on every rank)."""
     folder = Path(folder)
     tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
     old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_weights(model, tmp / WEIGHTS)
+    if weights is not None:
+        write_weights(weights, tmp / WEIGHTS)
+    else:
+        save_weights(model, tmp / WEIGHTS)
     save_tokenizer(task.tokenizer, tmp / "tokenizer.json")
     meta = {
         "format": FORMAT,

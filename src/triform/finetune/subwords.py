@@ -25,6 +25,18 @@ def epoch_sampler(
     return make_sampler(tokenizer, spec, (seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1))
 
 
+def truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Cut the longer of two token lists, one token at a time, until both fit ``budget``
+    (the "longest first" strategy)."""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > budget and (a or b):
+        if len(a) >= len(b):
+            a.pop()
+        else:
+            b.pop()
+    return a, b
+
+
 class Framing:
     """The special tokens a tokenizer puts around one text or a pair, learned from probe
     encodings, so that ids produced elsewhere (a sampler) are framed as
@@ -70,8 +82,6 @@ class Framing:
         self, a: list[int], b: list[int] | None = None, max_length: int | None = None
     ) -> tuple[list[int], list[int], list[int | None]]:
         """:meth:`frame`, and for every token its index in its text (None: special)."""
-        from triform.finetune.tasks.base import truncate_pair
-
         template = self.single if b is None else self.pair
         if max_length is not None:
             budget = max(max_length - self.specials(b is not None), 0)

@@ -1,10 +1,15 @@
-"""The fine-tuning loop: pretrained body + new head, every parameter trained.
+"""Fine-tuning: pretrained body + new head, every parameter trained, as a
+:class:`FinetuneRun` that the one :class:`~triform.train.trainer.Trainer` drives (so it has
+everything pretraining has: the run folder's lock, SIGINT / SIGTERM checkpoints,
+``max_minutes``, DDP / FSDP2, activation checkpointing, ``torch.compile``, fused AdamW).
 
-The body learns at ``train.body_lr`` and the head at ``train.lr`` (AdamW, weight decay on
+The body learns at ``optim.body_lr`` and the head at ``optim.lr`` (AdamW, weight decay on
 weights only, as in pretraining); the learning rate warms up then decays linearly (or by
-cosine) to zero. A step is ``train.batch_size`` examples in ``train.grad_accum``
-micro-batches. The model is evaluated after every epoch (or every ``eval_every`` steps); the
-best evaluation by ``task.metric`` is kept in ``best/`` and the last state in ``final/``;
+cosine) to zero (``[schedule]``). A step is ``train.batch_size`` examples in
+``train.grad_accum`` micro-batches; its loss is the task's sum over what it counts (rows,
+labelled tokens) divided by the step's count, however the step is split. The model is
+evaluated after every epoch (or every ``eval_every`` steps); the best evaluation by
+``task.metric`` is kept in ``best/`` and the last state in ``final/``;
 ``train.early_stopping_patience`` evaluations without an improvement of at least
 ``train.early_stopping_min_delta`` end the run early. A test file, when given, is
 predicted with the best model into ``predictions.jsonl`` (and scored if it has labels).
@@ -22,12 +27,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from triform.data.readers import rank_slice
 from triform.errors import TriformError
@@ -37,29 +43,26 @@ from triform.finetune.data import Row, read_rows
 from triform.finetune.metrics import format_metric
 from triform.finetune.saved import save_finetuned
 from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
-from triform.finetune.tasks.base import Feature, to_device
-from triform.outputs import RunFolder, check_run_folder, claim_run_folder
+from triform.finetune.tasks.base import Feature
+from triform.outputs import RunFolder, check_run_folder, prepare_run_folder
 from triform.runs import CHECKPOINTS, load_weights, resolve_checkpoint, write_json
 from triform.runtime.allocator import apply_process_settings
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
-    all_reduce_sums,
     barrier,
     broadcast_object,
-    gradient_sync,
     init_distributed,
+    is_fsdp,
     is_main_process,
     rank,
     split_batch,
     world_size,
-    wrap_model,
 )
-from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
-from triform.train.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
-from triform.train.metrics import MetricsLogger
-from triform.train.optim import OptimConfig, decay_split
-from triform.train.schedules import ScheduleConfig, build_scheduler
-from triform.train.steps import OptimizerStep
+from triform.runtime.precision import resolve_precision
+from triform.train.checkpoint import full_state_dict, prune_checkpoints
+from triform.train.optim import OptimConfig, build_optimizer, decay_split
+from triform.train.schedules import build_scheduler
+from triform.train.trainer import LoopSettings, Trainer, TrainingRun
 
 
 @dataclass
@@ -137,7 +140,7 @@ def finetune(
     ``resume`` (a run folder or one of its ``checkpoints/step-N`` folders), continue that
     run from its checkpoint, in its folder. A folder that holds an earlier run is refused
     unless ``overwrite``: that run is then moved aside into ``previous-<time>/`` (see
-    :func:`triform.outputs.claim_run_folder`)."""
+    :func:`triform.outputs.prepare_run_folder`)."""
     if isinstance(config, FinetuneConfig):
         if overrides:
             config = load_finetune_config(tree=config.to_dict(), overrides=overrides)
@@ -146,48 +149,117 @@ def finetune(
     threads = torch.get_num_threads()
     try:
         apply_process_settings(config.train.threads, config.train.keep_freed_memory)
-        runner = Finetuner(config, resume, overwrite)
-        try:
-            return runner.run()
-        finally:
-            if runner.folder is not None:
-                runner.folder.release()
+        return _finetune(config, resume, overwrite)
     finally:
         torch.set_num_threads(threads)  # the thread count is process-wide: put it back
 
 
-class Finetuner:
-    """One fine-tuning run: set-up in ``__init__``, the loop in :meth:`run`."""
+def _finetune(
+    config: FinetuneConfig, resume: str | Path | None, overwrite: bool = False
+) -> FinetuneResult:
+    train = config.train
+    init_distributed()  # under torchrun: one process per GPU (or CPU share)
+    device = pick_device(train.device)
+    precision = resolve_precision(train.precision, device)
+    out_dir, checkpoint = Path(train.out_dir), None
+    if resume is not None:
+        checkpoint = resolve_checkpoint(resume)
+        out_dir = checkpoint.parent.parent  # run/checkpoints/step-N
+        if checkpoint.parent.name != CHECKPOINTS:
+            raise TriformError(f"{resume} is not a fine-tuning run folder (no checkpoints)")
+    task_cfg = config.task
+    check_run_folder(
+        out_dir,
+        "finetune",
+        overwrite=overwrite,
+        resume=resume is not None,
+        inputs=[task_cfg.train, task_cfg.validation, task_cfg.test, config.model.tokenizer],
+    )
+    torch.manual_seed(train.seed)
+    run = FinetuneRun(config, out_dir)
+    run.device, run.precision = device, precision
+    loop = replace(
+        LoopSettings.of(train),
+        out_dir=out_dir,
+        steps=run.total_steps,
+        eval_every=train.eval_every,
+        checkpoint_every=train.checkpoint_every,
+    )
 
-    def __init__(
-        self, config: FinetuneConfig, resume: str | Path | None = None, overwrite: bool = False
-    ) -> None:
-        self.config = config
-        train = config.train
-        init_distributed()  # under torchrun: one process per GPU (or CPU share)
-        self.rank, self.world = rank(), world_size()
-        self.device = pick_device(train.device)
-        self.precision = resolve_precision(train.precision, self.device)
-        torch.manual_seed(train.seed)
-        self.checkpoint: Path | None = None
-        self.out_dir = Path(train.out_dir)
-        if resume is not None:
-            self.checkpoint = resolve_checkpoint(resume)
-            self.out_dir = self.checkpoint.parent.parent  # run/checkpoints/step-N
-            if self.checkpoint.parent.name != CHECKPOINTS:
-                raise TriformError(f"{resume} is not a fine-tuning run folder (no checkpoints)")
-        self.overwrite = overwrite
-        self.folder: RunFolder | None = None  # claimed (locked) by rank 0 in run()
-        task_cfg = config.task
-        check_run_folder(
-            self.out_dir,
-            "finetune",
-            overwrite=overwrite,
-            resume=resume is not None,
-            inputs=[task_cfg.train, task_cfg.validation, task_cfg.test, config.model.tokenizer],
+    def make_run() -> FinetuneRun:  # under the run folder's lock
+        if is_main_process():  # an earlier run's results are moved aside, never mixed in
+            resuming = checkpoint is not None
+            run.folder = prepare_run_folder(
+                out_dir, "finetune", overwrite=overwrite, resume=resuming
+            )
+            prune_checkpoints(out_dir, train.keep_last, keep=checkpoint)
+            write_json(out_dir / "finetune_config.json", config.to_dict())
+        barrier()
+        return run
+
+    def banner(model: nn.Module) -> str:
+        body = run.model.body
+        workers = f" x {world_size()} processes" if world_size() > 1 else ""
+        return (
+            f"fine-tuning {body.config.family} {body.config.form} "
+            f"({body.num_parameters():,} + "
+            f"{sum(p.numel() for p in run.model.head.parameters()):,} head parameters) "
+            f"for {run.task.kind} on {len(run.train_rows)} examples: {run.total_steps} "
+            f"steps of {train.batch_size} ({train.grad_accum} micro-batches{workers}) on "
+            f"{device} ({precision})"
         )
-        self.metric = config.metric
 
+    trainer = Trainer(
+        loop,
+        device=device,
+        precision=precision,
+        make_optimizer=lambda model, groups: build_optimizer(model, config.optim, groups),
+        make_scheduler=lambda opt, steps: build_scheduler(opt, config.schedule, steps),
+        grad_clip=config.optim.grad_clip,
+        resume_from=checkpoint,
+        banner=banner,
+    )
+    done = trainer.fit(make_run)
+    final_dir = None
+    if train.save_final or run.best_dir is None:
+        final_dir = out_dir / "final"
+        run.save(final_dir, done.steps)
+    test = run.predict_test() if is_main_process() else None
+    result = FinetuneResult(
+        out_dir,
+        done.steps,
+        run.metric,
+        run.best_value,
+        run.best_step,
+        run.best_dir,
+        final_dir,
+        run.validation,
+        test,
+        done.train_loss,
+        done.seconds,
+        done.stopped_early,
+    )
+    if is_main_process():
+        (out_dir / "results.json").write_text(
+            json.dumps(_clean(result.to_dict()), indent=2, allow_nan=False)
+        )
+    barrier()  # the other ranks leave once rank 0 has written everything
+    return result
+
+
+class FinetuneRun(TrainingRun):
+    """One fine-tuning run as the :class:`~triform.train.trainer.Trainer` drives it: the
+    body and new head, the epochs' batches, the task's loss, evaluation with the best model
+    kept in ``best/`` and early stopping."""
+
+    def __init__(self, config: FinetuneConfig, out_dir: Path) -> None:
+        self.config, self.out_dir = config, out_dir
+        train = config.train
+        self.rank, self.world = rank(), world_size()
+        self.hint = "lower optim.lr"
+        self.unused_parameters = True  # heads leave some body parameters without gradients
+        self.metric = config.metric
+        task_cfg = config.task
         self.train_rows = _read(task_cfg.train, task_cfg.format)
         self.val_rows = _read(task_cfg.validation, task_cfg.format)
         self.test_rows = _read(task_cfg.test, task_cfg.format)
@@ -197,24 +269,18 @@ class Finetuner:
         self.task.check_targets(self.val_rows, "validation")
         self.task.prepare_body(body)
         torch.manual_seed(train.seed)  # the head's init does not depend on how the body loaded
-        self.model = FinetuneModel(body, self.task.build_head(body)).to(self.device)
-        # several processes: DDP (heads leave some body parameters without gradients)
-        self.wrapped = wrap_model(self.model, "auto", find_unused_parameters=True)
+        self.model = FinetuneModel(body, self.task.build_head(body))
         self.features = self.task.train_features(self.train_rows, train.seed, epoch=0)
         if not self.features:
             raise TriformError(f"{task_cfg.train}: no training examples")
-        self.per_epoch = math.ceil(len(self.features) / train.batch_size)
-        self.total_steps = train.steps if train.steps is not None else train.epochs * self.per_epoch
-        body_lr = train.body_lr if train.body_lr is not None else train.lr
-        groups = param_groups(self.model, train.lr, body_lr, train.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.features) / train.batch_size)
+        self.total_steps = (
+            train.steps if train.steps is not None else train.epochs * self.steps_per_epoch
+        )
         split_batch(train.batch_size, train.grad_accum, self.world)  # an even split, or refuse
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(groups, lr=train.lr, **fused)
-        warmup = train.warmup_steps
-        if warmup is None:
-            warmup = int(train.warmup_ratio * self.total_steps)
-        schedule = ScheduleConfig(kind=train.schedule, warmup_steps=warmup, min_lr_ratio=0.0)
-        self.scheduler = build_scheduler(self.optimizer, schedule, self.total_steps)
+        self.device = torch.device("cpu")
+        self.precision = "fp32"
+        self._epoch: tuple[int, list[list[Feature]]] | None = None
         # the evaluations so far: the last one's metrics, the best one and where it is kept,
         # and how many evaluations in a row brought no improvement (early stopping)
         self.validation: dict[str, float] = {}
@@ -223,11 +289,146 @@ class Finetuner:
         self.best_step: int | None = None
         self.best_dir: Path | None = None
         self.bad_evaluations = 0
+        self.folder: RunFolder | None = None  # rank 0's, once the run folder is ready
 
-    # ----------------------------------------------------------------------------------
+    # -- what the Trainer asks --------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        return self.model
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        optim = self.config.optim
+        body_lr = optim.body_lr if optim.body_lr is not None else optim.lr
+        return param_groups(self.model, optim.lr, body_lr, optim.weight_decay)
+
+    def micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        """This rank's contiguous share of global batch ``step`` in ``grad_accum``
+        micro-batches. A rank whose share of a short last batch is empty runs one example
+        that counts for nothing (``counted`` 0), so that every rank takes part in the
+        gradient reduction."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        features = self._steps(epoch)[index]
+        mine = features[rank_slice(len(features), self.rank, self.world)]
+        counted = 1.0
+        if not mine:
+            mine, counted = features[:1], 0.0
+        micro = -(-len(mine) // self.config.train.grad_accum)
+        parts = [mine[m : m + micro] for m in range(0, len(mine), micro)]
+        return [{**self.task.collate(part), "counted": torch.tensor(counted)} for part in parts]
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        counted = batch["counted"]
+        return {k: v * counted for k, v in self.task.counts(_task_batch(batch)).items()}
+
+    def loss(self, model, batch, totals):
+        return model(self.task, _task_batch(batch), totals) * batch["counted"], {}
+
+    def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["input_ids"].numel())
+
+    def evaluate(self, model: nn.Module, wrapped: nn.Module, step: int) -> dict[str, float]:
+        """The validation rows' metrics: rank 0 evaluates the plain model (under FSDP every
+        rank runs the collective forward passes), every rank takes its metrics, so that the
+        best step and early stopping are decided alike everywhere."""
+        if not self.val_rows:
+            return {}
+        validation = None
+        if is_fsdp(model):  # the task calls the body, not the root: gather the root's own
+            model.unshard()
+            try:
+                validation = self._evaluate(self.val_rows)[0]
+            finally:
+                model.reshard()
+        elif is_main_process():
+            validation = self._evaluate(self.val_rows)[0]
+        self.validation = broadcast_object(validation)
+        return self.validation
+
+    def after_evaluation(self, step, metrics, model, logger) -> bool:
+        """A new best by the chosen metric replaces ``best/``; an evaluation that does not
+        beat the best by ``early_stopping_min_delta`` counts towards early stopping."""
+        if not metrics:
+            return False
+        score = _score(metrics, self.metric)
+        first = self.best_step is None
+        if first or score > self.best_score + self.config.train.early_stopping_min_delta:
+            self.bad_evaluations = 0
+        else:
+            self.bad_evaluations += 1
+        if first or score > self.best_score:
+            self.best_score, self.best_step = score, step
+            self.best_value = metrics.get(self.metric)
+            self.best_dir = self.out_dir / "best"
+            self.save(self.best_dir, step)
+        stop = self.stop_reason() is not None
+        if stop and is_main_process():
+            print(self.stop_reason())
+        return stop
+
+    def stop_reason(self) -> str | None:
+        patience = self.config.train.early_stopping_patience
+        if patience is None or self.bad_evaluations < patience:
+            return None
+        return (
+            f"early stopping at step {self.best_step}+: validation {self.metric} has not "
+            f"improved for {self.bad_evaluations} evaluations"
+        )
+
+    def data_position(self, step: int) -> dict[str, int]:
+        return {"epoch": step // self.steps_per_epoch, "step": step % self.steps_per_epoch}
+
+    def check_data_position(self, saved: Any, step: int) -> None:
+        expected = self.data_position(step)
+        if saved is not None and saved != expected:
+            raise TriformError(
+                f"the training data or batch size changed since the checkpoint: its step "
+                f"{step} was step {saved['step']} of epoch {saved['epoch']}, with this config "
+                f"it is step {expected['step']} of epoch {expected['epoch']}; cannot resume "
+                "exactly"
+            )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "validation": self.validation,
+            "best_score": self.best_score,
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "bad_evaluations": self.bad_evaluations,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.validation = state.get("validation") or {}
+        self.best_score = state.get("best_score", -math.inf)
+        self.best_value = state.get("best_value")
+        self.best_step = state.get("best_step")
+        if self.best_step is not None and (self.out_dir / "best").is_dir():
+            self.best_dir = self.out_dir / "best"
+        self.bad_evaluations = int(state.get("bad_evaluations", 0))
+
+    # -- the run's own ----------------------------------------------------------------------
+    def save(self, folder: Path, step: int) -> None:
+        """Write the model to ``folder`` (every rank gathers under FSDP; rank 0 writes)."""
+        weights = full_state_dict(self.model)
+        if is_main_process():
+            if self.folder is not None:  # the earlier run's results go aside only now
+                self.folder.set_aside_results()
+            save_finetuned(
+                folder, self.model, self.task, step=step, metrics=self.validation, weights=weights
+            )
+
     def _evaluate(self, rows: list[Row]) -> tuple[dict[str, float], list[Any]]:
         size = self.config.train.eval_batch_size or self.config.train.batch_size
         return evaluate(self.task, self.model, rows, size, self.device, self.precision)
+
+    def _steps(self, epoch: int) -> list[list[Feature]]:
+        """The optimizer steps of one epoch: each the ``batch_size`` features of the global
+        batch (the same on every rank)."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            size = self.config.train.batch_size
+            features = self._epoch_features(epoch)
+            order = self._order(epoch, features)
+            steps = [[features[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+            self._epoch = (epoch, steps)
+        return self._epoch[1]
 
     def _epoch_features(self, epoch: int) -> list[Feature]:
         """The training features of ``epoch`` (re-tokenized each epoch when sampling)."""
@@ -246,250 +447,23 @@ class Finetuner:
             return draws.tolist()
         return torch.randperm(len(features), generator=generator).tolist()
 
-    def _steps(self, epoch: int) -> list[list[Feature]]:
-        """The optimizer steps of one epoch: each the ``batch_size`` features of the global
-        batch (the same on every rank)."""
-        size = self.config.train.batch_size
-        features = self._epoch_features(epoch)
-        order = self._order(epoch, features)
-        return [[features[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
-
-    def _train_step(
-        self, features: list[Feature], finish_step: OptimizerStep, step: int
-    ) -> torch.Tensor:
-        """Optimizer step number ``step`` on one global batch: this rank's contiguous share
-        of it in ``grad_accum`` micro-batches, each weighted by its share of the global batch
-        (DDP averages the ranks' gradients, hence the factor ``world``). A rank whose share
-        of a short last batch is empty runs one example at weight 0, so that every rank takes
-        part in the gradient reduction. Returns the global batch's loss."""
-        train = self.config.train
-        mine = features[rank_slice(len(features), self.rank, self.world)]
-        weight = self.world / len(features)
-        if not mine:
-            mine, weight = features[:1], 0.0
-        micro = -(-len(mine) // train.grad_accum)
-        parts = [mine[m : m + micro] for m in range(0, len(mine), micro)]
-        step_loss = torch.zeros((), device=self.device)
-        for index, part in enumerate(parts):
-            batch = to_device(self.task.collate(part), self.device)
-            with gradient_sync(self.wrapped, index == len(parts) - 1):
-                with autocast_context(self.precision, self.device):
-                    loss = self.wrapped(self.task, batch) * (len(part) * weight)
-                finish_step.scaler.scale(loss).backward()
-            step_loss += loss.detach()
-        finish_step.watch(step_loss, step)
-        finish_step(step)
-        return step_loss / self.world  # this rank's part of the global mean
-
-    def _state(self, running: Any, count: int, last_loss: float) -> dict[str, Any]:
-        """What a checkpoint keeps besides tensors: the evaluations so far."""
-        return {
-            "validation": self.validation,
-            "best_score": self.best_score,
-            "best_value": self.best_value,
-            "best_step": self.best_step,
-            "bad_evaluations": self.bad_evaluations,
-            "running": float(running),
-            "count": count,
-            "last_loss": last_loss,
-        }
-
-    def _checkpoint(self, step: int, state: dict[str, Any]) -> None:
-        """A resumable checkpoint of ``step`` (atomic; the last ``keep_last`` kept; rank 0
-        writes it)."""
-        if not is_main_process():
-            return
-        position = {"epoch": step // self.per_epoch, "step": step % self.per_epoch}
-        save_checkpoint(
-            self.out_dir,
-            step,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            extra=state,
-            keep_last=self.config.train.keep_last,
-            data_position=position,
-        )
-
-    def _resume(self) -> tuple[int, float, int, float]:
-        """Restore the checkpoint (RNG states last); the step, running loss sum and count
-        and the last logged loss."""
-        assert self.checkpoint is not None
-        state = load_checkpoint(self.checkpoint, self.wrapped, self.optimizer, self.scheduler)
-        extra = state.extra
-        self.validation = extra.get("validation") or {}
-        self.best_score = extra.get("best_score", -math.inf)
-        self.best_value = extra.get("best_value")
-        self.best_step = extra.get("best_step")
-        if self.best_step is not None and (self.out_dir / "best").is_dir():
-            self.best_dir = self.out_dir / "best"
-        self.bad_evaluations = int(extra.get("bad_evaluations", 0))
-        expected = {"epoch": state.step // self.per_epoch, "step": state.step % self.per_epoch}
-        saved = state.data_position
-        if saved is not None and saved != expected:
-            raise TriformError(
-                f"{self.checkpoint}: the training data or batch size changed since the "
-                f"checkpoint: its step {state.step} was step {saved['step']} of epoch "
-                f"{saved['epoch']}, with this config it is step {expected['step']} of epoch "
-                f"{expected['epoch']}; cannot resume exactly"
-            )
-        if is_main_process():
-            print(f"resumed from step {state.step} of {self.out_dir}")
-        return (
-            state.step,
-            extra.get("running", 0.0),
-            extra.get("count", 0),
-            extra.get("last_loss", math.nan),
-        )
-
-    def _patience_left(self) -> bool:
-        patience = self.config.train.early_stopping_patience
-        return patience is None or self.bad_evaluations < patience
-
-    def run(self) -> FinetuneResult:
-        cfg, train = self.config, self.config.train
-        main = is_main_process()
-        if main:  # an earlier run's results are moved aside, never mixed with this run's
-            resume = self.checkpoint is not None
-            self.folder = claim_run_folder(
-                self.out_dir, "finetune", overwrite=self.overwrite, resume=resume
-            )
-            prune_checkpoints(self.out_dir, train.keep_last, keep=self.checkpoint)
-            write_json(self.out_dir / "finetune_config.json", cfg.to_dict())
-        barrier()
-        step, running, count, last_loss = 0, 0.0, 0, math.nan
-        if self.checkpoint is not None:  # last, so the restored RNG state is the next used
-            step, running, count, last_loss = self._resume()
-        logger = MetricsLogger(
-            self.out_dir,
-            self.total_steps,
-            enabled=main,
-            tensorboard=train.tensorboard,
-            progress=train.progress,
-            initial_step=step,
-        )
-        body = self.model.body
-        workers = f" x {self.world} processes" if self.world > 1 else ""
-        if main:
-            print(
-                f"fine-tuning {body.config.family} {body.config.form} "
-                f"({self.model.body.num_parameters():,} + "
-                f"{sum(p.numel() for p in self.model.head.parameters()):,} head parameters) "
-                f"for {self.task.kind} on {len(self.train_rows)} examples: {self.total_steps} "
-                f"steps of {train.batch_size} ({train.grad_accum} micro-batches{workers}) on "
-                f"{self.device} ({self.precision})"
-            )
-        started = time.perf_counter()
-        scaler = grad_scaler(self.precision, self.device)
-        finish_step = OptimizerStep(
-            self.wrapped, self.optimizer, self.scheduler, scaler, train.grad_clip, "lower train.lr"
-        )
-        self.wrapped.train()
-        stopped = not self._patience_left()
-        epoch, skip = divmod(step, self.per_epoch)
-        while step < self.total_steps and not stopped:
-            steps = self._steps(epoch)
-            for index, features in enumerate(steps[skip:], start=skip):
-                step += 1
-                loss = self._train_step(features, finish_step, step)
-                running += loss
-                count += 1
-                done = step >= self.total_steps
-                end_of_epoch = index == len(steps) - 1
-                evaluating = self.val_rows and (
-                    done
-                    or (train.eval_every and step % train.eval_every == 0)
-                    or (not train.eval_every and end_of_epoch)
-                )
-                saving = (train.checkpoint_every and step % train.checkpoint_every == 0) or (
-                    not train.checkpoint_every and end_of_epoch
-                )
-                if step % train.log_every == 0 or done or evaluating or saving:
-                    finish_step.check()  # nothing non-finite is logged, kept or saved
-                if step % train.log_every == 0 or done:
-                    sums, _ = all_reduce_sums({"loss": float(running)}, 1)  # the ranks' parts
-                    last_loss = sums["loss"] / count
-                    logger.log(step, {"loss": last_loss, "lr": self.scheduler.get_last_lr()[0]})
-                    running, count = 0.0, 0
-                if evaluating:
-                    self._evaluate_and_keep(step, logger)
-                    stopped = not self._patience_left()
-                    if stopped and main:
-                        print(
-                            f"early stopping at step {step}: validation {self.metric} has not "
-                            f"improved for {self.bad_evaluations} evaluations"
-                        )
-                if done or stopped or saving:
-                    self._checkpoint(step, self._state(running, count, last_loss))
-                if done or stopped:
-                    break
-            epoch, skip = epoch + 1, 0
-        final_dir = None
-        if train.save_final or self.best_dir is None:
-            final_dir = self.out_dir / "final"
-            if main:
-                self.folder.set_aside_results()
-                save_finetuned(final_dir, self.model, self.task, step=step, metrics=self.validation)
-        test = self._predict_test(self.best_dir) if main else None
-        logger.close()
-        result = FinetuneResult(
-            self.out_dir,
-            step,
-            self.metric,
-            self.best_value,
-            self.best_step,
-            self.best_dir,
-            final_dir,
-            self.validation,
-            test,
-            last_loss,
-            time.perf_counter() - started,
-            stopped,
-        )
-        if main:
-            (self.out_dir / "results.json").write_text(
-                json.dumps(_clean(result.to_dict()), indent=2, allow_nan=False)
-            )
-        barrier()  # the other ranks leave once rank 0 has written everything
-        return result
-
-    def _evaluate_and_keep(self, step: int, logger: MetricsLogger) -> None:
-        """Evaluate on the validation rows; a new best by the chosen metric replaces
-        ``best/``. An evaluation that does not beat the best by ``early_stopping_min_delta``
-        counts towards early stopping."""
-        # rank 0 evaluates (the plain model, alone); every rank takes its metrics, so that
-        # the best step and early stopping are decided alike everywhere
-        validation = self._evaluate(self.val_rows)[0] if is_main_process() else None
-        self.validation = broadcast_object(validation)
-        logger.log(step, self.validation, split="val")
-        score = _score(self.validation, self.metric)
-        first = self.best_step is None
-        if first or score > self.best_score + self.config.train.early_stopping_min_delta:
-            self.bad_evaluations = 0
-        else:
-            self.bad_evaluations += 1
-        if first or score > self.best_score:
-            self.best_score, self.best_step = score, step
-            self.best_value = self.validation.get(self.metric)
-            self.best_dir = self.out_dir / "best"
-            if is_main_process():
-                self.folder.set_aside_results()
-                save_finetuned(
-                    self.best_dir, self.model, self.task, step=step, metrics=self.validation
-                )
-
-    def _predict_test(self, best_dir: Path | None) -> dict[str, float] | None:
+    def predict_test(self) -> dict[str, float] | None:
         """Predict the test file with the best model; its metrics when it has labels."""
         if not self.test_rows:
             return None
-        if best_dir is not None:
-            load_weights(self.model, best_dir / "model.safetensors")
+        if self.best_dir is not None:
+            load_weights(self.model, self.best_dir / "model.safetensors")
         metrics, predictions = self._evaluate(self.test_rows)
         with (self.out_dir / "predictions.jsonl").open("w", encoding="utf-8") as out:
             for row, prediction in zip(self.test_rows, predictions, strict=True):
                 record = {"source": row.source, "prediction": self.task.show(prediction)}
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
         return metrics or None
+
+
+def _task_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The task's batch: without the trainer's ``counted`` flag."""
+    return {k: v for k, v in batch.items() if k != "counted"}
 
 
 def _clean(value: Any) -> Any:

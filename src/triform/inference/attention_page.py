@@ -3,10 +3,11 @@ self-contained HTML file (inline script and canvas; no network), readable offlin
 
 Weights travel quantised to bytes (probability × 255, rounded; below 1/510 is 0) as a
 bitmap of the non-zero entries plus their values, base64 in a JSON block: a 12-layer,
-12-head model on 128 tokens is at most ~3 MB and usually far less, and decodes in
-milliseconds. The template (``attention_page.html``, package data) reads the data block,
-draws the views and records in ``#status`` what it drew (a checksum of the head view's
-weights, see :func:`head_view_checksum`) and any script error, for tests.
+12-head model on 128 tokens is a few MB at most and usually far less (docs/attention.md
+gives sizes), and decodes in milliseconds. The template (``attention_page.html``, package
+data) reads the data block, draws the views and records in ``#status`` what it drew (a
+checksum of the head view's weights, see :func:`head_view_checksum`) and any script error,
+for tests.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ Every text is one token stream (no special tokens for decoders; its first token 
 context and is not scored). Results sum over all texts: ``tokens`` scored, total ``nll`` in
 nats, ``perplexity = exp(nll / tokens)``; decoders also give bits per byte and per character
 of the text, which compare across tokenizers.
+
+Every window is scored unless ``windows`` asks for fewer: then that many, spread evenly
+across all of them (:func:`triform.data.readers.evaluation_samples`, the rule of every
+evaluation, a pretraining run's validation loss included). A window is a decoder's sliding
+window, an encoder's chunk or an encoder-decoder's pair.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ import tokenizers
 import torch
 import torch.nn.functional as F
 
+from triform.data.readers import evaluation_samples
 from triform.errors import TriformError
 from triform.models import TransformerModel
 from triform.nn.losses import IGNORE_INDEX
+from triform.objectives import ParallelCorpus, read_pairs, shift_right
 from triform.runtime.packed import packed_inference
 from triform.tensors import pad_rows
 from triform.textio import read_jsonl, read_text
@@ -51,8 +58,9 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 @dataclass
 class Perplexity:
-    """Scored ``tokens``, their total negative log-likelihood ``nll`` (nats), and the size of
-    the text scored (characters and UTF-8 bytes; for seq2seq, of the targets)."""
+    """Scored ``tokens``, their total negative log-likelihood ``nll`` (nats), the size of the
+    text (characters and UTF-8 bytes; for seq2seq, of the targets scored) and the windows
+    scored of all the text's windows."""
 
     method: str
     tokens: int
@@ -63,6 +71,13 @@ class Perplexity:
     max_length: int | None = None
     stride: int | None = None
     files: list[str] = field(default_factory=list)
+    windows: int | None = None  # scored, spread evenly across
+    total_windows: int | None = None  # all of the text's
+
+    @property
+    def whole(self) -> bool:
+        """Whether every window of the text was scored."""
+        return self.windows == self.total_windows
 
     @property
     def mean_nll(self) -> float:
@@ -75,15 +90,15 @@ class Perplexity:
 
     @property
     def bits_per_byte(self) -> float | None:
-        """Total NLL in bits per UTF-8 byte of the text (decoders only)."""
-        if self.method != METHODS["decoder"] or not self.bytes:
+        """Total NLL in bits per UTF-8 byte of the text (decoders, every window scored)."""
+        if self.method != METHODS["decoder"] or not self.bytes or not self.whole:
             return None
         return self.nll / math.log(2) / self.bytes
 
     @property
     def bits_per_char(self) -> float | None:
-        """Total NLL in bits per character of the text (decoders only)."""
-        if self.method != METHODS["decoder"] or not self.chars:
+        """Total NLL in bits per character of the text (decoders, every window scored)."""
+        if self.method != METHODS["decoder"] or not self.chars or not self.whole:
             return None
         return self.nll / math.log(2) / self.chars
 
@@ -112,6 +127,13 @@ def _check_length(model: TransformerModel, max_length: int | None) -> int:
     if not 2 <= max_length <= limit:
         raise TriformError(f"max_length must be in [2, {limit}] (the model's positions)")
     return max_length
+
+
+def _spread(total: int, windows: int | None) -> list[int]:
+    """The windows scored of ``total``: all, or ``windows`` spread evenly across them."""
+    if windows is not None and windows < 1:
+        raise TriformError(f"windows must be positive, got {windows}")
+    return evaluation_samples(total, windows).tolist()
 
 
 def _finish(method: str, tokens: int, nll: float, texts: Sequence[str], **extra: Any) -> Perplexity:
@@ -165,12 +187,14 @@ def decoder_perplexity(
     stride: int | None = None,
     batch_size: int = 4,
     progress: bool = False,
+    windows: int | None = None,
 ) -> Perplexity:
     """Sliding-window perplexity of a decoder on ``texts`` (see the module docstring).
 
     ``max_length`` defaults to the model's positions, ``stride`` to half of ``max_length``;
     ``batch_size`` windows go through the model together (their logits, batch x max_length
     x vocabulary floats, bound the memory). ``progress`` shows a bar on standard error.
+    ``windows``: score that many windows spread evenly across all (default: all).
     """
     if model.config.form != "decoder":
         raise TriformError(f"sliding-window perplexity needs a decoder, not {model.config.form}")
@@ -185,6 +209,9 @@ def decoder_perplexity(
         for begin, end, scored in sliding_windows(len(ids), max_length, stride):
             rows.append(ids[begin:end])
             first.append(scored - begin)
+    total_windows = len(rows)
+    chosen = _spread(total_windows, windows)
+    rows, first = [rows[i] for i in chosen], [first[i] for i in chosen]
     model.eval()
     total, count = 0.0, 0
     pad_id = _pad_id(model)
@@ -200,7 +227,10 @@ def decoder_perplexity(
         scored = (position >= lo[:, None]) & (position < mask.sum(1, keepdim=True))
         total += float(nll[scored].double().sum())
         count += int(scored.sum())
-    return _finish(METHODS["decoder"], count, total, texts, max_length=max_length, stride=stride)
+    return _finish(
+        METHODS["decoder"], count, total, texts, max_length=max_length, stride=stride,
+        windows=len(rows), total_windows=total_windows,
+    )  # fmt: skip
 
 
 def _framing(tokenizer: tokenizers.Tokenizer) -> tuple[list[int], list[int]]:
@@ -224,11 +254,13 @@ def pseudo_perplexity(
     max_length: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    windows: int | None = None,
 ) -> Perplexity:
     """Masked-LM pseudo-perplexity of an encoder on ``texts`` (Salazar et al., 2020).
 
     Each text is cut into windows of ``max_length`` tokens (the tokenizer's framing, e.g.
     ``[CLS] ... [SEP]``, included); each token of a window is masked once and scored.
+    ``windows``: score that many windows spread evenly across all (default: all).
     """
     if model.config.form != "encoder":
         raise TriformError(f"pseudo-perplexity needs an encoder, not {model.config.form}")
@@ -247,21 +279,20 @@ def pseudo_perplexity(
         raise TriformError(f"max_length {max_length} leaves no room inside the special tokens")
     if batch_size < 1:
         raise TriformError("batch_size must be positive")
-    windows: list[list[int]] = []
-    copies: list[tuple[int, int]] = []  # (window, position masked)
+    chunks: list[list[int]] = []
     for text in texts:
         ids = tokenizer.encode(text, add_special_tokens=False).ids
-        for begin in range(0, len(ids), room):
-            chunk = ids[begin : begin + room]
-            copies.extend((len(windows), len(prefix) + j) for j in range(len(chunk)))
-            windows.append([*prefix, *chunk, *suffix])
+        chunks += [ids[begin : begin + room] for begin in range(0, len(ids), room)]
+    chosen = [chunks[i] for i in _spread(len(chunks), windows)]
+    framed = [[*prefix, *chunk, *suffix] for chunk in chosen]
+    copies = [(w, len(prefix) + j) for w, chunk in enumerate(chosen) for j in range(len(chunk))]
     model.eval()
     pad_id = _pad_id(model)
     use_types = bool(model.config.type_vocab_size)
     total = 0.0
     for start in _batches(len(copies), batch_size, progress, "tokens"):
         batch = copies[start : start + batch_size]
-        ids, mask = pad_rows([windows[w] for w, _ in batch], pad_id)  # (B, L)
+        ids, mask = pad_rows([framed[w] for w, _ in batch], pad_id)  # (B, L)
         where = torch.tensor([p for _, p in batch])  # (B,)
         rows = torch.arange(len(batch))
         truth = ids[rows, where].clone()  # (B,)
@@ -272,7 +303,10 @@ def pseudo_perplexity(
         logits = model.lm_head(hidden[rows.to(ids.device), where.to(ids.device)])  # (B, V)
         nll = F.cross_entropy(logits.float(), truth.to(ids.device), reduction="sum")
         total += float(nll)
-    return _finish(METHODS["encoder"], len(copies), total, texts, max_length=max_length)
+    return _finish(
+        METHODS["encoder"], len(copies), total, texts, max_length=max_length,
+        windows=len(chosen), total_windows=len(chunks),
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -284,11 +318,11 @@ def seq2seq_perplexity(
     *,
     batch_size: int = 16,
     progress: bool = False,
+    windows: int | None = None,
 ) -> Perplexity:
     """Perplexity of an encoder-decoder on the targets of ``(source, target)`` pairs, both
-    framed by the tokenizer as in ``seq2seq`` training and cut to the model's positions."""
-    from triform.objectives import ParallelCorpus, shift_right
-
+    framed by the tokenizer as in ``seq2seq`` training and cut to the model's positions.
+    ``windows``: score that many pairs spread evenly across all (default: all)."""
     config = model.config
     if config.form != "encoder-decoder":
         raise TriformError(f"seq2seq perplexity needs an encoder-decoder, not {config.form}")
@@ -296,6 +330,8 @@ def seq2seq_perplexity(
         raise TriformError("no source/target pairs to score")
     if batch_size < 1:
         raise TriformError("batch_size must be positive")
+    total_pairs = len(pairs)
+    pairs = [pairs[i] for i in _spread(total_pairs, windows)]
     limit = config.max_positions
     corpus = ParallelCorpus.from_pairs(pairs, tokenizer, limit, limit)
     pad_id = _pad_id(model)
@@ -316,7 +352,10 @@ def seq2seq_perplexity(
         nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="sum")
         total += float(nll)
         count += int(batch["target_mask"].sum())
-    return _finish(METHODS["encoder-decoder"], count, total, [t for _, t in pairs])
+    return _finish(
+        METHODS["encoder-decoder"], count, total, [t for _, t in pairs],
+        windows=len(pairs), total_windows=total_pairs,
+    )  # fmt: skip
 
 
 def read_pairs_file(path: str | Path) -> list[tuple[str, str]]:
@@ -324,8 +363,6 @@ def read_pairs_file(path: str | Path) -> list[tuple[str, str]]:
     ``source<TAB>target`` a line)."""
     path = Path(path)
     if path.suffix not in JSONL_SUFFIXES:
-        from triform.objectives import read_pairs
-
         return read_pairs(path)
     pairs = []
     for number, row in read_jsonl(path):
@@ -347,14 +384,15 @@ def perplexity(
     stride: int | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    windows: int | None = None,
 ) -> Perplexity:
     """Perplexity of ``model`` on ``files``, by the method of its form (module docstring):
     text files for decoders and encoders (read exactly, UTF-8), pair files (TSV or JSONL)
-    for encoder-decoders."""
+    for encoder-decoders; every window, or ``windows`` of them spread evenly."""
     if not files:
         raise TriformError("no files to evaluate")
     form = model.config.form
-    options: dict[str, Any] = {"progress": progress}
+    options: dict[str, Any] = {"progress": progress, "windows": windows}
     if batch_size is not None:
         options["batch_size"] = batch_size
     if form == "encoder-decoder":

@@ -3,7 +3,7 @@ banded, with padding/causal masks, relative bias, rotary positions and a KV cach
 
 Attention runs through ``scaled_dot_product_attention``, except where softmax(QK^T * scale +
 mask) computed explicitly is what is asked for (a ``weights`` list to keep the probabilities
-in) or is measured faster (:func:`explicit_is_faster`)."""
+in) or is faster (:func:`explicit_is_faster`)."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ class Attention(nn.Module):
         return torch.matmul(attended, v), probs
 
 
-# Where the explicit path trains faster in bf16 on a CPU (measured below), and the most
+# Where the explicit path trains faster in bf16 on a CPU (see below), and the most
 # scores (B * h * Lq * Lk) it may hold: each layer keeps them for the backward, fp32 and bf16.
 EXPLICIT_MAX_KEYS = 512
 EXPLICIT_MAX_SCORES = 1 << 23  # 50 MB a layer
@@ -137,19 +137,19 @@ def explicit_is_faster(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | No
     an additive ``bias`` (broadcast to (B, h, Lq, Lk)) or none, is faster explicitly (matmul,
     softmax, matmul) than through SDPA when training on a CPU:
 
-    - in bf16 with at most :data:`EXPLICIT_MAX_KEYS` keys. Measured forward + backward, 12
-      heads of 64, 2 cores with AVX512-BF16: SDPA's CPU kernel takes 2.8-3.6x as long at 128
-      keys (causal and not), 1.8x at 256, 1.2-1.8x at 512, but 0.4x at 1024, where the
-      explicit (B, h, L, L) scores cost more than they save; in fp32 the two are even at 128
-      keys and SDPA is faster beyond. Unlike SDPA's kernel, the explicit path keeps every
+    - in bf16 with at most :data:`EXPLICIT_MAX_KEYS` keys, where SDPA's CPU kernel takes
+      several times as long forward + backward; at a thousand keys and more the explicit
+      (B, h, L, L) scores cost more than they save, and in fp32 the two are even at short
+      lengths and SDPA is faster beyond. Unlike SDPA's kernel, the explicit path keeps every
       layer's scores for the backward, so it is taken only while they stay under
       :data:`EXPLICIT_MAX_SCORES`. This is what ``transformers``' eager attention computes
       in bf16 (the scores rounded to bf16, the softmax in fp32).
     - with a bias that learns (T5's relative positions), in any precision: SDPA's CPU kernel
       takes no bias gradient, so SDPA falls back to its own explicit computation, which
       adds two scalings of q and k (by 1 for T5) and a guarded softmax (checks for rows with
-      no allowed key, which triform's finite masks never leave). T5-small's shapes, fp32,
-      forward + backward: 0.91x the time at 128 keys, 0.75x at 32."""
+      no allowed key, which triform's finite masks never leave).
+
+    The measurements behind both rules: docs/performance-notes.md, "Attention"."""
     if not eager_cpu_autograd(q):
         return False
     if bias is not None and bias.requires_grad:

@@ -76,7 +76,7 @@ class TiedTable:
     In the backward the projection's dense (V, E) gradient flows back through the lookups,
     last to first, and each adds its rows into it in place, so the table receives its whole
     gradient once. The default lookup gradient would first allocate and zero a (V, E) tensor
-    (154 MB for GPT-2; mostly page faults, a few percent of a CPU step) and autograd would then
+    (154 MB for GPT-2, mostly page faults on a CPU) and autograd would then
     sum the two into a third; a sparse lookup gradient avoids the zeros, but torch adds sparse
     rows to a dense gradient out of place (one (V, E) copy per lookup). Hooks on the table
     (DDP's reducer, clipping, user hooks) see the complete gradient, as with plain lookups.

@@ -14,6 +14,29 @@ from triform.runtime.precision import compute_dtype
 
 IGNORE_INDEX = -100
 
+Counts = dict[str, torch.Tensor]  # loss term -> how many items it averages over (a () tensor)
+
+
+def loss_share(
+    mean: torch.Tensor, term: str, counts: Counts, totals: Counts | None
+) -> torch.Tensor:
+    """A batch's share of one loss term of its optimizer step.
+
+    ``mean`` is the term averaged over the batch's own ``counts[term]`` items; the share is
+    their sum divided by the step's count over every micro-batch and process,
+    ``totals[term]`` (see :class:`triform.train.trainer.Trainer`). The shares of a step add
+    up to its loss however the step is split. Without ``totals`` (evaluation, a batch
+    alone) the mean itself. No host sync.
+    """
+    if totals is None:
+        return mean
+    return mean * (counts[term] / totals[term].clamp(min=1))
+
+
+def labelled(labels: torch.Tensor) -> torch.Tensor:
+    """How many of ``labels`` count (are not ``IGNORE_INDEX``): a () tensor."""
+    return (labels != IGNORE_INDEX).sum()
+
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross entropy over the labels that are not ``IGNORE_INDEX``.

@@ -3,25 +3,27 @@
 An objective is one class in one module of this package holding everything about it:
 
 - its config (a dataclass: ``config_class``), read from the run's ``[objective]`` table;
-- the vectorised transform ``__call__(reader_batch, generator) -> batch`` (all randomness from
-  the generator, or for static masking from a hash of a fixed seed);
+- the vectorised transform ``__call__(reader_batch, draws) -> batch``: all its randomness
+  from ``draws``, a :class:`~triform.objectives.ops.SampleDraws` keyed by the run seed and
+  each row's global ``sample_index`` (or for static masking from a hash of a fixed seed), so
+  that a sample is drawn the same however the global batch is split;
 - the model form it trains (``form``), what it needs of the model config
   (:meth:`Objective.fit_model_config`) and how the model is built (:meth:`Objective.build_model`,
   e.g. ELECTRA's generator + discriminator pair);
 - which reader feeds it (:meth:`Objective.readers`);
-- the loss of one step (:meth:`Objective.step` over :meth:`Objective.loss`), which loss part
+- the loss of one step (:meth:`Objective.step` over :meth:`Objective.loss`, with the same
+  rows' ``draws`` for what it samples, e.g. ELECTRA's replacements), which loss part
   perplexity is reported from (``perplexity_of``), and for generative objectives a text
   sample (:meth:`Objective.sample`).
 
-:class:`PretrainingTask` joins an objective to its readers and model for a run; the loop in
-:mod:`triform.train.loop` is the same for every objective. The registry is
+:class:`~triform.train.task.PretrainingTask` joins an objective to its readers and model
+for a run; the one Trainer is the same for every objective. The registry is
 :data:`triform.objectives.OBJECTIVES`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,16 +31,13 @@ import torch
 from torch import nn
 
 from triform.config import ModelConfig, check_types, from_dict
-from triform.errors import ConfigError, TriformError
-from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
-from triform.objectives.ops import Batch
-from triform.runtime.distributed import all_reduce_sums, rank, world_size
-from triform.runtime.precision import autocast_context
+from triform.errors import ConfigError
+from triform.models import build_model
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
+from triform.objectives.ops import Batch, SampleDraws
 
 if TYPE_CHECKING:
-    import tokenizers
-
-    from triform.tokenizers import SpecialTokens
+    from triform.train.task import RunData
 
 # The batch keys a model takes; everything else an objective returns is a target.
 MODEL_KEYS = (
@@ -66,7 +65,9 @@ class Objective:
     form: ClassVar[str]  # the model form trained: "encoder", "decoder" or "encoder-decoder"
     input_paths: ClassVar[tuple[str, ...]] = ()  # keys that are paths (resolved like the run's)
     perplexity_of: ClassVar[str | None] = "loss"  # the loss part perplexity is exp of
-    generative: ClassVar[bool] = False  # the trainer prints a sample at each evaluation
+    # the model continues text: the trainer prints a sample at each evaluation (top-k 40,
+    # temperature 0.8, seed 0: :meth:`triform.train.task.PretrainingTask.sample`)
+    generative: ClassVar[bool] = False
     # the loss reads logits and labels at labelled positions only (see :meth:`step`)
     loss_at_labels: ClassVar[bool] = False
     # reads packed token windows, which data.subword_sampling can segment afresh
@@ -103,19 +104,15 @@ class Objective:
     @classmethod
     def check_run(cls, run: Any) -> None:
         """Raise :class:`ConfigError` when the run config cannot feed this objective
-        (called before anything is built; subclasses extend it)."""
-        if run.data.subword_sampling is not None and not cls.resamplable:
-            from triform.objectives import OBJECTIVES  # the registry imports this module
-
-            able = ", ".join(sorted(n for n, o in OBJECTIVES.items() if o.resamplable))
-            raise ConfigError(
-                f"data.subword_sampling: objective {cls.name} does not read packed token "
-                f"windows; sampling works with {able}"
-            )
+        (called before anything is built; subclasses extend it). Whether the objective can
+        take ``data.subword_sampling`` (``resamplable``) is checked by the run config, which
+        knows every objective."""
 
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
-        """The model config with the heads this objective trains."""
+        """The model config with the heads this objective trains, and none it does not: a
+        head that no loss uses would learn nothing, cost a forward at every step, and
+        (its outputs computed but unused) break DDP's gradient reduction."""
         return config
 
     @classmethod
@@ -125,8 +122,6 @@ class Objective:
 
     def build_model(self, config: ModelConfig) -> nn.Module:
         """The model trained (``config`` is already fitted)."""
-        from triform.models import build_model
-
         return build_model(config)
 
     def readers(self, data: RunData) -> tuple[Any, Any]:
@@ -134,7 +129,9 @@ class Objective:
         raise NotImplementedError
 
     # -- the transform ----------------------------------------------------------------------
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
+        """The model inputs and targets of a reader's ``batch``; row ``b`` draws from row
+        ``b`` of ``draws`` (:meth:`SampleDraws.of` the batch, with the run seed)."""
         raise NotImplementedError
 
     def source_length(self, seq_len: int) -> int:
@@ -153,13 +150,31 @@ class Objective:
         return {key: batch[key] for key in MODEL_KEYS if key in batch}
 
     # -- the loss ---------------------------------------------------------------------------
-    def loss(self, output: Any, batch: Batch) -> Step:
-        """The training loss from a model output (``.logits``) and this objective's batch;
-        returns ``(loss, parts)`` with detached component losses in ``parts``."""
-        return token_cross_entropy(output.logits, batch["labels"]), {}
+    def counts(self, batch: Batch) -> Counts:
+        """What each term of the loss averages over in ``batch`` (no forward needed): by
+        default one term, ``"tokens"``, the labelled tokens. The trainer sums these over a
+        step's micro-batches and processes and hands the totals to :meth:`step`."""
+        return {"tokens": labelled(batch["labels"])}
 
-    def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+    def loss(self, output: Any, batch: Batch, totals: Counts | None = None) -> Step:
+        """The training loss from a model output (``.logits``) and this objective's batch;
+        returns ``(loss, parts)`` with detached component losses in ``parts``. With
+        ``totals`` (the step's counts, see :meth:`counts`) the loss is this batch's share
+        of the step's loss (:func:`~triform.nn.losses.loss_share`)."""
+        loss = token_cross_entropy(output.logits, batch["labels"])
+        return loss_share(loss, "tokens", {"tokens": labelled(batch["labels"])}, totals), {}
+
+    def step(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        draws: SampleDraws | None,
+        totals: Counts | None = None,
+    ) -> Step:
         """Forward ``model`` on ``batch``: the loss and its parts, with token accuracy.
+        ``draws`` are the rows' draws, for objectives that sample in the step (ELECTRA).
+        With ``totals`` (the step's counts of every loss term, see :meth:`counts`) the loss
+        is this batch's share of the step's loss; without, its own mean.
 
         The model does no more work than the loss needs: with the default :meth:`loss` (token
         cross entropy over ``labels``) it computes the loss itself, fused with the vocabulary
@@ -173,27 +188,17 @@ class Objective:
         if labels is not None and type(self).loss is Objective.loss:
             output = model(**inputs, labels=labels)
             counted = labels[labels != IGNORE_INDEX]  # (N,) in the order of the predictions
-            return output.loss, {"accuracy": prediction_accuracy(output.predictions, counted)}
+            loss = loss_share(output.loss, "tokens", self.counts(batch), totals)
+            return loss, {"accuracy": prediction_accuracy(output.predictions, counted)}
         if labels is not None and self.loss_at_labels:
             at = labels != IGNORE_INDEX  # (B, L)
             output = model(**inputs, logits_at=at)
             batch = {**batch, "labels": labels[at]}  # (N,), matching logits (N, V)
         else:
             output = model(**inputs)
-        loss, parts = self.loss(output, batch)
+        loss, parts = self.loss(output, batch, totals)
         parts.update(token_accuracy(output, batch))
         return loss, parts
-
-    def sample(
-        self,
-        model: nn.Module,
-        tokenizer: tokenizers.Tokenizer,
-        device: torch.device,
-        tokens: int,
-        prompt: str,
-    ) -> str:
-        """A text sample of ``tokens`` new tokens (generative objectives only)."""
-        raise TriformError(f"objective {self.name} does not generate text")
 
 
 def token_accuracy(output: Any, batch: Batch) -> dict[str, torch.Tensor]:
@@ -211,140 +216,6 @@ def token_accuracy(output: Any, batch: Batch) -> dict[str, torch.Tensor]:
 def prediction_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Share of ``predictions`` (N,) equal to ``labels`` (N,) (zero when N is 0)."""
     return (predictions == labels).sum() / max(labels.numel(), 1)
-
-
-@dataclasses.dataclass
-class RunData:
-    """What an objective's readers are made from: the run config, its tokenizer and special
-    ids, and the tokenized ``(train, validation)`` shards (``None`` for runs that read
-    ``data.sources``)."""
-
-    run: Any
-    tokenizer: tokenizers.Tokenizer
-    special: SpecialTokens
-    shards: tuple[Any, Any] | None
-
-    @classmethod
-    def of(cls, run: Any, tokenizer: tokenizers.Tokenizer, shards: Any) -> RunData:
-        from triform.tokenizers import SpecialTokens
-
-        return cls(run, tokenizer, SpecialTokens.from_tokenizer(tokenizer), shards)
-
-    def shard_readers(self, reader_class: type, seq_len: int, **options: Any) -> tuple[Any, Any]:
-        """The (shuffled train, fixed validation) readers of ``reader_class`` over the shards,
-        each reading this rank's share of every global micro-batch."""
-        if self.shards is None:
-            raise TriformError("this objective reads tokenized shards, but the run has none")
-        train_shards, val_shards = self.shards
-        if val_shards.n_tokens == 0:
-            raise TriformError("the validation split is empty; raise data.val_fraction")
-        train, val = (
-            reader_class(
-                split,
-                seq_len,
-                self.micro_batch,
-                self.run.train.seed,
-                shuffle=shuffle,
-                rank=rank(),
-                world=world_size(),
-                **options,
-            )
-            for split, shuffle in ((train_shards, True), (val_shards, False))
-        )
-        spec = self.run.data.subword_sampling
-        if spec is not None:  # training windows segmented afresh, validation as stored
-            train = self._resampled(train, spec)
-        return train, val
-
-    def _resampled(self, reader: Any, spec: dict[str, Any]) -> Any:
-        """``reader`` (packed windows: see ``Objective.resamplable``) segmented afresh."""
-        from triform.data.resampling import ResampledReader
-
-        pad = self.special.pad_id if self.special.pad_id is not None else 0
-        specials = set(self.special.all_special_ids)
-        return ResampledReader(
-            reader, self.tokenizer, spec, self.run.train.seed, rank(), specials, pad
-        )
-
-    @property
-    def micro_batch(self) -> int:
-        """Rows of one micro-batch over all ranks: ``train.batch_size / train.grad_accum``
-        (each reader hands this rank ``1 / world`` of them)."""
-        return self.run.train.batch_size // self.run.train.grad_accum
-
-    def framing(self) -> dict[str, int | None]:
-        """The ids that frame a sequence: ``[CLS] ... [SEP]`` or ``<s> ... </s>``."""
-        s = self.special
-        if s.cls_id is not None and s.sep_id is not None:
-            return {"cls_id": s.cls_id, "sep_id": s.sep_id}
-        return {"bos_id": s.bos_id, "eos_id": s.eos_id}
-
-
-class PretrainingTask:
-    """One run's objective with its readers and model: what the training loop drives.
-
-    A task's batches are pure functions of ``(seed, index)`` (the readers) and of a per-step
-    ``torch.Generator`` (the objective), which is what makes a resumed run exact.
-    """
-
-    def __init__(self, objective: Objective, model_config: ModelConfig, data: RunData) -> None:
-        self.objective, self.model_config, self.data = objective, model_config, data
-        self.name = objective.name
-        self.can_sample = objective.generative
-        self.unused_parameters = objective.unused_parameters(model_config)
-        self.train_reader, self.val_reader = objective.readers(data)
-
-    def build_model(self) -> nn.Module:
-        return self.objective.build_model(self.model_config)
-
-    def train_batch(self, index: int, generator: torch.Generator) -> Batch:
-        """The objective's batch number ``index`` (reader batch -> objective transform)."""
-        return self.objective(self.train_reader.batch(index), generator)
-
-    def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
-        return self.objective.step(model, batch, generator)
-
-    @staticmethod
-    def tokens_in(batch: Batch) -> int:
-        """Tokens the model reads in ``batch`` (from shapes only: no device sync)."""
-        total = batch["input_ids"].numel()
-        if "decoder_input_ids" in batch:
-            total += batch["decoder_input_ids"].numel()
-        return total
-
-    @torch.no_grad()
-    def evaluate(
-        self,
-        model: nn.Module,
-        device: torch.device,
-        precision: str,
-        max_batches: int,
-    ) -> dict[str, float]:
-        """Mean loss and metrics over the first ``max_batches`` fixed validation batches
-        (the same masks at every evaluation), forward passes in ``precision``; row-weighted,
-        each rank evaluating its share of every batch, the sums all-reduced."""
-        model.eval()
-        totals: dict[str, float] = {}
-        count = 0
-        for index in range(min(max_batches, self.val_reader.num_batches)):
-            generator = torch.Generator().manual_seed(index)
-            batch = self.objective(self.val_reader.batch(index), generator)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast_context(precision, device):
-                loss, parts = self.loss(model, batch, generator)
-            rows = len(batch["input_ids"])
-            for key, value in {"loss": loss, **parts}.items():
-                totals[key] = totals.get(key, 0.0) + float(value) * rows
-            count += rows
-        totals, count = all_reduce_sums(totals, count)
-        metrics = {key: value / max(count, 1) for key, value in totals.items()}
-        source = self.objective.perplexity_of
-        if source is not None and source in metrics:
-            metrics["perplexity"] = math.exp(min(metrics[source], 50.0))
-        return metrics
-
-    def sample(self, model: nn.Module, device: torch.device, tokens: int, prompt: str) -> str:
-        return self.objective.sample(model, self.data.tokenizer, device, tokens, prompt)
 
 
 # ---------------------------------------------------------------------------------------

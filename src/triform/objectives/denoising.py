@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,7 +43,6 @@ from triform.errors import ConfigError
 from triform.nn.losses import IGNORE_INDEX
 from triform.objectives.base import (
     Objective,
-    RunData,
     check_config,
     check_fraction,
     check_vocab_ids,
@@ -51,12 +51,21 @@ from triform.objectives.base import (
 from triform.objectives.masked_lm import word_start_table
 from triform.objectives.ops import (
     Batch,
+    SampleDraws,
     choose,
     default_attention_mask,
     id_table,
     shift_right,
-    uniform,
 )
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
+
+# The draws' streams (each a (B, width) table of uniforms keyed by sample and column).
+PERMUTE_CHOICE, PERMUTE_ORDER = 0, 1  # which sentences move, and their new order
+SPAN_LENGTHS, SPAN_PLACES = 2, 3  # infilling's Poisson lengths, and where the spans go
+TOKEN_MASKING, TOKEN_DELETION = 4, 5
+ROTATE, ROTATE_SHIFT = 6, 7  # whether a row is rotated, and by how much
 
 
 @dataclass
@@ -64,18 +73,31 @@ class DenoisingConfig:
     """BART's noise switches (0 turns one off) and the ids they need."""
 
     vocab_size: int | None = None
+    """Vocabulary size (default: from the tokenizer)."""
     mask_id: int | None = None
+    """Id of the mask token (default: from the tokenizer)."""
     pad_id: int | None = None
+    """Id of the padding token (default: from the tokenizer)."""
     eos_id: int | None = None
-    special_ids: list[int] = field(default_factory=list)  # never noised (plus pad, eos)
-    decoder_start_id: int | None = None  # None: eos_id, as BART
+    """Id of the end-of-sequence token (default: from the tokenizer)."""
+    special_ids: list[int] = field(default_factory=list)
+    """Ids never noised, besides padding and eos (default: from the tokenizer)."""
+    decoder_start_id: int | None = None
+    """First decoder input; unset: ``eos_id``, as BART."""
     sentence_end_ids: list[int] = field(default_factory=list)
+    """Ids that end a sentence, for permutation (default: from the tokenizer)."""
     text_infilling: float = 0.3
+    """Share of the tokens covered by spans that each become one mask token (0: off)."""
     poisson_lambda: float = 3.0
+    """Mean of the Poisson distribution of infilled span lengths."""
     sentence_permutation: float = 1.0
+    """Share of the sentences shuffled among their places (0: off)."""
     token_masking: float = 0.0
+    """Share of the tokens replaced by the mask token (0: off)."""
     token_deletion: float = 0.0
+    """Share of the tokens deleted (0: off)."""
     document_rotation: float = 0.0
+    """Probability that a document is rotated to start at a random token (0: off)."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -156,7 +178,7 @@ class Denoising(Objective):
             word_starts=word_start_table(data.tokenizer),
         )
 
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
         c = self.config
         ids = batch["input_ids"]  # (B, L)
         size, length = ids.shape
@@ -167,25 +189,26 @@ class Denoising(Objective):
         labels = ids.masked_fill(~attention, IGNORE_INDEX)
 
         if c.sentence_permutation > 0:
-            ids = self.permute_sentences(ids, layout, batch.get("sentence_ends"), generator)
+            ids = self.permute_sentences(ids, layout, batch.get("sentence_ends"), draws)
         value = ids.clone()  # what each position emits
         emit = attention.clone()  # whether it emits
         inserts = torch.zeros(size, length + 2, dtype=torch.long, device=device)  # masks before
         untouched = content.clone()
         if c.text_infilling > 0:
-            self.infill(value, emit, inserts, untouched, layout, generator)
-        for fraction, delete in ((c.token_masking, False), (c.token_deletion, True)):
+            self.infill(value, emit, inserts, untouched, layout, draws)
+        noises = ((c.token_masking, TOKEN_MASKING), (c.token_deletion, TOKEN_DELETION))
+        for fraction, stream in noises:
             if fraction > 0:
                 count = torch.round(layout.n.double() * fraction).long()
-                chosen = choose(untouched, count, uniform((size, length), generator, device))
-                if delete:
+                chosen = choose(untouched, count, draws.uniform(length, stream).to(device))
+                if stream == TOKEN_DELETION:
                     emit &= ~chosen
                 else:
                     value.masked_fill_(chosen, c.mask_id)
                 untouched &= ~chosen
         source, body, source_len = self._emit(value, emit, inserts[:, : length + 1], content)
         if c.document_rotation > 0:
-            source = self.rotate(source, body, generator)
+            source = self.rotate(source, body, draws)
         width = source.size(1)
         return {
             "input_ids": source,
@@ -201,7 +224,7 @@ class Denoising(Objective):
         ids: torch.Tensor,
         layout: _Layout,
         sentence_ends: torch.Tensor | None,
-        generator: torch.Generator,
+        draws: SampleDraws,
     ) -> torch.Tensor:
         """Shuffle a fraction of each row's sentences among their places. (B, L) -> (B, L)"""
         size, length = ids.shape
@@ -218,10 +241,11 @@ class Denoising(Objective):
         count = (sizes > 0).sum(1)  # (B,) sentences (all non-empty, ids 0..count-1)
         slot = torch.arange(length, device=device).expand(size, length)
         shuffled = torch.ceil(count.double() * self.config.sentence_permutation).long()
-        keys = uniform((2, size, length), generator, device)
-        chosen = choose(slot < count.unsqueeze(1), shuffled, keys[0])  # (B, S)
+        keys = draws.uniform(length, PERMUTE_CHOICE).to(device)
+        chosen = choose(slot < count.unsqueeze(1), shuffled, keys)  # (B, S)
         places = torch.where(chosen, slot, length).sort(1).values  # chosen slots, ascending
-        movers = keys[1].masked_fill(~chosen, 2.0).argsort(1)  # chosen sentences, random order
+        order = draws.uniform(length, PERMUTE_ORDER).to(device)
+        movers = order.masked_fill(~chosen, 2.0).argsort(1)  # chosen sentences, random order
         # the j-th mover takes the j-th chosen place; every other sentence keeps its own
         target = torch.where(slot < shuffled.unsqueeze(1), places, movers)
         new_slot = torch.empty_like(slot).scatter_(1, movers, target)  # (B, S)
@@ -242,13 +266,13 @@ class Denoising(Objective):
         inserts: torch.Tensor,
         untouched: torch.Tensor,
         layout: _Layout,
-        generator: torch.Generator,
+        draws: SampleDraws,
     ) -> None:
         """Text infilling, written into the emission plan (in place)."""
         c = self.config
         size, length = value.shape
         device = value.device
-        lengths, kept = self.span_lengths(layout.n, length, generator)  # (B, K)
+        lengths, kept = self.span_lengths(layout.n, length, draws)  # (B, K)
         spans = kept.sum(1)
         budget = lengths.sum(1)
         # place the spans: the n - budget other tokens fall into spans + 1 gaps (stars and
@@ -258,7 +282,7 @@ class Denoising(Objective):
         bars = choose(
             slots < (layout.n - budget + spans).unsqueeze(1),
             spans,
-            uniform((size, length + k_max), generator, device),
+            draws.uniform(length + k_max, SPAN_PLACES).to(device),
         )
         bar_at = torch.where(bars, slots, length + k_max).sort(1).values[:, :k_max]  # (B, K)
         j = torch.arange(k_max, device=device)
@@ -285,7 +309,7 @@ class Denoising(Objective):
         untouched &= ~covered(0)
 
     def span_lengths(
-        self, n: torch.Tensor, length: int, generator: torch.Generator
+        self, n: torch.Tensor, length: int, draws: SampleDraws
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Poisson span lengths covering exactly ``round(text_infilling * n)`` tokens.
 
@@ -296,24 +320,21 @@ class Denoising(Objective):
         c = self.config
         budget = torch.round(n.double() * c.text_infilling).long()  # (B,)
         k_max = math.ceil(2 * round(length * c.text_infilling) / c.poisson_lambda) + 8
-        rates = torch.full((n.size(0), k_max), c.poisson_lambda, device=generator.device)
-        lengths = torch.poisson(rates, generator=generator).long().to(n.device)
+        lengths = draws.poisson(k_max, SPAN_LENGTHS, c.poisson_lambda).to(n.device)
         lengths[:, -1] = length  # never run short: the last draw fills what is left
         before = lengths.cumsum(1) - lengths
         kept = before < budget.unsqueeze(1)
         lengths = torch.where(kept, torch.minimum(lengths, budget.unsqueeze(1) - before), 0)
         return lengths, kept
 
-    def rotate(
-        self, source: torch.Tensor, body: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
+    def rotate(self, source: torch.Tensor, body: torch.Tensor, draws: SampleDraws) -> torch.Tensor:
         """Rotate each chosen row's body (content and masks) to start at a random token."""
         size, width = source.shape
         device = source.device
-        draws = uniform((2, size), generator, device)
+        rotated = draws.uniform(1, ROTATE)[:, 0].to(device) < self.config.document_rotation
         count = body.sum(1)  # (B,)
-        shift = (draws[1] * count).long().clamp(min=0)
-        shift = torch.where(draws[0] < self.config.document_rotation, shift, 0)
+        shift = (draws.uniform(1, ROTATE_SHIFT)[:, 0].to(device) * count).long().clamp(min=0)
+        shift = torch.where(rotated, shift, 0)
         layout = _Layout(body)
         rank = (layout.index - shift.unsqueeze(1)) % count.clamp(min=1).unsqueeze(1)
         destination = torch.where(

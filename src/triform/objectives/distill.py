@@ -37,19 +37,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import tokenizers
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
-from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
+from triform.models import build_model
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.objectives.base import (
     Objective,
-    RunData,
     Step,
     make_config,
     require,
@@ -57,7 +56,10 @@ from triform.objectives.base import (
 )
 from triform.objectives.causal_lm import CausalLM, CausalLMConfig
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig, continuation_table
-from triform.objectives.ops import Batch
+from triform.objectives.ops import Batch, SampleDraws
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 # Settings of the student that may differ from the teacher's with init = "teacher-layers":
 # its depth, heads, dropout, and the special ids (the run's tokenizer is the teacher's anyway).
@@ -82,14 +84,23 @@ _LAYER = re.compile(r"^((?:encoder|decoder)\.layers)\.(\d+)\.(.+)$")
 class DistillConfig(MaskedLMConfig):
     """Distillation settings; the :class:`MaskedLMConfig` keys set an encoder's masking."""
 
-    teacher: str | None = None  # run folder, convert folder or HuggingFace folder
+    teacher: str | None = None
+    """The teacher: a run folder, a ``triform convert`` folder or a HuggingFace folder.
+    Required."""
     init: Literal["teacher-layers", "random"] = "teacher-layers"
-    teacher_layers: list[int] | None = None  # default: evenly spaced from 0 (every other)
+    """Start the student from teacher layers, or afresh."""
+    teacher_layers: list[int] | None = None
+    """The teacher layers the student's layers copy; unset: every other one from 0."""
     temperature: float = 2.0
-    alpha: float = 5.0  # soft-target KL
-    beta: float = 2.0  # cross entropy on the true tokens
-    gamma: float = 1.0  # cosine between last hidden states
-    kl_positions: Literal["masked", "all"] = "masked"  # the predicted tokens, or every real one
+    """Softening temperature T of both distributions."""
+    alpha: float = 5.0
+    """Weight of the soft-target KL term (scaled by T²)."""
+    beta: float = 2.0
+    """Weight of the student's cross entropy on the true tokens."""
+    gamma: float = 1.0
+    """Weight of 1 − cosine between the last hidden states."""
+    kl_positions: Literal["masked", "all"] = "masked"
+    """Where the KL is taken: the predicted tokens, or every real token."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -158,19 +169,24 @@ def distillation_loss(
     beta: float = 2.0,
     gamma: float = 1.0,
     kl_on_all_tokens: bool = False,
+    totals: Counts | None = None,
 ) -> Step:
     """DistilBERT's loss from student and teacher outputs (``.logits`` (B, L, V) or None,
     ``.last_hidden_state`` (B, L, H)); ``labels`` (B, L) mark the predicted positions (-100
     elsewhere), ``attention_mask`` (B, L) the real tokens; the KL is over the predicted
     positions, or every real token with ``kl_on_all_tokens``. A term whose weight is 0 is
     skipped when its inputs are missing. Returns ``(loss, {"kl_loss", "ce_loss",
-    "cosine_loss"})`` with the parts that could be computed."""
+    "cosine_loss"})`` with the parts that could be computed. The cross entropy is a mean
+    over the predicted tokens (``"tokens"``), the cosine over the real tokens
+    (``"positions"``), the KL over either; with ``totals`` each is this batch's share of the
+    step's mean."""
     parts: dict[str, torch.Tensor] = {}
+    counts = {"tokens": labelled(labels), "positions": (attention_mask != 0).sum()}
     loss = torch.zeros((), device=labels.device)
     if student.logits is not None:
         ce = token_cross_entropy(student.logits, labels)
         parts["ce_loss"] = ce.detach()
-        loss = loss + beta * ce
+        loss = loss + beta * loss_share(ce, "tokens", counts, totals)
     elif beta > 0:
         raise TriformError("objective.beta: the student has no vocabulary head")
     if alpha > 0:
@@ -184,7 +200,8 @@ def distillation_loss(
         ) / predicted.sum().clamp(min=1)
         kl = kl * temperature**2  # keeps the soft-target gradients' scale (Hinton et al.)
         parts["kl_loss"] = kl.detach()
-        loss = loss + alpha * kl
+        kl_term = "positions" if kl_on_all_tokens else "tokens"
+        loss = loss + alpha * loss_share(kl, kl_term, counts, totals)
     if gamma > 0:
         real = attention_mask.bool()  # (B, L)
         mine, theirs = student.last_hidden_state[real], teacher.last_hidden_state[real]
@@ -195,7 +212,7 @@ def distillation_loss(
             )
         cosine = (1.0 - F.cosine_similarity(mine.float(), theirs.float(), dim=-1)).mean()
         parts["cosine_loss"] = cosine.detach()
-        loss = loss + gamma * cosine
+        loss = loss + gamma * loss_share(cosine, "positions", counts, totals)
     return loss, parts
 
 
@@ -282,9 +299,9 @@ class Distillation(Objective):
 
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
-        """Encoders: an MLM head (for the soft targets), no pair head."""
+        """Encoders: an MLM head (for the soft targets), no pair head, no pooler."""
         if config.form == "encoder":
-            return config.replace(encoder_head="mlm", pair_head="none")
+            return config.replace(encoder_head="mlm", pair_head="none", pooler=False)
         return config
 
     @classmethod
@@ -294,8 +311,6 @@ class Distillation(Objective):
 
     def build_model(self, config: ModelConfig) -> nn.Module:
         """The student: from the teacher's layers (``init = "teacher-layers"``) or afresh."""
-        from triform.models import build_model
-
         teacher = self.teacher.config
         if config.form != teacher.form:
             raise ConfigError(
@@ -317,14 +332,27 @@ class Distillation(Objective):
         return self.inner.readers(data)
 
     # -- the transform --------------------------------------------------------------------
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
-        return self.inner(batch, generator)
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
+        return self.inner(batch, draws)
 
     def source_length(self, seq_len: int) -> int:
         return self.inner.source_length(seq_len)
 
     # -- the loss -------------------------------------------------------------------------
-    def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+    def counts(self, batch: Batch) -> Counts:
+        """Predicted tokens and real tokens (see :func:`distillation_loss`)."""
+        return {
+            "tokens": labelled(batch["labels"]),
+            "positions": (batch["attention_mask"] != 0).sum(),
+        }
+
+    def step(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        draws: SampleDraws,
+        totals: Counts | None = None,
+    ) -> Step:
         """Student forward, teacher forward (no gradient), :func:`distillation_loss`."""
         c = self.config
         inputs = self.model_inputs(batch)
@@ -345,6 +373,7 @@ class Distillation(Objective):
             c.beta,
             c.gamma,
             c.kl_positions == "all",
+            totals,
         )
         parts.update(token_accuracy(student, batch))
         return loss, parts
@@ -352,13 +381,3 @@ class Distillation(Objective):
     @property
     def generative(self) -> bool:  # type: ignore[override]
         return self.inner.generative
-
-    def sample(
-        self,
-        model: nn.Module,
-        tokenizer: tokenizers.Tokenizer,
-        device: torch.device,
-        tokens: int,
-        prompt: str,
-    ) -> str:
-        return self.inner.sample(model, tokenizer, device, tokens, prompt)

@@ -8,7 +8,9 @@ with ``[MASK]``, 10% with a random token and leave 10% unchanged; predict the or
   sequence's ``n`` candidate tokens (Google's BERT, fairseq's RoBERTa) - with whole words,
   that many on average (within one word of it).
 - ``masking="dynamic"`` (RoBERTa) draws a new mask every time a sequence is seen, from the
-  generator passed to the call. ``"static"`` (BERT) masks each example the same way every
+  draws passed to the call (keyed by the run seed and the row's global sample index, which
+  is new at every epoch; streams 0-3 at each position). ``"static"`` (BERT) masks each
+  example the same way every
   epoch: the draws are a hash of ``static_seed``, the example's id and the position, so the
   batch must carry ``example_ids`` (B,) - a stable index of each example in the data set (to
   emulate BERT's ``dupe_factor`` copies, give each copy its own id).
@@ -28,7 +30,7 @@ Consumes ``input_ids`` (B, L) and optionally ``attention_mask``, ``token_type_id
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -40,21 +42,17 @@ from triform.nn.losses import IGNORE_INDEX
 from triform.objectives.base import (
     Draw,
     Objective,
-    RunData,
     check_config,
     check_fraction,
     check_vocab_ids,
     make_config,
     require,
 )
-from triform.objectives.ops import (
-    Batch,
-    choose,
-    default_attention_mask,
-    hash_uniform,
-    id_table,
-    uniform,
-)
+from triform.objectives.ops import Batch, SampleDraws, choose, default_attention_mask, id_table
+from triform.tensors import hash_uniform
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 
 @dataclass
@@ -62,16 +60,27 @@ class MaskedLMConfig:
     """MLM settings; ids usually come from the tokenizer (see ``context_from_tokenizer``)."""
 
     vocab_size: int | None = None
+    """Vocabulary size, the range of random replacements (default: from the tokenizer)."""
     mask_id: int | None = None
+    """Id of the mask token (default: from the tokenizer)."""
     pad_id: int | None = None
-    special_ids: list[int] = field(default_factory=list)  # never selected
-    mask_prob: float = 0.15  # fraction of tokens selected for prediction
-    mask_token_prob: float = 0.8  # of the selected: replaced by [MASK]
-    random_token_prob: float = 0.1  # of the selected: a random token; the rest stay unchanged
+    """Id of the padding token (default: from the tokenizer)."""
+    special_ids: list[int] = field(default_factory=list)
+    """Ids never selected for prediction (default: from the tokenizer)."""
+    mask_prob: float = 0.15
+    """Share of the tokens selected for prediction."""
+    mask_token_prob: float = 0.8
+    """Of the selected tokens, the share replaced by the mask token."""
+    random_token_prob: float = 0.1
+    """Of the selected tokens, the share replaced by a random token (the rest stay)."""
     selection: Literal["bernoulli", "exact"] = "bernoulli"
+    """Select each token independently, or exactly ``round(mask_prob * n)`` per sequence."""
     masking: Literal["dynamic", "static"] = "dynamic"
+    """A new mask every time a sequence is seen (RoBERTa), or the same every epoch (BERT)."""
     static_seed: int = 0
+    """Seed of static masking."""
     whole_word: bool = False
+    """Select whole words: all pieces of a word together."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -181,22 +190,20 @@ class MaskedLM(Objective):
     # -- the run around it ----------------------------------------------------------------
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
-        return config if config.encoder_head == "mlm" else config.replace(encoder_head="mlm")
-
-    @classmethod
-    def unused_parameters(cls, config: ModelConfig) -> bool:
-        return config.pair_head != "none" or config.pooler
+        """An MLM head and nothing the MLM loss does not train: no pair head, no pooler
+        (a BERT preset's would be computed at every step and learn nothing)."""
+        return config.replace(encoder_head="mlm", pair_head="none", pooler=False)
 
     def readers(self, data: RunData) -> tuple[PackedSequences, PackedSequences]:
         """Full packed sequences (RoBERTa's FULL-SENTENCES), framed by the special tokens."""
         return data.shard_readers(PackedSequences, data.run.data.seq_len, **data.framing())
 
     # -- the transform --------------------------------------------------------------------
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
         ids = batch["input_ids"]  # (B, L)
         attention_mask = default_attention_mask(batch, self.config.pad_id)
         masked, labels = self.mask(
-            ids, attention_mask, self._draw(batch, generator), batch.get("word_start")
+            ids, attention_mask, self._draw(batch, draws), batch.get("word_start")
         )
         out = {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
         if "token_type_ids" in batch:
@@ -294,10 +301,10 @@ class MaskedLM(Objective):
         taken = (fits | straddles) & start.gather(1, order)
         return torch.zeros_like(start).scatter_(1, order, taken)
 
-    def _draw(self, batch: Batch, generator: torch.Generator) -> Draw:
+    def _draw(self, batch: Batch, draws: SampleDraws) -> Draw:
         ids = batch["input_ids"]
         if self.config.masking == "dynamic":
-            return lambda stream: uniform(ids.shape, generator, ids.device)
+            return lambda stream: draws.uniform(ids.size(1), stream).to(ids.device)
         if "example_ids" not in batch:
             raise TriformError(
                 "static masking needs batch['example_ids']: a stable (B,) index of each example"

@@ -1,15 +1,20 @@
-"""The vectorised building blocks objectives are made of: the two sources of randomness (a
-``torch.Generator`` for dynamic draws, a counter-based hash for static ones) and small tensor
-helpers (choosing positions, segmenting, compacting, shifting).
+"""The vectorised building blocks objectives are made of: their randomness (counter-based
+draws keyed by each row's global sample index, :class:`SampleDraws`; static masking hashes a
+fixed seed with :func:`triform.tensors.hash_uniform`) and small tensor helpers (choosing
+positions, segmenting, compacting, shifting).
 
 Shapes in comments: ``B`` batch, ``L`` sequence length, ``V`` vocabulary.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from triform.errors import TriformError
 from triform.nn.losses import IGNORE_INDEX
+from triform.tensors import MASK32, mix32
 
 Batch = dict[str, torch.Tensor]
 
@@ -17,47 +22,96 @@ Batch = dict[str, torch.Tensor]
 # ---------------------------------------------------------------------------------------
 # Randomness
 # ---------------------------------------------------------------------------------------
-def uniform(
-    shape: tuple[int, ...], generator: torch.Generator, device: torch.device
-) -> torch.Tensor:
-    """Uniform [0, 1) floats drawn from ``generator`` (on its own device), moved to ``device``."""
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+class SampleDraws:
+    """The random draws of one batch: uniform [0, 1) floats, each a hash of (``seed``,
+    ``split``, the row's global sample index, a column, a stream).
 
+    Row ``b`` of the batch is global sample ``samples[b]`` (a reader's ``sample_index``: the
+    sample's place in the run's stream of samples, the same whichever way a global batch is
+    split into micro-batches and processes). Every element depends on its (seed, sample,
+    column, stream) alone, never on which rows share the batch or on the batch's width, so a
+    sample is masked, corrupted and sampled the same on 1 process, N micro-batches or N
+    processes, and again in a resumed run; a sample seen again in a later epoch has a new
+    index, hence new draws (dynamic masking). ``stream`` tells apart the draws an objective
+    makes for different purposes (each objective numbers its own); ``split`` tells apart the
+    training and the validation stream, which number their samples from 0 each.
 
-_MASK32 = 0xFFFFFFFF
-
-
-def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
-    """``x * constant mod 2**32`` for int64 ``x`` in [0, 2**32), without int64 overflow."""
-    low, high = constant & 0xFFFF, constant >> 16
-    return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK32
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer finaliser (the "lowbias32" hash): every input bit affects every
-    output bit. Works on int64 tensors holding values in [0, 2**32)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def hash_uniform(seed: int, *keys: torch.Tensor) -> torch.Tensor:
-    """Deterministic uniform [0, 1) floats from a seed and integer key tensors (broadcast).
-
-    A counter-based generator: the value at an element is a hash of (seed, its keys), so it
-    does not depend on which other examples share the batch or on any generator state. Static
-    masking uses keys (example id, position, stream).
+    Dropout is not drawn here: it comes from the global RNG, seeded per (step, rank) (a
+    per-sample dropout mask would rule out fused attention).
     """
-    h = _mix32(torch.tensor(seed & _MASK32))
-    h = _mix32(h ^ ((seed >> 32) & _MASK32))
-    for key in keys:  # (cheapest with the smallest keys first: the hash grows by broadcasting)
-        key = key.to(torch.int64)
-        h = _mix32(h ^ (key & _MASK32))
-        if key.numel() and (key.min() < 0 or key.max() > _MASK32):
-            h = _mix32(h ^ ((key >> 32) & _MASK32))
-    return h.to(torch.float64).div(2.0**32).to(torch.float32).clamp(max=1.0 - 2.0**-24)
+
+    TRAIN, VALIDATION = 0, 1
+
+    def __init__(self, seed: int, samples: torch.Tensor | int, split: int = TRAIN) -> None:
+        """``samples``: the rows' global sample indices (B,), or a count ``B`` for samples
+        ``0 .. B - 1`` (a batch of its own, e.g. outside a run)."""
+        if isinstance(samples, int):
+            samples = torch.arange(samples)
+        samples = torch.as_tensor(samples).to(torch.int64).view(-1)  # (B,)
+        key = mix32(mix32(mix32(seed & MASK32) ^ ((seed >> 32) & MASK32)) ^ split)
+        self.seed, self.split, self.samples = seed, split, samples
+        # the row keys, (B,): both 32-bit halves of the (non-negative) sample index
+        self._rows = mix32(mix32(key ^ (samples & MASK32)) ^ (samples >> 32))
+
+    @classmethod
+    def of(cls, batch: Batch, seed: int, split: int = TRAIN) -> SampleDraws:
+        """The draws of a reader's or an objective's ``batch`` (its ``sample_index`` (B,))."""
+        if "sample_index" not in batch:
+            raise TriformError(
+                "the batch has no sample_index (B,): the global index of each row, which "
+                "every reader gives and the objective's random draws are keyed by"
+            )
+        return cls(seed, batch["sample_index"], split)
+
+    def __len__(self) -> int:
+        return self.samples.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.samples.device
+
+    def to(self, device: torch.device | str) -> SampleDraws:
+        """The same draws, computed on ``device``."""
+        return SampleDraws(self.seed, self.samples.to(device), self.split)
+
+    def rows(self, index: torch.Tensor | slice) -> SampleDraws:
+        """The draws of some rows of the batch (e.g. one micro-batch's)."""
+        return SampleDraws(self.seed, self.samples[index], self.split)
+
+    def _stream(self, stream: int) -> torch.Tensor:
+        return mix32(self._rows ^ mix32(stream & MASK32))  # (B,)
+
+    @staticmethod
+    def _unit(h: torch.Tensor) -> torch.Tensor:
+        """Hashes in [0, 2**32) to floats in [0, 1): their top 24 bits, exactly."""
+        return (h >> 8).to(torch.float32) * 2.0**-24
+
+    def uniform(self, width: int, stream: int) -> torch.Tensor:
+        """(B, width) uniform [0, 1) floats: row ``b``, column ``j`` keyed by
+        (``samples[b]``, ``j``, ``stream``). A wider call extends a narrower one."""
+        column = torch.arange(width, device=self.device)
+        return self._unit(mix32(self._stream(stream).unsqueeze(1) ^ column))
+
+    def at(self, rows: torch.Tensor, columns: torch.Tensor, stream: int) -> torch.Tensor:
+        """(N,) floats at the (``rows[n]``, ``columns[n]``) entries: the same values as
+        ``uniform(width, stream)[rows, columns]``, without the whole (B, width) table."""
+        h = self._stream(stream)[rows.to(self.device)] ^ columns.to(self.device, torch.int64)
+        return self._unit(mix32(h))
+
+    def poisson(self, width: int, stream: int, rate: float) -> torch.Tensor:
+        """(B, width) int64 Poisson(``rate``) counts, by inverting the CDF of
+        :meth:`uniform` draws."""
+        return poisson_quantile(self.uniform(width, stream), rate)
+
+
+def poisson_quantile(u: torch.Tensor, rate: float) -> torch.Tensor:
+    """Poisson(``rate``) counts from uniform [0, 1) draws ``u`` (any shape): the smallest
+    ``k`` with ``P(X <= k) > u``. int64, same shape as ``u``."""
+    top = int(rate + 12.0 * math.sqrt(rate) + 12.0)  # P(X > top) is far below 2**-24
+    k = torch.arange(top + 1, dtype=torch.float64)
+    cdf = (k * math.log(rate) - rate - torch.lgamma(k + 1.0)).exp().cumsum(0)
+    counts = torch.searchsorted(cdf.to(u.device), u.double().contiguous(), right=True)
+    return counts.clamp(max=top)
 
 
 def choose(valid: torch.Tensor, count: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

@@ -3,11 +3,12 @@
 A small generator is trained with MLM; its samples replace the masked tokens, and the
 discriminator predicts for every token whether it was replaced. One step:
 
-1. ``batch = objective(reader_batch, rng)`` masks ~15% of the tokens (ELECTRA: 85% ``[MASK]``,
-   15% unchanged, no random tokens) and keeps the ``original_ids``;
+1. ``batch = objective(reader_batch, draws)`` masks ~15% of the tokens (ELECTRA: 85%
+   ``[MASK]``, 15% unchanged, no random tokens) and keeps the ``original_ids``;
 2. the generator (an ``EncoderModel`` with an MLM head) reads ``batch``: ``logits`` (B, L, V);
 3. :func:`sample_replacements` samples a token at each selected position from the generator's
-   softmax (no gradient flows through the sampling) and builds the discriminator batch:
+   softmax (no gradient flows through the sampling; the draw at a position is keyed by the
+   row's sample index and the position) and builds the discriminator batch:
    ``input_ids`` with the samples in place and ``labels`` 1 where the sample differs from
    the original, 0 elsewhere (-100 on padding; a sample equal to the original is "original",
    as in ELECTRA);
@@ -35,11 +36,14 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
+from triform.models import build_model
 from triform.models.base import TransformerModel
-from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.objectives.base import Step
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
-from triform.objectives.ops import Batch, uniform
+from triform.objectives.ops import Batch, SampleDraws
+
+REPLACEMENT = 8  # the draws' stream of the sampled replacements (masking uses 0-3)
 
 
 @dataclass
@@ -49,8 +53,11 @@ class ReplacedTokenConfig(MaskedLMConfig):
     mask_token_prob: float = 0.85
     random_token_prob: float = 0.0
     discriminator_weight: float = 50.0
-    generator_width: float = 0.25  # the generator's hidden size / the discriminator's
-    generator_depth: float = 1.0  # the generator's layers / the discriminator's
+    """Weight λ of the discriminator's loss beside the generator's MLM loss."""
+    generator_width: float = 0.25
+    """The generator's hidden size as a fraction of the discriminator's."""
+    generator_depth: float = 1.0
+    """The generator's layers as a fraction of the discriminator's."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -64,15 +71,14 @@ class ReplacedTokenConfig(MaskedLMConfig):
 
 
 @torch.no_grad()
-def sample_replacements(
-    generator_logits: torch.Tensor, batch: Batch, generator: torch.Generator
-) -> Batch:
+def sample_replacements(generator_logits: torch.Tensor, batch: Batch, draws: SampleDraws) -> Batch:
     """The discriminator's batch from the generator's logits on an objective batch: (B, L, V),
     or (N, V) at the selected positions only (row-major order, ``logits_at=selected``).
 
     At each selected position (``labels != -100``) a token is sampled from
-    ``softmax(generator_logits)`` by inverse-CDF sampling with one uniform draw from
-    ``generator`` (so the generator may live on the CPU while the logits are on a GPU).
+    ``softmax(generator_logits)`` by inverse-CDF sampling with one uniform draw, keyed by the
+    row's sample and the position (``draws``, the batch's rows: a position samples the same
+    whichever rows share its batch).
     Returns ``input_ids`` (B, L), ``attention_mask``, ``labels`` (B, L): 1 replaced, 0 original,
     -100 on padding, and ``token_type_ids`` when the batch has them.
     """
@@ -81,7 +87,9 @@ def sample_replacements(
     logits = generator_logits.detach()
     logits = (logits[selected] if logits.dim() == 3 else logits).float()  # (N, V)
     cdf = logits.softmax(-1).cumsum(-1)  # (N, V)
-    draw = uniform((logits.size(0), 1), generator, logits.device) * cdf[:, -1:]
+    rows, columns = selected.nonzero(as_tuple=True)  # (N,) each, row-major as the logits
+    u = draws.at(rows, columns, REPLACEMENT).to(logits.device)
+    draw = u.unsqueeze(1) * cdf[:, -1:]  # (N, 1)
     sampled = torch.searchsorted(cdf, draw, right=True).clamp(max=logits.size(-1) - 1)
     replaced = original.clone()
     replaced[selected] = sampled.squeeze(1).to(original.dtype)
@@ -99,6 +107,7 @@ def electra_loss(
     discriminator_logits: torch.Tensor,
     rtd_labels: torch.Tensor,
     discriminator_weight: float = 50.0,
+    totals: Counts | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ELECTRA's loss: generator MLM cross entropy + ``discriminator_weight`` x the mean
     binary cross entropy of the discriminator over real tokens.
@@ -107,6 +116,8 @@ def electra_loss(
     with (N,) at the masked positions only;
     discriminator_logits: (B, L); rtd_labels: (B, L) of 0/1 (-100 on padding).
     Returns ``(loss, {"generator_loss", "discriminator_loss", "discriminator_accuracy"})``.
+    With ``totals`` each term is this batch's share of the step's mean over its masked
+    tokens (``"tokens"``) and real tokens (``"positions"``).
     """
     generator_loss = token_cross_entropy(generator_logits, mlm_labels)
     counted = rtd_labels != IGNORE_INDEX
@@ -122,7 +133,10 @@ def electra_loss(
         "discriminator_loss": discriminator_loss.detach(),
         "discriminator_accuracy": correct.sum() / tokens,
     }
-    return generator_loss + discriminator_weight * discriminator_loss, parts
+    counts = {"tokens": labelled(mlm_labels), "positions": counted.sum()}
+    generator_share = loss_share(generator_loss, "tokens", counts, totals)
+    discriminator_share = loss_share(discriminator_loss, "positions", counts, totals)
+    return generator_share + discriminator_weight * discriminator_share, parts
 
 
 class ReplacedTokenDetection(MaskedLM):
@@ -134,42 +148,50 @@ class ReplacedTokenDetection(MaskedLM):
 
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
-        """The discriminator's config: a replaced-token head, no pair head."""
-        return config.replace(encoder_head="rtd", pair_head="none")
-
-    @classmethod
-    def unused_parameters(cls, config: ModelConfig) -> bool:
-        return config.pooler
+        """The discriminator's config: a replaced-token head, no pair head, no pooler."""
+        return config.replace(encoder_head="rtd", pair_head="none", pooler=False)
 
     def build_model(self, config: ModelConfig) -> ElectraPair:
         """The generator (built first) and the discriminator, sharing embeddings."""
-        from triform.models import build_model
-
         c = self.config
         generator = build_model(generator_config(config, c.generator_width, c.generator_depth))
         return ElectraPair(generator, build_model(config), self)
 
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
-        out = super().__call__(batch, generator)
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
+        out = super().__call__(batch, draws)
         out["original_ids"] = batch["input_ids"]
         return out
 
-    def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+    def counts(self, batch: Batch) -> Counts:
+        """Masked tokens (the generator's MLM) and real tokens (the discriminator's)."""
+        return {
+            "tokens": labelled(batch["labels"]),
+            "positions": (batch["attention_mask"] != 0).sum(),
+        }
+
+    def step(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        draws: SampleDraws,
+        totals: Counts | None = None,
+    ) -> Step:
         """``model`` is an :class:`ElectraPair` (or a DDP/FSDP wrapper of one)."""
-        return model(batch, generator)
+        return model(batch, draws, totals)
 
     def pair_step(
         self,
         generator_model: nn.Module,
         discriminator_model: nn.Module,
         batch: Batch,
-        generator: torch.Generator,
+        draws: SampleDraws,
+        totals: Counts | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Generator forward (its vocabulary projection at the masked positions only),
         sampling, discriminator forward and :func:`electra_loss`."""
         selected = batch["labels"] != IGNORE_INDEX  # (B, L)
         generator_output = generator_model(**self.model_inputs(batch), logits_at=selected)
-        discriminator_batch = sample_replacements(generator_output.logits, batch, generator)
+        discriminator_batch = sample_replacements(generator_output.logits, batch, draws)
         discriminator_output = discriminator_model(**self.model_inputs(discriminator_batch))
         return electra_loss(
             generator_output.logits,  # (N, V)
@@ -177,9 +199,12 @@ class ReplacedTokenDetection(MaskedLM):
             discriminator_output.logits,
             discriminator_batch["labels"],
             self.config.discriminator_weight,
+            totals,
         )
 
-    def loss(self, output: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, output: Any, batch: Batch, totals: Counts | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise TriformError(
             "replaced-token detection needs two models: use ReplacedTokenDetection.pair_step"
         )
@@ -242,5 +267,5 @@ class ElectraPair(TransformerModel):
         self._objective = objective
         share_embeddings(generator, discriminator)
 
-    def forward(self, batch: Batch, draw: torch.Generator) -> Step:
-        return self._objective.pair_step(self.generator, self.discriminator, batch, draw)
+    def forward(self, batch: Batch, draws: SampleDraws, totals: Counts | None = None) -> Step:
+        return self._objective.pair_step(self.generator, self.discriminator, batch, draws, totals)

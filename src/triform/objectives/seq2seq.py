@@ -26,17 +26,20 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from triform.data.readers import check_rank, rank_slice
 from triform.errors import ConfigError, TriformError
-from triform.nn.losses import IGNORE_INDEX
-from triform.objectives.base import Objective, RunData, check_config, check_fraction, require
-from triform.objectives.ops import Batch, shift_right
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share
+from triform.objectives.base import Objective, check_config, check_fraction, require
+from triform.objectives.ops import Batch, SampleDraws, shift_right
 from triform.runtime.distributed import rank, world_size
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
@@ -105,12 +108,19 @@ class Seq2SeqConfig:
     """Ids, length limits and label smoothing of a sequence-to-sequence run."""
 
     pad_id: int | None = None
+    """Id of the padding token (default: from the tokenizer)."""
     eos_id: int | None = None
-    decoder_start_id: int | None = None  # None: eos_id (fairseq's Transformer)
+    """Id of the end-of-sequence token (default: from the tokenizer)."""
+    decoder_start_id: int | None = None
+    """First decoder input; unset: ``eos_id`` (fairseq's Transformer)."""
     label_smoothing: float = 0.1
+    """Label smoothing epsilon (0: none)."""
     smoothing: Literal["uniform", "fairseq"] = "uniform"
-    max_source_length: int | None = None  # longer sequences are truncated (keeping </s>)
+    """Spread epsilon over all classes (torch, HuggingFace) or over the others (fairseq)."""
+    max_source_length: int | None = None
+    """Source tokens kept (the end token stays); unset: all."""
     max_target_length: int | None = None
+    """Target tokens kept (the end token stays); unset: all."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -163,7 +173,8 @@ class Seq2Seq(Objective):
             for split, shuffle in ((pairs[:-held_out], True), (pairs[-held_out:], False))
         )
 
-    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws | None = None) -> Batch:
+        """Decoder inputs and labels from the targets (nothing is drawn)."""
         c = self.config
         targets = batch["target_ids"]  # (B, T)
         target_mask = batch.get("target_mask")
@@ -184,7 +195,9 @@ class Seq2Seq(Objective):
 
     loss_at_labels = True  # padded targets are never projected onto the vocabulary
 
-    def loss(self, output: Any, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, output: Any, batch: Batch, totals: Counts | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Label-smoothed cross entropy; ``parts["nll_loss"]`` is the plain one (perplexity).
         Logits (..., V) and labels (...) at every target position or at the labelled ones."""
         logits, labels = output.logits, batch["labels"]
@@ -193,7 +206,7 @@ class Seq2Seq(Objective):
         )
         with torch.no_grad():
             nll = label_smoothed_cross_entropy(logits, labels, 0.0)
-        return loss, {"nll_loss": nll}
+        return loss_share(loss, "tokens", {"tokens": labelled(labels)}, totals), {"nll_loss": nll}
 
     def corpus(self, path: str | Path, tokenizer: Any) -> ParallelCorpus:
         """The TSV at ``path`` tokenized with this objective's length limits."""
@@ -334,7 +347,8 @@ class PairBatches:
     """Length-bucketed batches of a :class:`ParallelCorpus`, a pure function of (seed, step,
     rank, world): the reader of :class:`Seq2Seq` runs. Rank ``rank`` collates its contiguous
     share of each global batch; training drops each epoch's short last batch, so every rank
-    always has rows."""
+    always has rows. Row ``j`` of an epoch's rows (its batches one after the other) is global
+    sample ``epoch * items_per_epoch + j`` (``sample_index``); :meth:`read` reads any."""
 
     def __init__(
         self,
@@ -349,24 +363,54 @@ class PairBatches:
         check_rank(batch_size, rank, world)
         self.corpus, self.batch_size, self.seed, self.shuffle = corpus, batch_size, seed, shuffle
         self.pad_id, self.rank, self.world = pad_id, rank, world
-        self._epoch, self._rows = -1, []
-        self.num_batches = len(self._epoch_rows(0))
+        self._epoch: int = -1
+        self._batches: list[torch.Tensor] = []
+        self._starts = torch.zeros(1, dtype=torch.long)  # first sample of each batch
+        self._kept: list[int] = []  # the batches with a row for every rank
+        self._epoch_batches(0)
+        self.items_per_epoch = int(self._starts[-1])
+        self.num_batches = len(self._kept)
         if self.num_batches == 0:
             raise TriformError(
                 f"{len(corpus)} pairs are fewer than one batch of {batch_size}; "
                 "lower train.batch_size"
             )
 
-    def _epoch_rows(self, epoch: int) -> list[torch.Tensor]:
+    def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-            rows = self.corpus.batch_rows(
+            self._batches = self.corpus.batch_rows(
                 self.batch_size, generator if self.shuffle else None, drop_last=self.shuffle
             )
-            self._rows = [r for r in rows if len(r) >= self.world]  # a row for every rank
+            sizes = torch.tensor([0] + [len(r) for r in self._batches])
+            self._starts = sizes.cumsum(0)
+            # (only a validation split's short last batch may lack a row for some rank)
+            self._kept = [i for i, r in enumerate(self._batches) if len(r) >= self.world]
             self._epoch = epoch
-        return self._rows
+        return self._batches
 
     def batch(self, step: int) -> Batch:
-        rows = self._epoch_rows(step // self.num_batches)[step % self.num_batches]
-        return self.corpus.collate(rows[rank_slice(len(rows), self.rank, self.world)], self.pad_id)
+        epoch, number = divmod(step, self.num_batches)
+        batches = self._epoch_batches(epoch)
+        number = self._kept[number]
+        share = rank_slice(len(batches[number]), self.rank, self.world)
+        start = epoch * self.items_per_epoch + int(self._starts[number])
+        samples = torch.arange(start + share.start, start + share.stop)
+        return self._collate(batches[number][share], samples)
+
+    def read(self, samples: Any) -> Batch:
+        """The pairs of global sample indices ``samples`` (B,) (see the class docstring)."""
+        samples = torch.as_tensor(samples, dtype=torch.long).view(-1)
+        epochs = samples.div(self.items_per_epoch, rounding_mode="floor")
+        place = samples - epochs * self.items_per_epoch
+        rows = torch.empty_like(samples)
+        for epoch in epochs.unique().tolist():
+            chosen = epochs == epoch
+            flat = torch.cat(self._epoch_batches(epoch))
+            rows[chosen] = flat[place[chosen]]
+        return self._collate(rows, samples)
+
+    def _collate(self, rows: torch.Tensor, samples: torch.Tensor) -> Batch:
+        batch = self.corpus.collate(rows, self.pad_id)
+        batch["sample_index"] = samples.to(torch.long)
+        return batch

@@ -40,12 +40,17 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
+from triform.models import build_model
 from triform.models.base import TransformerModel
-from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.nn.norms import make_norm
 from triform.objectives.base import Step, token_accuracy
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
-from triform.objectives.ops import Batch, default_attention_mask, uniform
+from triform.objectives.ops import Batch, SampleDraws, default_attention_mask
+
+# The draws' streams: span lengths and first words (one per span drawn), and per position
+# the replacement kind (read at a span's first token) and the random token picked.
+SPAN_LENGTH, SPAN_FIRST, KIND, PICK = 0, 1, 2, 3
 
 
 @dataclass
@@ -53,11 +58,16 @@ class SpanMaskingConfig(MaskedLMConfig):
     """SpanBERT's settings (the paper's defaults); the MLM keys ``mask_prob``,
     ``mask_token_prob``, ``random_token_prob`` and ``special_ids`` apply per span."""
 
-    whole_word: bool = True  # spans of whole words (False: a token is a word)
-    geometric_p: float = 0.2  # span length in words ~ Geo(p) truncated to [1, max_span]
+    whole_word: bool = True
+    """Spans of whole words (``false``: every token is a word)."""
+    geometric_p: float = 0.2
+    """Span lengths in words follow Geo(p), truncated to ``[1, max_span]``."""
     max_span: int = 10
-    sbo_weight: float = 1.0  # loss = MLM + sbo_weight x SBO
-    sbo_positions: int = 32  # position embeddings of the SBO head (offsets beyond: the last)
+    """The longest span, in words."""
+    sbo_weight: float = 1.0
+    """Weight of the span boundary objective: loss = MLM + ``sbo_weight`` × SBO."""
+    sbo_positions: int = 32
+    """Position embeddings of the SBO head (offsets beyond share the last)."""
     selection: Literal["bernoulli", "exact"] = "exact"
     masking: Literal["dynamic", "static"] = "dynamic"
 
@@ -150,7 +160,7 @@ class SpanBoundaryHead(nn.Module):
 
 class SpanBertModel(TransformerModel):
     """The encoder (``model.*``, with its MLM head) and the SBO head (``sbo_head.*``), trained
-    as one module so that DDP/FSDP see a single forward: ``model(batch, generator)`` returns
+    as one module so that DDP/FSDP see a single forward: ``model(batch, draws)`` returns
     the objective's ``(loss, parts)``. The run folder's ``model.json`` is the encoder's, and
     its ``parts.json`` tells every loader to read the encoder from ``model.*``."""
 
@@ -163,8 +173,8 @@ class SpanBertModel(TransformerModel):
         self.sbo_head = SpanBoundaryHead(encoder.config, objective.config.sbo_positions)
         self._objective = objective
 
-    def forward(self, batch: Batch, generator: torch.Generator) -> Step:
-        return self._objective.span_step(self.model, self.sbo_head, batch)
+    def forward(self, batch: Batch, draws: SampleDraws, totals: Counts | None = None) -> Step:
+        return self._objective.span_step(self.model, self.sbo_head, batch, totals)
 
 
 class SpanMLM(MaskedLM):
@@ -176,28 +186,22 @@ class SpanMLM(MaskedLM):
 
     @classmethod
     def fit_model_config(cls, config: ModelConfig) -> ModelConfig:
-        """An MLM head and no pair head (SpanBERT drops NSP)."""
-        return config.replace(encoder_head="mlm", pair_head="none")
-
-    @classmethod
-    def unused_parameters(cls, config: ModelConfig) -> bool:
-        return config.pooler
+        """An MLM head, no pair head (SpanBERT drops NSP) and no pooler."""
+        return config.replace(encoder_head="mlm", pair_head="none", pooler=False)
 
     def build_model(self, config: ModelConfig) -> SpanBertModel:
-        from triform.models import build_model
-
         return SpanBertModel(build_model(config), self)
 
     # -- the transform --------------------------------------------------------------------
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
         ids = batch["input_ids"]  # (B, L)
         attention_mask = default_attention_mask(batch, self.config.pad_id)
-        selected = self.select_spans(ids, attention_mask, generator, batch.get("word_start"))
+        selected = self.select_spans(ids, attention_mask, draws, batch.get("word_start"))
         left, right, offset = span_boundaries(selected)
         # one replacement kind per span: the draw at the span's first token
         first = torch.arange(ids.size(1), device=ids.device) - offset  # (B, L)
-        kind = uniform(ids.shape, generator, ids.device).gather(1, first)
-        pick = uniform(ids.shape, generator, ids.device)
+        kind = draws.uniform(ids.size(1), KIND).to(ids.device).gather(1, first)
+        pick = draws.uniform(ids.size(1), PICK).to(ids.device)
         masked, labels = self.corrupt(ids, selected, kind, pick)
         out = {
             "input_ids": masked,
@@ -215,7 +219,7 @@ class SpanMLM(MaskedLM):
         self,
         ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        generator: torch.Generator,
+        draws: SampleDraws,
         word_start: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, L) bool: the masked positions, spans of whole words filling the budget."""
@@ -225,14 +229,14 @@ class SpanMLM(MaskedLM):
         word = start.long().cumsum(1) - 1  # (B, L) word index of each candidate token
         words = start.sum(1, keepdim=True)  # (B, 1)
         budget = torch.round(candidate.sum(1).double() * c.mask_prob).long()  # (B,)
-        # one draw more than the largest budget: each draw adds at least one token unless it
-        # lands wholly on masked words (rare), so the budget is reached
-        draws = int(budget.max()) + 1 if budget.numel() else 1
-        shape = (ids.size(0), draws)
-        lengths = sample_span_lengths(
-            uniform(shape, generator, ids.device), c.geometric_p, c.max_span
-        )
-        first = (uniform(shape, generator, ids.device) * words).long()  # (B, K) first word
+        # one span more than the largest budget a row of this width can have: each adds at
+        # least one token unless it lands wholly on masked words (rare), so the budget is
+        # reached (K from the width alone: a row's spans do not depend on the other rows)
+        spans = round(ids.size(1) * c.mask_prob) + 1
+        u = draws.uniform(spans, SPAN_LENGTH).to(ids.device)
+        lengths = sample_span_lengths(u, c.geometric_p, c.max_span)  # (B, K)
+        u = draws.uniform(spans, SPAN_FIRST).to(ids.device)
+        first = (u * words).long()  # (B, K) first word
         first = torch.minimum(first, (words - 1).clamp(min=0))
         # covered[b, k, t]: token t lies in draw k; union[b, k]: in one of draws 0..k
         w = word.unsqueeze(1)  # (B, 1, L)
@@ -246,8 +250,8 @@ class SpanMLM(MaskedLM):
         whole = whole.squeeze(1) & (taken > 0).unsqueeze(1)  # (B, L)
         # the draw that crosses the budget keeps its new words while they fit
         crossing = covered.gather(
-            1, taken.clamp(max=draws - 1).view(-1, 1, 1).expand(-1, 1, ids.size(1))
-        ).squeeze(1) & (taken < draws).unsqueeze(1)
+            1, taken.clamp(max=spans - 1).view(-1, 1, 1).expand(-1, 1, ids.size(1))
+        ).squeeze(1) & (taken < spans).unsqueeze(1)
         new = crossing & ~whole  # (B, L)
         running = new.long().cumsum(1)  # (B, L) new tokens up to each position
         at_word_end = torch.zeros_like(running).scatter_reduce_(
@@ -258,12 +262,26 @@ class SpanMLM(MaskedLM):
         return whole | keep
 
     # -- the loss -------------------------------------------------------------------------
-    def step(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Step:
+    def step(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        draws: SampleDraws,
+        totals: Counts | None = None,
+    ) -> Step:
         """``model`` is a :class:`SpanBertModel` (or a DDP/FSDP wrapper of one)."""
-        return model(batch, generator)
+        return model(batch, draws, totals)
 
-    def span_step(self, encoder: nn.Module, sbo_head: SpanBoundaryHead, batch: Batch) -> Step:
-        """Encoder forward, MLM loss, SBO loss: ``(mlm + sbo_weight * sbo, parts)``."""
+    def span_step(
+        self,
+        encoder: nn.Module,
+        sbo_head: SpanBoundaryHead,
+        batch: Batch,
+        totals: Counts | None = None,
+    ) -> Step:
+        """Encoder forward, MLM loss, SBO loss: ``(mlm + sbo_weight * sbo, parts)``; both
+        terms are means over the masked tokens (with ``totals``: this batch's share of the
+        step's)."""
         output = encoder(**self.model_inputs(batch))
         labels = batch["labels"]  # (B, L)
         mlm_loss = token_cross_entropy(output.logits, labels)
@@ -277,7 +295,10 @@ class SpanMLM(MaskedLM):
         }
         if targets.numel():
             parts["sbo_accuracy"] = (sbo_logits.argmax(-1) == targets).float().mean()
-        return mlm_loss + self.config.sbo_weight * sbo_loss, parts
+        counts = {"tokens": labelled(labels)}
+        mlm_share = loss_share(mlm_loss, "tokens", counts, totals)
+        sbo_share = loss_share(sbo_loss, "tokens", counts, totals)
+        return mlm_share + self.config.sbo_weight * sbo_share, parts
 
     @staticmethod
     def sbo_logits(
@@ -296,5 +317,5 @@ class SpanMLM(MaskedLM):
             raise TriformError("the span boundary objective needs the encoder's MLM head")
         return head.decoder(features * head.output_scale)
 
-    def loss(self, output: Any, batch: Batch) -> Step:
+    def loss(self, output: Any, batch: Batch, totals: Counts | None = None) -> Step:
         raise TriformError("span-mlm needs the SBO head: use SpanMLM.span_step")

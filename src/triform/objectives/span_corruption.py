@@ -25,15 +25,25 @@ must come first); produces ``input_ids`` (B, I), ``attention_mask`` (B, I), ``la
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from triform.data.readers import PackedSequences
 from triform.errors import ConfigError, TriformError
 from triform.nn.losses import IGNORE_INDEX
-from triform.objectives.base import Objective, RunData, check_config, require
+from triform.objectives.base import Objective, check_config, require
 from triform.objectives.masked_lm import word_start_table
-from triform.objectives.ops import Batch, compact, random_segmentation, shift_right, uniform
+from triform.objectives.ops import (
+    Batch,
+    SampleDraws,
+    compact,
+    random_segmentation,
+    shift_right,
+)
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 
 def span_counts(length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
@@ -85,11 +95,17 @@ class SpanCorruptionConfig:
     """T5's settings; ``sentinel_ids[i]`` is the id of ``<extra_id_i>``."""
 
     sentinel_ids: list[int] = field(default_factory=list)
+    """Ids of ``<extra_id_0>``, ``<extra_id_1>``, ... (default: from the tokenizer)."""
     eos_id: int | None = None
+    """Id of the end-of-sequence token (default: from the tokenizer)."""
     pad_id: int | None = None
-    decoder_start_id: int | None = None  # None: pad_id, as T5
+    """Id of the padding token (default: from the tokenizer)."""
+    decoder_start_id: int | None = None
+    """First decoder input; unset: ``pad_id``, as T5."""
     noise_density: float = 0.15
+    """Share of the tokens corrupted."""
     mean_span_length: float = 3.0
+    """Mean length of a corrupted span, in tokens."""
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -138,17 +154,18 @@ class SpanCorruption(Objective):
     def target_length(self, seq_len: int) -> int:
         return t5_span_lengths(seq_len, self.config.noise_density, self.config.mean_span_length)[1]
 
-    def noise_mask(
-        self, lengths: torch.Tensor, width: int, generator: torch.Generator
-    ) -> torch.Tensor:
-        """(B, width) bool: T5's random spans for rows of ``lengths`` (B,) real tokens."""
+    def noise_mask(self, lengths: torch.Tensor, width: int, draws: SampleDraws) -> torch.Tensor:
+        """(B, width) bool: T5's random spans for rows of ``lengths`` (B,) real tokens; the
+        cut points of the noise and of the other spans from ``draws`` streams 0 and 1 (one
+        draw per gap between tokens)."""
         c = self.config
         batch, device = lengths.size(0), lengths.device
         noise, spans = _span_counts_tensor(lengths, c.noise_density, c.mean_span_length)
         max_spans = span_counts(width, c.noise_density, c.mean_span_length)[1]
-        keys = uniform((2, batch, max(width - 1, 0)), generator, device)
-        noise_len = random_segmentation(noise, spans, max_spans, keys[0])  # (B, S)
-        other_len = random_segmentation(lengths - noise, spans, max_spans, keys[1])  # (B, S)
+        gaps = max(width - 1, 0)
+        noise_keys, other_keys = (draws.uniform(gaps, s).to(device) for s in (0, 1))
+        noise_len = random_segmentation(noise, spans, max_spans, noise_keys)  # (B, S)
+        other_len = random_segmentation(lengths - noise, spans, max_spans, other_keys)  # (B, S)
         # spans alternate non-noise, noise, non-noise, ...: mark where each one starts
         interleaved = torch.stack([other_len, noise_len], dim=2).view(batch, 2 * max_spans)
         starts = interleaved.cumsum(1)[:, :-1]  # (B, 2S - 1)
@@ -158,7 +175,7 @@ class SpanCorruption(Objective):
         real = torch.arange(width, device=device) < lengths.unsqueeze(1)
         return (span_number % 2 == 1) & real & (spans > 0).unsqueeze(1)
 
-    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+    def __call__(self, batch: Batch, draws: SampleDraws) -> Batch:
         c = self.config
         ids = batch["input_ids"]  # (B, N)
         size, width = ids.shape
@@ -173,7 +190,7 @@ class SpanCorruption(Objective):
                 f"span corruption of {width} tokens makes up to {max_spans} spans but only "
                 f"{len(c.sentinel_ids)} sentinel ids were given"
             )
-        noise = self.noise_mask(lengths, width, generator)  # (B, N)
+        noise = self.noise_mask(lengths, width, draws)  # (B, N)
         real = torch.arange(width, device=ids.device) < lengths.unsqueeze(1)
         previous = torch.nn.functional.pad(noise[:, :-1], (1, 0), value=False)
         noise_start = noise & ~previous

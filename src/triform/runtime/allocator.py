@@ -9,8 +9,8 @@ table's gradient is 154 MB, its bf16 copy 77 MB, a chunk of logits 100 MB), so a
 spends a noticeable part of its time in page faults. Serving every block from malloc's heap
 and keeping freed memory there (``mallopt``: no mmap'd blocks, trim only above 1 GiB free)
 lets the next step reuse pages already mapped: the allocators Intel recommends for PyTorch
-on CPUs (jemalloc, tcmalloc) are configured for the same reason. Measured on a 2-core CPU,
-interleaved: a gpt2 bf16 step 1.33x, t5-small fp32 1.10x (BENCHMARKS.md).
+on CPUs (jemalloc, tcmalloc) are configured for the same reason. What it brings to a
+training step: BENCHMARKS.md, "Training" (the "both kept" columns leave it out).
 
 The setting is process-wide and lasts for the process; a training run (``triform
 pretrain``, ``triform finetune``, or their Python functions) applies it unless

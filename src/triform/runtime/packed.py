@@ -3,16 +3,14 @@ behind every :class:`triform.nn.Linear`) and packed for inference (:func:`packed
 
 Decoding at batch 1 reads every weight once per token, so its matrix-vector products are
 bound by memory bandwidth. torch's default CPU linear for fp32 (MKL, weight stored
-(out, in)) streams a weight on one thread only, at about a third of the bandwidth; oneDNN's
-linear kernel, given the same weight, uses every thread. Measured on a 2-core AVX-512
-machine (BENCHMARKS.md, "Decoding"): 2.0x for one row, 2.2x for four (beams), 1.4x at 32
-rows and still 1.26x at 512 in fp32, the 50,257-wide GPT-2 vocabulary projection at
-31 GB/s against 13. fp32 weights are used as they are (no copy). For bf16 weights torch
-already calls oneDNN; there the gain comes from reordering each weight once into oneDNN's
-blocked layout (1.3x for one row, 1.9x for four), which costs a copy of the weights while
-the context is open. The same reordering pays in fp32 when a decoding step has several rows
-(beams, batches of prompts: 1.4x at four rows, on top of the 2.2x), and ``reorder_fp32``
-asks for it.
+(out, in)) streams a weight on one thread only, well short of the bandwidth; oneDNN's
+linear kernel, given the same weight, uses every thread, and is faster from one row to
+hundreds. fp32 weights are used as they are (no copy). For bf16 weights torch already calls
+oneDNN; there the gain comes from reordering each weight once into oneDNN's blocked layout,
+which costs a copy of the weights while the context is open. The same reordering pays in
+fp32 when a decoding step has several rows (beams, batches of prompts), and
+``reorder_fp32`` asks for it. The figures: BENCHMARKS.md, "Decoding"; how they were reached:
+docs/performance-notes.md.
 
 Results differ from ``F.linear``'s by rounding only (another summation order).
 """
@@ -136,12 +134,12 @@ def onednn_linear(
     """``F.linear(x, weight, bias)``, through oneDNN's kernel for fp32 on the CPU, with
     autograd. (..., in), (out, in) -> (..., out)
 
-    Measured on the layers of a training step (512 rows, 2 cores, AVX-512): the forward
-    product 1.1-1.6x torch's MKL path and the input gradient (the same kernel given the
-    weight's transpose as a view, no copy) 1.1-1.2x. The weight gradient goes through the
-    kernel where the layer takes more features than it gives (a feed-forward block's down
-    projection: 1.12x at 128 and 512 rows), and stays a plain matmul elsewhere, where MKL's
-    is 1.1-1.2x faster. A whole fp32 step: gpt2 1.12x, t5-small 1.11x. Anything else
+    At the shapes of a training step the kernel is faster than torch's MKL path for the
+    forward product and for the input gradient (the same kernel given the weight's
+    transpose as a view, no copy). The weight gradient goes through the kernel where the
+    layer takes more features than it gives (a feed-forward block's down projection), and
+    stays a plain matmul elsewhere, where MKL's is faster (BENCHMARKS.md, "Training";
+    docs/performance-notes.md). Anything else
     (other dtypes, autocast, other devices, DTensor shards, ``torch.compile``) is
     ``F.linear``; results differ from it by rounding only (another summation order).
     """

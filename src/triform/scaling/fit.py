@@ -156,7 +156,7 @@ def _minimise(
     best, best_value = starts[0], np.inf
     # alpha, beta >= 0; A and B below e**700 so that they stay floats
     bounds = [(None, 700.0), (None, 700.0), (None, 700.0), (0.0, None), (0.0, None)]
-    # L-BFGS-B's small BLAS calls run 20x slower when OpenBLAS spreads them over threads.
+    # L-BFGS-B's small BLAS calls run far slower when OpenBLAS spreads them over threads.
     with threadpool_limits(limits=1):
         for start in starts:
             result = _lbfgs(start, bounds, log_n, log_d, log_loss, delta)

@@ -18,12 +18,15 @@ warmup_fraction = 0.05                # warm-up steps as a fraction of each poin
 Every point is an ordinary pretraining run (:func:`triform.train.loop.pretrain`) of the base
 config with the point's model shape, ``train.steps`` = its budget in tokens over
 ``batch_size × seq_len`` (``batch_size`` is the global batch), a learning-rate schedule sized
-to those steps, one evaluation at the end, and its own folder under ``points/``. All points
-share one tokenizer (trained once, before the first point, unless the base config names one)
-and one shard folder, so the corpus is tokenized once. A point whose id is already in
-``results.jsonl`` is skipped and a point killed after its checkpoint resumes from it: a killed
-sweep resumes where it stopped. One sweep at a time writes a sweep folder, and a line of
-``results.jsonl`` torn by a kill is dropped (with a warning) before the next row is appended.
+to those steps, one evaluation at the end (its ``loss``: the validation loss over
+``train.eval_batches`` batches of windows spread evenly across the split, or every window with
+``"all"``, the rule of every evaluation; the row says how many, ``eval_windows`` of
+``split_windows``), and its own folder under ``points/``. All points share one tokenizer
+(trained once, before the first point, unless the base config names one) and one shard
+folder, so the corpus is tokenized once. A point whose id is already in ``results.jsonl`` is
+skipped and a point killed after its checkpoint resumes from it: a killed sweep resumes where
+it stopped. One sweep at a time writes a sweep folder, and a line of ``results.jsonl`` torn by
+a kill is dropped (with a warning) before the next row is appended.
 """
 
 from __future__ import annotations
@@ -59,14 +62,24 @@ class SweepSection:
     """The ``[sweep]`` section (see the module docstring)."""
 
     out_dir: str = "runs/scaling"
+    """The sweep folder: ``results.jsonl``, the shared tokenizer and shards, ``points/``."""
     tokens: list[float] = field(default_factory=list)
+    """Token budgets D: every model trains on each."""
     flops: list[float] = field(default_factory=list)
+    """Compute budgets C: every model gets the tokens that spend each (IsoFLOP curves)."""
     models: list[dict] = field(default_factory=list)
+    """Model sizes, one table each (keys below); or give ``depths``."""
     depths: list[int] = field(default_factory=list)
+    """A depth rule instead of ``models``: one model per depth, hidden = ``aspect_ratio``
+    × depth rounded to a multiple of ``head_dim``."""
     aspect_ratio: int = 64
+    """Depth rule: hidden size per layer."""
     head_dim: int = 64
+    """Depth rule: the width of one head."""
     ffn_ratio: int = 4
+    """Feed-forward size as a multiple of the hidden size, where a size does not give it."""
     warmup_fraction: float = 0.05
+    """Warm-up steps as a fraction of each point's steps."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +87,15 @@ class ModelShape:
     """One model size of a sweep; ``lr`` overrides ``optim.lr`` for it when set."""
 
     num_layers: int
+    """Blocks of the model. Required."""
     hidden_size: int
+    """Its hidden size. Required."""
     num_heads: int
+    """Its attention heads. Required."""
     ffn_size: int
+    """Its feed-forward size; default: ``ffn_ratio`` × ``hidden_size``."""
     lr: float | None = None
+    """A learning rate for this size; unset: ``optim.lr``."""
 
     @property
     def name(self) -> str:
@@ -311,14 +329,14 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def _final_loss(out_dir: Path, val_metrics: dict[str, float]) -> float:
-    loss = val_metrics.get("loss")
-    if loss is None:
+def _final_validation(out_dir: Path, val_metrics: dict[str, float]) -> dict[str, Any]:
+    """The run's last validation metrics: ``val_metrics``, else its last recorded ones."""
+    if val_metrics.get("loss") is None:
         records = [r for r in read_metrics(out_dir, split="val") if "loss" in r]
         if not records:
             raise TriformError(f"{out_dir}: the run recorded no validation loss")
-        loss = records[-1]["loss"]
-    return float(loss)
+        val_metrics = records[-1]
+    return val_metrics
 
 
 def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> dict[str, Any]:
@@ -333,7 +351,7 @@ def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> d
 
         result = pretrain(sweep.point_config(point), resume=resume)
         steps, train_loss = result.steps, result.train_loss
-        loss = _final_loss(out_dir, result.val_metrics)
+        validation = _final_validation(out_dir, result.val_metrics)
     else:
         sweep.point_config(point)  # validate before launching
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -349,7 +367,7 @@ def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> d
         train = [r for r in read_metrics(out_dir, split="train") if "loss" in r]
         steps = int(train[-1]["step"]) if train else point.steps
         train_loss = float(train[-1]["loss"]) if train else math.nan
-        loss = _final_loss(out_dir, {})
+        validation = _final_validation(out_dir, {})
     wall = time.perf_counter() - started
     model = ModelConfig.from_dict(json.loads((out_dir / "model.json").read_text()))
     tokens = steps * sweep.tokens_per_step
@@ -370,7 +388,9 @@ def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> d
         "flops": training_flops(point.params, tokens, model.num_layers, seq_len, width),
         "budget_kind": point.budget_kind,
         "budget": point.budget,
-        "loss": loss,
+        "loss": float(validation["loss"]),
+        "eval_windows": validation.get("eval_windows"),
+        "split_windows": validation.get("split_windows"),
         "train_loss": None if math.isnan(train_loss) else train_loss,
         "wall_seconds": round(wall, 3),
         "out_dir": str(out_dir),

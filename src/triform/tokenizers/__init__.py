@@ -5,7 +5,9 @@ A triform tokenizer *is* a :class:`tokenizers.Tokenizer`, saved as a standard
 ``tokenizer.json`` loads here. (Inside triform, ``import tokenizers`` is always the
 HuggingFace package; this module is ``triform.tokenizers``.)
 
->>> tok = train_tokenizer("corpus/", kind="wordpiece", vocab_size=8000, family="bert")
+>>> from triform.data import Corpus
+>>> tok = train_tokenizer(Corpus.from_paths("corpus/"), kind="wordpiece", vocab_size=8000,
+...                       family="bert")
 >>> save_tokenizer(tok, "tokenizer.json")
 >>> SpecialTokens.from_tokenizer(load_tokenizer("tokenizer.json")).cls_id
 2
@@ -25,6 +27,7 @@ from triform.tokenizers.specials import (
     SpecialTokens,
     family_spec,
     family_special_tokens,
+    fit_to_tokenizer,
 )
 from triform.tokenizers.training import DEFAULT_FAMILY, KINDS, train_tokenizer
 
@@ -38,6 +41,7 @@ __all__ = [
     "encode_with_sampling",
     "family_spec",
     "family_special_tokens",
+    "fit_to_tokenizer",
     "load_tokenizer",
     "sampling_tokenizer",
     "save_tokenizer",

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import tokenizers
 from tokenizers import processors
 
+from triform.config import ModelConfig
 from triform.errors import ConfigError
 
 NUM_T5_SENTINELS = 100
@@ -201,3 +202,22 @@ class SpecialTokens:
             "eos_id": self.eos_id,
             "sentinel_ids": list(self.sentinel_ids),
         }
+
+
+def fit_to_tokenizer(config: ModelConfig, tokenizer: tokenizers.Tokenizer) -> ModelConfig:
+    """``config`` with the vocabulary size and special ids of ``tokenizer``: what every run
+    (pretraining, fine-tuning from a preset) sets before building a model."""
+    special = SpecialTokens.from_tokenizer(tokenizer)
+    updates: dict = {"vocab_size": tokenizer.get_vocab_size(with_added_tokens=True)}
+    for field_name, token_id in (
+        ("pad_token_id", special.pad_id),
+        ("bos_token_id", special.bos_id if special.bos_id is not None else special.cls_id),
+        ("eos_token_id", special.eos_id if special.eos_id is not None else special.sep_id),
+    ):
+        if token_id is not None:
+            updates[field_name] = token_id
+    if config.form == "encoder-decoder":
+        start = special.pad_id if config.family == "t5" else updates.get("eos_token_id")
+        if start is not None:
+            updates["decoder_start_token_id"] = start
+    return config.replace(**updates)

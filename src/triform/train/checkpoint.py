@@ -84,7 +84,7 @@ class CheckpointState:
 # --------------------------------------------------------------------------------------
 
 
-def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """The full (unsharded) state dict on the main process, tied tensors once; ``None``
     on other ranks. Collective under FSDP2."""
     if is_fsdp(model):
@@ -108,7 +108,7 @@ def save_weights(
     """Write ``model``'s weights to a safetensors file, atomically (temp file + rename).
     Tied tensors are stored once. Under FSDP2 call it on every rank; rank 0 writes."""
     path = Path(path)
-    state = _full_state_dict(unwrap_model(model))
+    state = full_state_dict(unwrap_model(model))
     if state is not None:
         write_weights(state, path, metadata)
     return path
@@ -307,7 +307,7 @@ def save_checkpoint(
         _save_sharded(final, model, optimizer, trainer, keep_last)
         return final
     if is_main_process():
-        weights = _full_state_dict(model)
+        weights = full_state_dict(model)
         assert weights is not None
         optim_state = _optimizer_state(model, optimizer) if optimizer is not None else None
         _write_checkpoint(
@@ -350,7 +350,7 @@ def _save_sharded(
         if optimizer is not None:
             state["optimizer"] = optim_state
         dcp.save(state, checkpoint_id=str(tmp / SHARDED))  # collective; files fsynced
-        weights = _full_state_dict(model)  # the export for generate / convert (collective)
+        weights = full_state_dict(model)  # the export for generate / convert (collective)
         if is_main_process():
             assert weights is not None
             _write_checkpoint(

@@ -43,18 +43,27 @@ class OptimConfig:
     ``decay_embeddings`` decides for the remaining embedding tables (token, segment).
     ``fused``: ``None`` = torch's fused AdamW when every parameter allows it (see
     :func:`fused_supported`): one kernel per step instead of a loop over parameters; the
-    same updates within float rounding (~1e-8 after 10 steps), 7x faster on CPU.
+    same updates within float rounding (~1e-8 after 10 steps), and faster on a CPU (see
+    BENCHMARKS.md, "Training").
     ``grad_clip``: max global gradient norm; 0 turns clipping off.
     """
 
     lr: float = 3e-4
+    """Peak learning rate (the schedule scales it)."""
     weight_decay: float = 0.01
+    """AdamW's decoupled weight decay (never on biases and norms)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's two moment decay rates."""
     eps: float = 1e-8
+    """AdamW's epsilon."""
     no_decay: list[str] = field(default_factory=lambda: ["bias", "norm", "position"])
+    """Lower-case substrings of parameter or module names that get no weight decay."""
     decay_embeddings: bool = True
+    """Weight decay on the token and segment embedding tables."""
     grad_clip: float = 1.0
+    """Largest global gradient norm; 0: no clipping."""
     fused: bool | None = None
+    """torch's fused AdamW (one kernel per step); unset: wherever every parameter allows it."""
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, tuple):
@@ -148,14 +157,17 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; fused kernels where supported unless ``cfg.fused``
-    says no.
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, groups: list[dict[str, Any]] | None = None
+) -> torch.optim.AdamW:
+    """AdamW over ``groups`` (default: :func:`param_groups`; a group may set its own
+    ``lr``); fused kernels where supported unless ``cfg.fused`` says no.
 
     Under FSDP2 build it *after* ``fully_shard`` (it must see the sharded parameters).
     """
     cfg.validate()
-    groups = param_groups(model, cfg)
+    if groups is None:
+        groups = param_groups(model, cfg)
     if not groups:
         raise ConfigError("the model has no trainable parameters to optimize")
     params = [p for g in groups for p in g["params"]]

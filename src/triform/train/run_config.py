@@ -41,30 +41,50 @@ class TokenizerSection:
     folder keeps its own copy either way (``triform tokenizer train`` makes one to share)."""
 
     path: str | None = None
+    """A ``tokenizer.json`` to load; it must exist (unset: a tokenizer is trained for the
+    run)."""
     kind: Literal["bpe", "byte-bpe", "wordpiece", "unigram", "char"] = "byte-bpe"
+    """The algorithm of a tokenizer trained for the run."""
     vocab_size: int = 8000
-    family: str | None = None  # special tokens of this family; default: the model's family
-    lowercase: bool | None = None  # None: the kind's default (WordPiece lower-cases)
+    """Vocabulary of a trained tokenizer, special tokens included."""
+    family: str | None = None
+    """Special tokens and framing of this family; unset: the model's family."""
+    lowercase: bool | None = None
+    """Lower-case the text; unset: the kind's default (WordPiece lower-cases)."""
 
 
 @dataclass
 class DataSection:
     """Where the text is, how it is split, and how long the training sequences are."""
 
-    corpus: list[str] | str = "default"  # "default" = the embedded corpus; or paths / globs
-    text_field: str = "text"  # for .jsonl corpora
+    corpus: list[str] | str = "default"
+    """Files, folders or globs of text (``.txt``-like, ``.jsonl``, gzipped or not);
+    ``"default"``: the embedded corpus."""
+    text_field: str = "text"
+    """The field that holds the text in ``.jsonl`` files."""
     split_documents: Literal["file", "blank-line"] = "file"
-    if_missing: Literal["error", "default"] = "error"  # corpus absent: fail, or use the default
-    shards_dir: str | None = None  # default: <out_dir>/data
-    # the validation set: these files (then val_fraction defaults to 0), or a share of corpus
+    """A document is a whole file, or a block between blank lines (BERT's format)."""
+    if_missing: Literal["error", "default"] = "error"
+    """When a corpus path matches nothing: stop, or train on the embedded corpus."""
+    shards_dir: str | None = None
+    """Where the token shards go; unset: ``<out_dir>/data``."""
     validation: list[str] | str | None = None
-    val_fraction: float | None = None  # default: 0.05 of the documents, 0 with validation
+    """Files, folders or globs that are the validation set (the corpus is then all
+    training text)."""
+    val_fraction: float | None = None
+    """Share of the corpus documents held out for validation; unset: 0.05, or 0 with
+    ``validation``."""
     workers: int = 2
+    """Processes that tokenize the corpus into shards."""
     seq_len: int = 128
-    target_len: int = 64  # encoder-decoder objectives: decoder length (span corruption sets it)
-    sources: str | None = None  # seq2seq: a TSV of source<TAB>target pairs instead of a corpus
-    # training windows segmented afresh: {alpha = 0.1} (Unigram) or {dropout = 0.1} (BPE)
+    """Tokens per training sequence (an encoder-decoder's source length)."""
+    target_len: int = 64
+    """Decoder length of encoder-decoder objectives (span corruption derives its own)."""
+    sources: str | None = None
+    """seq2seq: a TSV of ``source<TAB>target`` lines, read instead of a corpus."""
     subword_sampling: dict[str, Any] | None = None
+    """Segment each training window afresh every step: ``{alpha = 0.1}`` (Unigram
+    sampling, with an optional ``nbest_size``) or ``{dropout = 0.1}`` (BPE-dropout)."""
 
 
 @dataclass
@@ -76,14 +96,13 @@ class TrainSection(LoopSection):
 
     out_dir: str = "runs/pretrain"
     steps: int = 1000
-    max_minutes: float | None = None  # stop (and checkpoint) when this budget is spent
-    eval_batches: int = 8  # validation batches of batch_size sequences each
-    sample_tokens: int = 64  # decoders print a sample of this many tokens at each eval
+    eval_batches: int | Literal["all"] = 8
+    """Batches of ``batch_size`` validation windows at each evaluation, spread evenly across
+    the split (the same windows every time), or ``"all"``: every window."""
+    sample_tokens: int = 64
+    """Generative objectives print a sample of this many tokens at each evaluation."""
     sample_prompt: str = ""
-    compile: bool = False
-    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: DDP under torchrun
-    activation_checkpointing: bool = False  # recompute each block in the backward pass
-    fsdp_param_dtype: Literal["fp32", "bf16"] = "fp32"  # FSDP: compute dtype (fp32 reductions)
+    """The prompt of those samples."""
 
 
 @dataclass
@@ -193,6 +212,12 @@ def build_run_config(tree: dict[str, Any], source: Path | None = None) -> RunCon
     raw = {**tree, "model": {**model.to_dict()}, "tokenizer": vars(tokenizer), "data": vars(data)}
     raw["train"], raw["objective"] = vars(train), objective
     run = RunConfig(model, preset, tokenizer, data, objective, train, optim, schedule, source, raw)
+    if data.subword_sampling is not None and not kind.resamplable:
+        able = ", ".join(sorted(n for n, o in OBJECTIVES.items() if o.resamplable))
+        raise ConfigError(
+            f"data.subword_sampling: objective {kind.name} does not read packed token "
+            f"windows; sampling works with {able}"
+        )
     kind.check_run(run)
     return run
 
@@ -261,8 +286,9 @@ def _validate(train: TrainSection, data: DataSection) -> None:
             raise ConfigError(f"{key} must be positive, got {value}")
     if data.val_fraction is None or not 0.0 <= data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {data.val_fraction}")
-    if train.max_minutes is not None and train.max_minutes <= 0:
-        raise ConfigError("train.max_minutes must be positive")
+    if train.eval_batches != "all" and train.eval_batches <= 0:
+        raise ConfigError(f'train.eval_batches must be positive or "all", got {train.eval_batches}')
+    train.check()
     if train.batch_size % train.grad_accum:
         raise ConfigError(
             f"train.batch_size {train.batch_size} (the global batch) does not split into "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -32,13 +32,34 @@ class ScheduleConfig:
 
     ``total_steps`` is the decay horizon; left unset (the usual case) it is the run's
     ``train.steps``, passed in by the trainer. ``min_lr_ratio`` is the floor of linear and
-    cosine decay, as a fraction of the peak lr.
+    cosine decay, as a fraction of the peak lr. The warm-up lasts ``warmup_steps`` updates,
+    or ``warmup_ratio`` of the run's steps; with neither set, the section's default
+    (pretraining: 100 steps; fine-tuning: 10 % of the steps). Set one, not both.
     """
 
     kind: ScheduleKind = "cosine"
-    warmup_steps: int = 100
+    """The decay after warm-up (``constant``: none; ``inverse-sqrt``: the Transformer's)."""
+    warmup_steps: int | None = None
+    """Updates of linear warm-up to the peak learning rate; unset: ``warmup_ratio``, or the
+    section's default (pretraining 100, fine-tuning 10 % of the steps)."""
+    warmup_ratio: float | None = None
+    """Warm-up as a share of the run's steps (instead of ``warmup_steps``)."""
     total_steps: int | None = None
+    """The decay horizon; unset: the run's ``train.steps``."""
     min_lr_ratio: float = 0.1
+    """Floor of linear and cosine decay, as a fraction of the peak learning rate."""
+
+    default_warmup_steps: ClassVar[int] = 100
+    default_warmup_ratio: ClassVar[float | None] = None
+
+    def warmup(self, total_steps: int) -> int:
+        """The warm-up's length in updates for a run of ``total_steps``."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        ratio = self.warmup_ratio if self.warmup_ratio is not None else self.default_warmup_ratio
+        if ratio is not None:
+            return int(ratio * total_steps)
+        return self.default_warmup_steps
 
     def __post_init__(self) -> None:
         self.validate()
@@ -52,6 +73,11 @@ class ScheduleConfig:
             )
         if _is_int(self.warmup_steps) and self.warmup_steps < 0:
             raise ConfigError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        ratio = self.warmup_ratio
+        if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and not 0 <= ratio < 1:
+            raise ConfigError(f"schedule.warmup_ratio must be in [0, 1), got {ratio}")
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ConfigError("set schedule.warmup_steps or schedule.warmup_ratio, not both")
         if _is_int(self.total_steps) and self.total_steps < 1:
             raise ConfigError(f"schedule.total_steps must be >= 1, got {self.total_steps}")
         ratio = self.min_lr_ratio
@@ -67,7 +93,7 @@ def _is_int(x: Any) -> bool:
 def lr_factor(step: int, cfg: ScheduleConfig, total_steps: int) -> float:
     """The multiplier of the peak lr for optimizer update ``step`` (0-based)."""
     n = step + 1
-    warmup = cfg.warmup_steps
+    warmup = cfg.warmup(total_steps)
     if cfg.kind == "inverse-sqrt":
         if warmup == 0:
             return n**-0.5
@@ -97,7 +123,8 @@ def build_scheduler(
     if horizon < 1:
         raise ConfigError(f"schedule total steps must be >= 1, got {horizon}")
 
-    frozen = replace(cfg)  # later edits of cfg do not change a running schedule
+    # later edits of cfg do not change a running schedule
+    frozen = replace(cfg, warmup_steps=cfg.warmup(horizon), warmup_ratio=None)
 
     def factor(step: int) -> float:
         return lr_factor(step, frozen, horizon)

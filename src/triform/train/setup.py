@@ -26,7 +26,7 @@ from triform.runs import (
 from triform.runtime.distributed import barrier, broadcast_object, is_main_process
 from triform.tokenizers import (
     FAMILIES,
-    SpecialTokens,
+    fit_to_tokenizer,
     load_tokenizer,
     save_tokenizer,
     tokenizer_from_str,
@@ -152,22 +152,9 @@ def _tokenizer_corpus(config: RunConfig):
 
 
 def resolve_model_config(config: RunConfig, tokenizer: tokenizers.Tokenizer) -> ModelConfig:
-    """The model config with vocabulary size and special ids taken from the tokenizer."""
-    special = SpecialTokens.from_tokenizer(tokenizer)
-    model = config.model
-    updates: dict = {"vocab_size": tokenizer.get_vocab_size(with_added_tokens=True)}
-    for field_name, token_id in (
-        ("pad_token_id", special.pad_id),
-        ("bos_token_id", special.bos_id if special.bos_id is not None else special.cls_id),
-        ("eos_token_id", special.eos_id if special.eos_id is not None else special.sep_id),
-    ):
-        if token_id is not None:
-            updates[field_name] = token_id
-    if model.form == "encoder-decoder":
-        start = special.pad_id if model.family == "t5" else updates.get("eos_token_id")
-        if start is not None:
-            updates["decoder_start_token_id"] = start
-    return model.replace(**updates)
+    """The run's model config with vocabulary size and special ids taken from the
+    tokenizer."""
+    return fit_to_tokenizer(config.model, tokenizer)
 
 
 def prepare_data(
@@ -215,6 +202,29 @@ def check_positions(config: RunConfig, objective: Any, model_config: ModelConfig
                 f"{what} ({length}) is longer than the model's positions "
                 f"(model.max_positions = {model_config.max_positions})"
             )
+
+
+def check_sampling(
+    config: RunConfig, objective: Any, model_config: ModelConfig, tokenizer: tokenizers.Tokenizer
+) -> None:
+    """Refuse, before step 1, an evaluation-time sample that cannot fit the model: the
+    prompt's tokens (at least one) plus ``train.sample_tokens`` new ones must fit a model
+    with a position table."""
+    train = config.train
+    if not objective.generative or train.sample_tokens <= 0:
+        return
+    if model_config.position not in ("learned", "sinusoidal"):
+        return  # relative and rotary positions have no table
+    prompt = train.sample_prompt
+    ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
+    room = model_config.max_positions - max(len(ids), 1)
+    if train.sample_tokens > room:
+        raise ConfigError(
+            f"train.sample_tokens ({train.sample_tokens}) after the sample prompt's "
+            f"{max(len(ids), 1)} tokens is longer than the model's positions "
+            f"(model.max_positions = {model_config.max_positions}): set it to at most {room}, "
+            "or 0 for no samples"
+        )
 
 
 def set_aside_newer_checkpoints(run_dir: Path, resume_from: Path, force: bool) -> None:

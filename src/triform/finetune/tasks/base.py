@@ -24,6 +24,7 @@ from triform.finetune.config import TaskSection
 from triform.finetune.data import Row
 from triform.finetune.subwords import Framing, Sampler, epoch_sampler
 from triform.models import TransformerModel
+from triform.nn.losses import Counts
 from triform.runtime.precision import autocast_context
 from triform.tensors import pad_rows
 from triform.tokenizers import SpecialTokens
@@ -42,9 +43,10 @@ class FinetuneModel(nn.Module):
         self.body = body
         self.head = head
 
-    def forward(self, task: Task, batch: Batch) -> torch.Tensor:
-        """``task``'s training loss on ``batch``: the one call a DDP wrapper makes."""
-        return task.loss(self, batch)
+    def forward(self, task: Task, batch: Batch, totals: Counts | None = None) -> torch.Tensor:
+        """``task``'s training loss on ``batch`` (with ``totals``: the batch's share of the
+        step's loss): the one call a DDP wrapper makes."""
+        return task.loss(self, batch, totals)
 
 
 def fit_length(max_length: int, config: ModelConfig) -> int:
@@ -81,18 +83,6 @@ def pad_inputs(features: Sequence[dict], pad_id: int, token_types: bool = True) 
     if token_types:
         batch["token_type_ids"] = pad_rows([f["token_type_ids"] for f in features], 0)[0]
     return batch
-
-
-def truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
-    """Cut the longer of two token lists, one token at a time, until both fit ``budget``
-    (the "longest first" strategy)."""
-    a, b = list(a), list(b)
-    while len(a) + len(b) > budget and (a or b):
-        if len(a) >= len(b):
-            a.pop()
-        else:
-            b.pop()
-    return a, b
 
 
 def label_order(values: set[str]) -> list[str]:
@@ -214,7 +204,17 @@ class Task:
         return {self.cfg.text: item}
 
     # -- model ---------------------------------------------------------------------------
-    def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
+    def counts(self, batch: Batch) -> Counts:
+        """What each term of the loss averages over in ``batch`` (from the batch alone, no
+        forward): the trainer sums them over a step's micro-batches and processes."""
+        raise NotImplementedError
+
+    def loss(
+        self, model: FinetuneModel, batch: Batch, totals: Counts | None = None
+    ) -> torch.Tensor:
+        """The training loss of ``batch``: its mean, or with ``totals`` (the step's
+        :meth:`counts`) its share of the step's loss
+        (:func:`~triform.nn.losses.loss_share`)."""
         raise NotImplementedError
 
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:

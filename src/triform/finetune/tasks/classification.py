@@ -22,6 +22,7 @@ from triform.finetune.body import pooled_states, uses_pooler
 from triform.finetune.data import Row
 from triform.finetune.heads import SequenceHead
 from triform.finetune.metrics import classification_metrics, regression_metrics
+from triform.finetune.subwords import truncate_pair
 from triform.finetune.tasks.base import (
     Batch,
     Feature,
@@ -29,10 +30,10 @@ from triform.finetune.tasks.base import (
     Task,
     label_order,
     pad_inputs,
-    truncate_pair,
     truncating,
 )
 from triform.models import DecoderModel, TransformerModel
+from triform.nn.losses import Counts, loss_share
 
 
 class LabelSet:
@@ -118,6 +119,14 @@ class LabelledTask(Task):
 
     def target(self, row: Row) -> int | float:
         raise NotImplementedError
+
+    def label_count(self, labels: torch.Tensor) -> torch.Tensor:
+        """What :meth:`task_loss` averages over: the rows, or with class weights the sum of
+        their weights (as ``F.cross_entropy(weight=...)`` does)."""
+        if self.regression or self.class_weights is None:
+            return torch.tensor(labels.shape[0], device=labels.device)
+        weight = torch.tensor(self.class_weights, dtype=torch.float64, device=labels.device)
+        return weight[labels].sum()
 
     def task_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean squared error for a number, cross entropy over the classes otherwise."""
@@ -255,8 +264,14 @@ class SequenceClassification(LabelledTask):
         scores = model.head(pooled_states(model.body, batch, self.cfg.pooling))
         return scores.squeeze(-1) if self.regression else scores
 
-    def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
-        return self.task_loss(self.logits(model, batch).float(), batch["labels"])
+    def counts(self, batch: Batch) -> Counts:
+        return {"rows": self.label_count(batch["labels"])}
+
+    def loss(
+        self, model: FinetuneModel, batch: Batch, totals: Counts | None = None
+    ) -> torch.Tensor:
+        loss = self.task_loss(self.logits(model, batch).float(), batch["labels"])
+        return loss_share(loss, "rows", self.counts(batch), totals)
 
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
         return list(self.logits(model, batch).float().cpu())

@@ -31,16 +31,16 @@ from triform.finetune.body import resize_token_embeddings, select
 from triform.finetune.data import Row
 from triform.finetune.heads import SequenceHead
 from triform.finetune.metrics import choice_metrics, classification_metrics, regression_metrics
+from triform.finetune.subwords import truncate_pair
 from triform.finetune.tasks.base import (
     Batch,
     Feature,
     FinetuneModel,
     check_form,
-    truncate_pair,
 )
 from triform.finetune.tasks.classification import LabelledTask, LabelSet
 from triform.models import TransformerModel
-from triform.nn.losses import IGNORE_INDEX
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share
 
 START, DELIM, EXTRACT = "<|start|>", "<|delim|>", "<|extract|>"
 
@@ -208,9 +208,19 @@ class GPTTask(LabelledTask):
             lm = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return scores, lm
 
-    def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
+    def counts(self, batch: Batch) -> Counts:
+        """The rows (the task term) and the tokens the auxiliary LM term predicts."""
+        b, k, length = batch["input_ids"].shape
+        lm_tokens = labelled(batch["lm_labels"].view(b * k, length)[:, 1:])
+        return {"rows": self.label_count(batch["labels"]), "lm_tokens": lm_tokens}
+
+    def loss(
+        self, model: FinetuneModel, batch: Batch, totals: Counts | None = None
+    ) -> torch.Tensor:
         scores, lm = self.forward(model, batch)
-        return self.task_loss(scores, batch["labels"]) + self.cfg.lm_weight * lm
+        counts = self.counts(batch) if totals is not None else {}
+        task = loss_share(self.task_loss(scores, batch["labels"]), "rows", counts, totals)
+        return task + self.cfg.lm_weight * loss_share(lm, "lm_tokens", counts, totals)
 
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
         scores, _ = self.forward(model, batch)

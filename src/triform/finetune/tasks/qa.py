@@ -32,6 +32,7 @@ from triform.finetune.tasks.base import (
     truncating,
 )
 from triform.models import TransformerModel
+from triform.nn.losses import Counts, labelled, loss_share
 
 Offsets = list[tuple[int, int] | None]  # per token: its characters in the context, or None
 N_BEST = 20
@@ -184,9 +185,15 @@ class ExtractiveQA(Task):
         padding = batch["attention_mask"] == 0
         return start.float().masked_fill(padding, -1e4), end.float().masked_fill(padding, -1e4)
 
-    def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
+    def counts(self, batch: Batch) -> Counts:
+        return {"rows": labelled(batch["start"])}
+
+    def loss(
+        self, model: FinetuneModel, batch: Batch, totals: Counts | None = None
+    ) -> torch.Tensor:
         start, end = self.logits(model, batch)
-        return (F.cross_entropy(start, batch["start"]) + F.cross_entropy(end, batch["end"])) / 2
+        loss = (F.cross_entropy(start, batch["start"]) + F.cross_entropy(end, batch["end"])) / 2
+        return loss_share(loss, "rows", self.counts(batch), totals)
 
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
         start, end = self.logits(model, batch)

@@ -32,7 +32,7 @@ from triform.finetune.tasks.base import (
     truncating,
 )
 from triform.models import TransformerModel
-from triform.nn.losses import IGNORE_INDEX
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share
 from triform.tensors import pad_rows
 
 
@@ -209,11 +209,17 @@ class Tagging(Task):
     def logits(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
         return model.head(token_states(model.body, batch))  # (B, L, tags)
 
-    def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
+    def counts(self, batch: Batch) -> Counts:
+        return {"tokens": labelled(batch["labels"])}
+
+    def loss(
+        self, model: FinetuneModel, batch: Batch, totals: Counts | None = None
+    ) -> torch.Tensor:
         logits = self.logits(model, batch).float()
-        return F.cross_entropy(
+        loss = F.cross_entropy(
             logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX
         )
+        return loss_share(loss, "tokens", self.counts(batch), totals)
 
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
         """Per sequence: the best tag of every token and its probability."""

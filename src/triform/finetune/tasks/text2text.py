@@ -7,8 +7,8 @@ length (``max_target_length`` cuts them; BART-style learned positions cap them).
 teacher-forced cross entropy: decoder inputs are the targets shifted right behind the
 decoder start token. Evaluation decodes greedily and scores ROUGE / BLEU / exact match.
 
-There is no new head: the pretrained LM head does the job, so ``train.body_lr`` (default
-``train.lr``) applies to every parameter.
+There is no new head: the pretrained LM head does the job, so ``optim.body_lr`` (default
+``optim.lr``) applies to every parameter.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from triform.finetune.body import decoder_start_id
 from triform.finetune.data import Row
 from triform.finetune.metrics import generation_metrics
 from triform.finetune.tasks.base import (
@@ -34,7 +33,7 @@ from triform.finetune.tasks.base import (
 )
 from triform.inference.generate import generate
 from triform.models import TransformerModel
-from triform.nn.losses import IGNORE_INDEX
+from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share
 from triform.tensors import pad_rows
 
 
@@ -43,7 +42,7 @@ class TextToText(Task):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.start_id = decoder_start_id(self.body_config)
+        self.start_id = self.body_config.decoder_start_id
         limit = self.cfg.max_target_length or 1_000_000
         self.target_length = fit_length(limit, self.body_config)
         self.source_cut = truncating(self.tokenizer, self.max_length)
@@ -102,16 +101,22 @@ class TextToText(Task):
         return item if isinstance(item, dict) else {self.cfg.source: item}
 
     # -- model ---------------------------------------------------------------------------
-    def loss(self, model: FinetuneModel, batch: Batch) -> torch.Tensor:
+    def counts(self, batch: Batch) -> Counts:
+        return {"tokens": labelled(batch["labels"])}
+
+    def loss(
+        self, model: FinetuneModel, batch: Batch, totals: Counts | None = None
+    ) -> torch.Tensor:
         out = model.body(
             batch["input_ids"],
             batch["attention_mask"],
             decoder_input_ids=batch["decoder_input_ids"],
         )  # right-padded targets: causal attention never looks at the padding
         logits = out.logits.float()  # (B, T, V)
-        return F.cross_entropy(
+        loss = F.cross_entropy(
             logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX
         )
+        return loss_share(loss, "tokens", self.counts(batch), totals)
 
     def outputs(self, model: FinetuneModel, batch: Batch) -> list[Any]:
         sequences = generate(
