@@ -41,6 +41,7 @@ from torch import nn
 from triform.config import ModelConfig
 from triform.errors import TriformError
 from triform.models.sizing import check_model_fits
+from triform.outputs import LOCK_FILE, TEMPORARY, RunLock, remove_stale_files  # noqa: F401
 
 RUN_JSON = "run.json"
 FINETUNE_JSON = "finetune.json"
@@ -173,75 +174,9 @@ def weights_file(path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------
 
 
-LOCK_FILE = ".lock"
-TEMPORARY = (".tmp-", ".old-")  # prefixes of files and folders being written
-
-
-class RunLock:
-    """An exclusive lock on a run folder for as long as a run writes to it.
-
-    ``fcntl.flock`` on ``<run>/.lock``, which holds the owner's pid: a second run on the
-    folder is refused naming that pid, and the lock goes away with its process however it
-    ends (even ``kill -9``), so a stale lock file never blocks anything. Where ``fcntl``
-    does not exist (Windows) the lock is a no-op.
-    """
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            raise TriformError(
-                f"run folder {self.path.parent} is in use by another run (pid {holder})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def remove_stale_files(run_dir: str | Path) -> list[Path]:
-    """Delete what killed runs left half-written in a run folder we hold the lock of
-    (temporary checkpoint folders, temporary weight, JSON and shard files); returns them."""
-    import shutil
-
-    root = Path(run_dir)
-    removed = []
-    for folder in (root, root / CHECKPOINTS, root / "data"):
-        if not folder.is_dir():
-            continue
-        for child in folder.iterdir():
-            if child.name.startswith(TEMPORARY) or (
-                child.name.startswith(".") and child.name.endswith(".tmp")
-            ):
-                if child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
-                removed.append(child)
-    return removed
+# The lock (RunLock), the kinds of folders and the clean-up of temporaries
+# (remove_stale_files) live in triform.outputs, the rules every command that writes
+# follows; they are imported here too, where run folders have always named them.
 
 
 # --------------------------------------------------------------------------------------

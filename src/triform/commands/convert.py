@@ -23,14 +23,26 @@ Neither direction needs transformers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from triform.config import ModelConfig
 from triform.errors import TriformError
 from triform.models import TransformerModel
+from triform.outputs import (
+    KINDS,
+    check_writable,
+    describe,
+    folder_kind,
+    owner_of,
+    remove_dead_temporaries,
+)
 
 MODEL_JSON = "model.json"
 TOKENIZER = "tokenizer.json"
@@ -55,23 +67,77 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --to hf, the model of a run that trained several: ELECTRA's "
         "discriminator (the default, ElectraForPreTraining) or generator (ElectraForMaskedLM)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing model folder OUT (the earlier one is moved to "
+        "OUT.previous-<time>, never deleted)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert ``args.src`` into ``args.out``; returns the exit status."""
-    if args.src.resolve() == args.out.resolve():
-        raise TriformError("SRC and OUT must be different folders")
+    """Convert ``args.src`` into ``args.out``; returns the exit status. The new folder is
+    written under a temporary name beside ``args.out`` and renamed into place once complete
+    (an existing one is refused, or with ``--overwrite`` moved aside)."""
     if not args.src.is_dir():
         raise TriformError(f"no such folder: {args.src}")
-    if args.to == "triform":
-        if args.part is not None:
-            raise TriformError("--part applies to --to hf (a triform run with several models)")
-        summary = to_triform(args.src, args.out)
-    else:
-        summary = to_hf(args.src, args.out, args.part)
+    check_model_folder(args.src, args.out, args.overwrite)
+    if args.to == "triform" and args.part is not None:
+        raise TriformError("--part applies to --to hf (a triform run with several models)")
+    with building(args.out, args.overwrite) as tmp:
+        if args.to == "triform":
+            summary = to_triform(args.src, tmp)
+        else:
+            summary = to_hf(args.src, tmp, args.part)
     print(f"wrote {args.out} ({summary})")
     return 0
+
+
+def check_model_folder(src: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that is, holds or lies inside SRC, that belongs to a run or
+    model folder, that holds a run or anything but a model, or (unless ``overwrite``) that
+    exists and is not empty."""
+    source, target = src.resolve(), out.resolve()
+    if target == source or target.is_relative_to(source) or source.is_relative_to(target):
+        raise TriformError(f"SRC {src} and OUT {out} overlap: write OUT elsewhere")
+    if out.exists() and not out.is_dir():
+        raise TriformError(f"OUT {out} is a file, not a folder")
+    owner = owner_of(out)
+    if owner is not None:
+        raise TriformError(f"OUT {out} lies in {describe(owner)}: write OUT elsewhere")
+    kind = folder_kind(out)
+    if kind not in (None, "model"):
+        raise TriformError(f"OUT {out} holds {KINDS[kind].what}, not a model: choose another one")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise TriformError(
+            f"OUT {out} exists and is not empty: add --overwrite to replace it (it is moved to "
+            f"{out.name}.previous-<time>), or choose another folder"
+        )
+    check_writable(out.parent, f"OUT {out}")
+
+
+@contextlib.contextmanager
+def building(out: Path, overwrite: bool) -> Iterator[Path]:
+    """``with building(out, overwrite) as tmp: write(tmp)``: the folder is built as a hidden
+    sibling and renamed to ``out`` once complete; an existing ``out`` is first renamed to
+    ``out.previous-<time>`` (``overwrite``). A failure leaves ``out`` as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(out.parent, out.name)
+    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if out.exists():
+            if any(out.iterdir()):
+                aside = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(out, aside)
+                print(f"moved the earlier {out} to {aside}")
+            else:
+                out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def finetuned_folder(src: Path) -> Path | None:

@@ -71,7 +71,8 @@ def save_finetuned(
     meta = {
         "format": FORMAT,
         "kind": task.kind,
-        "task": dataclasses.asdict(task.cfg),
+        # the length the model was trained with (task.max_length cut to its positions)
+        "task": {**dataclasses.asdict(task.cfg), "max_length": task.max_length},
         "task_state": task.state(),
         "model": model.body.config.to_dict(),
         "step": step,

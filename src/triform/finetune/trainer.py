@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -45,13 +44,8 @@ from triform.finetune.metrics import format_metric
 from triform.finetune.saved import save_finetuned
 from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
 from triform.finetune.tasks.base import Feature
-from triform.runs import (
-    CHECKPOINTS,
-    load_weights,
-    remove_stale_files,
-    resolve_checkpoint,
-    write_json,
-)
+from triform.outputs import RunFolder, check_run_folder, prepare_run_folder
+from triform.runs import CHECKPOINTS, load_weights, resolve_checkpoint, write_json
 from triform.runtime.allocator import apply_process_settings
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
@@ -65,7 +59,7 @@ from triform.runtime.distributed import (
     world_size,
 )
 from triform.runtime.precision import resolve_precision
-from triform.train.checkpoint import full_state_dict
+from triform.train.checkpoint import full_state_dict, prune_checkpoints
 from triform.train.optim import OptimConfig, build_optimizer, decay_split
 from triform.train.schedules import build_scheduler
 from triform.train.trainer import LoopSettings, Trainer, TrainingRun
@@ -140,10 +134,13 @@ def finetune(
     config: FinetuneConfig | str | Path,
     overrides: list[str] | None = None,
     resume: str | Path | None = None,
+    overwrite: bool = False,
 ) -> FinetuneResult:
     """Fine-tune as ``config`` (a :class:`FinetuneConfig` or a TOML path) says; with
     ``resume`` (a run folder or one of its ``checkpoints/step-N`` folders), continue that
-    run from its checkpoint, in its folder."""
+    run from its checkpoint, in its folder. A folder that holds an earlier run is refused
+    unless ``overwrite``: that run is then moved aside into ``previous-<time>/`` (see
+    :func:`triform.outputs.prepare_run_folder`)."""
     if isinstance(config, FinetuneConfig):
         if overrides:
             config = load_finetune_config(tree=config.to_dict(), overrides=overrides)
@@ -152,12 +149,14 @@ def finetune(
     threads = torch.get_num_threads()
     try:
         apply_process_settings(config.train.threads, config.train.keep_freed_memory)
-        return _finetune(config, resume)
+        return _finetune(config, resume, overwrite)
     finally:
         torch.set_num_threads(threads)  # the thread count is process-wide: put it back
 
 
-def _finetune(config: FinetuneConfig, resume: str | Path | None) -> FinetuneResult:
+def _finetune(
+    config: FinetuneConfig, resume: str | Path | None, overwrite: bool = False
+) -> FinetuneResult:
     train = config.train
     init_distributed()  # under torchrun: one process per GPU (or CPU share)
     device = pick_device(train.device)
@@ -168,6 +167,14 @@ def _finetune(config: FinetuneConfig, resume: str | Path | None) -> FinetuneResu
         out_dir = checkpoint.parent.parent  # run/checkpoints/step-N
         if checkpoint.parent.name != CHECKPOINTS:
             raise TriformError(f"{resume} is not a fine-tuning run folder (no checkpoints)")
+    task_cfg = config.task
+    check_run_folder(
+        out_dir,
+        "finetune",
+        overwrite=overwrite,
+        resume=resume is not None,
+        inputs=[task_cfg.train, task_cfg.validation, task_cfg.test, config.model.tokenizer],
+    )
     torch.manual_seed(train.seed)
     run = FinetuneRun(config, out_dir)
     run.device, run.precision = device, precision
@@ -180,12 +187,13 @@ def _finetune(config: FinetuneConfig, resume: str | Path | None) -> FinetuneResu
     )
 
     def make_run() -> FinetuneRun:  # under the run folder's lock
-        if is_main_process():
-            remove_stale_files(out_dir)
+        if is_main_process():  # an earlier run's results are moved aside, never mixed in
+            resuming = checkpoint is not None
+            run.folder = prepare_run_folder(
+                out_dir, "finetune", overwrite=overwrite, resume=resuming
+            )
+            prune_checkpoints(out_dir, train.keep_last, keep=checkpoint)
             write_json(out_dir / "finetune_config.json", config.to_dict())
-            if checkpoint is None:
-                for stale in ("best", "final", CHECKPOINTS):  # an earlier run's must not pass
-                    shutil.rmtree(out_dir / stale, ignore_errors=True)
         barrier()
         return run
 
@@ -258,6 +266,7 @@ class FinetuneRun(TrainingRun):
         body, tokenizer = load_body(config.model)
         self.task: Task = build_task(task_cfg, tokenizer, body.config)
         self.task.setup(self.train_rows)
+        self.task.check_targets(self.val_rows, "validation")
         self.task.prepare_body(body)
         torch.manual_seed(train.seed)  # the head's init does not depend on how the body loaded
         self.model = FinetuneModel(body, self.task.build_head(body))
@@ -280,6 +289,7 @@ class FinetuneRun(TrainingRun):
         self.best_step: int | None = None
         self.best_dir: Path | None = None
         self.bad_evaluations = 0
+        self.folder: RunFolder | None = None  # rank 0's, once the run folder is ready
 
     # -- what the Trainer asks --------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -399,6 +409,8 @@ class FinetuneRun(TrainingRun):
         """Write the model to ``folder`` (every rank gathers under FSDP; rank 0 writes)."""
         weights = full_state_dict(self.model)
         if is_main_process():
+            if self.folder is not None:  # the earlier run's results go aside only now
+                self.folder.set_aside_results()
             save_finetuned(
                 folder, self.model, self.task, step=step, metrics=self.validation, weights=weights
             )

@@ -16,6 +16,7 @@ HuggingFace package; this module is ``triform.tokenizers``.)
 from triform.tokenizers.files import (
     load_tokenizer,
     save_tokenizer,
+    tokenizer_file,
     tokenizer_from_str,
     tokenizer_hash,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "load_tokenizer",
     "sampling_tokenizer",
     "save_tokenizer",
+    "tokenizer_file",
     "tokenizer_from_str",
     "tokenizer_hash",
     "train_tokenizer",

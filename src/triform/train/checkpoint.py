@@ -49,6 +49,7 @@ from triform.errors import TriformError
 from triform.runs import (
     CHECKPOINTS,
     STATE_JSON,
+    STEP_DIR,
     WEIGHTS,
     check_fits,
     fsync,
@@ -241,11 +242,31 @@ def _prune(root: Path, keep_last: int | None, current: Path) -> None:
             f"-{os.getpid()}"
         ):
             shutil.rmtree(child, ignore_errors=True)
-    if keep_last is None or keep_last <= 0:
+    prune_checkpoints(root, keep_last, keep=current)
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int | None, keep: Path | None = None) -> None:
+    """Delete all but the newest ``keep_last`` (None or 0: all kept) complete checkpoints of
+    a run folder (or of its ``checkpoints`` folder), never ``keep``, and the step folders a
+    kill left incomplete. Run after each save and when a run starts, so a run killed while
+    pruning is pruned by the next start. Each folder is first renamed to a temporary name,
+    so a kill mid-delete leaves nothing that looks like a checkpoint."""
+    root = Path(run_dir)
+    if root.name != CHECKPOINTS:
+        root = root / CHECKPOINTS
+    if not root.is_dir():
         return
-    for old in list_checkpoints(root)[:-keep_last]:
-        if old != current:
-            shutil.rmtree(old, ignore_errors=True)
+    complete = list_checkpoints(root)
+    doomed = [c for c in root.iterdir() if STEP_DIR.match(c.name) and c.is_dir()]
+    doomed = [c for c in doomed if c not in complete]  # no trainer state: never loadable
+    if keep_last is not None and keep_last > 0:
+        doomed += complete[:-keep_last]
+    for folder in doomed:
+        if keep is not None and folder.resolve() == Path(keep).resolve():
+            continue
+        gone = folder.with_name(f".tmp-pruned-{folder.name}-{os.getpid()}")
+        os.replace(folder, gone)
+        shutil.rmtree(gone, ignore_errors=True)
 
 
 def save_checkpoint(

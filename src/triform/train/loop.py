@@ -16,7 +16,8 @@ from torch import nn
 
 from triform.models.sizing import check_model_fits
 from triform.objectives import build_objective_for_run
-from triform.runs import remove_stale_files, resolve_checkpoint, write_run_metadata
+from triform.outputs import check_run_folder, prepare_run_folder, same_file
+from triform.runs import resolve_checkpoint, write_run_metadata
 from triform.runtime.allocator import apply_process_settings
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
@@ -27,6 +28,7 @@ from triform.runtime.distributed import (
     world_size,
 )
 from triform.runtime.precision import precision_reason, resolve_precision
+from triform.train.checkpoint import prune_checkpoints
 from triform.train.optim import build_optimizer
 from triform.train.run_config import RunConfig
 from triform.train.schedules import build_scheduler
@@ -126,7 +128,10 @@ class PretrainingRun(TrainingRun):
 
 
 def pretrain(
-    config: RunConfig, resume: str | Path | None = None, force: bool = False
+    config: RunConfig,
+    resume: str | Path | None = None,
+    force: bool = False,
+    overwrite: bool = False,
 ) -> PretrainResult:
     """Run (or resume) the pretraining described by ``config``.
 
@@ -134,7 +139,9 @@ def pretrain(
     the objective's keys against the tokenizer, the model's size against free memory, and
     for a resume that the run holds the same model and tokenizer. Resuming from a checkpoint
     older than the run's latest is refused unless ``force`` (the newer ones are then moved to
-    ``checkpoints/abandoned-<time>/``, never mixed with the new branch).
+    ``checkpoints/abandoned-<time>/``, never mixed with the new branch). A folder that
+    holds an earlier run is refused unless it is resumed or ``overwrite`` (that run is then
+    moved aside into ``previous-<time>/``, see :func:`triform.outputs.prepare_run_folder`).
     """
     train = config.train
     init_distributed()
@@ -144,8 +151,20 @@ def pretrain(
     apply_process_settings(train.threads, train.keep_freed_memory)
     out_dir = Path(train.out_dir)
     resume_from = resolve_checkpoint(resume) if resume is not None else None
+    here = resume_from is not None and same_file(resume_from.parent.parent, out_dir)
+    data = config.data
+    corpus = [path for path in data.corpus if path != "default"]
+    validation = [data.validation] if isinstance(data.validation, str) else data.validation
+    check_run_folder(
+        out_dir,
+        "pretrain",
+        overwrite=overwrite,
+        resume=here,
+        inputs=[data.sources],
+        sources=[*corpus, *(validation or [])],
+    )
 
-    tokenizer, tokenizer_files = prepare_tokenizer(config, out_dir)
+    tokenizer, tokenizer_files = prepare_tokenizer(config, out_dir, fresh=overwrite and not here)
     model_config = resolve_model_config(config, tokenizer)
     objective, model_config = build_objective_for_run(config, model_config, tokenizer)
     check_positions(config, objective, model_config)
@@ -155,12 +174,13 @@ def pretrain(
         check_resume(resume_from.parent.parent, model_config, tokenizer)
 
     def make_run() -> PretrainingRun:  # under the run folder's lock
-        if is_main_process():
-            remove_stale_files(out_dir)
+        if is_main_process():  # an earlier run is moved aside, never mixed with this one
+            prepare_run_folder(out_dir, "pretrain", overwrite=overwrite, resume=here)
             if resume_from is not None:
                 set_aside_newer_checkpoints(out_dir, resume_from, force)
+            prune_checkpoints(out_dir, train.keep_last, keep=resume_from)
         save_run_tokenizer(tokenizer, tokenizer_files)
-        shards = prepare_data(config, tokenizer, out_dir)
+        shards = prepare_data(config, tokenizer, out_dir, overwrite=overwrite)
         task = PretrainingTask(objective, model_config, RunData.of(config, tokenizer, shards))
         return PretrainingRun(config, task, device, precision)
 

@@ -36,12 +36,13 @@ SECTIONS = ("model", "tokenizer", "data", "objective", "train", "optim", "schedu
 
 @dataclass
 class TokenizerSection:
-    """Load ``path`` if it exists; otherwise train a tokenizer of ``kind`` (and save it
-    into the run folder, or to ``path`` when given)."""
+    """Load ``path``, which must exist (a missing one is an error, never a tokenizer trained
+    in its place); without ``path``, train a tokenizer of ``kind`` on the corpus. The run
+    folder keeps its own copy either way (``triform tokenizer train`` makes one to share)."""
 
     path: str | None = None
-    """A ``tokenizer.json`` to load; when it does not exist yet, the trained one is saved
-    there."""
+    """A ``tokenizer.json`` to load; it must exist (unset: a tokenizer is trained for the
+    run)."""
     kind: Literal["bpe", "byte-bpe", "wordpiece", "unigram", "char"] = "byte-bpe"
     """The algorithm of a tokenizer trained for the run."""
     vocab_size: int = 8000

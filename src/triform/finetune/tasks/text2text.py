@@ -56,8 +56,9 @@ class TextToText(Task):
         return nn.ModuleDict()  # the body's own LM head generates
 
     # -- data ----------------------------------------------------------------------------
-    def has_targets(self, rows: list[Row]) -> bool:
-        return bool(rows) and rows[0].has(self.cfg.target)
+    @property
+    def target_column(self) -> str:
+        return self.cfg.target
 
     def source_text(self, row: Row) -> str:
         """The task prefix (the row's own, else ``task_prefix``) + the source."""
