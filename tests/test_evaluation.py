@@ -18,7 +18,7 @@ from triform.commands.pretrain import DEFAULT_RUN
 from triform.data.readers import CausalWindows, evaluation_samples
 from triform.data.shards import ShardSet
 from triform.errors import ConfigError
-from triform.runs import load_model
+from triform.loading import load_model
 from triform.train.metrics import read_metrics
 from triform.train.run_config import load_run_config
 

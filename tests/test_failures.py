@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 from triform import presets
 from triform.cli import main
 from triform.errors import TriformError
+from triform.loading import read_model
 from triform.models.sizing import check_model_fits
-from triform.runs import RunLock, latest_checkpoint, list_checkpoints, read_model, write_json
+from triform.runs import RunLock, latest_checkpoint, list_checkpoints, write_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

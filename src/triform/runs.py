@@ -1,4 +1,5 @@
-"""The run-folder format, and the one loader every command uses to read a model from a folder.
+"""The run-folder format: reading and writing triform's folders (the one loader every command
+uses, which also reads HuggingFace folders, is :mod:`triform.loading`, above this).
 
 A folder triform reads a model from is one of:
 
@@ -40,8 +41,10 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import TriformError
+from triform.models import build_model
 from triform.models.sizing import check_model_fits
 from triform.outputs import LOCK_FILE, TEMPORARY, RunLock, remove_stale_files  # noqa: F401
+from triform.tokenizers import load_tokenizer
 
 RUN_JSON = "run.json"
 FINETUNE_JSON = "finetune.json"
@@ -105,8 +108,6 @@ def read_model_config(folder: str | Path) -> ModelConfig:
 
 def read_tokenizer(folder: str | Path) -> tokenizers.Tokenizer:
     """The ``tokenizer.json`` of a folder."""
-    from triform.tokenizers import load_tokenizer
-
     path = Path(folder) / TOKENIZER_JSON
     if not path.is_file():
         raise TriformError(f"{folder} has no {TOKENIZER_JSON}")
@@ -354,7 +355,7 @@ def write_run_metadata(
 
 
 # --------------------------------------------------------------------------------------
-# The one loader
+# Reading a model from a triform folder (any folder: triform.loading)
 # --------------------------------------------------------------------------------------
 
 
@@ -377,52 +378,24 @@ def _run_part(folder: Path, part: str | None) -> tuple[ModelConfig, str, dict[st
     return ModelConfig.from_dict(entry["config"]), entry["prefix"], entry.get("shared", {})
 
 
-def read_model_config_of(folder: str | Path, part: str | None = None) -> ModelConfig:
-    """The config of the model :func:`read_model` would load from ``folder``, read without
-    the weights (a HuggingFace folder: its ``config.json`` for the class it names)."""
+def read_run_model_config(folder: str | Path, part: str | None = None) -> ModelConfig:
+    """The config of the model :func:`read_run_model` would load from a triform folder."""
+    return _run_part(Path(folder), part)[0]
+
+
+def read_run_model(folder: str | Path, part: str | None = None) -> nn.Module:
+    """The model (eval mode, on the CPU) of a triform run folder (its latest checkpoint) or
+    model folder; ``part`` picks one model of a run that trained several (ELECTRA:
+    ``"discriminator"``, the default, or ``"generator"``). Any folder, HuggingFace ones
+    included: :func:`triform.loading.read_model`."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise TriformError(f"model folder not found: {folder}")
-    if (folder / MODEL_JSON).is_file():
-        return _run_part(folder, part)[0]
-    if (folder / HF_CONFIG).is_file():
-        from triform.interop import hf
-
-        hf_config = hf.read_config(folder)
-        architectures = hf_config.get("architectures") or []
-        if architectures:
-            return hf.config_from_hf(hf_config, architectures[0])
-    return read_model(folder, part).config  # the class follows from the weights, or an error
-
-
-def read_model(folder: str | Path, part: str | None = None) -> nn.Module:
-    """The model (eval mode, on the CPU) of a run folder (its latest checkpoint), a model
-    folder or a HuggingFace checkpoint folder; see the module docstring. ``part`` picks one
-    model of a run that trained several (ELECTRA: ``"discriminator"``, the default, or
-    ``"generator"``)."""
-    from triform.models import build_model
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise TriformError(f"model folder not found: {folder}")
-    if (folder / MODEL_JSON).is_file():
-        config, prefix, shared = _run_part(folder, part)
-        if (folder / CHECKPOINTS).is_dir() and latest_checkpoint(folder) is None:
-            raise TriformError(f"{folder} has no checkpoint yet")
-        check_model_fits(config)
-        model = build_model(config)
-        load_weights(model, folder, prefix, shared)
-        return check_finite(model.eval(), folder)
-    if (folder / HF_CONFIG).is_file():
-        from triform.interop import hf
-
-        if part is not None:
-            raise TriformError(f"{folder} is a HuggingFace checkpoint; it has no parts")
-        return check_finite(hf.load(folder), folder)
-    raise TriformError(
-        f"{folder} is neither a triform run or model folder ({MODEL_JSON}) nor a "
-        f"HuggingFace checkpoint folder ({HF_CONFIG})"
-    )
+    config, prefix, shared = _run_part(folder, part)
+    if (folder / CHECKPOINTS).is_dir() and latest_checkpoint(folder) is None:
+        raise TriformError(f"{folder} has no checkpoint yet")
+    check_model_fits(config)
+    model = build_model(config)
+    load_weights(model, folder, prefix, shared)
+    return check_finite(model.eval(), folder)
 
 
 def check_finite(model: nn.Module, source: str | Path) -> nn.Module:
@@ -432,21 +405,3 @@ def check_finite(model: nn.Module, source: str | Path) -> nn.Module:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise TriformError(f"{source}: weight {name!r} holds NaN or infinite values")
     return model
-
-
-def load_model(
-    folder: str | Path, part: str | None = None, tokenizer: str | Path | None = None
-) -> tuple[nn.Module, tokenizers.Tokenizer]:
-    """:func:`read_model` and the folder's tokenizer (or the ``tokenizer.json`` at
-    ``tokenizer``, used instead). A tokenizer with more tokens than the model's vocabulary
-    is refused."""
-    from triform.tokenizers import load_tokenizer
-
-    model = read_model(folder, part)
-    tok = read_tokenizer(folder) if tokenizer is None else load_tokenizer(tokenizer)
-    size = tok.get_vocab_size(with_added_tokens=True)
-    if size > model.config.vocab_size:
-        raise TriformError(
-            f"the tokenizer has {size} tokens but the model only {model.config.vocab_size}"
-        )
-    return model, tok

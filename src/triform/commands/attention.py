@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from triform.inference.attention import attention
     from triform.inference.attention_page import save_page
-    from triform.runs import load_model
+    from triform.loading import load_model
 
     fmt = args.format or ("npz" if args.out.endswith(".npz") else "html")
     out = check_output(args.out, overwrite=args.overwrite)

@@ -1,4 +1,6 @@
-"""``triform convert SRC OUT --to triform|hf``: HuggingFace checkpoint folders <-> triform.
+"""``triform convert SRC OUT --to triform|hf``: HuggingFace checkpoint folders <-> triform
+(the conversions are :mod:`triform.interop.convert`'s; this module checks the folders and
+writes atomically).
 
 ``--to hf`` reads
 
@@ -24,17 +26,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from triform.config import ModelConfig
 from triform.errors import TriformError
-from triform.models import TransformerModel
 from triform.outputs import (
     KINDS,
     check_writable,
@@ -43,10 +41,6 @@ from triform.outputs import (
     owner_of,
     remove_dead_temporaries,
 )
-
-MODEL_JSON = "model.json"
-TOKENIZER = "tokenizer.json"
-FINETUNE_JSON = "finetune.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     check_model_folder(args.src, args.out, args.overwrite)
     if args.to == "triform" and args.part is not None:
         raise TriformError("--part applies to --to hf (a triform run with several models)")
+    from triform.interop.convert import to_hf, to_triform
+
     with building(args.out, args.overwrite) as tmp:
         if args.to == "triform":
             summary = to_triform(args.src, tmp)
@@ -138,95 +134,3 @@ def building(out: Path, overwrite: bool) -> Iterator[Path]:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def finetuned_folder(src: Path) -> Path | None:
-    """The fine-tuned model folder ``src`` means (itself, its ``best/`` or its ``final/``),
-    or None when it is not a fine-tuned run."""
-    for folder in (src, src / "best", src / "final"):
-        if (folder / FINETUNE_JSON).is_file():
-            return folder
-    return None
-
-
-def _describe(model: TransformerModel, what: str) -> str:
-    return f"{what}, {model.config.family}, {model.num_parameters():,} parameters"
-
-
-def to_triform(src: Path, out: Path) -> str:
-    """HF folder ``src`` -> triform model folder ``out`` (fine-tuned model folder for a
-    task-head class). Returns a one-line summary."""
-    from triform.interop import hf
-
-    hf_config = hf.read_config(src)
-    architecture = (hf_config.get("architectures") or [None])[0]
-    if hf.tasks.is_finetuned(hf_config):
-        from triform.finetune import save_finetuned
-
-        ft = hf.load_finetuned(src)
-        save_finetuned(out, ft.model, ft.task, step=0)
-        return _describe(ft.model.body, f"{ft.task.kind} fine-tune")
-    from triform.runs import save_weights
-
-    model = hf.load(src)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MODEL_JSON).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    save_weights(model, out / "model.safetensors")
-    if (src / TOKENIZER).is_file():
-        shutil.copyfile(src / TOKENIZER, out / TOKENIZER)
-    return _describe(model, str(architecture))
-
-
-def to_hf(src: Path, out: Path, part: str | None = None) -> str:
-    """Triform model, pretraining run or fine-tuned run ``src`` -> HF folder ``out``.
-    Returns a one-line summary."""
-    from triform.interop import hf
-
-    folder = finetuned_folder(src)
-    if folder is not None:
-        from triform.finetune import load_finetuned
-
-        ft = load_finetuned(folder)
-        hf.save_finetuned(ft, out)
-        name = hf.read_config(out)["architectures"][0]
-        return _describe(ft.model.body, f"{name} from {folder.name}/")
-    model = _load_triform(src, part)
-    electra_pair_part = model.config.family == "electra" and model.config.encoder_head != "none"
-    (hf.save_electra if electra_pair_part else hf.save)(model, out)
-    if (src / TOKENIZER).is_file():
-        _write_tokenizer(src / TOKENIZER, out, model.config)
-    return _describe(model, hf.read_config(out)["architectures"][0])
-
-
-def _write_tokenizer(path: Path, out: Path, config: ModelConfig) -> None:
-    """Copy ``tokenizer.json`` and write the files ``AutoTokenizer`` needs beside it (only the
-    copy, with a warning, when the file is not a tokenizer triform can read)."""
-    from triform.interop import hf
-    from triform.tokenizers import load_tokenizer
-
-    shutil.copyfile(path, out / TOKENIZER)
-    try:
-        tokenizer = load_tokenizer(path)
-    except TriformError as err:
-        print(f"triform: warning: tokenizer_config.json not written: {err}", file=sys.stderr)
-        return
-    learned = config.position in ("learned", "sinusoidal")
-    hf.save_tokenizer_files(
-        tokenizer,
-        out,
-        token_types=config.form == "encoder" and config.type_vocab_size > 1,
-        model_max_length=config.max_positions if learned else None,
-    )
-
-
-def _load_triform(src: Path, part: str | None) -> TransformerModel:
-    """The model of a triform model folder or pretraining run folder (``part``: one model
-    of a run that trained several, e.g. ELECTRA's ``generator``)."""
-    from triform.runs import read_model
-
-    if not (src / MODEL_JSON).is_file():
-        raise TriformError(
-            f"{src} is not a triform model, pretraining run or fine-tuned run folder "
-            f"(no {MODEL_JSON} or {FINETUNE_JSON})"
-        )
-    return read_model(src, part)

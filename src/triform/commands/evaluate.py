@@ -111,7 +111,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
 
 def run_icl(args: argparse.Namespace) -> int:
     from triform.inference.icl import evaluate_icl, read_examples, save_result
-    from triform.runs import load_model
+    from triform.loading import load_model
 
     try:
         shots = [int(k) for k in args.shots.split(",")]

@@ -18,11 +18,12 @@ from torch import nn
 from triform import presets
 from triform.errors import TriformError
 from triform.finetune.config import ModelSection
+from triform.loading import load_model
 from triform.models import DecoderModel, EncoderDecoderModel, EncoderModel, TransformerModel
 from triform.models import build_model as build_body
 from triform.models.heads import LMHead
 from triform.nn.embeddings import Embeddings
-from triform.runs import TOKENIZER_JSON, load_model
+from triform.runs import TOKENIZER_JSON
 from triform.tokenizers import fit_to_tokenizer, load_tokenizer
 
 Batch = dict[str, torch.Tensor]

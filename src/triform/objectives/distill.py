@@ -261,7 +261,7 @@ class Distillation(Objective):
     def from_dict(cls, options: Mapping[str, Any], **context: Any) -> Distillation:
         """As :meth:`Objective.from_dict`; loads the teacher and refuses a run tokenizer
         (``context["tokenizer"]``) other than the teacher's."""
-        from triform.runs import load_model
+        from triform.loading import load_model
         from triform.tokenizers.files import tokenizer_hash
 
         config = make_config(cls.config_class, options, context)
@@ -286,7 +286,7 @@ class Distillation(Objective):
     def run_defaults(cls, options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """The teacher's tokenizer, and its shape with half its layers (``[model]`` keys
         override; a ``[model]`` preset replaces it)."""
-        from triform.runs import read_model_config_of
+        from triform.loading import read_model_config_of
 
         teacher = options.get("teacher")
         if not isinstance(teacher, str):
