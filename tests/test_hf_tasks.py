@@ -515,7 +515,7 @@ def test_plain_export_writes_tokenizer_files(tmp_path: Path, toks: dict[str, str
     """A pretrained (not fine-tuned) model folder gets the files AutoTokenizer needs too."""
     from triform import presets
     from triform.models import build_model
-    from triform.train.checkpoint import save_weights
+    from triform.runs import save_weights
 
     model = build_model(presets.get("roberta-tiny", **TINY, vocab_size=300))
     (tmp_path / "m").mkdir()

@@ -20,8 +20,9 @@ model config and the tied tensors it shares with other parts (stored once, under
 name); the first part listed is the one loaded by default.
 
 Weights are safetensors files written atomically (temporary file, fsync, rename); tied
-tensors are stored once under their first name. Nothing here knows about optimizers,
-processes or FSDP: that is :mod:`triform.train.checkpoint`.
+tensors are stored once under their first name; :func:`save_weights` and
+:func:`load_weights` also take a wrapped or sharded model (gathering or scattering its
+weights). Optimizer state and trainer state are :mod:`triform.train.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -38,12 +39,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
 
 from triform.config import ModelConfig
 from triform.errors import TriformError
 from triform.models import build_model
 from triform.models.sizing import check_model_fits
 from triform.outputs import LOCK_FILE, TEMPORARY, RunLock, remove_stale_files  # noqa: F401
+from triform.runtime.distributed import is_fsdp, is_main_process, unwrap_model
 from triform.tokenizers import load_tokenizer
 
 RUN_JSON = "run.json"
@@ -232,11 +239,29 @@ def _umask() -> int:
     return mask
 
 
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full (unsharded) state dict of a plain, DDP-wrapped or FSDP2-sharded model on
+    the main process, tied tensors once; ``None`` on other ranks. Collective under FSDP2."""
+    model = unwrap_model(model)
+    if is_fsdp(model):
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(model, options=options)
+    else:
+        state = model.state_dict()
+    if not is_main_process():
+        return None
+    return unique_state_dict(model, state)
+
+
 def save_weights(
     model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
 ) -> Path:
-    """Write a (single-process) model's weights to ``path``, tied tensors once."""
-    return write_weights(unique_state_dict(model), path, metadata)
+    """Write ``model``'s weights to a safetensors file, atomically, tied tensors once. A
+    wrapped or sharded model too: under FSDP2 call it on every rank; rank 0 writes."""
+    state = full_state_dict(model)
+    if state is not None:
+        write_weights(state, path, metadata)
+    return Path(path)
 
 
 def stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -304,14 +329,20 @@ def read_weights(
 def load_weights(
     model: nn.Module, path: str | Path, prefix: str = "", shared: dict[str, str] | None = None
 ) -> Path:
-    """Load safetensors weights into a (single-process) ``model`` in place.
+    """Load safetensors weights into ``model`` (plain, DDP-wrapped or FSDP2-sharded) in
+    place, on any device and dtype.
 
     ``path`` is a ``.safetensors`` file, a model folder or a run folder (its latest
     checkpoint). Weights of another model raise :class:`TriformError` naming the first key
     that does not fit, before anything is changed. Returns the file read.
     """
     file = weights_file(path)
-    model.load_state_dict(read_weights(model, file, prefix, shared), strict=True)
+    model = unwrap_model(model)
+    state = read_weights(model, file, prefix, shared)
+    if is_fsdp(model):
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        model.load_state_dict(state, strict=True)
     return file
 
 

@@ -4,8 +4,8 @@ A folder (``best/``, ``final/``) holds ``model.safetensors`` (body and head, nam
 and ``head.*``), ``tokenizer.json`` (with any tokens the task added), ``finetune.json`` (the
 task section, what the task learned, the body's ModelConfig, step and metrics),
 ``labels.json`` for tasks with classes, and ``model.json`` (the body's ModelConfig, as in a
-pretraining run folder) so that ``generate``, ``features`` and :func:`triform.loading.load_model` read the
-body of a fine-tuned folder.
+pretraining run folder) so that ``generate``, ``features`` and
+:func:`triform.loading.load_model` read the body of a fine-tuned folder.
 
     ft = load_finetuned("runs/finetune/best")
     model, tokenizer, labels = ft                 # unpacks like a tuple

@@ -45,7 +45,7 @@ from triform.finetune.saved import save_finetuned
 from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
 from triform.finetune.tasks.base import Feature
 from triform.outputs import RunFolder, check_run_folder, prepare_run_folder
-from triform.runs import CHECKPOINTS, load_weights, resolve_checkpoint, write_json
+from triform.runs import CHECKPOINTS, full_state_dict, load_weights, resolve_checkpoint, write_json
 from triform.runtime.allocator import apply_process_settings
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
@@ -59,7 +59,7 @@ from triform.runtime.distributed import (
     world_size,
 )
 from triform.runtime.precision import resolve_precision
-from triform.train.checkpoint import full_state_dict, prune_checkpoints
+from triform.train.checkpoint import prune_checkpoints
 from triform.train.optim import OptimConfig, build_optimizer, decay_split
 from triform.train.schedules import build_scheduler
 from triform.train.trainer import LoopSettings, Trainer, TrainingRun

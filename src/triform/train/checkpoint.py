@@ -53,12 +53,11 @@ from triform.runs import (
     WEIGHTS,
     check_fits,
     fsync,
+    full_state_dict,
     list_checkpoints,
-    read_weights,
+    load_weights,
     resolve_checkpoint,
     step_dir_name,
-    unique_state_dict,
-    weights_file,
     write_weights,
 )
 from triform.runtime.distributed import barrier, is_fsdp, is_main_process, unwrap_model
@@ -77,63 +76,6 @@ class CheckpointState:
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     data_position: Any = None
-
-
-# --------------------------------------------------------------------------------------
-# Weights (the file format is triform.runs'; here: gathering and scattering under FSDP2)
-# --------------------------------------------------------------------------------------
-
-
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """The full (unsharded) state dict on the main process, tied tensors once; ``None``
-    on other ranks. Collective under FSDP2."""
-    if is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-        )
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(model, options=options)
-    else:
-        state = model.state_dict()
-    if not is_main_process():
-        return None
-    return unique_state_dict(model, state)
-
-
-def save_weights(
-    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
-) -> Path:
-    """Write ``model``'s weights to a safetensors file, atomically (temp file + rename).
-    Tied tensors are stored once. Under FSDP2 call it on every rank; rank 0 writes."""
-    path = Path(path)
-    state = full_state_dict(unwrap_model(model))
-    if state is not None:
-        write_weights(state, path, metadata)
-    return path
-
-
-def load_weights(model: nn.Module, path: str | Path) -> Path:
-    """Load safetensors weights into ``model`` in place (any device and dtype).
-
-    ``path`` is a ``.safetensors`` file, a checkpoint folder or a run folder (its latest
-    checkpoint). Weights of another model raise :class:`TriformError` naming the first
-    key that does not fit, before anything is changed. Returns the file read.
-    """
-    path = weights_file(path)
-    model = unwrap_model(model)
-    state = read_weights(model, path)
-    if is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-        )
-
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-    else:
-        model.load_state_dict(state, strict=True)
-    return path
 
 
 # --------------------------------------------------------------------------------------
