@@ -11,7 +11,9 @@ A folder triform reads a model from is one of:
   ``model.safetensors`` + ``tokenizer.json``;
 - a **fine-tuned model folder** (``best/`` or ``final/`` of ``triform finetune``): the same
   plus ``finetune.json``; its weights are ``body.*`` and ``head.*``, and the loader here reads
-  the body (:func:`triform.finetune.load_finetuned` reads both);
+  the body (:func:`triform.finetune.load_finetuned` reads both). A LoRA run's folder holds
+  ``adapters.json`` and ``adapters.safetensors`` instead of the weights: the loader reads its
+  base and merges the adapters into it (:mod:`triform.finetune.adapters`);
 - a **HuggingFace checkpoint folder**: ``config.json`` + weights (+ ``tokenizer.json``).
 
 ``parts.json`` maps each part's name to the prefix of its weights in the checkpoint, its
@@ -44,6 +46,7 @@ from triform.models.sizing import check_model_fits
 
 RUN_JSON = "run.json"
 FINETUNE_JSON = "finetune.json"
+ADAPTERS_JSON = "adapters.json"
 MODEL_JSON = "model.json"
 PARTS_JSON = "parts.json"
 TOKENIZER_JSON = "tokenizer.json"
@@ -470,6 +473,11 @@ def read_model(folder: str | Path, part: str | None = None) -> nn.Module:
     folder = Path(folder)
     if not folder.is_dir():
         raise TriformError(f"model folder not found: {folder}")
+    if (folder / ADAPTERS_JSON).is_file():  # LoRA adapters: their base, merged with them
+        from triform.finetune.adapters import read_adapted_body
+
+        _run_part(folder, part)  # refuses a part other than the body
+        return check_finite(read_adapted_body(folder), folder)
     if (folder / MODEL_JSON).is_file():
         config, prefix, shared = _run_part(folder, part)
         if (folder / CHECKPOINTS).is_dir() and latest_checkpoint(folder) is None:
