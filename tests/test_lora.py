@@ -11,6 +11,7 @@ one-line errors before step 1. Mostly through the CLI, on tiny configs."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -374,3 +375,14 @@ def test_bad_values_are_one_line_errors_before_step_one(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_bench_lora_tiny() -> None:
+    """benchmarks/bench_lora.py in its tiny mode: each variant in its own process."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_lora
+
+    full, frozen, lora = bench_lora.main(["--tiny"])
+    assert full.trainable == full.total > lora.trainable > frozen.trainable > 0
+    assert full.optimizer_bytes > lora.optimizer_bytes > frozen.optimizer_bytes > 0
+    assert all(r.peak_mb > 0 and r.step_seconds > 0 for r in (full, frozen, lora))
