@@ -274,6 +274,16 @@ def test_a_grown_vocabulary_travels_with_the_adapters(folder: Path, tmp_path: Pa
     torch.testing.assert_close(
         _logits(ft.model, ft.task, texts), _logits(run.model, run.task, texts), atol=1e-6, rtol=0
     )
+    generate = [
+        "generate",
+        str(out / "best"),
+        "--prompt",
+        "the",
+        "--greedy",
+        "--max-new-tokens",
+        "4",
+    ]
+    assert main(generate) == 0  # the one loader reads the grown, merged body
 
 
 def test_a_resumed_lora_run_is_exact(folder: Path, tmp_path: Path) -> None:
