@@ -1,5 +1,5 @@
-"""One fine-tuning run = one TOML file: ``[model]``, ``[task]``, ``[train]`` and, as in
-pretraining, ``[optim]`` and ``[schedule]``.
+"""One fine-tuning run = one TOML file: ``[model]``, ``[task]``, ``[train]``, as in
+pretraining ``[optim]`` and ``[schedule]``, and for LoRA ``[lora]``.
 
 ```toml
 [model]
