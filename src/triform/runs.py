@@ -12,7 +12,9 @@ A folder triform reads a model from is one of:
   ``model.safetensors`` + ``tokenizer.json``;
 - a **fine-tuned model folder** (``best/`` or ``final/`` of ``triform finetune``): the same
   plus ``finetune.json``; its weights are ``body.*`` and ``head.*``, and the loader here reads
-  the body (:func:`triform.finetune.load_finetuned` reads both);
+  the body (:func:`triform.finetune.load_finetuned` reads both). A LoRA run's folder holds
+  ``adapters.json`` and ``adapters.safetensors`` instead of the weights: the loader reads its
+  base and merges the adapters into it (:mod:`triform.finetune.adapters`);
 - a **HuggingFace checkpoint folder**: ``config.json`` + weights (+ ``tokenizer.json``).
 
 ``parts.json`` maps each part's name to the prefix of its weights in the checkpoint, its
@@ -55,6 +57,7 @@ from triform.tokenizers import load_tokenizer
 
 RUN_JSON = "run.json"
 FINETUNE_JSON = "finetune.json"
+ADAPTERS_JSON = "adapters.json"
 MODEL_JSON = "model.json"
 PARTS_JSON = "parts.json"
 TOKENIZER_JSON = "tokenizer.json"

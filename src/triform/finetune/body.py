@@ -9,42 +9,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import tokenizers
 import torch
 from torch import nn
 
-from triform import presets
 from triform.errors import TriformError
 from triform.finetune.config import ModelSection
-from triform.loading import load_model
+from triform.loading import load_source
 from triform.models import DecoderModel, EncoderDecoderModel, EncoderModel, TransformerModel
-from triform.models import build_model as build_body
 from triform.models.heads import LMHead
 from triform.nn.embeddings import Embeddings
-from triform.runs import TOKENIZER_JSON
-from triform.tokenizers import fit_to_tokenizer, load_tokenizer
 
 Batch = dict[str, torch.Tensor]
 
 
 def load_body(section: ModelSection) -> tuple[TransformerModel, tokenizers.Tokenizer]:
-    """The pretrained model and its tokenizer, as ``[model]`` describes them."""
-    source = section.source
-    if source.startswith("preset:"):
-        tokenizer = load_tokenizer(section.tokenizer or "")
-        config = presets.get(source.removeprefix("preset:"), **section.overrides)
-        return build_body(fit_to_tokenizer(config, tokenizer)), tokenizer
-    path = Path(source)
-    if not path.is_dir():
-        raise TriformError(
-            f"model.source {source}: no such folder (expected a triform run folder, an HF "
-            "checkpoint folder or preset:<name>)"
-        )
-    if section.tokenizer is None and not (path / TOKENIZER_JSON).is_file():
-        raise TriformError(f"{path} has no tokenizer.json; set model.tokenizer")
-    return load_model(path, tokenizer=section.tokenizer)  # model.tokenizer replaces its own
+    """The pretrained model and its tokenizer, as ``[model]`` describes them (see
+    :func:`triform.loading.load_source`)."""
+    return load_source(section.source, section.tokenizer, section.overrides)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Fine-tuning: pretrained body + new head, every parameter trained, as a
-:class:`FinetuneRun` that the one :class:`~triform.train.trainer.Trainer` drives (so it has
-everything pretraining has: the run folder's lock, SIGINT / SIGTERM checkpoints,
+"""Fine-tuning: pretrained body + new head, every parameter trained (or less:
+``train.freeze``, ``train.freeze_layers``, ``[lora]``; see :mod:`triform.finetune.adapters`),
+as a :class:`FinetuneRun` that the one :class:`~triform.train.trainer.Trainer` drives (so it
+has everything pretraining has: the run folder's lock, SIGINT / SIGTERM checkpoints,
 ``max_minutes``, DDP / FSDP2, activation checkpointing, ``torch.compile``, fused AdamW).
 
 The body learns at ``optim.body_lr`` and the head at ``optim.lr`` (AdamW, weight decay on
@@ -37,6 +38,7 @@ from torch import nn
 
 from triform.data.readers import rank_slice
 from triform.errors import TriformError
+from triform.finetune.adapters import Adaptation
 from triform.finetune.body import load_body
 from triform.finetune.config import FinetuneConfig, higher_is_better, load_finetune_config
 from triform.finetune.data import Row, read_rows
@@ -45,7 +47,7 @@ from triform.finetune.saved import save_finetuned
 from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
 from triform.finetune.tasks.base import Feature
 from triform.outputs import RunFolder, check_run_folder, prepare_run_folder
-from triform.runs import CHECKPOINTS, full_state_dict, load_weights, resolve_checkpoint, write_json
+from triform.runs import CHECKPOINTS, full_state_dict, resolve_checkpoint, write_json
 from triform.runtime.allocator import apply_process_settings
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
@@ -206,7 +208,7 @@ def _finetune(
             f"{sum(p.numel() for p in run.model.head.parameters()):,} head parameters) "
             f"for {run.task.kind} on {len(run.train_rows)} examples: {run.total_steps} "
             f"steps of {train.batch_size} ({train.grad_accum} micro-batches{workers}) on "
-            f"{device} ({precision})"
+            f"{device} ({precision}){run.adaptation.describe()}"
         )
 
     trainer = Trainer(
@@ -263,13 +265,16 @@ class FinetuneRun(TrainingRun):
         self.train_rows = _read(task_cfg.train, task_cfg.format)
         self.val_rows = _read(task_cfg.validation, task_cfg.format)
         self.test_rows = _read(task_cfg.test, task_cfg.format)
+        torch.manual_seed(train.seed)  # a preset body is drawn from the seed (and redrawn so)
         body, tokenizer = load_body(config.model)
+        self.adaptation = Adaptation(config, body)  # what trains (LoRA: the base as loaded)
         self.task: Task = build_task(task_cfg, tokenizer, body.config)
         self.task.setup(self.train_rows)
         self.task.check_targets(self.val_rows, "validation")
         self.task.prepare_body(body)
         torch.manual_seed(train.seed)  # the head's init does not depend on how the body loaded
         self.model = FinetuneModel(body, self.task.build_head(body))
+        self.adaptation.apply(self.model)  # freezes, adds adapters: before the optimizer
         self.features = self.task.train_features(self.train_rows, train.seed, epoch=0)
         if not self.features:
             raise TriformError(f"{task_cfg.train}: no training examples")
@@ -412,7 +417,13 @@ class FinetuneRun(TrainingRun):
             if self.folder is not None:  # the earlier run's results go aside only now
                 self.folder.set_aside_results()
             save_finetuned(
-                folder, self.model, self.task, step=step, metrics=self.validation, weights=weights
+                folder,
+                self.model,
+                self.task,
+                step=step,
+                metrics=self.validation,
+                weights=weights,
+                adaptation=self.adaptation,
             )
 
     def _evaluate(self, rows: list[Row]) -> tuple[dict[str, float], list[Any]]:
@@ -452,7 +463,7 @@ class FinetuneRun(TrainingRun):
         if not self.test_rows:
             return None
         if self.best_dir is not None:
-            load_weights(self.model, self.best_dir / "model.safetensors")
+            self.adaptation.load_saved(self.model, self.best_dir)
         metrics, predictions = self._evaluate(self.test_rows)
         with (self.out_dir / "predictions.jsonl").open("w", encoding="utf-8") as out:
             for row, prediction in zip(self.test_rows, predictions, strict=True):
