@@ -580,7 +580,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
         yield tmp
-        _fsync(tmp)
+        fsync(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
@@ -600,7 +600,8 @@ def write_output(path: str | Path, data: str | bytes) -> Path:
     return path
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a folder) to disk; a no-op where the OS cannot."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -51,7 +51,13 @@ from triform.config import ModelConfig
 from triform.errors import TriformError
 from triform.models import build_model
 from triform.models.sizing import check_model_fits
-from triform.outputs import LOCK_FILE, TEMPORARY, RunLock, remove_stale_files  # noqa: F401
+from triform.outputs import (  # noqa: F401
+    LOCK_FILE,
+    TEMPORARY,
+    RunLock,
+    fsync,
+    remove_stale_files,
+)
 from triform.runtime.distributed import is_fsdp, is_main_process, unwrap_model
 from triform.tokenizers import load_tokenizer
 
@@ -71,20 +77,6 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 # --------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------
-
-
-def fsync(path: Path) -> None:
-    """Flush ``path`` (a file or a folder) to disk; a no-op where the OS cannot."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. folders on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_json(path: str | Path, value: Any) -> Path:

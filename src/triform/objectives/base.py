@@ -201,6 +201,15 @@ class Objective:
         return loss, parts
 
 
+def masked_and_real_tokens(batch: Batch) -> Counts:
+    """The counts of an objective with a term over its labelled tokens (``"tokens"``) and
+    one over every real token (``"positions"``): ELECTRA, distillation."""
+    return {
+        "tokens": labelled(batch["labels"]),
+        "positions": (batch["attention_mask"] != 0).sum(),
+    }
+
+
 def token_accuracy(output: Any, batch: Batch) -> dict[str, torch.Tensor]:
     """Token accuracy over the labelled positions (empty when the output has no token
     logits). Logits (..., V) and labels (...): (B, L, V) and (B, L), or (N, V) and (N,)."""

@@ -51,6 +51,7 @@ from triform.objectives.base import (
     Objective,
     Step,
     make_config,
+    masked_and_real_tokens,
     require,
     token_accuracy,
 )
@@ -341,10 +342,7 @@ class Distillation(Objective):
     # -- the loss -------------------------------------------------------------------------
     def counts(self, batch: Batch) -> Counts:
         """Predicted tokens and real tokens (see :func:`distillation_loss`)."""
-        return {
-            "tokens": labelled(batch["labels"]),
-            "positions": (batch["attention_mask"] != 0).sum(),
-        }
+        return masked_and_real_tokens(batch)
 
     def step(
         self,
