@@ -320,7 +320,7 @@ def test_electra_discriminator_from_the_checkpoint_and_a_new_generator(
 ) -> None:
     """ELECTRA (RTD): the discriminator (body and replaced-token head) is the checkpoint's,
     the generator is new and shares its embeddings; a BERT checkpoint for SpanBERT keeps its
-    MLM head and gets a new boundary head."""
+    MLM head and gets a new boundary head; a bare BERT body gets a new MLM head."""
     tokenizer = train_tokenizer(texts, kind="wordpiece", vocab_size=VOCAB, family="electra")
     folder = tmp_path / "electra"
     config = transformers.ElectraConfig(
@@ -350,3 +350,13 @@ def test_electra_discriminator_from_the_checkpoint_and_a_new_generator(
         "body and MLM head from the checkpoint; the span boundary head is new; left out: the "
         "checkpoint's pooler and NSP head (objective span-mlm does not train them)"
     )
+
+    transformers.BertModel(config).save_pretrained(tmp_path / "body")  # no MLM head
+    save_tokenizer(tokenizer, tmp_path / "body" / "tokenizer.json")
+    plan, model, _ = planned(pretrain_config(tmp_path, tmp_path / "body", "mlm"))
+    assert plan.line.endswith(
+        "body from the checkpoint; the MLM head is new; left out: the checkpoint's pooler "
+        "(objective mlm does not train it)"
+    )
+    assert plan.record["new"] == ["MLM head"] and plan.record["left_out"] == ["pooler"]
+    assert model.lm_head.decoder.weight is model.embeddings.token.weight

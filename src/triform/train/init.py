@@ -168,9 +168,9 @@ def vocabulary_rows(
         moved = sum(1 for token, i in mine.items() if theirs.get(token) != i)
         raise ConfigError(
             f"tokenizer.path: another vocabulary than model.init {path}'s {TOKENIZER_JSON} "
-            f"({len(mine)} tokens against {len(theirs)}, {moved} of them new or at another "
-            "id): leave tokenizer.path out, or set model.resize_vocab = true to fit the "
-            "embeddings to it"
+            f"({moved} of its {len(mine)} tokens are not at their id among the checkpoint's "
+            f"{len(theirs)}): leave tokenizer.path out, or set model.resize_vocab = true to "
+            "fit the embeddings to it"
         )
     if not resize_vocab:
         return None
@@ -300,19 +300,17 @@ def plan_init(
             )
         copies[key] = key
 
-    # what each part of the run's model is: from the checkpoint, new, or partly both; a
-    # part whose weights are all tied to another's (GPT-2's LM head) is what they are
-    order: list[str] = []
-    found: dict[str, list[bool]] = {}
-    canonical = {a: g[0] for g in alias_groups(target, set(available) | set(wanted)) for a in g}
+    # what each part of the run's model is: from the checkpoint, new, or partly both (a
+    # part whose weights are all tied to another's, GPT-2's LM head, is what those are)
+    every = target.state_dict()
+    canonical = {alias: g[0] for g in alias_groups(target, set(every)) for alias in g}
+    own: dict[str, list[bool]] = {}
     tied: dict[str, list[bool]] = {}
-    for key in target.state_dict():
-        name = component(key, config)
-        if name not in order:
-            order.append(name)
-        into = found if key in wanted else tied
-        into.setdefault(name, []).append(canonical.get(key, key) in copies)
-    found = {name: found.get(name) or tied[name] for name in order}
+    for key in every:
+        into = own if key in wanted else tied
+        into.setdefault(component(key, config), []).append(canonical.get(key, key) in copies)
+    order = list(dict.fromkeys(component(key, config) for key in every))
+    found = {name: own.get(name) or tied[name] for name in order}
     loaded = [n for n in order if all(found[n])]
     new = [n for n in order if not any(found[n])]
     partly = [n for n in order if any(found[n]) and not all(found[n])]
