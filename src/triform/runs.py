@@ -380,6 +380,19 @@ def write_run_metadata(
         write_json(out_dir / PARTS_JSON, parts)
 
 
+def read_run_init(folder: str | Path) -> dict[str, Any] | None:
+    """Where a pretraining run's weights started: ``run.json``'s ``init`` record (the
+    checkpoint's path, format, HF class, the SHA-256 of its weights, what was loaded, new and
+    left out: see :mod:`triform.train.init`), or ``None`` for a run from random
+    initialisation (or a folder without ``run.json``)."""
+    path = Path(folder) / RUN_JSON
+    if not path.is_file():
+        return None
+    run = read_json(path)
+    record = run.get("init") if isinstance(run, dict) else None
+    return record if isinstance(record, dict) else None
+
+
 # --------------------------------------------------------------------------------------
 # Reading a model from a triform folder (any folder: triform.loading)
 # --------------------------------------------------------------------------------------

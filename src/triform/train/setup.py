@@ -33,6 +33,7 @@ from triform.tokenizers import (
     tokenizer_hash,
     train_tokenizer,
 )
+from triform.train.init import fit_init_config
 from triform.train.run_config import RunConfig
 
 # Model families the tokenizer module has no special-token convention of its own for.
@@ -153,7 +154,11 @@ def _tokenizer_corpus(config: RunConfig):
 
 def resolve_model_config(config: RunConfig, tokenizer: tokenizers.Tokenizer) -> ModelConfig:
     """The run's model config with vocabulary size and special ids taken from the
-    tokenizer."""
+    tokenizer; a run from a checkpoint (``model.init``) keeps the checkpoint's vocabulary
+    size unless ``model.resize_vocab`` (see :func:`~triform.train.init.fit_init_config`)."""
+    init = config.init
+    if init.init is not None:
+        return fit_init_config(config.model, tokenizer, init.resize_vocab, init.init)
     return fit_to_tokenizer(config.model, tokenizer)
 
 
