@@ -459,7 +459,7 @@ def icl_unit(args, data: Path, runs: Path, results: Results) -> None:
     import torch
 
     from triform.inference.icl import evaluate_icl, read_examples
-    from triform.runs import load_model
+    from triform.loading import load_model
     from triform.runtime.device import pick_device
 
     todo = [s for s in args.icl_scoring if f"icl/{s}" not in results.done]

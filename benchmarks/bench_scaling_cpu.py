@@ -43,7 +43,6 @@ def _overrides(args: argparse.Namespace, work: Path, out: Path) -> list[str]:
         "model.attention_dropout": 0.0,
         "tokenizer.kind": "byte-bpe",
         "tokenizer.vocab_size": 256 + 64 if args.tiny else 4096,
-        "tokenizer.path": str(work / "tokenizer.json"),
         "data.corpus": corpus,
         "data.shards_dir": str(work / "shards"),
         "data.seq_len": args.seq,
@@ -62,6 +61,9 @@ def _overrides(args: argparse.Namespace, work: Path, out: Path) -> list[str]:
         "train.tensorboard": False,
         "train.parallel": "ddp",
     }
+    tokenizer = work / "prepare" / "tokenizer.json"  # trained by the preparing run, then shared
+    if tokenizer.is_file():
+        items["tokenizer.path"] = str(tokenizer)
     flat = []
     for key, value in items.items():
         flat += ["--set", f"{key}={json.dumps(value)}"]
@@ -88,7 +90,8 @@ def _rate(out: Path) -> tuple[float, float]:
 def measure(args: argparse.Namespace) -> list[dict]:
     """One row per world size: processes, tokens/s, final loss, wall seconds."""
     work = Path(args.work or tempfile.mkdtemp(prefix="triform-scaling-"))
-    cli = [sys.executable, "-m", "triform.cli", "pretrain"]
+    # --overwrite: in a --work folder used before, the earlier runs move into previous-<time>/
+    cli = [sys.executable, "-m", "triform.cli", "pretrain", "--overwrite"]
     # Tokenizer and shards, once, outside the timings.
     _run([*cli, *_overrides(args, work, work / "prepare"), "--set", "train.steps=1"])
     rows = []
@@ -96,7 +99,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         out = work / f"world{world}"
         launcher = (
             [sys.executable, "-m", "torch.distributed.run", "--standalone",
-             f"--nproc_per_node={world}", "-m", "triform.cli", "pretrain"]
+             f"--nproc_per_node={world}", "-m", "triform.cli", "pretrain", "--overwrite"]
             if world > 1
             else cli
         )  # fmt: skip

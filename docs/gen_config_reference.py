@@ -34,6 +34,7 @@ from triform.finetune import config as finetune_config
 from triform.objectives import OBJECTIVES
 from triform.scaling.sweep import ModelShape, SweepSection
 from triform.train import run_config
+from triform.train.init import ModelInit
 
 OUT = Path(__file__).resolve().parent / "configuration.md"
 COMMAND = "python docs/gen_config_reference.py"
@@ -210,7 +211,9 @@ def generate() -> tuple[str, list[str]]:
             + ", and `*-tiny` ones for tests) as the base of the other keys; unset: the "
             "defaults below.",
         )
-        section("model", ModelConfig, lines, missing, extra=[preset])
+        init_keys, _ = keys_of(ModelInit)
+        missing.extend(f"model.{k.name} (ModelInit)" for k in init_keys if not k.meaning)
+        section("model", ModelConfig, lines, missing, extra=[preset, *init_keys])
 
     def objective_section(lines: list[str], missing: list[str]) -> None:
         lines += [

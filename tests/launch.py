@@ -34,7 +34,7 @@ def _worker(rank: int, world: int, port: int, args: list[str], logs: str, fail_a
     )
     torch.set_num_threads(1)
     if fail_at >= 0 and rank == 1:
-        from triform.objectives import PretrainingTask as Task
+        from triform.train.task import PretrainingTask as Task
 
         original = Task.train_batch
 

@@ -41,7 +41,7 @@ dropout = 0.0
 attention_dropout = 0.0
 
 [tokenizer]
-path = "{folder}/tokenizer.json"  # trained by the first run, then shared
+path = "{folder}/tokenizer.json"  # trained once by the fixture, shared by every run
 kind = "char"
 vocab_size = 128
 
@@ -91,6 +91,9 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "text").mkdir()
     for i in range(4):
         (folder / "text" / f"doc{i}.txt").write_text(text[i * 10_000 : (i + 1) * 10_000])
+    tokenizer = ["--kind", "char", "--vocab-size", "128", "--family", "gpt2"]
+    out = ["--out", str(folder / "tokenizer.json")]
+    assert main(["tokenizer", "train", str(folder / "text"), *tokenizer, *out]) == 0
     path = folder / "run.toml"
     path.write_text(RUN.format(folder=folder))
     return path

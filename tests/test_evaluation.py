@@ -18,7 +18,7 @@ from triform.commands.pretrain import DEFAULT_RUN
 from triform.data.readers import CausalWindows, evaluation_samples
 from triform.data.shards import ShardSet
 from triform.errors import ConfigError
-from triform.runs import load_model
+from triform.loading import load_model
 from triform.train.metrics import read_metrics
 from triform.train.run_config import load_run_config
 
@@ -94,7 +94,6 @@ def _args(out: Path, data: Path, *extra: str) -> list[str]:
         f"data.corpus={json.dumps(str(data / 'train'))}",
         f"data.validation={json.dumps(str(data / 'val.txt'))}",
         f"data.shards_dir={json.dumps(str(out.parent / 'shards'))}",
-        f"tokenizer.path={json.dumps(str(out.parent / 'tokenizer.json'))}",
         f"train.out_dir={json.dumps(str(out))}",
     ]
     args = ["pretrain", str(CONFIG)]
@@ -139,7 +138,8 @@ def test_the_validation_loss_is_the_whole_splits(halves: Path, tmp_path: Path, c
 
     # eval_batches = "all": every window (the same training, so the same model)
     every = tmp_path / "every"
-    assert main(_args(every, halves, 'train.eval_batches="all"')) == 0
+    tokenizer = f"tokenizer.path={json.dumps(str(out / 'tokenizer.json'))}"  # the first run's
+    assert main(_args(every, halves, 'train.eval_batches="all"', tokenizer)) == 0
     assert f"validation loss over the whole split ({total} windows)" in capsys.readouterr().out
     reported = read_metrics(every, split="val")[-1]
     assert reported["eval_windows"] == reported["split_windows"] == total

@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 from triform import presets
 from triform.cli import main
 from triform.errors import TriformError
+from triform.loading import read_model
 from triform.models.sizing import check_model_fits
-from triform.runs import RunLock, latest_checkpoint, list_checkpoints, read_model, write_json
+from triform.runs import RunLock, latest_checkpoint, list_checkpoints, write_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -128,6 +129,8 @@ def test_checks_come_before_anything_is_written(corpus: str, tmp_path: Path, cap
         ("objective.mask_prob=0.2", "unknown key objective.mask_prob"),
         ("data.seq_len=512", "longer than the model's positions"),
         ("train.precision='fp16'", "fp16 needs a CUDA device"),
+        # the evaluation-time sample (prompt + new tokens) must fit the 256 positions
+        ("train.sample_tokens=300", "train.sample_tokens (300) after the sample prompt's"),
     ]:
         assert main(args_for(run, corpus, change)) == 2
         assert message in capsys.readouterr().err

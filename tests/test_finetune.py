@@ -170,14 +170,15 @@ def test_pair_classification_and_regression_run(tmp_path: Path, toks: dict[str, 
 
     task = {"kind": "regression", "train": data, "validation": data, "text": "s1",
             "text_pair": "s2", "label": "score"}  # fmt: skip
-    result = finetune(make_config(tmp_path, "gpt2-tiny", toks["gpt2"], task, epochs=2))
+    config = make_config(tmp_path, "gpt2-tiny", toks["gpt2"], task, epochs=2)
+    result = finetune(config, overwrite=True)  # the same folder: the earlier run moves aside
     assert set(result.validation) == {"pearson", "spearman", "mse", "loss"}
     assert isinstance(load_finetuned(result.best_dir).predict([("a", "b")])[0], float)
 
     # an encoder-decoder classifies BART's way: the text through both, the last decoder state
     task = {"kind": "classification", "train": data, "validation": data, "text": "s1",
             "label": "y"}  # fmt: skip
-    result = finetune(make_config(tmp_path, "bart-tiny", toks["bart"], task))
+    result = finetune(make_config(tmp_path, "bart-tiny", toks["bart"], task), overwrite=True)
     assert set(result.validation) == {"accuracy", "f1", "mcc", "loss"}
 
 
@@ -606,7 +607,8 @@ def test_body_from_triform_run_and_hf_folder(tmp_path: Path, toks: dict[str, str
     for source in (run, hf_dir):
         task = {"kind": "classification", "train": train}
         model = {"source": str(source)}
-        result = finetune(make_config(tmp_path, "", "", task, model=model, steps=1, lr=1e-9))
+        config = make_config(tmp_path, "", "", task, model=model, steps=1, lr=1e-9)
+        result = finetune(config, overwrite=True)  # one folder for both runs
         body = load_finetuned(result.final_dir).model.body
         # the body starts from the pretrained weights (a 1e-9 step barely moves them)
         w = body.embeddings.token.weight

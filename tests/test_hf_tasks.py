@@ -22,6 +22,7 @@ from triform.finetune import finetune, load_finetune_config, load_finetuned  # n
 from triform.finetune.data import Row  # noqa: E402
 from triform.inference.generate import generate  # noqa: E402
 from triform.interop import hf  # noqa: E402
+from triform.interop.hf import tasks as hf_tasks  # noqa: E402
 from triform.tokenizers import save_tokenizer, train_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -152,7 +153,7 @@ def test_classification_exports_to_pipeline(
     classify = transformers.pipeline("text-classification", model=str(out), device="cpu")
     assert [r["label"] for r in classify(TEXTS)] == expected
 
-    back = hf.load_finetuned(out)  # and back into triform
+    back = hf_tasks.load_finetuned(out)  # and back into triform
     assert back.labels == ["neg", "pos"] and back.task.kind == "classification"
     torch.testing.assert_close(seq_logits(back, rows), ours, atol=ATOL, rtol=0)
     assert back.predict(TEXTS) == expected
@@ -175,7 +176,7 @@ def test_pair_classification_keeps_segments(
     task = {"kind": "pair-classification", "train": data}
     run = tiny_finetune(tmp_path, preset, toks[tok], task)
     out = convert(run, tmp_path / "hf")
-    ft, back = load_finetuned(run), hf.load_finetuned(out)
+    ft, back = load_finetuned(run), hf_tasks.load_finetuned(out)
     pairs = [{"text": r["text"], "text_pair": r["text_pair"]} for r in rows[:4]]
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     encoded = tokenizer([p["text"] for p in pairs], [p["text_pair"] for p in pairs], padding=True)
@@ -199,7 +200,7 @@ def test_regression_sets_problem_type(tmp_path: Path, toks: dict[str, str]) -> N
     score = transformers.pipeline("text-classification", model=str(out), device="cpu")
     values = [r["score"] for r in score(TEXTS)]  # the raw value: no softmax for regression
     assert values == pytest.approx(ft.predict(TEXTS), abs=ATOL)
-    back = hf.load_finetuned(out)
+    back = hf_tasks.load_finetuned(out)
     assert back.task.kind == "regression" and back.labels is None
     torch.testing.assert_close(seq_logits(back, rows), seq_logits(ft, rows), atol=ATOL, rtol=0)
 
@@ -251,7 +252,7 @@ def test_tagging_exports_to_pipeline(
                     and firsts[j] is not None]  # fmt: skip
         assert at_first == tags  # each word's tag is its first sub-token's, as triform reads it
 
-    back = hf.load_finetuned(out)
+    back = hf_tasks.load_finetuned(out)
     assert back.labels == ["O", "B-ANI"] and back.predict(sentences) == expected
     with torch.no_grad():
         torch.testing.assert_close(back.task.logits(back.model, batch), ours, atol=ATOL, rtol=0)
@@ -300,7 +301,7 @@ def test_qa_exports_to_model(tmp_path: Path, toks: dict[str, str], preset: str, 
 
     qa_rows = [{"question": q, "context": c} for q, c in questions]
     batch = triform_batch(ft, qa_rows)
-    back = hf.load_finetuned(out)
+    back = hf_tasks.load_finetuned(out)
     assert back.predict(questions) == expected
     with torch.no_grad():
         for a, b in zip(ft.task.logits(ft.model, batch), back.task.logits(back.model, batch),
@@ -365,7 +366,7 @@ def test_text_to_text_exports_to_generate(
                        decoder_input_ids=batch["decoder_input_ids"]).logits  # fmt: skip
     torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
     assert any(expected)  # something was generated, not only end-of-sequence
-    back = hf.load_finetuned(out)
+    back = hf_tasks.load_finetuned(out)
     assert back.task.kind == "text-to-text" and back.predict(sources) == expected
 
 
@@ -461,7 +462,7 @@ def test_checkpoints_made_by_transformers_load_and_export_again(
     reference = getattr(transformers, name)(config).eval()
     reference.save_pretrained(tmp_path / "hf")
     (tmp_path / "hf" / "tokenizer.json").write_text(Path(toks[tok]).read_text())
-    ft = hf.load_finetuned(tmp_path / "hf")
+    ft = hf_tasks.load_finetuned(tmp_path / "hf")
     assert ft.task.kind == kind
     assert ft.labels == (None if kind == "qa" else list(labels.values()))
     text = f"apple {KEYWORD} river"
@@ -469,7 +470,7 @@ def test_checkpoints_made_by_transformers_load_and_export_again(
     batch = triform_batch(ft, [row])
     expected = hf_logits(reference, batch)
     torch.testing.assert_close(our_logits(ft, batch), expected, atol=ATOL, rtol=0)
-    hf.save_finetuned(ft, tmp_path / "again")
+    hf_tasks.save_finetuned(ft, tmp_path / "again")
     again = getattr(transformers, name).from_pretrained(tmp_path / "again").eval()
     torch.testing.assert_close(hf_logits(again, batch), expected, atol=ATOL, rtol=0)
 
@@ -489,7 +490,7 @@ def test_hf_task_folder_converts_to_a_triform_finetuned_folder(
     )
     transformers.BertModel(HF_CONFIGS["bert"]()).save_pretrained(tmp_path / "body")
     with pytest.raises(TriformError, match="BertModel is not a task-head class"):
-        hf.load_finetuned(tmp_path / "body")
+        hf_tasks.load_finetuned(tmp_path / "body")
 
 
 def refused(tmp_path: Path, capsys: pytest.CaptureFixture, run: Path, message: str) -> None:
@@ -514,7 +515,7 @@ def test_plain_export_writes_tokenizer_files(tmp_path: Path, toks: dict[str, str
     """A pretrained (not fine-tuned) model folder gets the files AutoTokenizer needs too."""
     from triform import presets
     from triform.models import build_model
-    from triform.train.checkpoint import save_weights
+    from triform.runs import save_weights
 
     model = build_model(presets.get("roberta-tiny", **TINY, vocab_size=300))
     (tmp_path / "m").mkdir()

@@ -23,8 +23,8 @@ from triform.inference.perplexity import (
     seq2seq_perplexity,
     sliding_windows,
 )
+from triform.runs import save_weights
 from triform.tokenizers import SpecialTokens, save_tokenizer, train_tokenizer
-from triform.train.checkpoint import save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,14 +14,8 @@ from safetensors.torch import load_file
 from triform import build_model, presets
 from triform.cli import main
 from triform.errors import TriformError
-from triform.runs import (
-    PARTS_JSON,
-    latest_checkpoint,
-    load_model,
-    read_model,
-    save_weights,
-    write_json,
-)
+from triform.loading import load_model, read_model
+from triform.runs import PARTS_JSON, latest_checkpoint, save_weights, write_json
 from triform.tokenizers import save_tokenizer, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

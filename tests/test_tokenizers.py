@@ -251,4 +251,7 @@ def test_cli_train_encode_info(tmp_path, texts, capsys):
     assert main(["tokenizer", "info", str(out)]) == 0
     assert "cls_id: 2" in capsys.readouterr().out
     assert main(["tokenizer", "train", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "exists: add --overwrite" in capsys.readouterr().err  # out is never replaced unasked
+    args = ["tokenizer", "train", str(tmp_path / "nope"), "--out", str(out), "--overwrite"]
+    assert main(args) == 2
     assert "corpus path not found" in capsys.readouterr().err

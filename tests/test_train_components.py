@@ -23,7 +23,7 @@ from torch import nn
 import triform
 from triform.config import from_dict
 from triform.errors import ConfigError, TriformError
-from triform.runs import latest_checkpoint, list_checkpoints
+from triform.runs import latest_checkpoint, list_checkpoints, load_weights, save_weights
 from triform.runtime.distributed import (
     all_reduce_mean,
     barrier,
@@ -38,12 +38,7 @@ from triform.runtime.distributed import (
 )
 from triform.runtime.precision import autocast_context, resolve_precision
 from triform.train import checkpoint as ckpt
-from triform.train.checkpoint import (
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    save_weights,
-)
+from triform.train.checkpoint import load_checkpoint, save_checkpoint
 from triform.train.metrics import MetricsLogger, read_metrics
 from triform.train.optim import (
     OptimConfig,
@@ -513,8 +508,8 @@ def _dist_worker(rank_: int, world: int, port: int, out_dir: str) -> None:
         WORLD_SIZE=str(world),
         LOCAL_RANK=str(rank_),
     )
+    from triform.runs import full_state_dict
     from triform.runtime.distributed import shutdown_distributed
-    from triform.train.checkpoint import full_state_dict
 
     torch.set_num_threads(1)
     assert init_distributed() and world_size() == world

@@ -2,16 +2,22 @@
 
 Each sub-command lives in its own module under :mod:`triform.commands` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` on it. ``main`` only
-dispatches and turns :class:`~triform.errors.TriformError` into a one-line error, exit 2.
+dispatches and turns :class:`~triform.errors.TriformError` into a one-line error, exit 2;
+an OS error is one line too (exit 2), and an interrupt at any moment, the start-up imports
+included, is ``triform: interrupted`` (exit 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.metadata
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from triform import __version__
 from triform.errors import TriformError
@@ -54,7 +60,11 @@ def version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    with _interrupts_held() as interrupted:
+        parser = build_parser()  # imports every command module: torch, seconds on a busy CPU
+    if interrupted:
+        print("triform: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
@@ -83,6 +93,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("triform: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[list[int]]:
+    """Hold Ctrl-C while the command's modules are imported (an interrupt raised inside an
+    extension's initialisation aborts the process with a C++ error, or leaves a traceback);
+    the list it yields is non-empty if one came."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous or signal.default_int_handler)
 
 
 def describe_os_error(err: OSError) -> str:

@@ -166,6 +166,14 @@ class ModelConfig:
     def decoder_layers(self) -> int:
         return self.num_decoder_layers if self.num_decoder_layers is not None else self.num_layers
 
+    @property
+    def decoder_start_id(self) -> int:
+        """The first decoder input of an encoder-decoder (T5: pad, BART: eos)."""
+        for value in (self.decoder_start_token_id, self.pad_token_id, self.eos_token_id):
+            if value is not None:
+                return value
+        return 0
+
     def layer_attention(self, index: int) -> AttentionKind:
         """The attention kind of layer ``index``: the pattern repeats over the stack."""
         return self.attention_pattern[index % len(self.attention_pattern)]

@@ -1,4 +1,5 @@
-"""The run-folder format, and the one loader every command uses to read a model from a folder.
+"""The run-folder format: reading and writing triform's folders (the one loader every command
+uses, which also reads HuggingFace folders, is :mod:`triform.loading`, above this).
 
 A folder triform reads a model from is one of:
 
@@ -11,7 +12,9 @@ A folder triform reads a model from is one of:
   ``model.safetensors`` + ``tokenizer.json``;
 - a **fine-tuned model folder** (``best/`` or ``final/`` of ``triform finetune``): the same
   plus ``finetune.json``; its weights are ``body.*`` and ``head.*``, and the loader here reads
-  the body (:func:`triform.finetune.load_finetuned` reads both);
+  the body (:func:`triform.finetune.load_finetuned` reads both). A LoRA run's folder holds
+  ``adapters.json`` and ``adapters.safetensors`` instead of the weights: the loader reads its
+  base and merges the adapters into it (:mod:`triform.finetune.adapters`);
 - a **HuggingFace checkpoint folder**: ``config.json`` + weights (+ ``tokenizer.json``).
 
 ``parts.json`` maps each part's name to the prefix of its weights in the checkpoint, its
@@ -19,8 +22,9 @@ model config and the tied tensors it shares with other parts (stored once, under
 name); the first part listed is the one loaded by default.
 
 Weights are safetensors files written atomically (temporary file, fsync, rename); tied
-tensors are stored once under their first name. Nothing here knows about optimizers,
-processes or FSDP: that is :mod:`triform.train.checkpoint`.
+tensors are stored once under their first name; :func:`save_weights` and
+:func:`load_weights` also take a wrapped or sharded model (gathering or scattering its
+weights). Optimizer state and trainer state are :mod:`triform.train.checkpoint`'s.
 """
 
 from __future__ import annotations
@@ -37,13 +41,29 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
 
 from triform.config import ModelConfig
 from triform.errors import TriformError
+from triform.models import build_model
 from triform.models.sizing import check_model_fits
+from triform.outputs import (  # noqa: F401
+    LOCK_FILE,
+    TEMPORARY,
+    RunLock,
+    fsync,
+    remove_stale_files,
+)
+from triform.runtime.distributed import is_fsdp, is_main_process, unwrap_model
+from triform.tokenizers import load_tokenizer
 
 RUN_JSON = "run.json"
 FINETUNE_JSON = "finetune.json"
+ADAPTERS_JSON = "adapters.json"
 MODEL_JSON = "model.json"
 PARTS_JSON = "parts.json"
 TOKENIZER_JSON = "tokenizer.json"
@@ -57,20 +77,6 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 # --------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------
-
-
-def fsync(path: Path) -> None:
-    """Flush ``path`` (a file or a folder) to disk; a no-op where the OS cannot."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. folders on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_json(path: str | Path, value: Any) -> Path:
@@ -104,8 +110,6 @@ def read_model_config(folder: str | Path) -> ModelConfig:
 
 def read_tokenizer(folder: str | Path) -> tokenizers.Tokenizer:
     """The ``tokenizer.json`` of a folder."""
-    from triform.tokenizers import load_tokenizer
-
     path = Path(folder) / TOKENIZER_JSON
     if not path.is_file():
         raise TriformError(f"{folder} has no {TOKENIZER_JSON}")
@@ -173,75 +177,9 @@ def weights_file(path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------
 
 
-LOCK_FILE = ".lock"
-TEMPORARY = (".tmp-", ".old-")  # prefixes of files and folders being written
-
-
-class RunLock:
-    """An exclusive lock on a run folder for as long as a run writes to it.
-
-    ``fcntl.flock`` on ``<run>/.lock``, which holds the owner's pid: a second run on the
-    folder is refused naming that pid, and the lock goes away with its process however it
-    ends (even ``kill -9``), so a stale lock file never blocks anything. Where ``fcntl``
-    does not exist (Windows) the lock is a no-op.
-    """
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            raise TriformError(
-                f"run folder {self.path.parent} is in use by another run (pid {holder})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def remove_stale_files(run_dir: str | Path) -> list[Path]:
-    """Delete what killed runs left half-written in a run folder we hold the lock of
-    (temporary checkpoint folders, temporary weight, JSON and shard files); returns them."""
-    import shutil
-
-    root = Path(run_dir)
-    removed = []
-    for folder in (root, root / CHECKPOINTS, root / "data"):
-        if not folder.is_dir():
-            continue
-        for child in folder.iterdir():
-            if child.name.startswith(TEMPORARY) or (
-                child.name.startswith(".") and child.name.endswith(".tmp")
-            ):
-                if child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
-                removed.append(child)
-    return removed
+# The lock (RunLock), the kinds of folders and the clean-up of temporaries
+# (remove_stale_files) live in triform.outputs, the rules every command that writes
+# follows; they are imported here too, where run folders have always named them.
 
 
 # --------------------------------------------------------------------------------------
@@ -296,11 +234,29 @@ def _umask() -> int:
     return mask
 
 
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full (unsharded) state dict of a plain, DDP-wrapped or FSDP2-sharded model on
+    the main process, tied tensors once; ``None`` on other ranks. Collective under FSDP2."""
+    model = unwrap_model(model)
+    if is_fsdp(model):
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(model, options=options)
+    else:
+        state = model.state_dict()
+    if not is_main_process():
+        return None
+    return unique_state_dict(model, state)
+
+
 def save_weights(
     model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
 ) -> Path:
-    """Write a (single-process) model's weights to ``path``, tied tensors once."""
-    return write_weights(unique_state_dict(model), path, metadata)
+    """Write ``model``'s weights to a safetensors file, atomically, tied tensors once. A
+    wrapped or sharded model too: under FSDP2 call it on every rank; rank 0 writes."""
+    state = full_state_dict(model)
+    if state is not None:
+        write_weights(state, path, metadata)
+    return Path(path)
 
 
 def stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -368,14 +324,20 @@ def read_weights(
 def load_weights(
     model: nn.Module, path: str | Path, prefix: str = "", shared: dict[str, str] | None = None
 ) -> Path:
-    """Load safetensors weights into a (single-process) ``model`` in place.
+    """Load safetensors weights into ``model`` (plain, DDP-wrapped or FSDP2-sharded) in
+    place, on any device and dtype.
 
     ``path`` is a ``.safetensors`` file, a model folder or a run folder (its latest
     checkpoint). Weights of another model raise :class:`TriformError` naming the first key
     that does not fit, before anything is changed. Returns the file read.
     """
     file = weights_file(path)
-    model.load_state_dict(read_weights(model, file, prefix, shared), strict=True)
+    model = unwrap_model(model)
+    state = read_weights(model, file, prefix, shared)
+    if is_fsdp(model):
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        model.load_state_dict(state, strict=True)
     return file
 
 
@@ -418,8 +380,21 @@ def write_run_metadata(
         write_json(out_dir / PARTS_JSON, parts)
 
 
+def read_run_init(folder: str | Path) -> dict[str, Any] | None:
+    """Where a pretraining run's weights started: ``run.json``'s ``init`` record (the
+    checkpoint's path, format, HF class, the SHA-256 of its weights, what was loaded, new and
+    left out: see :mod:`triform.train.init`), or ``None`` for a run from random
+    initialisation (or a folder without ``run.json``)."""
+    path = Path(folder) / RUN_JSON
+    if not path.is_file():
+        return None
+    run = read_json(path)
+    record = run.get("init") if isinstance(run, dict) else None
+    return record if isinstance(record, dict) else None
+
+
 # --------------------------------------------------------------------------------------
-# The one loader
+# Reading a model from a triform folder (any folder: triform.loading)
 # --------------------------------------------------------------------------------------
 
 
@@ -442,52 +417,24 @@ def _run_part(folder: Path, part: str | None) -> tuple[ModelConfig, str, dict[st
     return ModelConfig.from_dict(entry["config"]), entry["prefix"], entry.get("shared", {})
 
 
-def read_model_config_of(folder: str | Path, part: str | None = None) -> ModelConfig:
-    """The config of the model :func:`read_model` would load from ``folder``, read without
-    the weights (a HuggingFace folder: its ``config.json`` for the class it names)."""
+def read_run_model_config(folder: str | Path, part: str | None = None) -> ModelConfig:
+    """The config of the model :func:`read_run_model` would load from a triform folder."""
+    return _run_part(Path(folder), part)[0]
+
+
+def read_run_model(folder: str | Path, part: str | None = None) -> nn.Module:
+    """The model (eval mode, on the CPU) of a triform run folder (its latest checkpoint) or
+    model folder; ``part`` picks one model of a run that trained several (ELECTRA:
+    ``"discriminator"``, the default, or ``"generator"``). Any folder, HuggingFace ones
+    included: :func:`triform.loading.read_model`."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise TriformError(f"model folder not found: {folder}")
-    if (folder / MODEL_JSON).is_file():
-        return _run_part(folder, part)[0]
-    if (folder / HF_CONFIG).is_file():
-        from triform.interop import hf
-
-        hf_config = hf.read_config(folder)
-        architectures = hf_config.get("architectures") or []
-        if architectures:
-            return hf.config_from_hf(hf_config, architectures[0])
-    return read_model(folder, part).config  # the class follows from the weights, or an error
-
-
-def read_model(folder: str | Path, part: str | None = None) -> nn.Module:
-    """The model (eval mode, on the CPU) of a run folder (its latest checkpoint), a model
-    folder or a HuggingFace checkpoint folder; see the module docstring. ``part`` picks one
-    model of a run that trained several (ELECTRA: ``"discriminator"``, the default, or
-    ``"generator"``)."""
-    from triform.models import build_model
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise TriformError(f"model folder not found: {folder}")
-    if (folder / MODEL_JSON).is_file():
-        config, prefix, shared = _run_part(folder, part)
-        if (folder / CHECKPOINTS).is_dir() and latest_checkpoint(folder) is None:
-            raise TriformError(f"{folder} has no checkpoint yet")
-        check_model_fits(config)
-        model = build_model(config)
-        load_weights(model, folder, prefix, shared)
-        return check_finite(model.eval(), folder)
-    if (folder / HF_CONFIG).is_file():
-        from triform.interop import hf
-
-        if part is not None:
-            raise TriformError(f"{folder} is a HuggingFace checkpoint; it has no parts")
-        return check_finite(hf.load(folder), folder)
-    raise TriformError(
-        f"{folder} is neither a triform run or model folder ({MODEL_JSON}) nor a "
-        f"HuggingFace checkpoint folder ({HF_CONFIG})"
-    )
+    config, prefix, shared = _run_part(folder, part)
+    if (folder / CHECKPOINTS).is_dir() and latest_checkpoint(folder) is None:
+        raise TriformError(f"{folder} has no checkpoint yet")
+    check_model_fits(config)
+    model = build_model(config)
+    load_weights(model, folder, prefix, shared)
+    return check_finite(model.eval(), folder)
 
 
 def check_finite(model: nn.Module, source: str | Path) -> nn.Module:
@@ -497,21 +444,3 @@ def check_finite(model: nn.Module, source: str | Path) -> nn.Module:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise TriformError(f"{source}: weight {name!r} holds NaN or infinite values")
     return model
-
-
-def load_model(
-    folder: str | Path, part: str | None = None, tokenizer: str | Path | None = None
-) -> tuple[nn.Module, tokenizers.Tokenizer]:
-    """:func:`read_model` and the folder's tokenizer (or the ``tokenizer.json`` at
-    ``tokenizer``, used instead). A tokenizer with more tokens than the model's vocabulary
-    is refused."""
-    from triform.tokenizers import load_tokenizer
-
-    model = read_model(folder, part)
-    tok = read_tokenizer(folder) if tokenizer is None else load_tokenizer(tokenizer)
-    size = tok.get_vocab_size(with_added_tokens=True)
-    if size > model.config.vocab_size:
-        raise TriformError(
-            f"the tokenizer has {size} tokens but the model only {model.config.vocab_size}"
-        )
-    return model, tok

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
-from triform.errors import TriformError
+from triform.outputs import check_output_file
 
 
 def add_part_option(parser: argparse.ArgumentParser) -> None:
@@ -20,15 +21,22 @@ def add_part_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_output(path: str | os.PathLike[str]) -> Path:
-    """The ``--out`` file, if one can be written there: checked before any work, so that a
-    long run never ends on an unwritable path."""
-    out = Path(path)
-    if out.is_dir():
-        raise TriformError(f"--out {out} is a folder; give a file name")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise TriformError(f"--out {out}: folder {parent} does not exist")
-    if (out.exists() and not os.access(out, os.W_OK)) or not os.access(parent, os.W_OK):
-        raise TriformError(f"--out {out}: not writable")
-    return out
+def add_overwrite_option(parser: argparse.ArgumentParser, what: str = "--out") -> None:
+    """``--overwrite``: replace an existing output (atomically; see :mod:`triform.outputs`)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace an existing {what} (written to a temporary file, then renamed over it)",
+    )
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    overwrite: bool = False,
+    option: str = "--out",
+) -> Path:
+    """The ``--out`` file, if the command may write it: checked before any work, so that a
+    long run never ends on an unwritable path, and never replaces one of its ``inputs``
+    (see :func:`triform.outputs.check_output_file`)."""
+    return check_output_file(path, inputs=inputs, overwrite=overwrite, option=option)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from triform.commands import add_part_option, check_output
+from triform.commands import add_overwrite_option, add_part_option, check_output
 from triform.errors import TriformError
+from triform.outputs import replacing
 
 FORMATS = ("html", "npz")
 
@@ -41,16 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--format", choices=FORMATS, default=None, help="default: from --out's suffix, else html"
     )
     add_part_option(parser)
+    add_overwrite_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from triform.inference.attention import attention
     from triform.inference.attention_page import save_page
-    from triform.runs import load_model
+    from triform.loading import load_model
 
     fmt = args.format or ("npz" if args.out.endswith(".npz") else "html")
-    out = check_output(args.out)
+    out = check_output(args.out, overwrite=args.overwrite)
     if not args.text.strip():
         raise TriformError("--text is empty")
     if args.max_tokens < 1:
@@ -64,11 +66,12 @@ def run(args: argparse.Namespace) -> int:
         target=args.target,
         max_tokens=args.max_tokens,
     )
-    if fmt == "npz":
-        maps.save_npz(out)
-    else:
-        title = args.title or f"{Path(args.model_dir).resolve().name}: {args.text}"
-        save_page(maps, out, title=title)
+    with replacing(out) as tmp:
+        if fmt == "npz":
+            maps.save_npz(tmp)
+        else:
+            title = args.title or f"{Path(args.model_dir).resolve().name}: {args.text}"
+            save_page(maps, tmp, title=title)
     kinds = ", ".join(f"{kind} {tuple(w.shape)}" for kind, w in maps.attentions.items())
     print(f"attention {kinds} -> {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0

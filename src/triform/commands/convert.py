@@ -1,4 +1,6 @@
-"""``triform convert SRC OUT --to triform|hf``: HuggingFace checkpoint folders <-> triform.
+"""``triform convert SRC OUT --to triform|hf``: HuggingFace checkpoint folders <-> triform
+(the conversions are :mod:`triform.interop.convert`'s; this module checks the folders and
+writes atomically).
 
 ``--to hf`` reads
 
@@ -23,19 +25,22 @@ Neither direction needs transformers.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import os
 import shutil
-import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from triform.config import ModelConfig
 from triform.errors import TriformError
-from triform.interop.hf.card import write_model_card
-from triform.models import TransformerModel
-
-MODEL_JSON = "model.json"
-TOKENIZER = "tokenizer.json"
-FINETUNE_JSON = "finetune.json"
+from triform.outputs import (
+    KINDS,
+    check_writable,
+    describe,
+    folder_kind,
+    owner_of,
+    remove_dead_temporaries,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,113 +61,78 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --to hf, the model of a run that trained several: ELECTRA's "
         "discriminator (the default, ElectraForPreTraining) or generator (ElectraForMaskedLM)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing model folder OUT (the earlier one is moved to "
+        "OUT.previous-<time>, never deleted)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert ``args.src`` into ``args.out``; returns the exit status."""
-    if args.src.resolve() == args.out.resolve():
-        raise TriformError("SRC and OUT must be different folders")
+    """Convert ``args.src`` into ``args.out``; returns the exit status. The new folder is
+    written under a temporary name beside ``args.out`` and renamed into place once complete
+    (an existing one is refused, or with ``--overwrite`` moved aside)."""
     if not args.src.is_dir():
         raise TriformError(f"no such folder: {args.src}")
-    if args.to == "triform":
-        if args.part is not None:
-            raise TriformError("--part applies to --to hf (a triform run with several models)")
-        summary = to_triform(args.src, args.out)
-    else:
-        summary = to_hf(args.src, args.out, args.part)
-        write_model_card(args.src, args.out, args.part)  # README.md: what the model is, how made
+    check_model_folder(args.src, args.out, args.overwrite)
+    if args.to == "triform" and args.part is not None:
+        raise TriformError("--part applies to --to hf (a triform run with several models)")
+    from triform.interop.convert import to_hf, to_triform
+    from triform.interop.hf.card import write_model_card
+
+    with building(args.out, args.overwrite) as tmp:
+        if args.to == "triform":
+            summary = to_triform(args.src, tmp)
+        else:
+            summary = to_hf(args.src, tmp, args.part)
+            write_model_card(args.src, tmp, args.part, name=args.out.name)  # README.md
     print(f"wrote {args.out} ({summary})")
     return 0
 
 
-def finetuned_folder(src: Path) -> Path | None:
-    """The fine-tuned model folder ``src`` means (itself, its ``best/`` or its ``final/``),
-    or None when it is not a fine-tuned run."""
-    for folder in (src, src / "best", src / "final"):
-        if (folder / FINETUNE_JSON).is_file():
-            return folder
-    return None
-
-
-def _describe(model: TransformerModel, what: str) -> str:
-    return f"{what}, {model.config.family}, {model.num_parameters():,} parameters"
-
-
-def to_triform(src: Path, out: Path) -> str:
-    """HF folder ``src`` -> triform model folder ``out`` (fine-tuned model folder for a
-    task-head class). Returns a one-line summary."""
-    from triform.interop import hf
-
-    hf_config = hf.read_config(src)
-    architecture = (hf_config.get("architectures") or [None])[0]
-    if hf.tasks.is_finetuned(hf_config):
-        from triform.finetune import save_finetuned
-
-        ft = hf.load_finetuned(src)
-        save_finetuned(out, ft.model, ft.task, step=0)
-        return _describe(ft.model.body, f"{ft.task.kind} fine-tune")
-    from triform.runs import save_weights
-
-    model = hf.load(src)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MODEL_JSON).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    save_weights(model, out / "model.safetensors")
-    if (src / TOKENIZER).is_file():
-        shutil.copyfile(src / TOKENIZER, out / TOKENIZER)
-    return _describe(model, str(architecture))
-
-
-def to_hf(src: Path, out: Path, part: str | None = None) -> str:
-    """Triform model, pretraining run or fine-tuned run ``src`` -> HF folder ``out``.
-    Returns a one-line summary."""
-    from triform.interop import hf
-
-    folder = finetuned_folder(src)
-    if folder is not None:
-        from triform.finetune import load_finetuned
-
-        ft = load_finetuned(folder)
-        hf.save_finetuned(ft, out)
-        name = hf.read_config(out)["architectures"][0]
-        return _describe(ft.model.body, f"{name} from {folder.name}/")
-    model = _load_triform(src, part)
-    electra_pair_part = model.config.family == "electra" and model.config.encoder_head != "none"
-    (hf.save_electra if electra_pair_part else hf.save)(model, out)
-    if (src / TOKENIZER).is_file():
-        _write_tokenizer(src / TOKENIZER, out, model.config)
-    return _describe(model, hf.read_config(out)["architectures"][0])
-
-
-def _write_tokenizer(path: Path, out: Path, config: ModelConfig) -> None:
-    """Copy ``tokenizer.json`` and write the files ``AutoTokenizer`` needs beside it (only the
-    copy, with a warning, when the file is not a tokenizer triform can read)."""
-    from triform.interop import hf
-    from triform.tokenizers import load_tokenizer
-
-    shutil.copyfile(path, out / TOKENIZER)
-    try:
-        tokenizer = load_tokenizer(path)
-    except TriformError as err:
-        print(f"triform: warning: tokenizer_config.json not written: {err}", file=sys.stderr)
-        return
-    learned = config.position in ("learned", "sinusoidal")
-    hf.save_tokenizer_files(
-        tokenizer,
-        out,
-        token_types=config.form == "encoder" and config.type_vocab_size > 1,
-        model_max_length=config.max_positions if learned else None,
-    )
-
-
-def _load_triform(src: Path, part: str | None) -> TransformerModel:
-    """The model of a triform model folder or pretraining run folder (``part``: one model
-    of a run that trained several, e.g. ELECTRA's ``generator``)."""
-    from triform.runs import read_model
-
-    if not (src / MODEL_JSON).is_file():
+def check_model_folder(src: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that is, holds or lies inside SRC, that belongs to a run or
+    model folder, that holds a run or anything but a model, or (unless ``overwrite``) that
+    exists and is not empty."""
+    source, target = src.resolve(), out.resolve()
+    if target == source or target.is_relative_to(source) or source.is_relative_to(target):
+        raise TriformError(f"SRC {src} and OUT {out} overlap: write OUT elsewhere")
+    if out.exists() and not out.is_dir():
+        raise TriformError(f"OUT {out} is a file, not a folder")
+    owner = owner_of(out)
+    if owner is not None:
+        raise TriformError(f"OUT {out} lies in {describe(owner)}: write OUT elsewhere")
+    kind = folder_kind(out)
+    if kind not in (None, "model"):
+        raise TriformError(f"OUT {out} holds {KINDS[kind].what}, not a model: choose another one")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise TriformError(
-            f"{src} is not a triform model, pretraining run or fine-tuned run folder "
-            f"(no {MODEL_JSON} or {FINETUNE_JSON})"
+            f"OUT {out} exists and is not empty: add --overwrite to replace it (it is moved to "
+            f"{out.name}.previous-<time>), or choose another folder"
         )
-    return read_model(src, part)
+    check_writable(out.parent, f"OUT {out}")
+
+
+@contextlib.contextmanager
+def building(out: Path, overwrite: bool) -> Iterator[Path]:
+    """``with building(out, overwrite) as tmp: write(tmp)``: the folder is built as a hidden
+    sibling and renamed to ``out`` once complete; an existing ``out`` is first renamed to
+    ``out.previous-<time>`` (``overwrite``). A failure leaves ``out`` as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(out.parent, out.name)
+    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if out.exists():
+            if any(out.iterdir()):
+                aside = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(out, aside)
+                print(f"moved the earlier {out} to {aside}")
+            else:
+                out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

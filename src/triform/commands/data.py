@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from triform.commands.tokenizer import add_corpus_arguments, corpus_from_args
+from triform.errors import TriformError
+from triform.outputs import check_run_folder, same_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace shards of another corpus or tokenizer in --out",
+        help="replace shards of another corpus or tokenizer in --out (moved aside into "
+        "--out/previous-<time>/ once the new ones are complete)",
     )
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
     prepare.set_defaults(func=run_prepare)
@@ -59,6 +63,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     from triform.data.shards import prepare_shards
     from triform.tokenizers import load_tokenizer
 
+    check_shard_folder(Path(args.out), [*args.corpus, *(args.validation or [])])
     tok = load_tokenizer(args.tokenizer)
     corpus = corpus_from_args(args)
     validation = None
@@ -90,6 +95,20 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_shard_folder(out: Path, inputs: list[str]) -> None:
+    """Refuse a shard folder that is a folder of another kind (a run, a model), or is, holds
+    or lies inside one of the corpus paths."""
+    check_run_folder(out, "shards")
+    for source in map(Path, inputs):
+        if not source.exists():
+            continue  # a glob, or missing: the corpus reader says so
+        inside = source.is_dir() and out.resolve().is_relative_to(source.resolve())
+        if inside or same_file(out, source) or source.resolve().is_relative_to(out.resolve()):
+            raise TriformError(
+                f"--out {out} and the corpus {source} overlap: write the shards elsewhere"
+            )
+
+
 def _print_splits(meta: dict) -> None:
     for split, counts in meta["splits"].items():
         print(
@@ -104,8 +123,6 @@ def _print_splits(meta: dict) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from triform.data.shards import ShardSet
 
     shards = ShardSet(Path(args.shards))  # checks it is complete, loads its tokenizer

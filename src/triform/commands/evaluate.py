@@ -7,8 +7,9 @@ import argparse
 import json
 import sys
 
-from triform.commands import add_part_option, check_output
+from triform.commands import add_overwrite_option, add_part_option, check_output
 from triform.errors import TriformError
+from triform.outputs import replacing
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     icl.add_argument("--max-new-tokens", type=int, default=16, help="for --scoring generate")
     icl.add_argument("--seed", type=int, default=0)
     icl.add_argument("--out", help="write accuracies and predictions as JSON")
+    add_overwrite_option(icl)
     add_part_option(icl)
     icl.set_defaults(func=run_icl)
 
@@ -109,7 +111,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
 
 def run_icl(args: argparse.Namespace) -> int:
     from triform.inference.icl import evaluate_icl, read_examples, save_result
-    from triform.runs import load_model
+    from triform.loading import load_model
 
     try:
         shots = [int(k) for k in args.shots.split(",")]
@@ -120,7 +122,7 @@ def run_icl(args: argparse.Namespace) -> int:
     if any(k < 0 for k in shots):
         raise TriformError("--shots must not be negative")
     if args.out:
-        check_output(args.out)
+        check_output(args.out, inputs=[args.task, args.pool], overwrite=args.overwrite)
     options = [o.strip() for o in args.options.split(",")] if args.options else None
     examples = read_examples(args.task, options)
     if args.max_examples is not None:
@@ -146,5 +148,6 @@ def run_icl(args: argparse.Namespace) -> int:
     for k, value in result.accuracy.items():
         print(f"{k:>5}  {value:.4f}")
     if args.out:
-        save_result(result, args.out, {"task": args.task, "model": args.model})
+        with replacing(args.out) as tmp:
+            save_result(result, tmp, {"task": args.task, "model": args.model})
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from triform.commands import add_part_option, check_output
+from triform.commands import add_overwrite_option, add_part_option, check_output
 from triform.errors import TriformError
 from triform.inference.features import LAYERS, POOLING
 
@@ -30,17 +30,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=None, help="tokens kept per text")
     add_part_option(parser)
+    add_overwrite_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from triform.inference import load_model
-    from triform.inference.features import extract_features, save_features
+    from triform.inference.features import extract_features, offsets_path, save_features
     from triform.textio import read_lines
 
     if not args.out.endswith((".npy", ".safetensors")):
         raise TriformError(f"--out must end in .npy or .safetensors, not {args.out}")
-    check_output(args.out)
+    check_output(args.out, inputs=[args.input], overwrite=args.overwrite)
+    if args.out.endswith(".npy") and args.pooling == "none":  # the offsets go beside it
+        check_output(offsets_path(args.out), [args.input], args.overwrite, "--out (offsets)")
     if args.batch_size < 1 or (args.max_length is not None and args.max_length < 1):
         raise TriformError("--batch-size and --max-length must be positive")
     texts = read_lines(args.input)

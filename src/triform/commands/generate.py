@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from triform.commands import add_part_option
+from triform.commands import add_overwrite_option, add_part_option, check_output
 from triform.errors import TriformError
+from triform.outputs import write_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="text: each output under a '--- prompt N ---' line when there are several; "
         "jsonl: one JSON object per output (prompt, text, rank, score)",
     )
+    parser.add_argument("--out", help="write the outputs to this file (default: stdout)")
+    add_overwrite_option(parser)
     add_part_option(parser)
     parser.set_defaults(func=run)
 
@@ -66,6 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _check(args: argparse.Namespace) -> None:
     if args.max_new_tokens <= 0 or args.min_new_tokens < 0 or args.batch_size <= 0:
         raise TriformError("need --max-new-tokens > 0, --min-new-tokens >= 0, --batch-size > 0")
+    if args.min_new_tokens > args.max_new_tokens:
+        raise TriformError(
+            f"--min-new-tokens {args.min_new_tokens} is more than --max-new-tokens "
+            f"{args.max_new_tokens}"
+        )
     if args.temperature <= 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
         raise TriformError("need --temperature > 0, 0 < --top-p <= 1 and --top-k >= 0")
     if args.repetition_penalty <= 0:
@@ -86,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from triform.textio import read_lines
 
     _check(args)
+    if args.out is not None:
+        check_output(args.out, inputs=[args.input], overwrite=args.overwrite)
     prompts = list(args.prompt) + (read_lines(args.input) if args.input else [])
     model, tokenizer = load_model(args.run_dir, args.part)
     if model.config.form == "encoder":
@@ -109,16 +120,23 @@ def run(args: argparse.Namespace) -> int:
         min_new_tokens=args.min_new_tokens,
         repetition_penalty=args.repetition_penalty,
     )
-    if args.format == "jsonl":
-        for c in completions:
-            print(json.dumps(c.to_dict(), ensure_ascii=False))
+    lines = _lines(completions, args.format, args.num_return_sequences)
+    if args.out is None:
+        sys.stdout.writelines(f"{line}\n" for line in lines)
         return 0
+    write_output(args.out, "".join(f"{line}\n" for line in lines))
+    print(f"{len(completions)} output(s) -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def _lines(completions: list, fmt: str, per_prompt: int) -> list[str]:
+    """The outputs as printed: JSON lines, one text, or texts under ``--- prompt N ---``."""
+    if fmt == "jsonl":
+        return [json.dumps(c.to_dict(), ensure_ascii=False) for c in completions]
     if len(completions) == 1:
-        print(completions[0].text)
-        return 0
-    per_prompt = args.num_return_sequences
+        return [completions[0].text]
+    lines = []
     for i, c in enumerate(completions):
         output = f", output {c.rank}" if per_prompt > 1 else ""
-        print(f"--- prompt {i // per_prompt + 1}{output} (score {c.score:.4f}) ---")
-        print(c.text)
-    return 0
+        lines += [f"--- prompt {i // per_prompt + 1}{output} (score {c.score:.4f}) ---", c.text]
+    return lines

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from triform.commands import check_output
+from triform.commands import add_overwrite_option, check_output
 from triform.errors import TriformError
 from triform.finetune.data import FORMATS
+from triform.outputs import write_output
 
 # The input columns a task may read, each settable with --COLUMN NAME (default: the run's).
 COLUMNS = ("text", "text_pair", "tokens", "question", "context", "source", "prefix", "choices")
@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--input", required=True, help="CSV, TSV or JSONL file")
     parser.add_argument("--out", default=None, help="JSONL output file (default: stdout)")
+    add_overwrite_option(parser)
     parser.add_argument("--format", choices=FORMATS, default="auto", help="input format")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise TriformError(f"--batch-size must be positive, got {args.batch_size}")
     if args.out is not None:
-        check_output(args.out)
+        check_output(args.out, inputs=[args.input], overwrite=args.overwrite)
     rows = read_rows(args.input, args.format)
     finetuned = load_finetuned(args.run, device=pick_device(args.device))
     for column in COLUMNS:
@@ -73,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.writelines(lines)
         sys.stdout.flush()
     else:
-        Path(args.out).write_text("".join(lines), encoding="utf-8")
+        write_output(args.out, "".join(lines))
         print(f"{len(lines)} predictions ({finetuned.task.kind}) -> {args.out}", file=sys.stderr)
     return 0

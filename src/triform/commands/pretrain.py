@@ -1,4 +1,5 @@
-"""``triform pretrain [CONFIG.toml] [--set key=value ...] [--resume DIR [--force]]``."""
+"""``triform pretrain [CONFIG.toml] [--set key=value ...] [--resume DIR [--force]]
+[--overwrite]``."""
 
 from __future__ import annotations
 
@@ -67,21 +68,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="resume from a checkpoint older than the run's latest: move the newer ones aside",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a folder that holds an earlier run: move that run (and shards "
+        "of another corpus in data.shards_dir) aside into previous-<time>/",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from triform.objectives.base import EVALUATION_KEYS, describe_evaluation
     from triform.train.loop import pretrain
     from triform.train.run_config import load_run_config
+    from triform.train.task import EVALUATION_KEYS, describe_evaluation
 
     if args.config is not None and not Path(args.config).is_file():
         raise TriformError(f"config file not found: {args.config}")
+    if args.resume is not None and args.overwrite:
+        raise TriformError("--resume continues the run in its folder; --overwrite starts afresh")
     defaults = DEFAULT_RUN if args.config is None else None
     config = load_run_config(args.config, args.overrides, defaults=defaults)
     from triform.runtime.distributed import is_main_process, shutdown_distributed
 
-    result = pretrain(config, resume=args.resume, force=args.force)
+    result = pretrain(config, resume=args.resume, force=args.force, overwrite=args.overwrite)
     shutdown_distributed()  # under torchrun: leave the process group before exiting
     if not is_main_process():  # rank 0 alone reports
         return 0

@@ -9,6 +9,17 @@ import math
 from pathlib import Path
 
 from triform.errors import ConfigError, TriformError
+from triform.outputs import (
+    KINDS,
+    check_output_file,
+    check_run_folder,
+    check_writable,
+    folder_kind,
+    write_output,
+)
+
+# The PNGs `scaling fit` may write beside fit.json (see triform.scaling.plots.plot_all).
+PLOTS = ("loss_vs_compute.png", "loss_vs_params.png", "isoflops.png")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "0: all 4,500 of Hoffmann et al.'s grid)",
     )
     fit.add_argument("--no-plots", action="store_true", help="do not write PNGs")
+    fit.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier fit.json and PNGs"
+    )
     fit.set_defaults(func=run_fit)
 
     plan = commands.add_parser(
@@ -90,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     plan.add_argument("--out", metavar="FILE.toml", help="write the proposed run config here")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     plan.set_defaults(func=run_plan)
 
 
@@ -103,6 +118,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.torchrun is not None and args.torchrun < 1:
         raise TriformError(f"--torchrun needs a positive process count, got {args.torchrun}")
     sweep = load_sweep(args.config, args.overrides)
+    check_run_folder(sweep.out_dir, "sweep", sources=sweep.config.data.corpus)
     todo = {p.id for p in pending(sweep)}
     total = sum(p.flops for p in sweep.points)
     print(
@@ -159,6 +175,16 @@ def run_fit(args: argparse.Namespace) -> int:
         raise TriformError(f"--starts must be >= 0, got {args.starts}")
     starts = STARTS if args.starts is None else (args.starts or None)
     path = _results_path(args.results)
+    out_dir = Path(args.out) if args.out else path.parent
+    kind = folder_kind(out_dir)
+    if kind not in (None, "sweep"):
+        raise TriformError(f"--out {out_dir} holds {KINDS[kind].what}: write the fit elsewhere")
+    check_writable(out_dir, f"--out {out_dir}")
+    names = ["fit.json"] + ([] if args.no_plots else list(PLOTS))
+    for name in names:
+        check_output_file(
+            out_dir / name, inputs=[path], overwrite=args.overwrite, create_folders=True
+        )
     analysis = analyse(
         read_results(path),
         bootstrap=args.bootstrap,
@@ -166,10 +192,8 @@ def run_fit(args: argparse.Namespace) -> int:
         level=args.level,
         starts=starts,
     )
-    out_dir = Path(args.out) if args.out else path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
     fit = analysis.to_dict()
-    (out_dir / "fit.json").write_text(json.dumps(fit, indent=2) + "\n", encoding="utf-8")
+    write_output(out_dir / "fit.json", json.dumps(fit, indent=2) + "\n")
     plots = []
     if not args.no_plots:
         from triform.scaling.plots import plot_all
@@ -263,6 +287,9 @@ def run_plan(args: argparse.Namespace) -> int:
 
     if not (math.isfinite(args.flops) and args.flops > 0):
         raise ConfigError(f"--flops must be a positive number, got {args.flops}")
+    if args.out:
+        inputs = [args.fit, args.base]
+        check_output_file(args.out, inputs=inputs, overwrite=args.overwrite, create_folders=True)
     if args.head_dim < 1 or args.aspect_ratio <= 0:
         raise ConfigError("--head-dim and --aspect-ratio must be positive")
     law = _load_law(args.fit) if args.fit else CHINCHILLA
@@ -275,8 +302,7 @@ def run_plan(args: argparse.Namespace) -> int:
     )
     text = toml_writer.dumps(plan.run)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text, encoding="utf-8")
+        write_output(args.out, text)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from triform.commands import add_overwrite_option, check_output
 from triform.errors import TriformError
 
 
@@ -101,7 +102,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="least count of a merge or piece (bpe, byte-bpe, wordpiece)",
     )
-    train.add_argument("--out", required=True, metavar="FILE", help="tokenizer.json to write")
+    train.add_argument(
+        "--out", required=True, metavar="FILE", help="tokenizer.json to write (or its folder)"
+    )
+    add_overwrite_option(train)
     train.set_defaults(func=run_train)
 
     encode = sub.add_parser("encode", help="show the tokens and ids of some text")
@@ -126,8 +130,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from triform.tokenizers import SpecialTokens, save_tokenizer, train_tokenizer
+    from triform.tokenizers import SpecialTokens, save_tokenizer, tokenizer_file, train_tokenizer
 
+    out = check_output(tokenizer_file(args.out), inputs=args.corpus, overwrite=args.overwrite)
     corpus = corpus_from_args(args)
     tok = train_tokenizer(
         corpus,
@@ -138,7 +143,7 @@ def run_train(args: argparse.Namespace) -> int:
         min_frequency=args.min_frequency,
         show_progress=sys.stderr.isatty(),
     )
-    path = save_tokenizer(tok, args.out)
+    path = save_tokenizer(tok, out)
     special = {
         k: v for k, v in SpecialTokens.from_tokenizer(tok).to_dict().items() if v not in (None, [])
     }

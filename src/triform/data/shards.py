@@ -55,6 +55,7 @@ import tokenizers
 
 from triform.data.corpus import Corpus, cut_text, sentence_starts
 from triform.errors import ConfigError, TriformError
+from triform.outputs import remove_dead_temporaries, set_aside
 from triform.tokenizers import SpecialTokens, load_tokenizer, save_tokenizer, tokenizer_hash
 
 log = logging.getLogger("triform.data")
@@ -318,7 +319,9 @@ def prepare_shards(
 
     ``workers`` processes encode in parallel (0: in this process, with HuggingFace's own
     threads). A folder that already holds these shards (same corpus fingerprint, tokenizer
-    and options) is left alone; one that holds other shards is refused unless ``overwrite``.
+    and options) is left alone; one that holds other shards is refused unless ``overwrite``,
+    and then moved into ``previous-<time>/`` once the new shards are complete. Temporary
+    folders of killed runs are removed first.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -339,7 +342,9 @@ def prepare_shards(
     }
     if out.exists() and not out.is_dir():
         raise TriformError(f"shard output {out} exists and is not a folder")
+    remove_dead_temporaries(out)
     old = _read_meta(out) if out.is_dir() else None
+    replacing = False  # other shards, moved aside once the new ones are complete
     if old is not None and old.get("key") == key:
         if _complete(out, old):
             log.info("shards in %s are up to date; nothing to do", out)
@@ -363,6 +368,7 @@ def prepare_shards(
                 f"{out} already holds shards of a different corpus or options; "
                 "use another output folder, or overwrite them (--overwrite)"
             )
+        replacing = True
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -373,6 +379,11 @@ def prepare_shards(
             corpus, validation, tok, tmp, key, val_fraction, workers, seed, progress, chunk_chars
         )
         meta["seconds"] = round(time.perf_counter() - start, 3)
+        if replacing:
+            names = [META_FILE, "tokenizer.json"]
+            names += [f"{split}{suffix}" for split in SPLITS for suffix in _SUFFIXES]
+            aside, _ = set_aside(out, names)
+            print(f"moved the earlier shards to {aside}")
         (out / META_FILE).unlink(missing_ok=True)
         for f in sorted(tmp.iterdir()):
             os.replace(f, out / f.name)

@@ -1,4 +1,5 @@
-"""Fine-tuning: new heads on a pretrained body, every parameter updated.
+"""Fine-tuning: new heads on a pretrained body, every parameter updated (or only the head,
+the upper blocks, or LoRA adapters: :mod:`triform.finetune.adapters`).
 
 Task kinds: ``classification``, ``pair-classification``, ``regression``, ``tagging``,
 ``qa`` (extractive, with document striding), ``text-to-text`` (T5 / BART, task prefixes),

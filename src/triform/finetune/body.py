@@ -9,42 +9,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import tokenizers
 import torch
 from torch import nn
 
-from triform import presets
-from triform.config import ModelConfig
 from triform.errors import TriformError
 from triform.finetune.config import ModelSection
+from triform.loading import load_source
 from triform.models import DecoderModel, EncoderDecoderModel, EncoderModel, TransformerModel
-from triform.models import build_model as build_body
 from triform.models.heads import LMHead
 from triform.nn.embeddings import Embeddings
-from triform.runs import TOKENIZER_JSON, load_model
-from triform.tokenizers import fit_to_tokenizer, load_tokenizer
 
 Batch = dict[str, torch.Tensor]
 
 
 def load_body(section: ModelSection) -> tuple[TransformerModel, tokenizers.Tokenizer]:
-    """The pretrained model and its tokenizer, as ``[model]`` describes them."""
-    source = section.source
-    if source.startswith("preset:"):
-        tokenizer = load_tokenizer(section.tokenizer or "")
-        config = presets.get(source.removeprefix("preset:"), **section.overrides)
-        return build_body(fit_to_tokenizer(config, tokenizer)), tokenizer
-    path = Path(source)
-    if not path.is_dir():
-        raise TriformError(
-            f"model.source {source}: no such folder (expected a triform run folder, an HF "
-            "checkpoint folder or preset:<name>)"
-        )
-    if section.tokenizer is None and not (path / TOKENIZER_JSON).is_file():
-        raise TriformError(f"{path} has no tokenizer.json; set model.tokenizer")
-    return load_model(path, tokenizer=section.tokenizer)  # model.tokenizer replaces its own
+    """The pretrained model and its tokenizer, as ``[model]`` describes them (see
+    :func:`triform.loading.load_source`)."""
+    return load_source(section.source, section.tokenizer, section.overrides)
 
 
 # --------------------------------------------------------------------------------------
@@ -112,14 +94,6 @@ def shift_right(ids: torch.Tensor, start_id: int) -> torch.Tensor:
     return torch.cat([start, ids[:, :-1]], dim=1)
 
 
-def decoder_start_id(config: ModelConfig) -> int:
-    """The first decoder input of an encoder-decoder (T5: pad, BART: eos)."""
-    for value in (config.decoder_start_token_id, config.pad_token_id, config.eos_token_id):
-        if value is not None:
-            return value
-    return 0
-
-
 def token_states(body: TransformerModel, batch: Batch) -> torch.Tensor:
     """One vector per input token, (B, L, H): the encoder's (or the decoder-only model's)
     last hidden states; for an encoder-decoder, its encoder's."""
@@ -169,7 +143,7 @@ def pooled_states(body: TransformerModel, batch: Batch, pooling: str = "auto") -
     how = resolve_pooling(body, pooling)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     if isinstance(body, EncoderDecoderModel):
-        decoder_ids = shift_right(ids, decoder_start_id(body.config))
+        decoder_ids = shift_right(ids, body.config.decoder_start_id)
         hidden = body(ids, mask, decoder_input_ids=decoder_ids, compute_logits=False)
         return select(hidden.last_hidden_state, mask, how)
     if isinstance(body, EncoderModel):

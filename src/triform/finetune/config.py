@@ -1,5 +1,5 @@
-"""One fine-tuning run = one TOML file: ``[model]``, ``[task]``, ``[train]`` and, as in
-pretraining, ``[optim]`` and ``[schedule]``.
+"""One fine-tuning run = one TOML file: ``[model]``, ``[task]``, ``[train]``, as in
+pretraining ``[optim]`` and ``[schedule]``, and for LoRA ``[lora]``.
 
 ```toml
 [model]
@@ -50,6 +50,7 @@ from typing import Any, ClassVar, Literal
 from triform.config import LoopSection, apply_overrides, from_dict, load_toml
 from triform.errors import ConfigError
 from triform.finetune.custom_metric import is_custom, load_function
+from triform.nn.lora import LoRAConfig
 from triform.runtime.distributed import is_main_process, split_batch
 from triform.tokenizers.sampling import check_sampling_spec
 from triform.train.optim import OptimConfig
@@ -96,7 +97,7 @@ CLASS_KINDS = (
     "gpt-entailment",
     "gpt-similarity",
 )
-SECTIONS = ("model", "task", "train", "optim", "schedule")
+SECTIONS = ("model", "task", "train", "optim", "schedule", "lora")
 # Keys of [train] in earlier configs, and where they live now.
 MOVED_KEYS = {
     "lr": ("optim", "lr"),
@@ -230,7 +231,10 @@ class FinetuneOptimConfig(OptimConfig):
         super().validate()
         body_lr = self.body_lr
         if isinstance(body_lr, (int, float)) and not isinstance(body_lr, bool) and body_lr <= 0:
-            raise ConfigError(f"optim.body_lr must be positive, got {body_lr}")
+            raise ConfigError(
+                f"optim.body_lr must be positive, got {body_lr} (to keep the body as it is: "
+                'train.freeze = "body")'
+            )
 
 
 @dataclass
@@ -276,6 +280,10 @@ class TrainSection(LoopSection):
     """``balanced``: every class drawn equally often, with replacement (classification)."""
     save_final: bool = True
     """Save the last model in ``final/`` (saved anyway when nothing fills ``best/``)."""
+    freeze: Literal["none", "body"] = "none"
+    """``body``: only the new head trains; the pretrained body keeps its weights."""
+    freeze_layers: int = 0
+    """Keep the embeddings and the lowest N blocks of every stack as they are (0: none)."""
 
 
 @dataclass
@@ -287,6 +295,7 @@ class FinetuneConfig:
     train: TrainSection
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     schedule: FinetuneScheduleConfig = field(default_factory=FinetuneScheduleConfig)
+    lora: LoRAConfig | None = None
     source: Path | None = None
 
     @property
@@ -301,6 +310,7 @@ class FinetuneConfig:
             "train": dataclasses.asdict(self.train),
             "optim": dataclasses.asdict(self.optim),
             "schedule": dataclasses.asdict(self.schedule),
+            **({"lora": dataclasses.asdict(self.lora)} if self.lora is not None else {}),
         }
 
 
@@ -374,8 +384,10 @@ def build_finetune_config(tree: dict[str, Any], source: Path | None = None) -> F
     train = from_dict(TrainSection, dict(tree.get("train", {})), "train")
     optim = from_dict(FinetuneOptimConfig, dict(tree.get("optim", {})), "optim")
     schedule = from_dict(FinetuneScheduleConfig, dict(tree.get("schedule", {})), "schedule")
+    lora = from_dict(LoRAConfig, tree["lora"], "lora") if "lora" in tree else None
     _validate(model, task, train)
-    return FinetuneConfig(model, task, train, optim, schedule, source)
+    _validate_freezing(train, lora)
+    return FinetuneConfig(model, task, train, optim, schedule, lora, source)
 
 
 def _moved_keys(tree: dict[str, Any]) -> dict[str, Any]:
@@ -513,4 +525,17 @@ def _validate_sampling(task: TaskSection) -> None:
         raise ConfigError(
             "task.subword_sampling is not available for qa: answer spans are found through "
             "the tokenizer's character offsets"
+        )
+
+
+def _validate_freezing(train: TrainSection, lora: LoRAConfig | None) -> None:
+    """What trains: one of ``train.freeze``, ``train.freeze_layers`` and ``[lora]``."""
+    if train.freeze_layers < 0:
+        raise ConfigError(f"train.freeze_layers must be >= 0, got {train.freeze_layers}")
+    if train.freeze_layers and train.freeze != "none":
+        raise ConfigError('train.freeze_layers applies with train.freeze = "none"')
+    if lora is not None and (train.freeze != "none" or train.freeze_layers):
+        raise ConfigError(
+            "[lora] freezes the whole body already: leave train.freeze and "
+            "train.freeze_layers unset"
         )

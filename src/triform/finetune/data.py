@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,14 +57,18 @@ class Row:
         return str(value)
 
     def number(self, column: str) -> float:
-        """``column`` as a float."""
+        """``column`` as a finite float (``nan`` and ``inf`` are refused: a loss of them
+        diverges at once)."""
         value = self.get(column)
         try:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise self.error(f"column {column!r} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise self.error(f"column {column!r} must be a finite number, got {value!r}")
+        return number
 
     def integer(self, column: str) -> int:
         """``column`` as an int (``"3"`` and ``3.0`` are accepted)."""
@@ -124,8 +129,9 @@ def read_rows(path: str | Path, fmt: str = "auto") -> list[Row]:
 def _read_delimited(path: Path, text: str, kind: str) -> list[Row]:
     if kind == "tsv":
         reader = csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(text.splitlines(keepends=True))
+    else:  # strict: an unterminated quote is an error, not a field that eats the file
+        reader = csv.reader(text.splitlines(keepends=True), strict=True)
+    row_start = 1
     try:
         header = next(reader, None)
         if header is None:
@@ -135,8 +141,10 @@ def _read_delimited(path: Path, text: str, kind: str) -> list[Row]:
         if duplicates:
             raise TriformError(f"{path}:1: duplicate column {duplicates[0]!r} in the header")
         rows = []
+        row_start = reader.line_num + 1  # the line the next row starts on
         for fields in reader:
             if not fields or (len(fields) == 1 and not fields[0].strip()):
+                row_start = reader.line_num + 1
                 continue
             if len(fields) != len(header):
                 raise TriformError(
@@ -144,6 +152,12 @@ def _read_delimited(path: Path, text: str, kind: str) -> list[Row]:
                     f"({', '.join(header)}), found {len(fields)}"
                 )
             rows.append(Row(dict(zip(header, fields, strict=True)), f"{path}:{reader.line_num}"))
+            row_start = reader.line_num + 1
     except csv.Error as err:
+        if "unexpected end of data" in str(err):
+            raise TriformError(
+                f"{path}:{row_start}: unterminated quote: the quoted field that starts in "
+                "this row runs to the end of the file"
+            ) from None
         raise TriformError(f"{path}:{reader.line_num}: malformed {kind.upper()}: {err}") from None
     return rows

@@ -4,8 +4,10 @@ A folder (``best/``, ``final/``) holds ``model.safetensors`` (body and head, nam
 and ``head.*``), ``tokenizer.json`` (with any tokens the task added), ``finetune.json`` (the
 task section, what the task learned, the body's ModelConfig, step and metrics),
 ``labels.json`` for tasks with classes, and ``model.json`` (the body's ModelConfig, as in a
-pretraining run folder) so that ``generate``, ``features`` and :func:`load_model` read the
-body of a fine-tuned folder.
+pretraining run folder) so that ``generate``, ``features`` and
+:func:`triform.loading.load_model` read the body of a fine-tuned folder. A LoRA run's folder
+holds ``adapters.safetensors`` and ``adapters.json`` instead of ``model.safetensors``: loading
+it loads the base model again and merges the adapters into it (:mod:`triform.loading`).
 
     ft = load_finetuned("runs/finetune/best")
     model, tokenizer, labels = ft                 # unpacks like a tuple
@@ -30,12 +32,14 @@ import torch
 
 from triform.config import ModelConfig
 from triform.errors import TriformError
+from triform.finetune.adapters import Adaptation, load_adapted_head
 from triform.finetune.config import TaskSection
 from triform.finetune.data import Row
 from triform.finetune.tasks import FinetuneModel, Task, build_task
 from triform.finetune.tasks.base import run_model
+from triform.loading import is_adapter_folder, read_adapted_body
 from triform.models import build_model
-from triform.runs import load_weights, save_weights, write_weights
+from triform.runs import load_weights, save_weights, unique_state_dict, write_weights
 from triform.runtime.packed import packed_linears
 from triform.tokenizers import load_tokenizer, save_tokenizer
 
@@ -54,16 +58,21 @@ def save_finetuned(
     step: int,
     metrics: dict[str, float] | None = None,
     weights: dict[str, torch.Tensor] | None = None,
+    adaptation: Adaptation | None = None,
 ) -> Path:
     """Write ``model`` (body + head), its tokenizer and task description to ``folder``,
     replacing what was there only once the new folder is complete. ``weights``: the
-    model's full state dict when it is sharded (FSDP gathers it on every rank)."""
+    model's full state dict when it is sharded (FSDP gathers it on every rank).
+    ``adaptation``: a LoRA run's :class:`~triform.finetune.adapters.Adaptation`, which writes
+    the adapters and the head instead of the model."""
     folder = Path(folder)
     tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
     old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if weights is not None:
+    if adaptation is not None and adaptation.saves_adapters:
+        adaptation.write(tmp, model, weights if weights is not None else unique_state_dict(model))
+    elif weights is not None:
         write_weights(weights, tmp / WEIGHTS)
     else:
         save_weights(model, tmp / WEIGHTS)
@@ -71,7 +80,8 @@ def save_finetuned(
     meta = {
         "format": FORMAT,
         "kind": task.kind,
-        "task": dataclasses.asdict(task.cfg),
+        # the length the model was trained with (task.max_length cut to its positions)
+        "task": {**dataclasses.asdict(task.cfg), "max_length": task.max_length},
         "task_state": task.state(),
         "model": model.body.config.to_dict(),
         "step": step,
@@ -172,13 +182,18 @@ def load_finetuned(folder: str | Path, device: torch.device | str = "cpu") -> Fi
     if meta.get("format") != FORMAT:
         raise TriformError(f"{folder / META}: unknown format {meta.get('format')!r}")
     tokenizer = load_tokenizer(folder / "tokenizer.json")
-    config = ModelConfig.from_dict(meta["model"])
-    body = build_model(config)
+    if is_adapter_folder(folder):  # LoRA: its base and the adapters, merged
+        body = read_adapted_body(folder)
+    else:
+        body = build_model(ModelConfig.from_dict(meta["model"]))
     cfg = TaskSection(**meta["task"])
-    task = build_task(cfg, tokenizer, config)
+    task = build_task(cfg, tokenizer, body.config)
     task.load_state(meta.get("task_state") or {})
     task.prepare_body(body)
     model = FinetuneModel(body, task.build_head(body))
-    load_weights(model, folder / WEIGHTS)
+    if is_adapter_folder(folder):
+        load_adapted_head(model, folder)
+    else:
+        load_weights(model, folder / WEIGHTS)
     model.to(device).eval()
     return Finetuned(model, tokenizer, task.labels, task, meta.get("step", 0), meta.get("metrics"))

@@ -1,6 +1,7 @@
-"""Fine-tuning: pretrained body + new head, every parameter trained, as a
-:class:`FinetuneRun` that the one :class:`~triform.train.trainer.Trainer` drives (so it has
-everything pretraining has: the run folder's lock, SIGINT / SIGTERM checkpoints,
+"""Fine-tuning: pretrained body + new head, every parameter trained (or less:
+``train.freeze``, ``train.freeze_layers``, ``[lora]``; see :mod:`triform.finetune.adapters`),
+as a :class:`FinetuneRun` that the one :class:`~triform.train.trainer.Trainer` drives (so it
+has everything pretraining has: the run folder's lock, SIGINT / SIGTERM checkpoints,
 ``max_minutes``, DDP / FSDP2, activation checkpointing, ``torch.compile``, fused AdamW).
 
 The body learns at ``optim.body_lr`` and the head at ``optim.lr`` (AdamW, weight decay on
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,6 +38,7 @@ from torch import nn
 
 from triform.data.readers import rank_slice
 from triform.errors import TriformError
+from triform.finetune.adapters import Adaptation
 from triform.finetune.body import load_body
 from triform.finetune.config import (
     FinetuneConfig,
@@ -51,13 +52,8 @@ from triform.finetune.metrics import format_metric
 from triform.finetune.saved import save_finetuned
 from triform.finetune.tasks import FinetuneModel, Task, build_task, evaluate
 from triform.finetune.tasks.base import Feature
-from triform.runs import (
-    CHECKPOINTS,
-    load_weights,
-    remove_stale_files,
-    resolve_checkpoint,
-    write_json,
-)
+from triform.outputs import RunFolder, check_run_folder, prepare_run_folder
+from triform.runs import CHECKPOINTS, full_state_dict, resolve_checkpoint, write_json
 from triform.runtime.allocator import apply_process_settings
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
@@ -71,7 +67,7 @@ from triform.runtime.distributed import (
     world_size,
 )
 from triform.runtime.precision import resolve_precision
-from triform.train.checkpoint import full_state_dict
+from triform.train.checkpoint import prune_checkpoints
 from triform.train.optim import OptimConfig, build_optimizer, decay_split
 from triform.train.schedules import build_scheduler
 from triform.train.trainer import LoopSettings, Trainer, TrainingRun
@@ -147,10 +143,13 @@ def finetune(
     config: FinetuneConfig | str | Path,
     overrides: list[str] | None = None,
     resume: str | Path | None = None,
+    overwrite: bool = False,
 ) -> FinetuneResult:
     """Fine-tune as ``config`` (a :class:`FinetuneConfig` or a TOML path) says; with
     ``resume`` (a run folder or one of its ``checkpoints/step-N`` folders), continue that
-    run from its checkpoint, in its folder."""
+    run from its checkpoint, in its folder. A folder that holds an earlier run is refused
+    unless ``overwrite``: that run is then moved aside into ``previous-<time>/`` (see
+    :func:`triform.outputs.prepare_run_folder`)."""
     if isinstance(config, FinetuneConfig):
         if overrides:
             config = load_finetune_config(tree=config.to_dict(), overrides=overrides)
@@ -159,12 +158,14 @@ def finetune(
     threads = torch.get_num_threads()
     try:
         apply_process_settings(config.train.threads, config.train.keep_freed_memory)
-        return _finetune(config, resume)
+        return _finetune(config, resume, overwrite)
     finally:
         torch.set_num_threads(threads)  # the thread count is process-wide: put it back
 
 
-def _finetune(config: FinetuneConfig, resume: str | Path | None) -> FinetuneResult:
+def _finetune(
+    config: FinetuneConfig, resume: str | Path | None, overwrite: bool = False
+) -> FinetuneResult:
     train = config.train
     init_distributed()  # under torchrun: one process per GPU (or CPU share)
     device = pick_device(train.device)
@@ -175,6 +176,14 @@ def _finetune(config: FinetuneConfig, resume: str | Path | None) -> FinetuneResu
         out_dir = checkpoint.parent.parent  # run/checkpoints/step-N
         if checkpoint.parent.name != CHECKPOINTS:
             raise TriformError(f"{resume} is not a fine-tuning run folder (no checkpoints)")
+    task_cfg = config.task
+    check_run_folder(
+        out_dir,
+        "finetune",
+        overwrite=overwrite,
+        resume=resume is not None,
+        inputs=[task_cfg.train, task_cfg.validation, task_cfg.test, config.model.tokenizer],
+    )
     torch.manual_seed(train.seed)
     run = FinetuneRun(config, out_dir)
     run.device, run.precision = device, precision
@@ -187,12 +196,13 @@ def _finetune(config: FinetuneConfig, resume: str | Path | None) -> FinetuneResu
     )
 
     def make_run() -> FinetuneRun:  # under the run folder's lock
-        if is_main_process():
-            remove_stale_files(out_dir)
+        if is_main_process():  # an earlier run's results are moved aside, never mixed in
+            resuming = checkpoint is not None
+            run.folder = prepare_run_folder(
+                out_dir, "finetune", overwrite=overwrite, resume=resuming
+            )
+            prune_checkpoints(out_dir, train.keep_last, keep=checkpoint)
             write_json(out_dir / "finetune_config.json", config.to_dict())
-            if checkpoint is None:
-                for stale in ("best", "final", CHECKPOINTS):  # an earlier run's must not pass
-                    shutil.rmtree(out_dir / stale, ignore_errors=True)
         barrier()
         return run
 
@@ -205,7 +215,7 @@ def _finetune(config: FinetuneConfig, resume: str | Path | None) -> FinetuneResu
             f"{sum(p.numel() for p in run.model.head.parameters()):,} head parameters) "
             f"for {run.task.kind} on {len(run.train_rows)} examples: {run.total_steps} "
             f"steps of {train.batch_size} ({train.grad_accum} micro-batches{workers}) on "
-            f"{device} ({precision})"
+            f"{device} ({precision}){run.adaptation.describe()}"
         )
 
     trainer = Trainer(
@@ -262,9 +272,12 @@ class FinetuneRun(TrainingRun):
         self.train_rows = _read(task_cfg.train, task_cfg.format)
         self.val_rows = _read(task_cfg.validation, task_cfg.format)
         self.test_rows = _read(task_cfg.test, task_cfg.format)
+        torch.manual_seed(train.seed)  # a preset body is drawn from the seed (and redrawn so)
         body, tokenizer = load_body(config.model)
+        self.adaptation = Adaptation(config, body)  # what trains (LoRA: the base as loaded)
         self.task: Task = build_task(task_cfg, tokenizer, body.config)
         self.task.setup(self.train_rows)
+        self.task.check_targets(self.val_rows, "validation")
         self.task.prepare_body(body)
         self.custom = None  # task.metric = "module:function": computed beside the built-ins
         if is_custom(task_cfg.metric):
@@ -274,6 +287,7 @@ class FinetuneRun(TrainingRun):
         self.higher = higher_is_better(self.metric, task_cfg.metric_mode)
         torch.manual_seed(train.seed)  # the head's init does not depend on how the body loaded
         self.model = FinetuneModel(body, self.task.build_head(body))
+        self.adaptation.apply(self.model)  # freezes, adds adapters: before the optimizer
         self.features = self.task.train_features(self.train_rows, train.seed, epoch=0)
         if not self.features:
             raise TriformError(f"{task_cfg.train}: no training examples")
@@ -293,6 +307,7 @@ class FinetuneRun(TrainingRun):
         self.best_step: int | None = None
         self.best_dir: Path | None = None
         self.bad_evaluations = 0
+        self.folder: RunFolder | None = None  # rank 0's, once the run folder is ready
 
     # -- what the Trainer asks --------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -412,8 +427,16 @@ class FinetuneRun(TrainingRun):
         """Write the model to ``folder`` (every rank gathers under FSDP; rank 0 writes)."""
         weights = full_state_dict(self.model)
         if is_main_process():
+            if self.folder is not None:  # the earlier run's results go aside only now
+                self.folder.set_aside_results()
             save_finetuned(
-                folder, self.model, self.task, step=step, metrics=self.validation, weights=weights
+                folder,
+                self.model,
+                self.task,
+                step=step,
+                metrics=self.validation,
+                weights=weights,
+                adaptation=self.adaptation,
             )
 
     def _evaluate(self, rows: list[Row]) -> tuple[dict[str, float], list[Any]]:
@@ -458,7 +481,7 @@ class FinetuneRun(TrainingRun):
         if not self.test_rows:
             return None
         if self.best_dir is not None:
-            load_weights(self.model, self.best_dir / "model.safetensors")
+            self.adaptation.load_saved(self.model, self.best_dir)
         metrics, predictions = self._evaluate(self.test_rows)
         with (self.out_dir / "predictions.jsonl").open("w", encoding="utf-8") as out:
             for row, prediction in zip(self.test_rows, predictions, strict=True):

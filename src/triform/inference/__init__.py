@@ -6,7 +6,7 @@ from triform.inference.completions import Completion, complete
 from triform.inference.features import extract_features, save_features
 from triform.inference.generate import GenerateOutput, generate
 from triform.inference.perplexity import Perplexity, perplexity
-from triform.runs import load_model
+from triform.loading import load_model
 
 __all__ = [
     "AttentionMaps",

@@ -171,10 +171,8 @@ def _run(
         out = model(ids, output_attentions=True, compute_logits=False)
         return AttentionMaps(**common, attentions={"decoder": _stack(out.attentions)})
     if isinstance(model, EncoderDecoderModel):
-        from triform.finetune.body import decoder_start_id
-
         labels = tokenizer.encode(target).ids if target else []
-        decoder_ids = [decoder_start_id(config), *labels[:-1]]  # the decoder input in training
+        decoder_ids = [config.decoder_start_id, *labels[:-1]]  # the decoder input in training
         decoder_input = torch.tensor([decoder_ids], device=ids.device)  # (1, T)
         out = model(
             ids, decoder_input_ids=decoder_input, output_attentions=True, compute_logits=False

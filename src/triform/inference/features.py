@@ -29,8 +29,9 @@ import numpy as np
 import tokenizers
 import torch
 
-from triform.errors import TriformError
+from triform.errors import TriformError, warn
 from triform.models import DecoderModel, EncoderDecoderModel, EncoderModel, TransformerModel
+from triform.outputs import replacing
 from triform.runtime.packed import packed_inference
 from triform.tensors import pad_rows
 
@@ -137,8 +138,9 @@ def extract_features(
     """Features of ``texts``: an (N, D) float32 array with pooling, else a list of
     (tokens_i, D) arrays, one per text, its padding dropped.
 
-    ``max_length`` cuts each text's tokens (default: the model's positions); ``normalize``
-    scales every vector to unit L2 norm (as sentence embeddings are compared by cosine).
+    ``max_length`` cuts each text's tokens (default, and at most: the model's positions;
+    texts cut are counted in a warning); ``normalize`` scales every vector to unit L2 norm (as
+    sentence embeddings are compared by cosine).
     """
     if layers not in LAYERS:
         raise TriformError(f"unknown layers {layers!r}: one of {', '.join(LAYERS)}")
@@ -149,7 +151,12 @@ def extract_features(
     if not texts:
         raise TriformError("no texts to extract features from")
     config = model.config
+    if max_length is not None and max_length > config.max_positions:
+        raise TriformError(
+            f"max_length {max_length} is longer than the model's {config.max_positions} positions"
+        )
     max_length = max_length or config.max_positions
+    cut = 0  # texts longer than max_length
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     was_training = model.training
     model.eval()
@@ -157,6 +164,7 @@ def extract_features(
     try:
         for start in range(0, len(texts), batch_size):
             encodings = _tokenize(tokenizer, texts[start : start + batch_size], max_length)
+            cut += sum(bool(e.overflowing) for e in encodings)
             ids, types, mask = _pad(encodings, pad_id, model.device)
             states = hidden_states(model, ids, mask, types if config.type_vocab_size else None)
             features = combine_layers(states, layers).float()  # (B, L, D)
@@ -169,6 +177,11 @@ def extract_features(
                 tokens.append(_normalized(kept) if normalize else kept)
     finally:
         model.train(was_training)
+    if cut:
+        warn(
+            f"{cut} of {len(texts)} texts were longer than {max_length} tokens and were cut to "
+            f"their first {max_length}"
+        )
     if pooling != "none":
         return torch.cat(pooled).cpu().numpy()
     return [t.cpu().numpy() for t in tokens]
@@ -194,7 +207,7 @@ def save_features(features: np.ndarray | list[np.ndarray], path: str | Path) -> 
     Per token: the tokens of every text one after another, (total tokens, D), with
     ``offsets`` (N + 1,) such that text i is ``features[offsets[i]:offsets[i + 1]]``:
     tensors ``features`` and ``offsets`` in ``.safetensors``; in ``.npy`` the array, and
-    the offsets in ``NAME.offsets.npy`` beside it.
+    the offsets in ``NAME.offsets.npy`` beside it. Each file is written atomically.
     """
     path = Path(path)
     if path.suffix not in (".npy", ".safetensors"):
@@ -210,12 +223,19 @@ def save_features(features: np.ndarray | list[np.ndarray], path: str | Path) -> 
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
-        save_file(arrays, str(path))
+        with replacing(path) as tmp:
+            save_file(arrays, str(tmp))
         return [path]
-    np.save(path, arrays["features"])
     written = [path]
     if "offsets" in arrays:
-        offsets = path.with_name(path.stem + ".offsets.npy")
-        np.save(offsets, arrays["offsets"])
-        written.append(offsets)
+        written.append(offsets_path(path))
+    for file, array in zip(written, (arrays["features"], arrays.get("offsets")), strict=False):
+        with replacing(file) as tmp:
+            np.save(tmp, array)
     return written
+
+
+def offsets_path(path: str | Path) -> Path:
+    """``NAME.offsets.npy``, beside the ``NAME.npy`` of per-token features."""
+    path = Path(path)
+    return path.with_name(path.stem + ".offsets.npy")

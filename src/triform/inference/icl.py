@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from triform.errors import TriformError
+from triform.inference.generate import generate
 from triform.models import EncoderDecoderModel, TransformerModel
 from triform.nn.losses import IGNORE_INDEX
 from triform.runtime.packed import packed_inference
@@ -238,8 +239,6 @@ def _option_scores(
 
 
 def _generate_answer(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    from triform.inference.generate import generate
-
     ids = _encode(tokenizer, prompt)
     if model.config.form == "decoder":
         ids = ids[-(model.config.max_positions - max_new_tokens) :]

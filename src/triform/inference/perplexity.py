@@ -42,6 +42,7 @@ from triform.data.readers import evaluation_samples
 from triform.errors import TriformError
 from triform.models import TransformerModel
 from triform.nn.losses import IGNORE_INDEX
+from triform.objectives import ParallelCorpus, read_pairs, shift_right
 from triform.runtime.packed import packed_inference
 from triform.tensors import pad_rows
 from triform.textio import read_jsonl, read_text
@@ -322,8 +323,6 @@ def seq2seq_perplexity(
     """Perplexity of an encoder-decoder on the targets of ``(source, target)`` pairs, both
     framed by the tokenizer as in ``seq2seq`` training and cut to the model's positions.
     ``windows``: score that many pairs spread evenly across all (default: all)."""
-    from triform.objectives import ParallelCorpus, shift_right
-
     config = model.config
     if config.form != "encoder-decoder":
         raise TriformError(f"seq2seq perplexity needs an encoder-decoder, not {config.form}")
@@ -364,8 +363,6 @@ def read_pairs_file(path: str | Path) -> list[tuple[str, str]]:
     ``source<TAB>target`` a line)."""
     path = Path(path)
     if path.suffix not in JSONL_SUFFIXES:
-        from triform.objectives import read_pairs
-
         return read_pairs(path)
     pairs = []
     for number, row in read_jsonl(path):

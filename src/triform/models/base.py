@@ -12,6 +12,7 @@ from triform.config import ModelConfig
 from triform.models.heads import LMHead
 from triform.nn.cache import KVCache
 from triform.nn.embeddings import Embeddings, TiedTable, make_position_ids
+from triform.nn.positions import RelativePositionBias
 from triform.nn.stack import Stack, StackOutput
 from triform.runtime.packed import is_plain_tensor
 
@@ -165,8 +166,6 @@ def lm_head_outputs(
 
 
 def _is_input_table(model: nn.Module, embedding: nn.Embedding) -> bool:
-    from triform.nn.positions import RelativePositionBias
-
     return not any(
         isinstance(m, RelativePositionBias) and m.embedding is embedding for m in model.modules()
     )

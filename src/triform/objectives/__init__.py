@@ -21,7 +21,7 @@ seq2seq            :class:`Seq2Seq`                    Transformer (parallel tex
 
 Build one from the ``[objective]`` table of a run with :func:`build_objective`, passing the
 tokenizer's ids: ``build_objective(table, **context_from_tokenizer(tokenizer))``; a whole
-run's task (objective + readers + model) with :func:`build_task`.
+run's task (objective + readers + model) with :func:`triform.train.task.build_task`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import tokenizers
 from triform.config import ModelConfig
 from triform.errors import ConfigError
 from triform.nn.losses import IGNORE_INDEX, token_cross_entropy
-from triform.objectives.base import MODEL_KEYS, Objective, PretrainingTask, RunData
+from triform.objectives.base import MODEL_KEYS, Objective
 from triform.objectives.causal_lm import CausalLM, CausalLMConfig, pack_documents
 from triform.objectives.denoising import Denoising, DenoisingConfig
 from triform.objectives.distill import Distillation, DistillConfig, distillation_loss
@@ -71,6 +71,8 @@ from triform.objectives.span_corruption import (
     t5_span_lengths,
 )
 from triform.tensors import hash_uniform
+from triform.tokenizers.sentences import sentence_end_ids
+from triform.tokenizers.specials import SpecialTokens
 
 OBJECTIVES: dict[str, type[Objective]] = {
     objective.name: objective
@@ -120,22 +122,12 @@ def build_objective_for_run(
     return build_objective(run.objective, **context), model_config
 
 
-def build_task(
-    run: Any, model_config: ModelConfig, tokenizer: tokenizers.Tokenizer, shards: Any
-) -> PretrainingTask:
-    """The task of a run: :func:`build_objective_for_run` and its readers over ``shards``."""
-    objective, model_config = build_objective_for_run(run, model_config, tokenizer)
-    return PretrainingTask(objective, model_config, RunData.of(run, tokenizer, shards))
-
-
 def context_from_tokenizer(tokenizer: Any) -> dict[str, Any]:
     """The ids objectives take from a ``tokenizers.Tokenizer``: ``vocab_size``, ``pad_id``,
     ``mask_id``, ``cls_id``, ``sep_id``, ``bos_id``, ``eos_id``, ``special_ids`` (every special
     id), ``sentinel_ids`` (T5), ``sentence_end_ids`` (tokens that end a sentence, such as ".",
     "?!" or '."': :func:`triform.tokenizers.sentences.sentence_end_ids`), and the
     ``tokenizer`` itself (whole-word masking)."""
-    from triform.tokenizers.sentences import sentence_end_ids
-    from triform.tokenizers.specials import SpecialTokens
 
     special = SpecialTokens.from_tokenizer(tokenizer)
     return {
@@ -160,8 +152,6 @@ __all__ = [
     "CausalLM",
     "ElectraPair",
     "PairBatches",
-    "PretrainingTask",
-    "RunData",
     "CausalLMConfig",
     "Denoising",
     "DistillConfig",
@@ -186,7 +176,6 @@ __all__ = [
     "SpanMaskingConfig",
     "build_objective",
     "build_objective_for_run",
-    "build_task",
     "objective_class",
     "context_from_tokenizer",
     "continuation_table",

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import tokenizers
 import torch
-from torch import nn
 
 from triform.data.readers import CausalWindows
 from triform.nn.losses import IGNORE_INDEX
-from triform.objectives.base import Objective, RunData, check_config
+from triform.objectives.base import Objective, check_config
 from triform.objectives.ops import Batch, SampleDraws
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 
 @dataclass
@@ -89,30 +91,3 @@ class CausalLM(Objective):
 
     def source_length(self, seq_len: int) -> int:
         return seq_len + 1
-
-    def sample(
-        self,
-        model: nn.Module,
-        tokenizer: tokenizers.Tokenizer,
-        device: torch.device,
-        tokens: int,
-        prompt: str,
-    ) -> str:
-        """``prompt`` and ``tokens`` sampled tokens (top-k 40, temperature 0.8, seed 0: the
-        global RNG is left as it was)."""
-        from triform.inference.generate import generate
-
-        ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
-        ids = ids or [model.config.bos_token_id or 0]
-        input_ids = torch.tensor([ids], device=device)
-        generator = torch.Generator(device=device).manual_seed(0)
-        out = generate(
-            model,
-            input_ids,
-            max_new_tokens=tokens,
-            do_sample=True,
-            top_k=40,
-            temperature=0.8,
-            generator=generator,
-        )
-        return prompt + tokenizer.decode(out[0, len(ids) :].tolist())

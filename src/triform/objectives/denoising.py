@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,7 +43,6 @@ from triform.errors import ConfigError
 from triform.nn.losses import IGNORE_INDEX
 from triform.objectives.base import (
     Objective,
-    RunData,
     check_config,
     check_fraction,
     check_vocab_ids,
@@ -57,6 +57,9 @@ from triform.objectives.ops import (
     id_table,
     shift_right,
 )
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 # The draws' streams (each a (B, width) table of uniforms keyed by sample and column).
 PERMUTE_CHOICE, PERMUTE_ORDER = 0, 1  # which sentences move, and their new order

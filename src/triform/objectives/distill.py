@@ -37,27 +37,30 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import tokenizers
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
+from triform.models import build_model
 from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.objectives.base import (
     Objective,
-    RunData,
     Step,
     make_config,
+    masked_and_real_tokens,
     require,
     token_accuracy,
 )
 from triform.objectives.causal_lm import CausalLM, CausalLMConfig
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig, continuation_table
 from triform.objectives.ops import Batch, SampleDraws
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 # Settings of the student that may differ from the teacher's with init = "teacher-layers":
 # its depth, heads, dropout, and the special ids (the run's tokenizer is the teacher's anyway).
@@ -259,7 +262,7 @@ class Distillation(Objective):
     def from_dict(cls, options: Mapping[str, Any], **context: Any) -> Distillation:
         """As :meth:`Objective.from_dict`; loads the teacher and refuses a run tokenizer
         (``context["tokenizer"]``) other than the teacher's."""
-        from triform.runs import load_model
+        from triform.loading import load_model
         from triform.tokenizers.files import tokenizer_hash
 
         config = make_config(cls.config_class, options, context)
@@ -284,7 +287,7 @@ class Distillation(Objective):
     def run_defaults(cls, options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """The teacher's tokenizer, and its shape with half its layers (``[model]`` keys
         override; a ``[model]`` preset replaces it)."""
-        from triform.runs import read_model_config_of
+        from triform.loading import read_model_config_of
 
         teacher = options.get("teacher")
         if not isinstance(teacher, str):
@@ -309,8 +312,6 @@ class Distillation(Objective):
 
     def build_model(self, config: ModelConfig) -> nn.Module:
         """The student: from the teacher's layers (``init = "teacher-layers"``) or afresh."""
-        from triform.models import build_model
-
         teacher = self.teacher.config
         if config.form != teacher.form:
             raise ConfigError(
@@ -341,10 +342,7 @@ class Distillation(Objective):
     # -- the loss -------------------------------------------------------------------------
     def counts(self, batch: Batch) -> Counts:
         """Predicted tokens and real tokens (see :func:`distillation_loss`)."""
-        return {
-            "tokens": labelled(batch["labels"]),
-            "positions": (batch["attention_mask"] != 0).sum(),
-        }
+        return masked_and_real_tokens(batch)
 
     def step(
         self,
@@ -381,13 +379,3 @@ class Distillation(Objective):
     @property
     def generative(self) -> bool:  # type: ignore[override]
         return self.inner.generative
-
-    def sample(
-        self,
-        model: nn.Module,
-        tokenizer: tokenizers.Tokenizer,
-        device: torch.device,
-        tokens: int,
-        prompt: str,
-    ) -> str:
-        return self.inner.sample(model, tokenizer, device, tokens, prompt)

@@ -30,7 +30,7 @@ Consumes ``input_ids`` (B, L) and optionally ``attention_mask``, ``token_type_id
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +42,6 @@ from triform.nn.losses import IGNORE_INDEX
 from triform.objectives.base import (
     Draw,
     Objective,
-    RunData,
     check_config,
     check_fraction,
     check_vocab_ids,
@@ -51,6 +50,9 @@ from triform.objectives.base import (
 )
 from triform.objectives.ops import Batch, SampleDraws, choose, default_attention_mask, id_table
 from triform.tensors import hash_uniform
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 
 @dataclass

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from triform.errors import TriformError
 from triform.nn.losses import IGNORE_INDEX
 from triform.tensors import MASK32, mix32
 
@@ -56,8 +57,6 @@ class SampleDraws:
     def of(cls, batch: Batch, seed: int, split: int = TRAIN) -> SampleDraws:
         """The draws of a reader's or an objective's ``batch`` (its ``sample_index`` (B,))."""
         if "sample_index" not in batch:
-            from triform.errors import TriformError
-
             raise TriformError(
                 "the batch has no sample_index (B,): the global index of each row, which "
                 "every reader gives and the objective's random draws are keyed by"

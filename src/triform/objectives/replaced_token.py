@@ -36,9 +36,10 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
+from triform.models import build_model
 from triform.models.base import TransformerModel
 from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
-from triform.objectives.base import Step
+from triform.objectives.base import Step, masked_and_real_tokens
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
 from triform.objectives.ops import Batch, SampleDraws
 
@@ -152,8 +153,6 @@ class ReplacedTokenDetection(MaskedLM):
 
     def build_model(self, config: ModelConfig) -> ElectraPair:
         """The generator (built first) and the discriminator, sharing embeddings."""
-        from triform.models import build_model
-
         c = self.config
         generator = build_model(generator_config(config, c.generator_width, c.generator_depth))
         return ElectraPair(generator, build_model(config), self)
@@ -165,10 +164,7 @@ class ReplacedTokenDetection(MaskedLM):
 
     def counts(self, batch: Batch) -> Counts:
         """Masked tokens (the generator's MLM) and real tokens (the discriminator's)."""
-        return {
-            "tokens": labelled(batch["labels"]),
-            "positions": (batch["attention_mask"] != 0).sum(),
-        }
+        return masked_and_real_tokens(batch)
 
     def step(
         self,

@@ -21,7 +21,7 @@ The loss is the sum of the MLM and the pair cross entropies, as in BERT and ALBE
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,12 @@ from triform.config import ModelConfig
 from triform.data.readers import SentencePairs
 from triform.errors import TriformError
 from triform.nn.losses import Counts, labelled, loss_share, token_cross_entropy
-from triform.objectives.base import RunData, check_fraction
+from triform.objectives.base import check_fraction
 from triform.objectives.masked_lm import MaskedLM, MaskedLMConfig
 from triform.objectives.ops import Batch, SampleDraws
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 
 @dataclass

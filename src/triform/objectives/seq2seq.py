@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +34,12 @@ import torch.nn.functional as F
 from triform.data.readers import check_rank, rank_slice
 from triform.errors import ConfigError, TriformError
 from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share
-from triform.objectives.base import Objective, RunData, check_config, check_fraction, require
+from triform.objectives.base import Objective, check_config, check_fraction, require
 from triform.objectives.ops import Batch, SampleDraws, shift_right
 from triform.runtime.distributed import rank, world_size
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:

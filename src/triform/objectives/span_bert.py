@@ -40,6 +40,7 @@ from torch import nn
 
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
+from triform.models import build_model
 from triform.models.base import TransformerModel
 from triform.nn.losses import IGNORE_INDEX, Counts, labelled, loss_share, token_cross_entropy
 from triform.nn.norms import make_norm
@@ -189,8 +190,6 @@ class SpanMLM(MaskedLM):
         return config.replace(encoder_head="mlm", pair_head="none", pooler=False)
 
     def build_model(self, config: ModelConfig) -> SpanBertModel:
-        from triform.models import build_model
-
         return SpanBertModel(build_model(config), self)
 
     # -- the transform --------------------------------------------------------------------

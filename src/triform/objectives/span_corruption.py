@@ -25,13 +25,14 @@ must come first); produces ``input_ids`` (B, I), ``attention_mask`` (B, I), ``la
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from triform.data.readers import PackedSequences
 from triform.errors import ConfigError, TriformError
 from triform.nn.losses import IGNORE_INDEX
-from triform.objectives.base import Objective, RunData, check_config, require
+from triform.objectives.base import Objective, check_config, require
 from triform.objectives.masked_lm import word_start_table
 from triform.objectives.ops import (
     Batch,
@@ -40,6 +41,9 @@ from triform.objectives.ops import (
     random_segmentation,
     shift_right,
 )
+
+if TYPE_CHECKING:
+    from triform.train.task import RunData
 
 
 def span_counts(length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:

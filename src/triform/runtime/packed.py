@@ -91,6 +91,8 @@ def packed_linears(model: nn.Module, reorder_fp32: bool = False) -> Iterator[boo
         for module in model.modules():
             if not isinstance(module, nn.Linear) or "forward" in module.__dict__:
                 continue  # another module type, or already packed by an outer context
+            if not getattr(module, "packable", True):
+                continue  # a linear that adds to its product (unmerged LoRA) keeps its forward
             weight = module.weight
             if weight.dtype not in PACKABLE or weight.device.type != "cpu":
                 continue

@@ -20,7 +20,7 @@ from triform.scaling.fit import (
     fit_power_law,
 )
 
-REQUIRED = ("id", "params", "tokens", "flops", "loss")
+REQUIRED = ("params", "tokens", "loss")  # id and flops may be left out (see complete_rows)
 
 
 @dataclass
@@ -61,20 +61,36 @@ def _best_per(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndar
 
 
 def check_rows(rows: list[dict[str, Any]]) -> None:
-    """Raise :class:`TriformError` unless every row has usable ``params``, ``tokens``,
-    ``flops`` and ``loss``."""
+    """Raise :class:`TriformError` unless every row has usable ``params``, ``tokens`` and
+    ``loss`` (and ``flops``, where given)."""
     if not rows:
         raise TriformError("no sweep results to fit (results.jsonl is empty or missing)")
-    for row in rows:
+    for number, row in enumerate(rows, 1):
+        name = row.get("id", f"{number}")
         missing = [key for key in REQUIRED if key not in row]
         if missing:
-            raise TriformError(f"results row {row.get('id', '?')} lacks {', '.join(missing)}")
-        for key in REQUIRED[1:]:
-            value = row[key]
+            raise TriformError(f"results row {name} lacks {', '.join(missing)}")
+        for key in (*REQUIRED, "flops"):
+            value = row.get(key, 1.0)
             if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-                raise TriformError(
-                    f"results row {row['id']}: {key} must be positive, got {value!r}"
-                )
+                raise TriformError(f"results row {name}: {key} must be positive, got {value!r}")
+
+
+def complete_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows with an ``id`` (``row <n>``) and ``flops`` (6·N·D, Kaplan et al.'s estimate) where
+    a hand-written results file leaves them out, and a note for each kind of estimate."""
+    done, notes = [], []
+    estimated = 0
+    for number, row in enumerate(rows, 1):
+        row = dict(row)
+        row.setdefault("id", f"row {number}")
+        if "flops" not in row:
+            row["flops"] = 6.0 * float(row["params"]) * float(row["tokens"])
+            estimated += 1
+        done.append(row)
+    if estimated:
+        notes.append(f"flops estimated as 6·N·D for {estimated} of {len(rows)} rows without it")
+    return done, notes
 
 
 def analyse(
@@ -96,7 +112,7 @@ def analyse(
     - IsoFLOP parabolas for points from compute budgets (``budget_kind = "flops"``).
     """
     check_rows(rows)
-    notes: list[str] = []
+    rows, notes = complete_rows(rows)
     params, tokens, flops, loss = (_column(rows, k) for k in ("params", "tokens", "flops", "loss"))
     kaplan: dict[str, PowerLaw] = {}
     # L(D) on the token-budget grid where there is one: a compute budget gives each model

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from triform.outputs import replacing
 from triform.scaling.analysis import ScalingAnalysis
 
 
@@ -59,7 +60,8 @@ def _loss_vs_compute(analysis: ScalingAnalysis, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
 
@@ -95,7 +97,8 @@ def _loss_vs_params(analysis: ScalingAnalysis, path: Path) -> Path:
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
 
@@ -134,6 +137,7 @@ def _isoflops(analysis: ScalingAnalysis, path: Path) -> Path:
     for ax in (left, right):
         ax.grid(True, which="both", alpha=0.2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path

@@ -21,9 +21,12 @@ config with the point's model shape, ``train.steps`` = its budget in tokens over
 to those steps, one evaluation at the end (its ``loss``: the validation loss over
 ``train.eval_batches`` batches of windows spread evenly across the split, or every window with
 ``"all"``, the rule of every evaluation; the row says how many, ``eval_windows`` of
-``split_windows``), and its own folder under ``points/``. All points
-share one tokenizer and one shard folder, so the corpus is tokenized once. A point whose id is
-already in ``results.jsonl`` is skipped: a killed sweep resumes where it stopped.
+``split_windows``), and its own folder under ``points/``. All points share one tokenizer
+(trained once, before the first point, unless the base config names one) and one shard
+folder, so the corpus is tokenized once. A point whose id is already in ``results.jsonl`` is
+skipped and a point killed after its checkpoint resumes from it: a killed sweep resumes where
+it stopped. One sweep at a time writes a sweep folder, and a line of ``results.jsonl`` torn by
+a kill is dropped (with a warning) before the next row is appended.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -40,12 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from triform.config import ModelConfig, apply_overrides, from_dict, load_toml
-from triform.errors import ConfigError, TriformError
+from triform.errors import ConfigError, TriformError, warn
 from triform.models import build_model
+from triform.outputs import claim_run_folder, read_jsonl_records, repair_jsonl
+from triform.runs import latest_checkpoint
 from triform.scaling import toml_writer
 from triform.scaling.laws import flops_per_token, training_flops
+from triform.tokenizers import save_tokenizer
 from triform.train.metrics import read_metrics
 from triform.train.run_config import RunConfig, build_run_config, resolve_input_paths
+from triform.train.setup import train_run_tokenizer
 
 RESULTS_FILE = "results.jsonl"
 
@@ -196,10 +203,13 @@ class Sweep:
         return build_run_config(self.point_tree(point), self.source)
 
     @staticmethod
-    def torchrun_command(nproc: int, config_path: str | Path) -> list[str]:
+    def torchrun_command(
+        nproc: int, config_path: str | Path, resume: str | Path | None = None
+    ) -> list[str]:
         """The command that runs a point (its config written to ``config_path``, see
-        :meth:`point_tree`) as its own ``torchrun`` job of ``nproc`` processes."""
-        return [
+        :meth:`point_tree`) as its own ``torchrun`` job of ``nproc`` processes (continuing
+        the checkpoint in ``resume``, when given)."""
+        command = [
             "torchrun",
             "--nproc_per_node",
             str(nproc),
@@ -208,6 +218,16 @@ class Sweep:
             "pretrain",
             str(config_path),
         ]
+        return command + (["--resume", str(resume)] if resume is not None else [])
+
+    def train_tokenizer(self) -> None:
+        """Train the tokenizer the points share, once, unless the base config names one
+        (which must then exist: see :func:`~triform.train.setup.prepare_tokenizer`)."""
+        if "path" in self.base.get("tokenizer", {}) or not self.points:
+            return
+        path = self.out_dir / "tokenizer.json"
+        if not path.is_file():
+            save_tokenizer(train_run_tokenizer(self.point_config(self.points[0])), path)
 
 
 def _model_config(base: ModelConfig, shape: ModelShape) -> ModelConfig:
@@ -288,22 +308,16 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     return Sweep(tree, section, Path(path))
 
 
-def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a ``results.jsonl`` (or of the one in a sweep folder); a torn last line
-    (a sweep killed mid-write) is skipped."""
+def read_results(path: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
+    """The rows of a ``results.jsonl`` (or of the one in a sweep folder). A torn last line
+    (a sweep killed mid-write) is left out, with a warning unless ``quiet``; a malformed
+    line elsewhere is an error naming the file and line."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_FILE
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
+    rows, torn = read_jsonl_records(path)
+    if torn is not None and not quiet:
+        warn(f"{path}: left out its torn last line (a sweep was killed while writing it)")
     return rows
 
 
@@ -311,6 +325,8 @@ def _append(path: Path, row: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _final_validation(out_dir: Path, val_metrics: dict[str, float]) -> dict[str, Any]:
@@ -327,21 +343,21 @@ def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> d
     """Train one point (in this process, or as a ``torchrun`` job of ``torchrun`` processes)
     and return its results row."""
     out_dir = sweep.point_dir(point)
-    if out_dir.exists():  # a point killed before its row was written starts over
-        shutil.rmtree(out_dir)
+    # a point killed before its row was written: from its checkpoint, else from the start
+    resume = out_dir if latest_checkpoint(out_dir) is not None else None
     started = time.perf_counter()
     if torchrun is None:
         from triform.train.loop import pretrain
 
-        result = pretrain(sweep.point_config(point))
+        result = pretrain(sweep.point_config(point), resume=resume)
         steps, train_loss = result.steps, result.train_loss
         validation = _final_validation(out_dir, result.val_metrics)
     else:
         sweep.point_config(point)  # validate before launching
-        out_dir.mkdir(parents=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         config_path = out_dir / "point.toml"
         config_path.write_text(toml_writer.dumps(sweep.point_tree(point)), encoding="utf-8")
-        command = sweep.torchrun_command(torchrun, config_path)
+        command = sweep.torchrun_command(torchrun, config_path, resume)
         try:
             done = subprocess.run(command, check=False)
         except FileNotFoundError:
@@ -383,7 +399,7 @@ def run_point(sweep: Sweep, point: SweepPoint, torchrun: int | None = None) -> d
 
 def pending(sweep: Sweep) -> list[SweepPoint]:
     """The points without a row in the sweep's ``results.jsonl``."""
-    done = {row.get("id") for row in read_results(sweep.results_path)}
+    done = {row.get("id") for row in read_results(sweep.results_path, quiet=True)}
     return [p for p in sweep.points if p.id not in done]
 
 
@@ -394,22 +410,26 @@ def run_sweep(
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every point not yet in ``results.jsonl`` (appending a row after each) and
-    return all rows of the file."""
+    return all rows of the file. The sweep folder is locked meanwhile."""
     from tqdm.auto import tqdm
 
-    todo = pending(sweep)
-    done = len(sweep.points) - len(todo)
-    with tqdm(
-        total=len(sweep.points), initial=done, desc="sweep", unit="point", disable=not progress
-    ) as bar:
-        for point in _smallest_first(todo):
-            bar.set_postfix_str(point.id)
-            row = run_point(sweep, point, torchrun)
-            _append(sweep.results_path, row)
-            if on_row is not None:
-                on_row(row)
-            bar.update(1)
-    return read_results(sweep.results_path)
+    with claim_run_folder(sweep.out_dir, "sweep", sources=sweep.config.data.corpus):
+        repair_jsonl(sweep.results_path)
+        sweep.train_tokenizer()
+        todo = pending(sweep)
+        done = len(sweep.points) - len(todo)
+        bar = tqdm(
+            total=len(sweep.points), initial=done, desc="sweep", unit="point", disable=not progress
+        )
+        with bar:
+            for point in _smallest_first(todo):
+                bar.set_postfix_str(point.id)
+                row = run_point(sweep, point, torchrun)
+                _append(sweep.results_path, row)
+                if on_row is not None:
+                    on_row(row)
+                bar.update(1)
+        return read_results(sweep.results_path)
 
 
 def _smallest_first(points: list[SweepPoint]) -> Iterator[SweepPoint]:

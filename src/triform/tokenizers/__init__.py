@@ -5,7 +5,9 @@ A triform tokenizer *is* a :class:`tokenizers.Tokenizer`, saved as a standard
 ``tokenizer.json`` loads here. (Inside triform, ``import tokenizers`` is always the
 HuggingFace package; this module is ``triform.tokenizers``.)
 
->>> tok = train_tokenizer("corpus/", kind="wordpiece", vocab_size=8000, family="bert")
+>>> from triform.data import Corpus
+>>> tok = train_tokenizer(Corpus.from_paths("corpus/"), kind="wordpiece", vocab_size=8000,
+...                       family="bert")
 >>> save_tokenizer(tok, "tokenizer.json")
 >>> SpecialTokens.from_tokenizer(load_tokenizer("tokenizer.json")).cls_id
 2
@@ -14,6 +16,7 @@ HuggingFace package; this module is ``triform.tokenizers``.)
 from triform.tokenizers.files import (
     load_tokenizer,
     save_tokenizer,
+    tokenizer_file,
     tokenizer_from_str,
     tokenizer_hash,
 )
@@ -42,6 +45,7 @@ __all__ = [
     "load_tokenizer",
     "sampling_tokenizer",
     "save_tokenizer",
+    "tokenizer_file",
     "tokenizer_from_str",
     "tokenizer_hash",
     "train_tokenizer",

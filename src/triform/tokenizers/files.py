@@ -10,6 +10,7 @@ from pathlib import Path
 import tokenizers
 
 from triform.errors import TriformError
+from triform.outputs import write_output
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -52,14 +53,15 @@ def save_tokenizer(tok: tokenizers.Tokenizer, path: str | os.PathLike[str]) -> P
     ``path`` may be a folder, in which case ``tokenizer.json`` is written inside it. Returns
     the file written.
     """
-    p = Path(path)
-    if p.is_dir():
-        p = p / TOKENIZER_FILE
+    p = tokenizer_file(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tok.save(str(tmp), pretty=True)
-    os.replace(tmp, p)
-    return p
+    return write_output(p, tok.to_str(pretty=True))  # an OS error names the path
+
+
+def tokenizer_file(path: str | os.PathLike[str]) -> Path:
+    """The ``tokenizer.json`` that ``path`` means: the file, or the one in a folder."""
+    p = Path(path)
+    return p / TOKENIZER_FILE if p.is_dir() else p
 
 
 def tokenizer_hash(tok: tokenizers.Tokenizer) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import tokenizers
@@ -115,16 +115,19 @@ def _as_text(item: object) -> str:
 
 
 def _text_batches(corpus: object) -> Iterator[list[str]]:
-    """Batches of texts from a Corpus, path(s), or an iterable of texts (a text is a string,
-    or a list of strings taken as the lines of one document)."""
-    from triform.data.corpus import Corpus  # late import: triform.data imports this package
-
+    """Batches of texts from a corpus (anything with a ``texts()`` method, such as
+    :class:`triform.data.Corpus`) or an iterable of texts (a text is a string, or a list of
+    strings taken as the lines of one document). Reading files is the corpus's job: a path
+    is refused with the one line that says so."""
     if isinstance(corpus, (str, os.PathLike)) or (
         isinstance(corpus, Sequence) and corpus and isinstance(corpus[0], os.PathLike)
     ):
-        corpus = Corpus.from_paths(corpus)  # type: ignore[arg-type]
-    texts: Iterable = corpus.texts() if isinstance(corpus, Corpus) else corpus  # type: ignore[assignment]
-    it = iter(texts)
+        raise ConfigError(
+            f"train_tokenizer reads texts, not paths: pass "
+            f"triform.data.Corpus.from_paths({str(corpus)!r:.60}) (or the texts)"
+        )
+    texts = corpus.texts() if hasattr(corpus, "texts") else corpus
+    it = iter(texts)  # type: ignore[call-overload]
     while batch := [_as_text(t) for t in itertools.islice(it, _BATCH)]:
         yield batch
 
@@ -141,8 +144,8 @@ def train_tokenizer(
 ) -> tokenizers.Tokenizer:
     """Train a ``kind`` tokenizer of (at most) ``vocab_size`` tokens on ``corpus``.
 
-    ``corpus`` is a :class:`triform.data.Corpus`, a path or glob string (or a list of
-    :class:`~pathlib.Path`), or any iterable of texts (strings, or lists of lines).
+    ``corpus`` is a :class:`triform.data.Corpus` (``Corpus.from_paths("books/")`` reads
+    files, folders and globs), or any iterable of texts (strings, or lists of lines).
     ``family`` picks the special tokens and post-processing (see
     :mod:`triform.tokenizers.specials`); it defaults to the kind's classic family
     (byte-bpe: gpt2, wordpiece: bert, unigram: t5, bpe: roberta, char: gpt2).

@@ -4,7 +4,7 @@ The components are importable from here; the loop itself is :mod:`triform.train.
 (not imported here, so the components stay light to import).
 """
 
-from triform.runs import latest_checkpoint
+from triform.runs import latest_checkpoint, load_weights, save_weights
 from triform.runtime.distributed import (
     all_reduce_mean,
     all_reduce_sums,
@@ -20,13 +20,7 @@ from triform.runtime.distributed import (
     wrap_model,
 )
 from triform.runtime.precision import autocast_context, grad_scaler, resolve_precision
-from triform.train.checkpoint import (
-    CheckpointState,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-    save_weights,
-)
+from triform.train.checkpoint import CheckpointState, load_checkpoint, save_checkpoint
 from triform.train.metrics import MetricsLogger, read_metrics
 from triform.train.optim import OptimConfig, build_optimizer, clip_gradients, param_groups
 from triform.train.schedules import ScheduleConfig, build_scheduler, lr_factor

@@ -49,15 +49,15 @@ from triform.errors import TriformError
 from triform.runs import (
     CHECKPOINTS,
     STATE_JSON,
+    STEP_DIR,
     WEIGHTS,
     check_fits,
     fsync,
+    full_state_dict,
     list_checkpoints,
-    read_weights,
+    load_weights,
     resolve_checkpoint,
     step_dir_name,
-    unique_state_dict,
-    weights_file,
     write_weights,
 )
 from triform.runtime.distributed import barrier, is_fsdp, is_main_process, unwrap_model
@@ -76,63 +76,6 @@ class CheckpointState:
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     data_position: Any = None
-
-
-# --------------------------------------------------------------------------------------
-# Weights (the file format is triform.runs'; here: gathering and scattering under FSDP2)
-# --------------------------------------------------------------------------------------
-
-
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """The full (unsharded) state dict on the main process, tied tensors once; ``None``
-    on other ranks. Collective under FSDP2."""
-    if is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-        )
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(model, options=options)
-    else:
-        state = model.state_dict()
-    if not is_main_process():
-        return None
-    return unique_state_dict(model, state)
-
-
-def save_weights(
-    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
-) -> Path:
-    """Write ``model``'s weights to a safetensors file, atomically (temp file + rename).
-    Tied tensors are stored once. Under FSDP2 call it on every rank; rank 0 writes."""
-    path = Path(path)
-    state = full_state_dict(unwrap_model(model))
-    if state is not None:
-        write_weights(state, path, metadata)
-    return path
-
-
-def load_weights(model: nn.Module, path: str | Path) -> Path:
-    """Load safetensors weights into ``model`` in place (any device and dtype).
-
-    ``path`` is a ``.safetensors`` file, a checkpoint folder or a run folder (its latest
-    checkpoint). Weights of another model raise :class:`TriformError` naming the first
-    key that does not fit, before anything is changed. Returns the file read.
-    """
-    path = weights_file(path)
-    model = unwrap_model(model)
-    state = read_weights(model, path)
-    if is_fsdp(model):
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-        )
-
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-    else:
-        model.load_state_dict(state, strict=True)
-    return path
 
 
 # --------------------------------------------------------------------------------------
@@ -241,11 +184,31 @@ def _prune(root: Path, keep_last: int | None, current: Path) -> None:
             f"-{os.getpid()}"
         ):
             shutil.rmtree(child, ignore_errors=True)
-    if keep_last is None or keep_last <= 0:
+    prune_checkpoints(root, keep_last, keep=current)
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int | None, keep: Path | None = None) -> None:
+    """Delete all but the newest ``keep_last`` (None or 0: all kept) complete checkpoints of
+    a run folder (or of its ``checkpoints`` folder), never ``keep``, and the step folders a
+    kill left incomplete. Run after each save and when a run starts, so a run killed while
+    pruning is pruned by the next start. Each folder is first renamed to a temporary name,
+    so a kill mid-delete leaves nothing that looks like a checkpoint."""
+    root = Path(run_dir)
+    if root.name != CHECKPOINTS:
+        root = root / CHECKPOINTS
+    if not root.is_dir():
         return
-    for old in list_checkpoints(root)[:-keep_last]:
-        if old != current:
-            shutil.rmtree(old, ignore_errors=True)
+    complete = list_checkpoints(root)
+    doomed = [c for c in root.iterdir() if STEP_DIR.match(c.name) and c.is_dir()]
+    doomed = [c for c in doomed if c not in complete]  # no trainer state: never loadable
+    if keep_last is not None and keep_last > 0:
+        doomed += complete[:-keep_last]
+    for folder in doomed:
+        if keep is not None and folder.resolve() == Path(keep).resolve():
+            continue
+        gone = folder.with_name(f".tmp-pruned-{folder.name}-{os.getpid()}")
+        os.replace(folder, gone)
+        shutil.rmtree(gone, ignore_errors=True)
 
 
 def save_checkpoint(

@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from triform.errors import TriformError
 from triform.models.sizing import check_model_fits
-from triform.objectives import PretrainingTask, RunData, build_objective_for_run
-from triform.runs import remove_stale_files, resolve_checkpoint, write_run_metadata
+from triform.objectives import build_objective_for_run
+from triform.outputs import check_run_folder, prepare_run_folder, same_file
+from triform.runs import STATE_JSON, read_run_init, resolve_checkpoint, write_run_metadata
 from triform.runtime.allocator import apply_process_settings
 from triform.runtime.device import pick_device
 from triform.runtime.distributed import (
@@ -27,6 +29,8 @@ from triform.runtime.distributed import (
     world_size,
 )
 from triform.runtime.precision import precision_reason, resolve_precision
+from triform.train.checkpoint import prune_checkpoints
+from triform.train.init import InitPlan, plan_init
 from triform.train.optim import build_optimizer
 from triform.train.run_config import RunConfig
 from triform.train.schedules import build_scheduler
@@ -40,6 +44,7 @@ from triform.train.setup import (
     save_run_tokenizer,
     set_aside_newer_checkpoints,
 )
+from triform.train.task import PretrainingTask, RunData
 from triform.train.trainer import (
     LoopSettings,
     Trainer,
@@ -72,18 +77,33 @@ class PretrainingRun(TrainingRun):
     objective's batches and loss, validation (and a text sample for generative
     objectives)."""
 
-    def __init__(self, config: RunConfig, task: PretrainingTask, device, precision: str) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        task: PretrainingTask,
+        device,
+        precision: str,
+        init: InitPlan | None = None,
+        init_record: dict | None = None,
+    ) -> None:
         self.config, self.task = config, task
         self.device, self.precision = device, precision
         self.unused_parameters = task.unused_parameters
         self.sample: str | None = None
+        self.init, self.init_record = init, init_record
 
     def build_model(self) -> nn.Module:
+        """The objective's model; a run from a checkpoint (``model.init``) then gets the
+        checkpoint's weights (:class:`~triform.train.init.InitPlan`), and ``run.json``
+        records where they came from."""
         model = self.task.build_model()
+        if self.init is not None:
+            self.init.apply(model)
         if is_main_process():
-            write_run_metadata(
-                self.config.train.out_dir, self.config.to_dict(), self.task.model_config, model
-            )
+            run = self.config.to_dict()
+            if self.init_record is not None:
+                run = {**run, "init": self.init_record}
+            write_run_metadata(self.config.train.out_dir, run, self.task.model_config, model)
         return model
 
     def micro_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
@@ -125,7 +145,10 @@ class PretrainingRun(TrainingRun):
 
 
 def pretrain(
-    config: RunConfig, resume: str | Path | None = None, force: bool = False
+    config: RunConfig,
+    resume: str | Path | None = None,
+    force: bool = False,
+    overwrite: bool = False,
 ) -> PretrainResult:
     """Run (or resume) the pretraining described by ``config``.
 
@@ -133,7 +156,9 @@ def pretrain(
     the objective's keys against the tokenizer, the model's size against free memory, and
     for a resume that the run holds the same model and tokenizer. Resuming from a checkpoint
     older than the run's latest is refused unless ``force`` (the newer ones are then moved to
-    ``checkpoints/abandoned-<time>/``, never mixed with the new branch).
+    ``checkpoints/abandoned-<time>/``, never mixed with the new branch). A folder that
+    holds an earlier run is refused unless it is resumed or ``overwrite`` (that run is then
+    moved aside into ``previous-<time>/``, see :func:`triform.outputs.prepare_run_folder`).
     """
     train = config.train
     init_distributed()
@@ -142,9 +167,21 @@ def pretrain(
     precision = resolve_precision(train.precision, device)
     apply_process_settings(train.threads, train.keep_freed_memory)
     out_dir = Path(train.out_dir)
-    resume_from = resolve_checkpoint(resume) if resume is not None else None
+    resume_from = _resume_checkpoint(resume) if resume is not None else None
+    here = resume_from is not None and same_file(resume_from.parent.parent, out_dir)
+    data = config.data
+    corpus = [path for path in data.corpus if path != "default"]
+    validation = [data.validation] if isinstance(data.validation, str) else data.validation
+    check_run_folder(
+        out_dir,
+        "pretrain",
+        overwrite=overwrite,
+        resume=here,
+        inputs=[data.sources],
+        sources=[*corpus, *(validation or [])],
+    )
 
-    tokenizer, tokenizer_files = prepare_tokenizer(config, out_dir)
+    tokenizer, tokenizer_files = prepare_tokenizer(config, out_dir, fresh=overwrite and not here)
     model_config = resolve_model_config(config, tokenizer)
     objective, model_config = build_objective_for_run(config, model_config, tokenizer)
     check_positions(config, objective, model_config)
@@ -152,16 +189,34 @@ def pretrain(
     check_model_fits(model_config, device, use="training")
     if resume_from is not None:
         check_resume(resume_from.parent.parent, model_config, tokenizer)
+    init, init_record = None, None
+    if config.init.init is not None and resume_from is None:  # a fresh run from a checkpoint
+        with torch.device("meta"):  # names and shapes only
+            planned = objective.build_model(model_config)
+        init = plan_init(
+            config.init.init,
+            planned,
+            tokenizer,
+            config.tokenizer.path,
+            config.init.resize_vocab,
+            objective.name,
+        )
+        init_record = init.record
+        if is_main_process():
+            print(init.line)
+    elif config.init.init is not None:  # resumed: where it started is already recorded
+        init_record = read_run_init(resume_from.parent.parent)
 
     def make_run() -> PretrainingRun:  # under the run folder's lock
-        if is_main_process():
-            remove_stale_files(out_dir)
+        if is_main_process():  # an earlier run is moved aside, never mixed with this one
+            prepare_run_folder(out_dir, "pretrain", overwrite=overwrite, resume=here)
             if resume_from is not None:
                 set_aside_newer_checkpoints(out_dir, resume_from, force)
+            prune_checkpoints(out_dir, train.keep_last, keep=resume_from)
         save_run_tokenizer(tokenizer, tokenizer_files)
-        shards = prepare_data(config, tokenizer, out_dir)
+        shards = prepare_data(config, tokenizer, out_dir, overwrite=overwrite)
         task = PretrainingTask(objective, model_config, RunData.of(config, tokenizer, shards))
-        return PretrainingRun(config, task, device, precision)
+        return PretrainingRun(config, task, device, precision, init, init_record)
 
     def banner(model: nn.Module) -> str:
         return (
@@ -192,6 +247,21 @@ def pretrain(
         result.tokens_per_second,
         getattr(trainer.run, "sample", None),
     )
+
+
+def _resume_checkpoint(resume: str | Path) -> Path:
+    """The checkpoint ``--resume`` names; a folder without one (a HuggingFace checkpoint, a
+    model folder) is refused with the key that starts a run from its weights."""
+    hint = f"to start a new run from its weights, set model.init = {str(resume)!r}"
+    try:
+        checkpoint = resolve_checkpoint(resume)
+    except TriformError as err:
+        if not Path(resume).is_dir():
+            raise
+        raise TriformError(f"{err}: --resume continues a run; {hint}") from None
+    if not (checkpoint / STATE_JSON).is_file():  # weights alone: a model or HF folder
+        raise TriformError(f"cannot resume {resume}: it is not a run folder; {hint}")
+    return checkpoint
 
 
 def _split_text(batch_size: int, grad_accum: int) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from triform.outputs import read_jsonl_records, repair_jsonl, replacing, write_output
 from triform.train.trackers import Tracker, open_trackers
 from triform.train.trackers.tensorboard import TENSORBOARD_DIR
 
@@ -80,21 +81,12 @@ def _si(value: float) -> str:
 def read_metrics(run_dir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
     """The records of ``run_dir/metrics.jsonl`` (or of that file given directly), in order,
     optionally only those of one ``split``. A missing file gives ``[]``; a torn last line
-    (a crash mid-write) is skipped."""
+    (a crash mid-write) is skipped; a malformed line elsewhere is an error naming it."""
     path = Path(run_dir)
     if path.is_dir():
         path = path / METRICS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and (split is None or record.get("split") == split):
-            records.append(record)
-    return records
+    records, _ = read_jsonl_records(path)
+    return [r for r in records if split is None or r.get("split") == split]
 
 
 def read_commands(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -115,10 +107,7 @@ def record_command(run_dir: Path, initial_step: int) -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "step": initial_step,
     }
-    lines = "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in [*kept, record])
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(lines, encoding="utf-8")
-    os.replace(tmp, path)
+    write_output(path, "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in [*kept, record]))
 
 
 class MetricsLogger:
@@ -158,10 +147,10 @@ class MetricsLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / METRICS_FILE
-        kept = [r for r in read_metrics(path) if r.get("step", 0) <= initial_step]
-        if path.exists():
-            lines = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept)
-            path.write_text(lines, encoding="utf-8")
+        records = repair_jsonl(path)  # a torn last line dropped, with a warning
+        kept = [r for r in records if r.get("step", 0) <= initial_step]
+        if len(kept) < len(records):
+            write_output(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
         self._file = path.open("a", encoding="utf-8", buffering=1)  # line-buffered
         record_command(self.run_dir, initial_step)
         names = [name for name in report_to if tensorboard or name != "tensorboard"]
@@ -293,5 +282,6 @@ def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path 
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     (ax_lr or ax).set_xlabel("step")
     path = Path(out) if out is not None else run_dir / LOSS_CURVE
-    figure.savefig(path, dpi=120)
+    with replacing(path) as tmp:
+        figure.savefig(tmp, dpi=120)
     return path

@@ -2,6 +2,7 @@
 
 ```toml
 [model]       preset = "gpt2-tiny", then any ModelConfig field to override
+              (or init = "<checkpoint folder>": its architecture, weights and tokenizer)
 [tokenizer]   path = "tokenizer.json"  or  kind / vocab_size / family to train one
 [data]        corpus, seq_len, validation or val_fraction, ...
 [objective]   name = "causal-lm" | "mlm" | ... and that objective's own keys
@@ -26,6 +27,7 @@ from triform.config import LoopSection, ModelConfig, apply_overrides, from_dict,
 from triform.errors import ConfigError
 from triform.objectives import OBJECTIVES, objective_class
 from triform.tokenizers.sampling import check_sampling_spec
+from triform.train.init import ModelInit, init_model_config, init_tokenizer_path
 from triform.train.optim import OptimConfig
 from triform.train.schedules import ScheduleConfig
 from triform.train.trackers import check_report_to
@@ -37,12 +39,13 @@ SECTIONS = ("model", "tokenizer", "data", "objective", "train", "optim", "schedu
 
 @dataclass
 class TokenizerSection:
-    """Load ``path`` if it exists; otherwise train a tokenizer of ``kind`` (and save it
-    into the run folder, or to ``path`` when given)."""
+    """Load ``path``, which must exist (a missing one is an error, never a tokenizer trained
+    in its place); without ``path``, train a tokenizer of ``kind`` on the corpus. The run
+    folder keeps its own copy either way (``triform tokenizer train`` makes one to share)."""
 
     path: str | None = None
-    """A ``tokenizer.json`` to load; when it does not exist yet, the trained one is saved
-    there."""
+    """A ``tokenizer.json`` to load; it must exist (unset: a tokenizer is trained for the
+    run)."""
     kind: Literal["bpe", "byte-bpe", "wordpiece", "unigram", "char"] = "byte-bpe"
     """The algorithm of a tokenizer trained for the run."""
     vocab_size: int = 8000
@@ -122,6 +125,7 @@ class RunConfig:
     schedule: ScheduleConfig
     source: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    init: ModelInit = field(default_factory=ModelInit)
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved run as plain data (saved next to checkpoints)."""
@@ -152,6 +156,7 @@ def load_run_config(
 
 # Input paths of a run file, resolved against the file's folder.
 INPUT_PATHS = (
+    ("model", "init"),
     ("tokenizer", "path"),
     ("data", "corpus"),
     ("data", "validation"),
@@ -186,24 +191,39 @@ def build_run_config(tree: dict[str, Any], source: Path | None = None) -> RunCon
             raise ConfigError(f"unknown section [{key}]; expected one of {', '.join(SECTIONS)}")
     objective = dict(tree.get("objective", {}))
     kind = objective_class(objective)
-    tree = _with_defaults(tree, kind.run_defaults(objective))
+    init = _model_init(tree.get("model", {}))
+    defaults = kind.run_defaults(objective)
+    if init.init is not None and defaults.get("model"):
+        raise ConfigError(
+            f"model.init: objective {kind.name} sets up its own model (leave model.init out)"
+        )
+    tree = _with_defaults(tree, defaults)
     model_table = dict(tree.get("model", {}))
+    model_table.pop("init", None), model_table.pop("resize_vocab", None)
     preset = model_table.pop("preset", None)
-    if preset is not None:
-        if not isinstance(preset, str):
-            raise ConfigError("model.preset must be a preset name")
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError("model.preset must be a preset name")
+    if init.init is not None:  # the checkpoint's architecture, checked against [model]
+        model = init_model_config(init.init, model_table, preset)
+    elif preset is not None:
         model = presets.get(preset, **model_table)
     else:
         model = ModelConfig.from_dict(model_table)
-    tokenizer = from_dict(TokenizerSection, dict(tree.get("tokenizer", {})), "tokenizer")
+    tokenizer_table = dict(tree.get("tokenizer", {}))
+    if init.init is not None and tokenizer_table.get("path") is None:
+        tokenizer_table["path"] = init_tokenizer_path(init.init)
+    tokenizer = from_dict(TokenizerSection, tokenizer_table, "tokenizer")
     data = from_dict(DataSection, dict(tree.get("data", {})), "data")
     train = from_dict(TrainSection, dict(tree.get("train", {})), "train")
     optim = from_dict(OptimConfig, dict(tree.get("optim", {})), "optim")
     schedule = from_dict(ScheduleConfig, dict(tree.get("schedule", {})), "schedule")
     if not kind.trains(model.form):
+        what = f"model {preset or model.family} is"
+        if init.init is not None:
+            what = f"model.init {init.init} holds"
         raise ConfigError(
-            f"objective {kind.name} trains {_article(kind.form)} model, but model "
-            f"{preset or model.family} is {_article(model.form)} model"
+            f"objective {kind.name} trains {_article(kind.form)} model, but {what} "
+            f"{_article(model.form)} model"
         )
 
     if isinstance(data.corpus, str):
@@ -212,11 +232,31 @@ def build_run_config(tree: dict[str, Any], source: Path | None = None) -> RunCon
         data.validation = [data.validation]
     _validate_data(data)
     _validate(train, data)
-    raw = {**tree, "model": {**model.to_dict()}, "tokenizer": vars(tokenizer), "data": vars(data)}
+    model_raw = {**model.to_dict(), **({**vars(init)} if init.init is not None else {})}
+    raw = {**tree, "model": model_raw, "tokenizer": vars(tokenizer), "data": vars(data)}
     raw["train"], raw["objective"] = vars(train), objective
-    run = RunConfig(model, preset, tokenizer, data, objective, train, optim, schedule, source, raw)
+    run = RunConfig(
+        model, preset, tokenizer, data, objective, train, optim, schedule, source, raw, init
+    )
+    if data.subword_sampling is not None and not kind.resamplable:
+        able = ", ".join(sorted(n for n, o in OBJECTIVES.items() if o.resamplable))
+        raise ConfigError(
+            f"data.subword_sampling: objective {kind.name} does not read packed token "
+            f"windows; sampling works with {able}"
+        )
     kind.check_run(run)
     return run
+
+
+def _model_init(table: Any) -> ModelInit:
+    """The continued-pretraining keys of a ``[model]`` table (``init``, ``resize_vocab``)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"[model] must be a table, got {type(table).__name__}")
+    keys = {key: table[key] for key in ("init", "resize_vocab") if key in table}
+    init = from_dict(ModelInit, keys, "model")
+    if init.resize_vocab and init.init is None:
+        raise ConfigError("model.resize_vocab fits a checkpoint to a tokenizer: set model.init")
+    return init
 
 
 def _article(word: str) -> str:

@@ -33,6 +33,7 @@ from triform.tokenizers import (
     tokenizer_hash,
     train_tokenizer,
 )
+from triform.train.init import fit_init_config
 from triform.train.run_config import RunConfig
 
 # Model families the tokenizer module has no special-token convention of its own for.
@@ -74,21 +75,36 @@ def load_corpus(config: RunConfig) -> Corpus:
     )
 
 
-def prepare_tokenizer(config: RunConfig, out_dir: Path) -> tuple[tokenizers.Tokenizer, list[Path]]:
+def prepare_tokenizer(
+    config: RunConfig, out_dir: Path, fresh: bool = False
+) -> tuple[tokenizers.Tokenizer, list[Path]]:
     """The run's tokenizer, and the files it must still be saved to; nothing is written.
 
-    ``tokenizer.path`` is loaded when it exists; otherwise the run folder's own
-    ``tokenizer.json`` (a resumed run); otherwise a tokenizer of ``tokenizer.kind`` is trained
-    on the corpus (on rank 0, shared with the other ranks) and is to be saved to
-    ``tokenizer.path`` when given. The run folder always gets its own copy.
+    ``tokenizer.path`` names a ``tokenizer.json`` that must exist: a missing one is an
+    error naming it, never a new tokenizer trained in its place. Without a path, the run
+    folder's own ``tokenizer.json`` is used (a resumed run's; not when ``fresh``: an earlier
+    run's, being moved aside), else a tokenizer of ``tokenizer.kind`` is trained on the
+    corpus. The run folder always gets its own copy.
     """
     section = config.tokenizer
     own = out_dir / TOKENIZER_JSON
-    if section.path is not None and Path(section.path).exists():
-        return load_tokenizer(section.path), [own]
-    target = Path(section.path) if section.path else own
-    if target.exists():
-        return load_tokenizer(target), [] if target == own else [own]
+    if section.path is not None:
+        path = Path(section.path)
+        if not path.is_file():
+            raise ConfigError(
+                f"tokenizer.path: {path} does not exist (leave tokenizer.path out to train a "
+                "tokenizer of tokenizer.kind for the run)"
+            )
+        return load_tokenizer(path), [own]
+    if own.is_file() and not fresh:
+        return load_tokenizer(own), []
+    return train_run_tokenizer(config), [own]
+
+
+def train_run_tokenizer(config: RunConfig) -> tokenizers.Tokenizer:
+    """A tokenizer of the run's ``[tokenizer]`` section trained on its corpus (on rank 0,
+    shared with the other ranks)."""
+    section = config.tokenizer
     text = None
     if is_main_process():
         tokenizer = train_tokenizer(
@@ -100,7 +116,7 @@ def prepare_tokenizer(config: RunConfig, out_dir: Path) -> tuple[tokenizers.Toke
         )
         text = tokenizer.to_str()
     # as a saved file reads back, on every rank
-    return tokenizer_from_str(broadcast_object(text)), sorted({target, own})
+    return tokenizer_from_str(broadcast_object(text))
 
 
 def save_run_tokenizer(tokenizer: tokenizers.Tokenizer, paths: list[Path]) -> None:
@@ -138,13 +154,20 @@ def _tokenizer_corpus(config: RunConfig):
 
 def resolve_model_config(config: RunConfig, tokenizer: tokenizers.Tokenizer) -> ModelConfig:
     """The run's model config with vocabulary size and special ids taken from the
-    tokenizer."""
+    tokenizer; a run from a checkpoint (``model.init``) keeps the checkpoint's vocabulary
+    size unless ``model.resize_vocab`` (see :func:`~triform.train.init.fit_init_config`)."""
+    init = config.init
+    if init.init is not None:
+        return fit_init_config(config.model, tokenizer, init.resize_vocab, init.init)
     return fit_to_tokenizer(config.model, tokenizer)
 
 
-def prepare_data(config: RunConfig, tokenizer: tokenizers.Tokenizer, out_dir: Path):
+def prepare_data(
+    config: RunConfig, tokenizer: tokenizers.Tokenizer, out_dir: Path, overwrite: bool = False
+):
     """Tokenize the corpus (and ``data.validation``) into shards once; returns (train, val)
-    shard sets.
+    shard sets. Shards of another corpus or tokenizer in ``data.shards_dir`` are refused
+    unless ``overwrite`` (they are then moved aside, see :func:`prepare_shards`).
 
     Sequence-to-sequence runs read their TSV directly and return ``None``.
     """
@@ -161,6 +184,7 @@ def prepare_data(config: RunConfig, tokenizer: tokenizers.Tokenizer, out_dir: Pa
             progress=config.train.progress,
             workers=config.data.workers,
             seed=config.train.seed,
+            overwrite=overwrite,
         )
     barrier()
     train = ShardSet(shards_dir, split="train", tokenizer=tokenizer)

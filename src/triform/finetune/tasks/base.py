@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from triform.config import ModelConfig
-from triform.errors import TriformError
+from triform.errors import TriformError, warn
 from triform.finetune.config import TaskSection
 from triform.finetune.data import Row
 from triform.finetune.subwords import Framing, Sampler, epoch_sampler
@@ -50,9 +50,14 @@ class FinetuneModel(nn.Module):
 
 
 def fit_length(max_length: int, config: ModelConfig) -> int:
-    """``max_length``, capped by the model's position table (relative/rotary: no cap)."""
-    if config.position in ("learned", "sinusoidal"):
-        return min(max_length, config.max_positions)
+    """``max_length``, capped by the model's position table (relative/rotary: no cap),
+    with a warning when it is."""
+    if config.position in ("learned", "sinusoidal") and max_length > config.max_positions:
+        warn(
+            f"task.max_length {max_length} is longer than the model's "
+            f"{config.max_positions} positions: examples are cut to {config.max_positions} tokens"
+        )
+        return config.max_positions
     return max_length
 
 
@@ -174,9 +179,23 @@ class Task:
     def collate(self, features: list[Feature]) -> Batch:
         raise NotImplementedError
 
+    @property
+    def target_column(self) -> str:
+        """The column that holds what the task learns to predict."""
+        return self.cfg.label
+
     def has_targets(self, rows: list[Row]) -> bool:
         """Whether ``rows`` carry what :meth:`references` and :meth:`loss` need."""
-        return bool(rows) and rows[0].has(self.cfg.label)
+        return bool(rows) and rows[0].has(self.target_column)
+
+    def check_targets(self, rows: list[Row], what: str) -> None:
+        """Refuse ``rows`` of a file that must be scored (``what``: "validation") but holds
+        no targets: the run would train to its end with nothing to choose its best by."""
+        if rows and not self.has_targets(rows):
+            raise rows[0].error(
+                f"the {what} file has no {self.target_column!r} column (or it is empty): "
+                f"the {self.kind} task scores the {what} rows by it"
+            )
 
     def input_row(self, item: Any) -> dict[str, Any]:
         """A row (column -> value) from a :meth:`Finetuned.predict` input."""

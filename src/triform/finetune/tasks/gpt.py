@@ -97,9 +97,6 @@ class GPTTask(LabelledTask):
         return SequenceHead(hidden, outputs, self.dropout, transform=False, std=self.init_std)
 
     # -- data ----------------------------------------------------------------------------
-    def has_targets(self, rows: list[Row]) -> bool:
-        return bool(rows) and rows[0].has(self.cfg.label)
-
     def pieces(self, rows: list[Row]) -> list[tuple[list[str], ...]]:
         """The texts each row's sequences are built from: (text,), (a, b) or (context,
         choices)."""

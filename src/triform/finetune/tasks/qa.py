@@ -108,8 +108,9 @@ class ExtractiveQA(Task):
         return SpanHead(body.config.hidden_size, self.init_std)
 
     # -- data ----------------------------------------------------------------------------
-    def has_targets(self, rows: list[Row]) -> bool:
-        return bool(rows) and rows[0].has(self.cfg.answer_text)
+    @property
+    def target_column(self) -> str:
+        return self.cfg.answer_text
 
     def answers(self, row: Row) -> list[str]:
         """The gold answer texts of a row (a text or a list of texts)."""

@@ -128,8 +128,9 @@ class Tagging(Task):
         return TokenHead(size, len(self.names), self.dropout, self.init_std)
 
     # -- data ----------------------------------------------------------------------------
-    def has_targets(self, rows: list[Row]) -> bool:
-        return bool(rows) and rows[0].has(self.cfg.tags)
+    @property
+    def target_column(self) -> str:
+        return self.cfg.tags
 
     def words(self, row: Row) -> list[str]:
         words = row.strings(self.cfg.tokens)

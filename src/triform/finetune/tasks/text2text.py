@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from triform.finetune.body import decoder_start_id
 from triform.finetune.data import Row
 from triform.finetune.metrics import generation_metrics
 from triform.finetune.tasks.base import (
@@ -43,7 +42,7 @@ class TextToText(Task):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.start_id = decoder_start_id(self.body_config)
+        self.start_id = self.body_config.decoder_start_id
         limit = self.cfg.max_target_length or 1_000_000
         self.target_length = fit_length(limit, self.body_config)
         self.source_cut = truncating(self.tokenizer, self.max_length)
@@ -57,8 +56,9 @@ class TextToText(Task):
         return nn.ModuleDict()  # the body's own LM head generates
 
     # -- data ----------------------------------------------------------------------------
-    def has_targets(self, rows: list[Row]) -> bool:
-        return bool(rows) and rows[0].has(self.cfg.target)
+    @property
+    def target_column(self) -> str:
+        return self.cfg.target
 
     def source_text(self, row: Row) -> str:
         """The task prefix (the row's own, else ``task_prefix``) + the source."""

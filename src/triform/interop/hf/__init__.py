@@ -6,9 +6,11 @@
     hf_model = hf.to_hf(m)     # and back (needs transformers)
     m = hf.load("dir")         # an HF checkpoint folder; works without transformers
     hf.save(m, "dir")          # a folder from_pretrained loads; works without transformers
-    hf.save_finetuned(finetune.load_finetuned("runs/ft"), "dir")  # ...ForSequenceClassification
-    ft = hf.load_finetuned("dir")  # an HF task-head folder -> a fine-tuned model (predict)
     hf.save_electra(discriminator, "dir")  # ElectraForPreTraining (a generator: ...ForMaskedLM)
+
+    from triform.interop.hf.tasks import load_finetuned, save_finetuned
+    save_finetuned(finetune.load_finetuned("runs/ft"), "dir")  # ...ForSequenceClassification
+    ft = load_finetuned("dir")  # an HF task-head folder -> a fine-tuned model (predict)
 
 Families (HF ``model_type``) and classes: see :data:`FAMILIES` — BERT, RoBERTa, ALBERT, ELECTRA,
 GPT (``openai-gpt``), GPT-2, T5 (v1.0 and v1.1) and BART, each with its base model and its
@@ -40,8 +42,10 @@ the model in eval mode.
 
 **Layout.** :mod:`~triform.interop.hf.rules` (the declarations), :mod:`~.families` (the tables
 of each family), :mod:`~.engine` (applying them to configs and state dicts), :mod:`~.files`
-(checkpoint folders), :mod:`~.tokenizer` (the tokenizer files ``AutoTokenizer`` reads),
-:mod:`~.tasks` (fine-tuned models <-> task-head classes); this module is the public API.
+(checkpoint folders), :mod:`~.tokenizer` (the tokenizer files ``AutoTokenizer`` reads); this
+module is their public API. :mod:`~.tasks` (fine-tuned models <-> task-head classes) builds on
+:mod:`triform.finetune`, which itself loads HF bodies through this package, so it is
+imported on its own (``from triform.interop.hf.tasks import ...``), not from here.
 """
 
 from __future__ import annotations
@@ -60,7 +64,6 @@ from triform.interop.hf.engine import (
 )
 from triform.interop.hf.families import FAMILIES
 from triform.interop.hf.files import read_config, read_weights, write_checkpoint
-from triform.interop.hf.tasks import load_finetuned, save_finetuned
 from triform.interop.hf.tokenizer import save_tokenizer_files
 from triform.models import TransformerModel
 
@@ -70,12 +73,10 @@ __all__ = [
     "config_to_hf",
     "from_hf",
     "load",
-    "load_finetuned",
     "read_config",
     "read_weights",
     "save",
     "save_electra",
-    "save_finetuned",
     "save_tokenizer_files",
     "to_hf",
 ]

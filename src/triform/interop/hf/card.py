@@ -31,7 +31,8 @@ from typing import Any
 from triform.errors import TriformError
 from triform.finetune.data import read_rows
 from triform.finetune.metrics import format_metric
-from triform.runs import FINETUNE_JSON, MODEL_JSON, RUN_JSON, read_model_config_of, stored_shapes
+from triform.loading import read_model_config_of
+from triform.runs import FINETUNE_JSON, MODEL_JSON, RUN_JSON, stored_shapes
 from triform.scaling import toml_writer
 from triform.train.metrics import read_commands, read_metrics
 
@@ -276,15 +277,15 @@ def _howto(kind: str, run_dir: Path, config: dict[str, Any], base: Path | None =
     return [*lines, "", "```toml", text.rstrip("\n"), "```"]
 
 
-def _usage(out: Path, pipeline: str | None) -> list[str]:
+def _usage(name: str, pipeline: str | None) -> list[str]:
     auto = AUTO_CLASSES.get(pipeline or "", "AutoModel")
     lines = ["## Use it", "", "```python", "import transformers", ""]
     if pipeline and pipeline != "feature-extraction":
-        lines.append(f'pipe = transformers.pipeline("{pipeline}", model="{out.name}")')
+        lines.append(f'pipe = transformers.pipeline("{pipeline}", model="{name}")')
     else:
-        lines.append(f'model = transformers.{auto}.from_pretrained("{out.name}")')
-        lines.append(f'tokenizer = transformers.AutoTokenizer.from_pretrained("{out.name}")')
-    lines += ["```", "", f"Back to triform: `triform convert {out.name} model --to triform`."]
+        lines.append(f'model = transformers.{auto}.from_pretrained("{name}")')
+        lines.append(f'tokenizer = transformers.AutoTokenizer.from_pretrained("{name}")')
+    lines += ["```", "", f"Back to triform: `triform convert {name} model --to triform`."]
     return lines
 
 
@@ -381,10 +382,12 @@ def _run_dirs(src: Path) -> tuple[str, Path, Path | None]:
     return "model", src, None
 
 
-def model_card(src: Path, out: Path, part: str | None = None) -> str:
+def model_card(src: Path, out: Path, part: str | None = None, name: str | None = None) -> str:
     """The card of ``out`` (a HuggingFace folder just written from ``src``; ``part``: the
-    model of a run that trained several, as ``convert --part`` names it)."""
+    model of a run that trained several, as ``convert --part`` names it; ``name``: the
+    folder's name, when ``out`` is written under a temporary one)."""
     src, out = Path(src), Path(out)
+    name = name or out.name
     hf_config = _json(out / "config.json") or {}
     architecture = (hf_config.get("architectures") or ["?"])[0]
     pipeline = pipeline_tag(architecture)
@@ -423,7 +426,7 @@ def model_card(src: Path, out: Path, part: str | None = None) -> str:
         test = {k: v for k, v in (results.get("test") or {}).items() if isinstance(v, float)}
         metric_names = [k for k in validation if k != "loss"]
         index = _model_index(
-            out.name,
+            name,
             pipeline,
             task_kind,
             [
@@ -432,7 +435,7 @@ def model_card(src: Path, out: Path, part: str | None = None) -> str:
             ],
         )
         body += [
-            f"# {out.name}",
+            f"# {name}",
             "",
             f"A {family} {model.get('form', '')} model fine-tuned with triform for "
             f"**{task_kind}**, exported as `{architecture}`: {_chosen(finetuned, meta, results)}",
@@ -469,10 +472,10 @@ def model_card(src: Path, out: Path, part: str | None = None) -> str:
         facts = _pretraining_facts(run_dir)
         tags += [t for t in (facts["objective"], "pretrained") if t]
         metric_names = list(facts["val"])
-        index = _model_index(out.name, pipeline, facts["objective"] or "pretraining",
+        index = _model_index(name, pipeline, facts["objective"] or "pretraining",
                              [("validation", "validation", facts["val"])])  # fmt: skip
         body += [
-            f"# {out.name}",
+            f"# {name}",
             "",
             f"A {family} {model.get('form', '')} model pretrained from scratch with triform "
             f"(objective `{facts['objective']}`), exported as `{architecture}`.",
@@ -488,7 +491,7 @@ def model_card(src: Path, out: Path, part: str | None = None) -> str:
         body += ["", *_howto("pretrain", run_dir, facts["run"])]
     else:
         body += [
-            f"# {out.name}",
+            f"# {name}",
             "",
             f"A {family} {model.get('form', '')} model, exported by triform as "
             f"`{architecture}`. Its folder records no training run.",
@@ -500,14 +503,17 @@ def model_card(src: Path, out: Path, part: str | None = None) -> str:
         header["metrics"] = metric_names
     if index:
         header["model-index"] = index
-    body += ["", *_usage(out, pipeline)]
+    body += ["", *_usage(name, pipeline)]
     front = ["---", *yaml_lines(header), "---", ""]
     return "\n".join(front + body).replace("\n\n\n", "\n\n").rstrip("\n") + "\n"
 
 
-def write_model_card(src: str | Path, out: str | Path, part: str | None = None) -> Path:
+def write_model_card(
+    src: str | Path, out: str | Path, part: str | None = None, name: str | None = None
+) -> Path:
     """Write ``out/README.md``, the model card of the HuggingFace folder ``out`` written from
-    the triform folder ``src`` (``part``: as ``convert --part``; see the module docstring)."""
+    the triform folder ``src`` (``part``: as ``convert --part``; ``name``: the folder's name
+    when ``out`` is a temporary one; see the module docstring)."""
     path = Path(out) / CARD
-    path.write_text(model_card(Path(src), Path(out), part), encoding="utf-8")
+    path.write_text(model_card(Path(src), Path(out), part, name), encoding="utf-8")
     return path
