@@ -94,6 +94,25 @@ def test_a_pretrained_run_gets_a_card_with_its_facts(pretrained: Path, tmp_path:
     assert run.train.steps == 4 and run.model.hidden_size == 32
 
 
+def test_continued_pretraining_names_its_checkpoint(
+    pretrained: Path, doc_corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "more"
+    args = ["pretrain", str(ROOT / "configs" / "bert-mlm-nsp.toml")]
+    items = [*PRETRAIN, f"data.corpus={json.dumps(str(doc_corpus))}", f"train.out_dir={out}"]
+    for item in [*items, f"model.init={json.dumps(str(pretrained))}"]:
+        args += ["--set", item]
+    assert main(args) == 0
+    assert main(["convert", str(out), str(tmp_path / "more-hf"), "--to", "hf"]) == 0
+    header, body = _card(tmp_path / "more-hf")
+    assert "base_model" not in header  # a local triform run has no hub id
+    assert "further pretrained" in body and "## Base checkpoint" in body
+    assert f"`{pretrained.name}`, a triform run" in body and "(`model.init`)" in body
+    init = json.loads((out / "run.json").read_text())["init"]
+    assert init["weights_sha256"] in body
+    assert build_run_config(_toml_block(body)).init.init == str(pretrained)
+
+
 def test_a_finetuned_run_gets_a_card_naming_its_base(pretrained: Path, tmp_path: Path) -> None:
     rng = random.Random(0)
     words = ["apple", "river", "stone", "cloud", "green", "music"]

@@ -32,9 +32,10 @@ from triform.errors import TriformError
 from triform.finetune.data import read_rows
 from triform.finetune.metrics import format_metric
 from triform.loading import read_model_config_of
-from triform.runs import FINETUNE_JSON, MODEL_JSON, RUN_JSON, stored_shapes
+from triform.runs import FINETUNE_JSON, MODEL_JSON, RUN_JSON, read_run_init, stored_shapes
 from triform.scaling import toml_writer
 from triform.train.metrics import read_commands, read_metrics
+from triform.train.run_config import SECTIONS as RUN_SECTIONS
 
 CARD = "README.md"
 FINETUNE_CONFIG = "finetune_config.json"
@@ -370,6 +371,19 @@ def _base_lines(source: str, base: str | None) -> list[str]:
     return [f"`{base or folder.name}`, {what} (`model.source`)."]
 
 
+def _init_lines(init: dict[str, Any], base: str | None) -> list[str]:
+    """The checkpoint a continued-pretraining run started from (``run.json``'s ``init``)."""
+    source = Path(str(init.get("source", "?")))
+    what = "a HuggingFace checkpoint" if init.get("format") == "huggingface" else "a triform run"
+    arch = f", `{init['architecture']}`" if init.get("architecture") else ""
+    lines = ["## Base checkpoint", "", f"`{base or source.name}`, {what}{arch} (`model.init`)."]
+    if init.get("weights_sha256"):
+        lines.append(f"Its weights' SHA-256: `{init['weights_sha256']}`.")
+    if init.get("new"):
+        lines.append(f"New in this model: {', '.join(f'`{n}`' for n in init['new'])}.")
+    return [*lines, ""]
+
+
 def _run_dirs(src: Path) -> tuple[str, Path, Path | None]:
     """(``finetune`` | ``pretrain`` | ``model``, the run folder, the fine-tuned model
     folder)."""
@@ -470,6 +484,11 @@ def model_card(src: Path, out: Path, part: str | None = None, name: str | None =
         body += ["", *_howto("finetune", run_dir, config, base_run)]
     elif kind == "pretrain":
         facts = _pretraining_facts(run_dir)
+        init = read_run_init(run_dir)  # continued pretraining: the checkpoint it started from
+        base = hub_id(init.get("source")) if init else None
+        if base:
+            header["base_model"] = base
+        how = "pretrained from scratch" if init is None else "further pretrained"
         tags += [t for t in (facts["objective"], "pretrained") if t]
         metric_names = list(facts["val"])
         index = _model_index(name, pipeline, facts["objective"] or "pretraining",
@@ -477,18 +496,20 @@ def model_card(src: Path, out: Path, part: str | None = None, name: str | None =
         body += [
             f"# {name}",
             "",
-            f"A {family} {model.get('form', '')} model pretrained from scratch with triform "
+            f"A {family} {model.get('form', '')} model {how} with triform "
             f"(objective `{facts['objective']}`), exported as `{architecture}`.",
             "",
             *_model_section(out, hf_config, model),
             "",
+            *(_init_lines(init, base) if init else []),
             *_pretraining_lines(facts, "## Pretraining data"),
             "",
             *_metrics_table(f"## Results (validation, step {facts['steps']})", facts["val"]),
         ]
         if isinstance(facts["train_loss"], float):
             body += ["", f"Final training loss: {facts['train_loss']:.4g}."]
-        body += ["", *_howto("pretrain", run_dir, facts["run"])]
+        config = {k: v for k, v in facts["run"].items() if k in RUN_SECTIONS}  # not "init"
+        body += ["", *_howto("pretrain", run_dir, config)]
     else:
         body += [
             f"# {name}",
