@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -42,3 +43,9 @@ def flat_config(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def run_name(run_dir: Path, initial_step: int = 0) -> str:
+    """A tracker run's name: the run folder's, and the step a resumed run starts from."""
+    name = run_dir.resolve().name
+    return f"{name} (from step {initial_step})" if initial_step else name

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from triform.errors import TriformError
-from triform.train.trackers.base import flat_config, numbers
+from triform.train.trackers.base import flat_config, numbers, run_name
 
 DEFAULT_EXPERIMENT = "triform"
 PARAM_CHARS = 500  # the shortest parameter value every MLflow version stores
@@ -43,9 +43,7 @@ class MlflowTracker:
     def open(cls, run_dir: Path, initial_step: int = 0) -> MlflowTracker:
         from mlflow.tracking import MlflowClient
 
-        name = run_dir.resolve().name
-        if initial_step:
-            name = f"{name} (from step {initial_step})"
+        name = run_name(run_dir, initial_step)
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
         try:
             client = MlflowClient()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from triform.errors import TriformError
-from triform.train.trackers.base import numbers
+from triform.train.trackers.base import numbers, run_name
 
 DEFAULT_PROJECT = "triform"
 
@@ -41,9 +41,7 @@ class WandbTracker:
     def open(cls, run_dir: Path, initial_step: int = 0) -> WandbTracker:
         import wandb
 
-        name = run_dir.resolve().name
-        if initial_step:
-            name = f"{name} (from step {initial_step})"
+        name = run_name(run_dir, initial_step)
         try:
             run = wandb.init(
                 project=os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT),
