@@ -119,6 +119,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all processes, in place (nothing without a process group); no
+    host sync. A collective: every rank must call it. On NCCL, pass a CUDA tensor."""
+    if is_distributed() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
 def all_reduce_mean(value: torch.Tensor | float) -> torch.Tensor | float:
     """The mean of ``value`` over all processes (a new tensor; floats give floats).
 

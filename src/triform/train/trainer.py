@@ -42,11 +42,11 @@ from torch import nn
 from triform.errors import ConfigError
 from triform.runs import RunLock, latest_checkpoint
 from triform.runtime.distributed import (
+    all_reduce_sum_,
     all_reduce_sums,
     any_rank,
     checkpoint_blocks,
     gradient_sync,
-    is_distributed,
     is_main_process,
     rank,
     world_size,
@@ -310,11 +310,7 @@ class Trainer:
         local = torch.stack(
             [sum(c[name].to(self.device, torch.float64) for c in per_batch) for name in names]
         )
-        if is_distributed() and world_size() > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(local)
-        return dict(zip(names, local.unbind(0), strict=True))
+        return dict(zip(names, all_reduce_sum_(local).unbind(0), strict=True))
 
     def _steps(self, model, wrapped, optimizer, scheduler, logger, start, signals) -> TrainResult:
         loop, run, device, precision = self.loop, self.run, self.device, self.precision
