@@ -14,32 +14,12 @@ from pathlib import Path
 import pytest
 
 from test_finetune import family_tokenizers, keyword_rows, make_config, write_jsonl, write_toml
+from test_nothing_lost import PRETRAIN
 from triform.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = [
-    "model.preset='gpt2'",
-    "model.hidden_size=16",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.ffn_size=32",
-    "model.max_positions=64",
-    "tokenizer.kind='char'",
-    "tokenizer.vocab_size=96",
-    "data.seq_len=16",
-    "data.val_fraction=0.25",
-    "data.workers=1",
-    "objective.name='causal-lm'",
-    "train.batch_size=2",
-    "train.steps=2",
-    "train.eval_batches=1",
-    "train.progress=false",
-    "train.tensorboard=false",
-    "train.sample_tokens=0",
-    "train.threads=1",
-    "schedule.warmup_steps=1",
-]
+TINY = [*PRETRAIN, "train.steps=2"]  # the tiny pretraining run, two steps
 SWEEP = """
 [model]
 preset = "gpt2"
