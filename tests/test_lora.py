@@ -203,9 +203,12 @@ def test_a_lora_run_saves_adapters_and_is_read_by_every_command(
     }
     spec = json.loads((best / "adapters.json").read_text())
     assert spec["base"]["source"] == str(folder / "base") and len(spec["base"]["sha256"]) == 64
-    # only the trainable tensors have optimizer state
+    # only the trainable tensors have optimizer state, and results.json counts them
     optimizer = torch.load(latest_checkpoint(out) / "optimizer.pt", weights_only=True)
     assert len(optimizer["state_dict"]["state"]) == len(stored)
+    results = json.loads((out / "results.json").read_text())
+    assert results["trainable_parameters"] == sum(v.numel() for v in stored.values())
+    assert results["parameters"] > 10 * results["trainable_parameters"]
 
     # round trip: the folder loaded (merged) answers as the live, unmerged model did
     run = _run(folder / "bert.toml", tmp_path / "again", *LORA)

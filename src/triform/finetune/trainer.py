@@ -89,6 +89,10 @@ class FinetuneResult:
     train_loss: float
     seconds: float
     stopped_early: bool = field(default=False)
+    parameters: int = 0
+    """Every parameter of the model (body, adapters and head)."""
+    trainable_parameters: int = 0
+    """Those the optimizer updated (all of them unless ``train.freeze`` or ``[lora]``)."""
 
     def summary(self) -> str:
         """One line: the chosen metric at its best (percentages marked ``%``), where the
@@ -247,6 +251,8 @@ def _finetune(
         done.train_loss,
         done.seconds,
         done.stopped_early,
+        parameters=run.adaptation.total,
+        trainable_parameters=run.adaptation.trainable,
     )
     if is_main_process():
         (out_dir / "results.json").write_text(
