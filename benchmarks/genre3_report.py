@@ -65,6 +65,7 @@ def report(records: list[dict], sizes: Sequence[int], manifest: dict) -> str:
             cells = [mean_spread(fine[(init, n)]) if (init, n) in fine else "–" for n in sizes]
             lines.append(f"| {init} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += costs(of(records, "finetune"), inits)
     feats = grouped(of(records, "features"), "init", "layers", "n")
     if feats:
         lines += ["Feature-based (logistic regression on frozen mean-pooled features) against "
@@ -89,6 +90,31 @@ def report(records: list[dict], sizes: Sequence[int], manifest: dict) -> str:
                   + " | ".join("/".join(str(r["answers"][k][g]) for g in GENRES)
                                for k in shots) + " |", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def costs(fine: list[dict], inits: Sequence[str]) -> list[str]:
+    """The cost of fine-tuning each initialisation (records that carry their parameter
+    counts): what trains, the AdamW state it needs (two fp32 moments per trainable
+    parameter), the training throughput and a run's wall time (evaluations included)."""
+    rows = []
+    for init in inits:
+        mine = [r for r in fine if r["init"] == init and r.get("trainable_parameters")]
+        if not mine:
+            continue
+        trainable, total = mine[0]["trainable_parameters"], mine[0]["parameters"]
+        speeds = [r["tokens_per_s"] for r in mine if r.get("tokens_per_s")]
+        speed = statistics.median(speeds) if speeds else None
+        seconds = statistics.median(r["seconds"] for r in mine)
+        share = f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+        cells = [init, share, f"{8 * trainable / 1e6:,.1f}", number(speed, ",.0f"),
+                 f"{seconds:.0f}", str(len(mine))]  # fmt: skip
+        rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    header = ("| initialisation | trainable parameters | AdamW state (MB) | training tokens/s "
+              "| seconds per run | runs |")  # fmt: skip
+    return ["Cost of fine-tuning (medians over the runs):", "", header,
+            "| --- | --- | --- | --- | --- | --- |", *rows, ""]  # fmt: skip
 
 
 def number(value: float | None, spec: str) -> str:

@@ -188,8 +188,10 @@ def test_bench_genre_tiny_end_to_end_and_resumes(tmp_path: Path, capsys):
     kinds = {r["kind"] for r in records}
     assert kinds == {"pretrain", "finetune", "features", "icl"}
     inits = {"bert-random", "bert-pretrained", "gpt-random", "gpt-pretrained"}
-    if "--no-minilm" not in args:
-        inits.add("minilm")
+    if "--no-minilm" not in args:  # MiniLM, and on a mean-pooled head: itself, continued on
+        inits |= {"minilm", "minilm-mean", "minilm-continued", "minilm-lora"}  # the text, LoRA
+        continued = [r for r in records if r["unit"] == "pretrain/minilm-continued"]
+        assert len(continued) == 1 and continued[0]["steps"] == 3
     fine = [r for r in records if r["kind"] == "finetune"]
     assert {r["init"] for r in fine} == inits
     assert len(fine) == len(inits) * 2 * 2  # sizes 4 and all, seeds 0 and 1
@@ -197,7 +199,11 @@ def test_bench_genre_tiny_end_to_end_and_resumes(tmp_path: Path, capsys):
     assert {r["rows"] for r in fine} == {12, 36}
     feats = [r for r in records if r["kind"] == "features"]
     assert {r["layers"] for r in feats} == set(bench_genre.LAYERS)
-    assert len(feats) == len(inits) * len(bench_genre.LAYERS) * (2 + 1)
+    featured = {i for i in inits if bench_genre.has_own_features(i)}  # LoRA's body is MiniLM's
+    assert {r["init"] for r in feats} == featured
+    assert len(feats) == len(featured) * len(bench_genre.LAYERS) * (2 + 1)
+    lora = [r for r in fine if r["init"] == "minilm-lora"]
+    assert all(0 < r["trainable_parameters"] < r["parameters"] / 50 for r in lora)
     icl = {r["scoring"]: r for r in records if r["kind"] == "icl"}
     assert set(icl) == {"loglik", "loglik-norm"}
     assert list(icl["loglik"]["accuracy"]) == ["0", "1", "4", "8"]

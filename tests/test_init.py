@@ -360,3 +360,36 @@ def test_electra_discriminator_from_the_checkpoint_and_a_new_generator(
     )
     assert plan.record["new"] == ["MLM head"] and plan.record["left_out"] == ["pooler"]
     assert model.lm_head.decoder.weight is model.embeddings.token.weight
+
+
+def test_an_electra_run_gives_both_its_generator_and_its_discriminator(
+    texts: list[str], tmp_path: Path
+) -> None:
+    """A triform ELECTRA run as ``init`` of another ELECTRA run: the generator comes from it
+    too (a HuggingFace discriminator folder has none), still sharing the embeddings."""
+    from triform.loading import read_model
+
+    tokenizer = train_tokenizer(texts, kind="wordpiece", vocab_size=VOCAB, family="electra")
+    folder = tmp_path / "electra"
+    config = transformers.ElectraConfig(
+        vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    transformers.ElectraForPreTraining(config).save_pretrained(folder)
+    save_tokenizer(tokenizer, folder / "tokenizer.json")
+    first = tmp_path / "first"
+    first.mkdir()
+    assert main(["pretrain", str(pretrain_config(first, folder, "rtd"))]) == 0
+    run = first / "pretrained"
+    plan, pair, _ = planned(pretrain_config(tmp_path, run, "rtd"))
+    assert plan.line == (
+        f"init from {run}: body, replaced-token head and ELECTRA generator from the checkpoint"
+    )
+    assert plan.record["from_checkpoint"][-1] == "ELECTRA generator" and not plan.record["new"]
+    for part in ("generator", "discriminator"):
+        trained = read_model(run, part=part).state_dict()
+        mine = getattr(pair, part).state_dict()
+        assert mine.keys() == trained.keys()
+        for key, value in mine.items():
+            torch.testing.assert_close(value, trained[key], rtol=0, atol=0, msg=key)
+    assert pair.generator.embeddings.token is pair.discriminator.embeddings.token

@@ -262,6 +262,43 @@ def test_a_changed_base_is_a_one_line_error(folder: Path, tmp_path: Path, capsys
     assert err.count("\n") == 1 and "adapters were trained on" in err and "sha256" in err, err
 
 
+def test_a_base_moved_with_its_run_is_found_and_a_lost_one_is_named(
+    folder: Path, tmp_path: Path, capsys
+) -> None:
+    """Base and run moved together (another machine, a renamed project): the adapters find
+    the base where it is relative to them; a base that is nowhere is a one-line error that
+    says how to point at it."""
+    project = tmp_path / "project"
+    (project / "base").mkdir(parents=True)
+    for file in (folder / "base").iterdir():
+        (project / "base" / file.name).write_bytes(file.read_bytes())
+    config = tmp_path / "bert.toml"
+    config.write_text(
+        (folder / "bert.toml").read_text().replace(str(folder / "base"), str(project / "base"))
+    )
+    assert main(_args(config, project / "run", *LORA, "train.epochs=1")) == 0
+    data = write_jsonl(tmp_path / "new.jsonl", [{"text": t} for t in TEXTS])
+    before = tmp_path / "before.jsonl"
+    assert main(["predict", str(project / "run"), "--input", data, "--out", str(before)]) == 0
+    moved = project.rename(tmp_path / "moved")
+    after = tmp_path / "after.jsonl"
+    assert main(["predict", str(moved / "run"), "--input", data, "--out", str(after)]) == 0
+    assert after.read_text() == before.read_text()
+
+    (moved / "base").rename(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["predict", str(moved / "run"), "--input", data]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'set "source" in' in err and "adapters.json" in err, err
+    spec = moved / "run" / "best" / "adapters.json"
+    edited = json.loads(spec.read_text())
+    edited["base"]["source"] = str(tmp_path / "elsewhere")  # as the message says
+    spec.write_text(json.dumps(edited))
+    again = tmp_path / "again.jsonl"
+    assert main(["predict", str(moved / "run"), "--input", data, "--out", str(again)]) == 0
+    assert again.read_text() == before.read_text()
+
+
 def test_a_grown_vocabulary_travels_with_the_adapters(folder: Path, tmp_path: Path) -> None:
     """gpt-classification adds three tokens to a preset GPT-2: their (frozen, random) rows
     are saved with the adapters, and the preset base is drawn again from the seed."""

@@ -19,7 +19,8 @@ bodies and distillation teachers all read a model through it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,11 @@ class BaseModel:
     overrides: dict[str, Any]
     seed: int
     sha256: str
+    relative_source: str | None = None
+    """``source`` relative to the adapters' folder: where the base is looked for when
+    ``source`` is gone (the base and the run moved together)."""
+    relative_tokenizer: str | None = None
+    """``tokenizer`` relative to the adapters' folder, looked for the same way."""
 
     @classmethod
     def of(
@@ -187,15 +193,32 @@ class BaseModel:
         tokenizer = str(Path(tokenizer).resolve()) if tokenizer else None
         return cls(source, tokenizer, dict(overrides), seed, weights_sha256(body))
 
+    def placed(self, folder: Path) -> BaseModel:
+        """This base as the adapters in ``folder`` record it: with its paths relative to
+        ``folder`` too."""
+        return replace(
+            self,
+            relative_source=_relative(self.source, folder),
+            relative_tokenizer=_relative(self.tokenizer, folder),
+        )
+
     def load(self, folder: Path) -> TransformerModel:
-        """The base model, checked against its hash; ``folder`` names the adapters in
-        errors."""
+        """The base model, checked against its hash, from where it was or, when it is gone,
+        from the same place relative to the adapters' ``folder``."""
+        source = _found(self.source, self.relative_source, folder) or self.source
+        tokenizer = _found(self.tokenizer, self.relative_tokenizer, folder)
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)  # a preset base is drawn as the run drew it
-                body, _ = load_source(self.source, self.tokenizer, self.overrides)
+                body, _ = load_source(source, tokenizer, self.overrides)
         except TriformError as err:
-            raise TriformError(f"{folder}: cannot load the base of its adapters: {err}") from None
+            moved = "" if source.startswith("preset:") else (
+                f" (if it moved, set \"source\" in {folder / ADAPTERS_JSON} to where it is now:"
+                " its weights' SHA-256 is checked)"
+            )  # fmt: skip
+            raise TriformError(
+                f"{folder}: cannot load the base of its adapters: {err}{moved}"
+            ) from None
         found = weights_sha256(body)
         if found != self.sha256:
             raise TriformError(
@@ -203,6 +226,22 @@ class BaseModel:
                 f"{self.sha256[:12]}, but it now holds other weights (sha256 {found[:12]})"
             )
         return body
+
+
+def _relative(path: str | None, folder: Path) -> str | None:
+    """``path`` relative to ``folder`` (None for no path or a preset)."""
+    if path is None or path.startswith("preset:"):
+        return None
+    return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+
+
+def _found(path: str | None, relative: str | None, folder: Path) -> str | None:
+    """``path`` if it is there (or a preset), else ``relative`` to ``folder`` if that is
+    there, else ``path`` (whose absence the loader names)."""
+    if path is None or path.startswith("preset:") or Path(path).exists() or relative is None:
+        return path
+    moved = Path(folder) / relative
+    return str(moved.resolve()) if moved.exists() else path
 
 
 @dataclass

@@ -121,7 +121,7 @@ class Adaptation:
         }
         write_weights(kept, folder / ADAPTERS)
         spec = {"format": ADAPTERS_FORMAT, "kind": "lora", "lora": asdict(self.lora),
-                "base": asdict(self.base)}  # fmt: skip
+                "base": asdict(self.base.placed(folder))}  # fmt: skip
         write_json(folder / ADAPTERS_JSON, spec)
 
     def load_saved(self, model: nn.Module, folder: Path) -> None:

@@ -20,10 +20,11 @@ one loader, :mod:`triform.loading`.
 - **The weights.** The run's model is built as in any run (the heads its objective trains,
   ELECTRA's generator, SpanBERT's boundary head), then every weight the checkpoint holds
   under the same name is copied into it; for a module of several parts, into the first
-  (ELECTRA: the discriminator). The rest keeps its initialisation, and what the checkpoint
-  holds that the run does not train is left out: :class:`InitPlan` says which, in the run's
-  first line and in ``run.json`` (``"init"``: the source, the SHA-256 of its weights, what
-  was loaded, what is new, what was left out).
+  (ELECTRA: the discriminator), and a triform run of the same parts (an ELECTRA run) gives
+  every part its weights (the generator too). The rest keeps its initialisation, and what
+  the checkpoint holds that the run does not train is left out: :class:`InitPlan` says
+  which, in the run's first line and in ``run.json`` (``"init"``: the source, the SHA-256
+  of its weights, what was loaded, what is new, what was left out).
 - **A fresh run**: step 0, a new optimizer and a new schedule. ``--resume`` then continues
   it like any run.
 """
@@ -42,7 +43,14 @@ from triform import presets
 from triform.config import ModelConfig
 from triform.errors import ConfigError, TriformError
 from triform.loading import read_model, read_model_config_of, weights_sha256
-from triform.runs import MODEL_JSON, TOKENIZER_JSON, alias_groups, latest_checkpoint
+from triform.runs import (
+    MODEL_JSON,
+    PARTS_JSON,
+    TOKENIZER_JSON,
+    alias_groups,
+    latest_checkpoint,
+    read_json,
+)
 from triform.tokenizers import fit_to_tokenizer, load_tokenizer
 
 # ModelConfig fields that change no weight of a checkpoint: a run may set them.
@@ -239,6 +247,9 @@ class InitPlan:
     rows: tuple[torch.Tensor, torch.Tensor] | None
     line: str
     record: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, tuple[nn.Module, dict[str, str]]] = field(default_factory=dict)
+    """The other parts of a module of several (ELECTRA's generator) that the checkpoint
+    holds too: attribute -> (the checkpoint's part, run name -> checkpoint name)."""
 
     @torch.no_grad()
     def apply(self, module: nn.Module) -> None:
@@ -247,16 +258,21 @@ class InitPlan:
         tensors with the initialised model (ELECTRA's generator) see them."""
         if self.model is None:
             raise TriformError(f"model.init {self.source}: the weights were applied already")
-        state = init_part(module).state_dict()
-        source = self.model.state_dict()
-        for key, name in self.copies.items():
+        self._copy(init_part(module).state_dict(), self.model.state_dict(), self.copies)
+        for attribute, (part, copies) in self.parts.items():
+            self._copy(getattr(module, attribute).state_dict(), part.state_dict(), copies)
+        self.model, self.parts = None, {}  # the checkpoint's copies are no longer needed
+
+    def _copy(
+        self, state: dict[str, torch.Tensor], source: dict[str, torch.Tensor], copies: dict
+    ) -> None:
+        for key, name in copies.items():
             value = source[name].to(state[key].dtype)
             if self.rows is not None and is_vocabulary_key(key):
                 ids, rows = self.rows
                 state[key][ids] = value[rows]
             else:
                 state[key].copy_(value)
-        self.model = None  # the checkpoint's copy is no longer needed
 
 
 def plan_init(
@@ -281,24 +297,8 @@ def plan_init(
     config, source_config = target.config, source.config
     rows = vocabulary_rows(path, tokenizer, resize_vocab, source_config.vocab_size)
     wanted = _unique_keys(target)
-    available = source.state_dict()  # every name, tied ones included
-    copies: dict[str, str] = {}
-    for key, tensor in wanted.items():
-        if key not in available:
-            continue
-        if key.startswith("pair_head.") and source_config.pair_head != config.pair_head:
-            continue  # an NSP head is no SOP head
-        shape = tuple(available[key].shape)
-        if rows is not None and is_vocabulary_key(key):
-            fits = shape[1:] == tuple(tensor.shape[1:])
-        else:
-            fits = shape == tuple(tensor.shape)
-        if not fits:
-            raise TriformError(
-                f"model.init {path}: {key!r} has shape {list(shape)} in the checkpoint, "
-                f"{list(tensor.shape)} in the run's model"
-            )
-        copies[key] = key
+    copies = _matching(path, wanted, source, rows, config.pair_head)
+    parts = _other_parts(path, folder, module, target, rows)
 
     # what each part of the run's model is: from the checkpoint, new, or partly both (a
     # part whose weights are all tied to another's, GPT-2's LM head, is what those are)
@@ -322,11 +322,12 @@ def plan_init(
             left.append(name)
     extras, target_ids = [], {id(p) for p in target.parameters()}
     for attribute, child in module.named_children() if module is not target else ():
-        if child is target or not any(True for _ in child.parameters()):
+        if child is target or attribute in parts or not any(True for _ in child.parameters()):
             continue
         what = EXTRA_PARTS.get(attribute, attribute.replace("_", " "))
         shares = any(id(p) in target_ids for p in child.parameters())
         extras.append(f"{what} (sharing the checkpoint's embeddings)" if shares else what)
+    loaded += [EXTRA_PARTS.get(attribute, attribute) for attribute in parts]
 
     words = []
     if loaded:
@@ -370,4 +371,64 @@ def plan_init(
         "vocabulary": vocabulary,
     }
     line = f"init from {path}: " + "; ".join(words)
-    return InitPlan(path, source, copies, rows, line, record)
+    return InitPlan(path, source, copies, rows, line, record, parts)
+
+
+def _matching(
+    path: str,
+    wanted: dict[str, torch.Tensor],
+    source: nn.Module,
+    rows: tuple[torch.Tensor, torch.Tensor] | None,
+    pair_head: str,
+) -> dict[str, str]:
+    """Run name -> checkpoint name of every weight in ``wanted`` that ``source`` holds under
+    the same name; one of another shape (other than a resized vocabulary) is an error."""
+    available = source.state_dict()  # every name, tied ones included
+    copies: dict[str, str] = {}
+    for key, tensor in wanted.items():
+        if key not in available:
+            continue
+        if key.startswith("pair_head.") and source.config.pair_head != pair_head:
+            continue  # an NSP head is no SOP head
+        shape = tuple(available[key].shape)
+        if rows is not None and is_vocabulary_key(key):
+            fits = shape[1:] == tuple(tensor.shape[1:])
+        else:
+            fits = shape == tuple(tensor.shape)
+        if not fits:
+            raise TriformError(
+                f"model.init {path}: {key!r} has shape {list(shape)} in the checkpoint, "
+                f"{list(tensor.shape)} in the run's model"
+            )
+        copies[key] = key
+    return copies
+
+
+def _other_parts(
+    path: str,
+    folder: Path,
+    module: nn.Module,
+    target: nn.Module,
+    rows: tuple[torch.Tensor, torch.Tensor] | None,
+) -> dict[str, tuple[nn.Module, dict[str, str]]]:
+    """The parts of ``module`` besides ``target`` that a triform run of the same parts holds
+    (an ELECTRA run for an ELECTRA run: its generator), each with its copies; tensors the
+    part shares with ``target`` (the embeddings) come with the target's."""
+    parts = getattr(module, "parts", None) or {}
+    held = read_json(folder / PARTS_JSON) if (folder / PARTS_JSON).is_file() else {}
+    found: dict[str, tuple[nn.Module, dict[str, str]]] = {}
+    shared = {id(p) for p in target.parameters()}
+    for name, attribute in parts.items():
+        child = getattr(module, attribute)
+        if child is target or name not in held:
+            continue
+        source = read_model(folder, part=name)
+        wanted = {k: v for k, v in _unique_keys(child).items() if not _is_shared(child, k, shared)}
+        found[attribute] = (source, _matching(path, wanted, source, rows, child.config.pair_head))
+    return found
+
+
+def _is_shared(module: nn.Module, key: str, shared: set[int]) -> bool:
+    """Whether the parameter ``key`` of ``module`` is one of the ``shared`` tensors."""
+    parameters = dict(module.named_parameters(remove_duplicate=False))
+    return key in parameters and id(parameters[key]) in shared
