@@ -1,7 +1,8 @@
 """Corpora in the formats people hold: Parquet, Arrow / ``datasets`` folders, CSV and TSV.
 
 Each file is larger than the reader's batch or buffer; the texts come back exactly as written
-and in order, `triform pretrain` runs on each, and peak memory does not grow with the corpus.
+and in order, `triform pretrain` runs on each (on two processes as on one), and peak memory
+does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
 
 from triform.cli import main
 from triform.data import Corpus
@@ -269,3 +271,41 @@ def test_peak_memory_does_not_grow_with_the_corpus(fmt: str, tmp_path: Path) -> 
         peaks.append(peak_kb / 1024)
         path.unlink()
     assert peaks[1] - peaks[0] < 30, f"peak RSS {peaks[0]:.0f} MB -> {peaks[1]:.0f} MB"
+
+
+@pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs the gloo backend"
+)
+def test_two_processes_read_a_parquet_corpus_as_one_does(tmp_path: Path) -> None:
+    """Under DDP rank 0 reads the table and writes the shards once; both ranks train on
+    them, and the run is the one-process run (the same shards, the same losses)."""
+    from pydoc_data.topics import topics
+
+    from launch import launch
+    from triform.train.metrics import read_metrics
+
+    texts = list(topics.values())[:60]
+    corpus = _parquet(tmp_path / "train.parquet", texts[:50], row_group_size=7)
+    validation = _parquet(tmp_path / "val.parquet", texts[50:], row_group_size=3)
+    common = [*TINY, f"data.corpus={json.dumps(str(corpus))}", "train.threads=1",
+              f"data.validation={json.dumps(str(validation))}", "train.log_every=1",
+              "model.dropout=0.0", "model.attention_dropout=0.0",
+              'train.precision="fp32"']  # fmt: skip
+
+    def args(out: Path, *extra: str) -> list[str]:
+        return ["pretrain", *[a for item in [*common, f"train.out_dir={out}", *extra]
+                              for a in ("--set", item)]]  # fmt: skip
+
+    assert main(args(tmp_path / "one")) == 0
+    ranks = launch(args(tmp_path / "two", 'train.parallel="ddp"'), tmp_path / "logs")
+    assert [r["rc"] for r in ranks] == [0, 0], ranks
+    meta = [
+        json.loads((tmp_path / run / "data" / "meta.json").read_text()) for run in ("one", "two")
+    ]
+    assert meta[0]["splits"] == meta[1]["splits"]
+    assert meta[1]["splits"]["train"]["documents"] == 50
+    for split in ("train", "val"):
+        one, two = (read_metrics(tmp_path / run, split=split) for run in ("one", "two"))
+        assert [r["step"] for r in one] == [r["step"] for r in two]
+        for a, b in zip(one, two, strict=True):
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (split, a, b)

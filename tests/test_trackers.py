@@ -1,5 +1,6 @@
 """Trackers (`train.report_to`): one interface, the MetricsLogger fanning out, W&B and MLflow
-runs that hold the same metrics and run config as `metrics.jsonl`, offline."""
+runs that hold the same metrics and run config as `metrics.jsonl`, offline; under DDP one
+run, reported by rank 0."""
 
 from __future__ import annotations
 
@@ -240,3 +241,45 @@ def test_mlflow_file_store_run_holds_the_metrics_and_config(
     assert json.loads(stored.read_text())["train"] == config["train"]
     samples = client.list_artifacts(run.info.run_id, "text/sample")
     assert len(samples) == sum(r["split"] == "text" for r in records) > 0
+
+
+@pytest.mark.skipif(
+    not HAS_MLFLOW, reason="mlflow is not installed (pip install 'triform[mlflow]')"
+)
+def test_two_processes_report_one_run_from_rank_zero(
+    tmp_path: Path, doc_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under DDP only rank 0 reports: one MLflow run and one TensorBoard log, holding what
+    metrics.jsonl holds."""
+    import torch.distributed as dist
+    from mlflow.tracking import MlflowClient
+
+    from launch import launch
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("needs the gloo backend")
+    store = tmp_path / "mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "two-processes")
+    out = tmp_path / "run"
+    args = ["pretrain", "--set", f"data.corpus={json.dumps(str(doc_corpus))}"]
+    items = [*TINY, f"train.out_dir={out}", 'train.report_to=["mlflow", "tensorboard"]',
+             'train.parallel="ddp"', "train.threads=1"]  # fmt: skip
+    for item in items:
+        args += ["--set", item]
+    ranks = launch(args, tmp_path / "logs")
+    assert [r["rc"] for r in ranks] == [0, 0], ranks
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    client = MlflowClient(store.as_uri())
+    experiment = client.get_experiment_by_name("two-processes")
+    (run,) = client.search_runs([experiment.experiment_id])
+    expected = _expected(read_metrics(out))
+    logged = {
+        (m.step, key): m.value
+        for key in run.data.metrics
+        for m in client.get_metric_history(run.info.run_id, key)
+    }
+    assert expected and logged.keys() == expected.keys()
+    for key, value in expected.items():
+        assert logged[key] == pytest.approx(value, rel=1e-12)
