@@ -203,7 +203,7 @@ def test_bench_genre_tiny_end_to_end_and_resumes(tmp_path: Path, capsys):
     assert {r["init"] for r in feats} == featured
     assert len(feats) == len(featured) * len(bench_genre.LAYERS) * (2 + 1)
     lora = [r for r in fine if r["init"] == "minilm-lora"]
-    assert all(0 < r["trainable_parameters"] < r["parameters"] / 50 for r in lora)
+    assert all(0 < r["trainable_parameters"] < r["parameters"] / 40 for r in lora)  # 2%
     icl = {r["scoring"]: r for r in records if r["kind"] == "icl"}
     assert set(icl) == {"loglik", "loglik-norm"}
     assert list(icl["loglik"]["accuracy"]) == ["0", "1", "4", "8"]
