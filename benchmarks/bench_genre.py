@@ -251,7 +251,7 @@ def pretrain_overrides(family: Family, args, corpus: Path, run: Path) -> list[st
                  f"train.threads={args.threads}"]  # fmt: skip
     if family is CONTINUED:
         overrides.append(f"model.init={json.dumps(str(minilm_path()))}")
-        return overrides + (TINY_CONTINUED if args.tiny else [])
+        return overrides + (TINY_CONTINUED if args.tiny else []) + args.pretrain_set
     if args.tiny:
         overrides += TINY_PRETRAIN + (["model.head_dim=16"] if family.name == "t5" else [])
     return overrides + args.pretrain_set
