@@ -245,7 +245,8 @@ def test_journey_from_a_transformers_checkpoint(
     assert len(records) == 8
     exported = tmp_path / "exported"
     if kind == "gpt-classification":  # GPT-1's framing tokens: no transformers class has them
-        refused(capsys, ["convert", str(finetuned), str(exported), "--to", "hf"], "frames its inputs")
+        convert = ["convert", str(finetuned), str(exported), "--to", "hf"]
+        refused(capsys, convert, "frames its inputs")
         assert_language_model_agrees(run, exported, cls)  # ... the continued LM is exported
         return
     assert main(["convert", str(finetuned), str(exported), "--to", "hf"]) == 0
