@@ -335,6 +335,7 @@ def finetune_unit(init: str, source: list[str], n: int, seed: int, args, data: P
                   runs: Path, results: Results) -> None:  # fmt: skip
     """Fine-tune ``init`` on ``n`` passages per genre (all: 0) with ``seed``."""
     from triform.finetune import finetune
+    from triform.train.metrics import read_metrics
 
     unit = f"finetune/{init}/{n or 'all'}/s{seed}"
     if unit in results.done:
@@ -356,8 +357,7 @@ def finetune_unit(init: str, source: list[str], n: int, seed: int, args, data: P
     say(f"[{unit}] {rows} rows, {steps} steps\n$ {shlex.join(cmd)}")
     result = finetune(FINETUNE, overrides)
     test = result.test or {}
-    train_lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()
-                   if '"split": "train"' in x]  # fmt: skip
+    train_lines = read_metrics(out, split="train")
 
     def fraction(percent: float | None) -> float | None:  # fine-tuning reports percentages;
         return None if percent is None else percent / 100  # the features and ICL fractions

@@ -423,12 +423,7 @@ def _other_parts(
         if child is target or name not in held:
             continue
         source = read_model(folder, part=name)
-        wanted = {k: v for k, v in _unique_keys(child).items() if not _is_shared(child, k, shared)}
+        mine = {n for n, p in child.named_parameters(remove_duplicate=False) if id(p) in shared}
+        wanted = {k: v for k, v in _unique_keys(child).items() if k not in mine}
         found[attribute] = (source, _matching(path, wanted, source, rows, child.config.pair_head))
     return found
-
-
-def _is_shared(module: nn.Module, key: str, shared: set[int]) -> bool:
-    """Whether the parameter ``key`` of ``module`` is one of the ``shared`` tensors."""
-    parameters = dict(module.named_parameters(remove_duplicate=False))
-    return key in parameters and id(parameters[key]) in shared
